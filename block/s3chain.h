@@ -1,0 +1,188 @@
+/*
+ * s3chain: images in an S3-compatible bucket (private header)
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef BLOCK_S3CHAIN_H
+#define BLOCK_S3CHAIN_H
+
+#include "qemu/coroutine.h"
+#include "qemu/iov.h"
+#include "qemu/queue.h"
+#include "qemu/thread.h"
+#include "qemu/timer.h"
+#include "block/aio.h"
+#include "block/block-io.h"
+#include "block/block_int.h"
+#include "qapi/qapi-types-block-core.h"
+#include <curl/curl.h>
+
+#define S3CHAIN_PROTOCOL "s3chain"
+
+#define S3CHAIN_DEFAULT_REGION "us-east-1"
+#define S3CHAIN_DEFAULT_TIMEOUT 30
+#define S3CHAIN_DEFAULT_RETRIES 5
+#define S3CHAIN_DEFAULT_REQUEST_SIZE (4 * MiB)
+#define S3CHAIN_DEFAULT_READAHEAD (32 * MiB)
+#define S3CHAIN_DEFAULT_MAX_REQUESTS 8
+
+/* s3chain-url.c: the s3chain:// filename syntax */
+
+/*
+ * Parses "s3chain://HOST[:PORT][;OPTION=VALUE].../BUCKET/KEY" into driver
+ * options: endpoint, bucket, key and the OPTIONs, which are those of
+ * BlockdevOptionsS3chain plus "tls" (on or off, for the endpoint's scheme).
+ */
+bool s3chain_parse_url(const char *url, QDict *options, Error **errp);
+
+/*
+ * Builds the URL of the object @key with the connection settings of
+ * @opts, so that a relative backing file name opens with the settings of
+ * its child.  It names secrets by their object ID only.
+ */
+char *s3chain_build_url(const BlockdevOptionsS3chain *opts, const char *key);
+
+/*
+ * Percent-encodes @s as SigV4 wants: everything but A-Z a-z 0-9 - . _ ~
+ * and, if @keep_slash, '/'.
+ */
+char *s3chain_uri_encode(const char *s, bool keep_slash);
+
+/* s3chain-sigv4.c: AWS Signature Version 4 */
+
+typedef struct S3chainHeader {
+    const char *name;
+    const char *value;
+} S3chainHeader;
+
+typedef struct S3chainSigV4Request {
+    const char *method;
+    const char *path;           /* not encoded, starts with '/' */
+    const char *query;          /* as on the wire, may be NULL */
+    const S3chainHeader *headers; /* every header to sign, Host included */
+    size_t nheaders;
+    const char *payload_sha256; /* hex */
+} S3chainSigV4Request;
+
+typedef struct S3chainSigV4Key {
+    const char *access_key_id;
+    const char *secret_access_key;
+    const char *region;
+    const char *service;
+} S3chainSigV4Key;
+
+char *s3chain_sigv4_canonical_request(const S3chainSigV4Request *req,
+                                      char **signed_headers);
+char *s3chain_sigv4_string_to_sign(const char *amz_date, const char *region,
+                                   const char *service,
+                                   const char *canonical_request);
+int s3chain_sigv4_signature(const S3chainSigV4Key *key, const char *amz_date,
+                            const char *string_to_sign, char **signature,
+                            Error **errp);
+/*
+ * Signs @req at @amz_date ("YYYYMMDDTHHMMSSZ", which must also be the
+ * value of its x-amz-date header) and returns the Authorization header's
+ * value.
+ */
+char *s3chain_sigv4_authorization(const S3chainSigV4Key *key,
+                                  const char *amz_date,
+                                  const S3chainSigV4Request *req,
+                                  Error **errp);
+
+/* s3chain-http.c: requests to the bucket over libcurl's multi interface */
+
+typedef struct S3chainConnSettings {
+    char *endpoint;             /* scheme://host[:port] */
+    char *bucket;
+    char *region;
+    char *access_key_id;
+    char *secret_access_key;
+    char *session_token;
+    bool sslverify;
+    char *cafile;
+    int64_t timeout;
+    int64_t retries;
+    int64_t max_requests;
+} S3chainConnSettings;
+
+typedef struct S3chainConn S3chainConn;
+typedef struct S3chainRequest S3chainRequest;
+
+/* Counts requests a coroutine waits for, and wakes it after the last. */
+typedef struct S3chainWaiter {
+    Coroutine *co;
+    unsigned pending;
+    bool yielded;
+} S3chainWaiter;
+
+typedef void S3chainRequestDone(S3chainRequest *req, void *opaque);
+
+struct S3chainRequest {
+    /* Set by the caller */
+    const char *method;
+    const char *key;
+    uint64_t range_offset;
+    uint64_t range_bytes;       /* 0: the whole object */
+    const char *if_match;       /* ETag the object must still have */
+    QEMUIOVector *qiov;         /* receives the body of a ranged GET */
+    size_t qiov_offset;
+    S3chainWaiter *waiter;
+    S3chainRequestDone *done;
+    void *done_opaque;
+
+    /* Result, valid once the request completed */
+    int ret;                    /* 0 or -errno */
+    long status;
+    char *error_code;           /* S3's <Code>, if it sent one */
+    char *error_text;           /* one line for the user */
+    char *etag;
+    uint64_t object_size;       /* from Content-Range or Content-Length */
+    unsigned attempts;
+
+    /* Private to s3chain-http.c */
+    S3chainConn *conn;
+    CURL *easy;
+    struct curl_slist *header_list;
+    size_t received;
+    GString *error_body;
+    QEMUTimer retry_timer;
+    bool retry_timer_armed;
+    char curl_error[CURL_ERROR_SIZE];
+    QTAILQ_ENTRY(S3chainRequest) next;
+};
+
+S3chainConn *s3chain_conn_new(const S3chainConnSettings *settings,
+                              AioContext *ctx);
+void s3chain_conn_free(S3chainConn *conn);
+void s3chain_conn_detach_aio_context(S3chainConn *conn);
+void s3chain_conn_attach_aio_context(S3chainConn *conn, AioContext *ctx);
+const S3chainConnSettings *s3chain_conn_settings(S3chainConn *conn);
+
+/* Queues @req; it completes through req->waiter and req->done. */
+void s3chain_request_submit(S3chainConn *conn, S3chainRequest *req);
+void s3chain_request_cleanup(S3chainRequest *req);
+void coroutine_fn s3chain_co_wait(S3chainConn *conn, S3chainWaiter *waiter);
+/* Submits @req alone and waits for it; returns req->ret. */
+int coroutine_fn s3chain_co_request(S3chainConn *conn, S3chainRequest *req);
+
+/* s3chain-cache.c: ranged reads with read-ahead */
+
+typedef struct S3chainReader S3chainReader;
+
+/*
+ * Reads object @key of @size bytes, pinned to @etag.  Read-ahead runs in
+ * coroutines of its own, counted as in flight on @bs.
+ */
+S3chainReader *s3chain_reader_new(BlockDriverState *bs, S3chainConn *conn,
+                                  const char *key, const char *etag,
+                                  uint64_t size, uint64_t request_size,
+                                  uint64_t readahead);
+void s3chain_reader_free(S3chainReader *reader);
+int coroutine_fn s3chain_reader_co_preadv(S3chainReader *reader,
+                                          uint64_t offset, uint64_t bytes,
+                                          QEMUIOVector *qiov, size_t qiov_offset);
+
+#endif

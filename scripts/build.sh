@@ -1,0 +1,28 @@
+#!/bin/bash
+# Builds everything on a fresh Debian 12: installs the dependencies, makes
+# the patched QEMU tree and builds QEMU's tools, x86_64-softmmu and the
+# unit tests out of tree in build/qemu.  Rerunning it after editing block/
+# recompiles only what changed.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+if [ -z "${S3CHAIN_SKIP_DEPS:-}" ]; then
+    "$REPO/scripts/install-deps.sh"
+fi
+"$REPO/scripts/prepare-qemu.sh"
+
+if [ ! -f "$QEMU_BUILD/build.ninja" ]; then
+    mkdir -p "$QEMU_BUILD"
+    (
+        cd "$QEMU_BUILD"
+        "$QEMU_SRC/configure" \
+            --python=/usr/bin/python3 \
+            --target-list=x86_64-softmmu \
+            --enable-tools --enable-curl --enable-gnutls \
+            --disable-docs --disable-install-blobs \
+            --disable-gtk --disable-sdl --disable-opengl --disable-spice \
+            --disable-vnc --disable-xen --disable-user \
+            --enable-werror
+    )
+fi
+ninja -C "$QEMU_BUILD"

@@ -1,0 +1,51 @@
+#!/bin/bash
+# Installs every Debian package s3chain needs to build, test and benchmark.
+#
+# Adds deb-src and bookworm-backports entries when they are missing, because
+# QEMU 10.0.2's source and the meson it needs only live in backports.
+set -euo pipefail
+
+SOURCES=/etc/apt/sources.list.d/s3chain.sources
+if [ ! -f "$SOURCES" ]; then
+    cat > "$SOURCES" <<'SRC'
+Types: deb deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    rm -f /var/lib/apt/lists/lock
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt_stamp=/var/lib/apt/periodic/s3chain-update-stamp
+if [ ! -f "$apt_stamp" ] || [ "$SOURCES" -nt "$apt_stamp" ]; then
+    apt-get update -q
+    mkdir -p "$(dirname "$apt_stamp")" && touch "$apt_stamp"
+fi
+
+build_pkgs=(
+    build-essential pkg-config ninja-build git ca-certificates curl
+    python3 python3-venv python3-setuptools
+    libglib2.0-dev libpixman-1-dev libfdt-dev zlib1g-dev
+    libcurl4-openssl-dev libjson-c-dev libgnutls28-dev
+    flex bison dpkg-dev
+)
+backports_pkgs=(meson python3-pycotap)
+ceph_pkgs=(ceph-mon ceph-osd ceph-base ceph-common radosgw)
+test_pkgs=(python3-boto3 jq xxd psmisc procps)
+
+missing=()
+for p in "${build_pkgs[@]}" "${backports_pkgs[@]}" "${ceph_pkgs[@]}" "${test_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get install -y -q --no-install-recommends "${build_pkgs[@]}" "${ceph_pkgs[@]}" "${test_pkgs[@]}"
+    apt-get install -y -q --no-install-recommends -t bookworm-backports "${backports_pkgs[@]}"
+fi

@@ -1,0 +1,66 @@
+#!/bin/bash
+# Runs every test of s3chain on a fresh Debian 12: builds what is needed,
+# starts the local S3 server, then runs the unit tests, the patch series
+# checks (staleness, checkpatch) and the iotests against the server.
+# Ends with "N passed, N failed" and exits non-zero if anything failed.
+set -uo pipefail
+. "$(dirname "$0")/common.sh"
+
+passed=0
+failed=0
+failures=()
+
+step() {
+    local name=$1
+    shift
+    echo "=== $name"
+    if "$@"; then
+        passed=$((passed + 1))
+        echo "--- ok: $name"
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        echo "--- FAILED: $name"
+    fi
+}
+
+"$REPO/scripts/build.sh" || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
+env_file=$("$REPO/scripts/s3-server.sh" start) || {
+    echo "the S3 server did not start"; echo "0 passed, 1 failed"; exit 1;
+}
+
+unit_tests() {
+    meson test -C "$QEMU_BUILD" --no-rebuild --print-errorlogs \
+        test-s3chain-sigv4 test-s3chain-url
+}
+
+checkpatch() {
+    "$QEMU_SRC/scripts/checkpatch.pl" --no-signoff \
+        $(ls "$REPO"/patches/*.patch | grep -v /0000-)
+}
+
+iotests() {
+    local log=$BUILD/iotests.log
+    (
+        cd "$QEMU_BUILD/tests/qemu-iotests" &&
+        S3CHAIN_TEST_ENV=$env_file ./check -qcow2 -g s3chain
+    ) 2>&1 | tee "$log"
+    local status=${PIPESTATUS[0]}
+    if grep -q '^Not run:' "$log"; then
+        echo "iotests: some s3chain iotests did not run"
+        return 1
+    fi
+    grep -q '^Passed all [0-9]* iotests' "$log" && [ "$status" -eq 0 ]
+}
+
+step "unit tests" unit_tests
+step "patches/ up to date" "$REPO/scripts/make-patches.sh" --check
+step "checkpatch" checkpatch
+step "iotests" iotests
+
+echo
+for f in "${failures[@]}"; do
+    echo "failed: $f"
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
