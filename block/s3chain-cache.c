@@ -193,7 +193,7 @@ static int coroutine_fn read_direct(S3chainReader *r, uint64_t offset,
     s3chain_co_wait(r->conn, &waiter);
 
     for (uint64_t i = 0; i < n; i++) {
-        if (reqs[i].ret < 0 && ret == 0) {
+        if (reqs[i].ret < 0 && reqs[i].ret != -ECANCELED && ret == 0) {
             ret = reqs[i].ret;
             report_error(r, &reqs[i]);
         }
@@ -226,6 +226,7 @@ int coroutine_fn s3chain_reader_co_preadv(S3chainReader *r, uint64_t offset,
 {
     uint64_t first, last, ahead, end;
     g_autofree Segment **segs = NULL;
+    bool sequential;
     bool covered = true;
     int ret = 0;
 
@@ -238,36 +239,37 @@ int coroutine_fn s3chain_reader_co_preadv(S3chainReader *r, uint64_t offset,
     segs = g_new0(Segment *, last - first + 1);
 
     qemu_co_mutex_lock(&r->lock);
-    if (note_read_locked(r, offset, bytes)) {
-        ahead = MIN(last + r->readahead_segments,
-                    (r->size - 1) / r->request_size);
-        for (uint64_t i = first; i <= ahead; i++) {
-            Segment *seg = get_segment_locked(r, i);
-
-            if (i <= last) {
-                segs[i - first] = seg;
-            }
-        }
-    } else {
-        for (uint64_t i = first; i <= last; i++) {
-            segs[i - first] = g_hash_table_lookup(r->segments, &i);
-        }
-    }
+    sequential = note_read_locked(r, offset, bytes);
     for (uint64_t i = first; i <= last; i++) {
-        Segment *seg = segs[i - first];
+        Segment *seg = sequential ? get_segment_locked(r, i)
+                                  : g_hash_table_lookup(r->segments, &i);
 
+        /* Pinned, so that loading the next ones cannot evict it */
+        if (seg) {
+            seg->users++;
+        }
         if (!seg || (!seg->loading && seg->ret < 0)) {
             covered = false;
         }
+        segs[i - first] = seg;
+    }
+    if (sequential) {
+        ahead = MIN(last + r->readahead_segments,
+                    (r->size - 1) / r->request_size);
+        for (uint64_t i = last + 1; i <= ahead; i++) {
+            get_segment_locked(r, i);
+        }
     }
     if (!covered) {
+        for (uint64_t i = first; i <= last; i++) {
+            if (segs[i - first]) {
+                segs[i - first]->users--;
+            }
+        }
         qemu_co_mutex_unlock(&r->lock);
         return read_direct(r, offset, bytes, qiov, qiov_offset);
     }
 
-    for (uint64_t i = first; i <= last; i++) {
-        segs[i - first]->users++;
-    }
     end = offset + bytes;
     for (uint64_t i = first; i <= last; i++) {
         Segment *seg = segs[i - first];

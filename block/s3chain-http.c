@@ -41,7 +41,6 @@ struct S3chainConn {
 };
 
 static void conn_multi_do(void *opaque);
-static void start_locked(S3chainRequest *req);
 
 const S3chainConnSettings *s3chain_conn_settings(S3chainConn *conn)
 {
@@ -383,8 +382,6 @@ static CURL *take_handle_locked(S3chainConn *conn)
     return curl_easy_init();
 }
 
-static void finish_locked(S3chainRequest *req);
-
 static bool setup_handle_locked(S3chainRequest *req)
 {
     S3chainConn *conn = req->conn;
@@ -427,7 +424,8 @@ static bool setup_handle_locked(S3chainRequest *req)
     return true;
 }
 
-static void start_locked(S3chainRequest *req)
+/* Hands @req to curl; false if it could not be, with req->ret set */
+static bool start_locked(S3chainRequest *req)
 {
     S3chainConn *conn = req->conn;
 
@@ -449,10 +447,83 @@ static void start_locked(S3chainRequest *req)
             req->ret = -ENOMEM;
             req->error_text = g_strdup("cannot create a libcurl handle");
         }
-        finish_locked(req);
-        return;
+        return false;
     }
     curl_multi_add_handle(conn->multi, req->easy);
+    return true;
+}
+
+/* Once one part of a read failed, the rest of it need not be fetched */
+static bool is_abandoned(S3chainRequest *req)
+{
+    return req->waiter && req->waiter->failed;
+}
+
+static void abandon(S3chainRequest *req)
+{
+    req->ret = -ECANCELED;
+    g_free(req->error_text);
+    req->error_text = g_strdup("not sent: another part of the read failed");
+}
+
+/*
+ * Tells @req's owner that it ended.  The waiter is woken exactly once,
+ * after its last request.  The mutex is dropped while waking, so callers
+ * must not hold on to queue entries across this.
+ */
+static void complete_locked(S3chainRequest *req)
+{
+    S3chainConn *conn = req->conn;
+    S3chainWaiter *waiter = req->waiter;
+
+    trace_s3chain_request_done(req, req->status, req->ret, req->attempts);
+    if (req->easy) {
+        conn->idle_handles = g_slist_prepend(conn->idle_handles, req->easy);
+        req->easy = NULL;
+    }
+    g_clear_pointer(&req->header_list, curl_slist_free_all);
+    if (!waiter) {
+        return;
+    }
+    if (req->ret < 0) {
+        waiter->failed = true;
+    }
+    if (--waiter->pending == 0 && waiter->yielded) {
+        qemu_mutex_unlock(&conn->mutex);
+        aio_co_wake(waiter->co);
+        qemu_mutex_lock(&conn->mutex);
+    }
+}
+
+/* Starts queued requests while there are free slots */
+static void pump_locked(S3chainConn *conn)
+{
+    S3chainRequest *req;
+
+    while (conn->active < conn->settings.max_requests &&
+           (req = QTAILQ_FIRST(&conn->queue))) {
+        QTAILQ_REMOVE(&conn->queue, req, next);
+        if (is_abandoned(req)) {
+            abandon(req);
+            complete_locked(req);
+            continue;
+        }
+        conn->active++;
+        if (!start_locked(req)) {
+            conn->active--;
+            complete_locked(req);
+        }
+    }
+}
+
+/* Ends @req, which holds a slot, and gives the slot to the next one */
+static void finish_locked(S3chainRequest *req)
+{
+    S3chainConn *conn = req->conn;
+
+    conn->active--;
+    complete_locked(req);
+    pump_locked(conn);
 }
 
 static void retry_cb(void *opaque)
@@ -461,8 +532,12 @@ static void retry_cb(void *opaque)
     S3chainConn *conn = req->conn;
 
     QEMU_LOCK_GUARD(&conn->mutex);
-    req->retry_timer_armed = false;
-    start_locked(req);
+    if (is_abandoned(req)) {
+        abandon(req);
+        finish_locked(req);
+    } else if (!start_locked(req)) {
+        finish_locked(req);
+    }
 }
 
 static void schedule_retry_locked(S3chainRequest *req)
@@ -474,48 +549,8 @@ static void schedule_retry_locked(S3chainRequest *req)
     trace_s3chain_retry(req, req->attempts, delay, req->error_text);
     aio_timer_init(req->conn->ctx, &req->retry_timer, QEMU_CLOCK_REALTIME,
                    SCALE_MS, retry_cb, req);
-    req->retry_timer_armed = true;
     timer_mod(&req->retry_timer,
               qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + delay);
-}
-
-/*
- * Hands the slot of @req to the next queued request, and tells @req's
- * owner.  The waiter is woken exactly once, after its last request.
- */
-static void finish_locked(S3chainRequest *req)
-{
-    S3chainConn *conn = req->conn;
-    S3chainRequest *next;
-    S3chainWaiter *waiter = req->waiter;
-    Coroutine *wake = NULL;
-
-    trace_s3chain_request_done(req, req->status, req->ret, req->attempts);
-    if (req->easy) {
-        conn->idle_handles = g_slist_prepend(conn->idle_handles, req->easy);
-        req->easy = NULL;
-    }
-    g_clear_pointer(&req->header_list, curl_slist_free_all);
-
-    next = QTAILQ_FIRST(&conn->queue);
-    if (next) {
-        QTAILQ_REMOVE(&conn->queue, next, next);
-        start_locked(next);
-    } else {
-        conn->active--;
-    }
-
-    if (req->done) {
-        req->done(req, req->done_opaque);
-    }
-    if (waiter && --waiter->pending == 0 && waiter->yielded) {
-        wake = waiter->co;
-    }
-    if (wake) {
-        qemu_mutex_unlock(&conn->mutex);
-        aio_co_wake(wake);
-        qemu_mutex_lock(&conn->mutex);
-    }
 }
 
 static void check_completion_locked(S3chainConn *conn)
@@ -537,7 +572,7 @@ static void check_completion_locked(S3chainConn *conn)
         curl_multi_remove_handle(conn->multi, msg->easy_handle);
 
         if (classify_locked(req, result) &&
-            req->attempts <= conn->settings.retries) {
+            req->attempts <= conn->settings.retries && !is_abandoned(req)) {
             schedule_retry_locked(req);
             continue;
         }
@@ -585,12 +620,8 @@ void s3chain_request_submit(S3chainConn *conn, S3chainRequest *req)
     if (req->waiter) {
         req->waiter->pending++;
     }
-    if (conn->active < conn->settings.max_requests) {
-        conn->active++;
-        start_locked(req);
-    } else {
-        QTAILQ_INSERT_TAIL(&conn->queue, req, next);
-    }
+    QTAILQ_INSERT_TAIL(&conn->queue, req, next);
+    pump_locked(conn);
 }
 
 void coroutine_fn s3chain_co_wait(S3chainConn *conn, S3chainWaiter *waiter)

@@ -111,14 +111,16 @@ typedef struct S3chainConnSettings {
 typedef struct S3chainConn S3chainConn;
 typedef struct S3chainRequest S3chainRequest;
 
-/* Counts requests a coroutine waits for, and wakes it after the last. */
+/*
+ * Counts requests a coroutine waits for, and wakes it after the last.
+ * After one fails, those not yet sent end with -ECANCELED.
+ */
 typedef struct S3chainWaiter {
     Coroutine *co;
     unsigned pending;
     bool yielded;
+    bool failed;
 } S3chainWaiter;
-
-typedef void S3chainRequestDone(S3chainRequest *req, void *opaque);
 
 struct S3chainRequest {
     /* Set by the caller */
@@ -130,8 +132,6 @@ struct S3chainRequest {
     QEMUIOVector *qiov;         /* receives the body of a ranged GET */
     size_t qiov_offset;
     S3chainWaiter *waiter;
-    S3chainRequestDone *done;
-    void *done_opaque;
 
     /* Result, valid once the request completed */
     int ret;                    /* 0 or -errno */
@@ -149,7 +149,6 @@ struct S3chainRequest {
     size_t received;
     GString *error_body;
     QEMUTimer retry_timer;
-    bool retry_timer_armed;
     char curl_error[CURL_ERROR_SIZE];
     QTAILQ_ENTRY(S3chainRequest) next;
 };
@@ -161,7 +160,7 @@ void s3chain_conn_detach_aio_context(S3chainConn *conn);
 void s3chain_conn_attach_aio_context(S3chainConn *conn, AioContext *ctx);
 const S3chainConnSettings *s3chain_conn_settings(S3chainConn *conn);
 
-/* Queues @req; it completes through req->waiter and req->done. */
+/* Queues @req; its end is told through req->waiter. */
 void s3chain_request_submit(S3chainConn *conn, S3chainRequest *req);
 void s3chain_request_cleanup(S3chainRequest *req);
 void coroutine_fn s3chain_co_wait(S3chainConn *conn, S3chainWaiter *waiter);
@@ -183,6 +182,7 @@ S3chainReader *s3chain_reader_new(BlockDriverState *bs, S3chainConn *conn,
 void s3chain_reader_free(S3chainReader *reader);
 int coroutine_fn s3chain_reader_co_preadv(S3chainReader *reader,
                                           uint64_t offset, uint64_t bytes,
-                                          QEMUIOVector *qiov, size_t qiov_offset);
+                                          QEMUIOVector *qiov,
+                                          size_t qiov_offset);
 
 #endif

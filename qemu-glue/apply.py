@@ -4,7 +4,7 @@
 Each area is a small, anchored text edit of a QEMU file, so that the
 patch series made from it stays reviewable.  Usage:
     apply.py QEMU_TREE AREA
-where AREA is qapi, build, trace, unit or docs.
+where AREA is qapi, build, trace, maintainers, unit or docs.
 """
 
 import os
@@ -54,6 +54,19 @@ def apply_build(tree):
          "                          's3chain-url.c')],\n")
 
 
+def apply_maintainers(tree):
+    edit(os.path.join(tree, 'MAINTAINERS'),
+         "F: block/curl.c\n\n",
+         "S3CHAIN\n"
+         "M: s3chain authors <s3chain@localhost>\n"
+         "L: qemu-block@nongnu.org\n"
+         "S: Maintained\n"
+         "F: block/s3chain*\n"
+         "F: tests/unit/test-s3chain-*\n"
+         "F: tests/qemu-iotests/s3chain.py\n"
+         "F: tests/qemu-iotests/tests/s3chain-*\n\n")
+
+
 def apply_trace(tree):
     events = read(os.path.join(REPO, 'block/trace-events'))
     events = ''.join(line for line in events.splitlines(keepends=True)
@@ -80,6 +93,7 @@ AREAS = {
     'qapi': apply_qapi,
     'build': apply_build,
     'trace': apply_trace,
+    'maintainers': apply_maintainers,
     'unit': apply_unit,
     'docs': apply_docs,
 }

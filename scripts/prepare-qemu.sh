@@ -31,6 +31,9 @@ if [ "$(cat "$QEMU_SRC/.s3chain-patches" 2>/dev/null)" != "$stamp" ]; then
     echo "$stamp" >"$QEMU_SRC/.s3chain-patches"
 fi
 
+# Links to files of ours that are gone
+find "$QEMU_SRC" -path "$QEMU_SRC/.git" -prune -o -type l -lname "$REPO/*" \
+    ! -exec test -e {} \; -print | xargs -r rm -f
 for f in $(our_qemu_files); do
     mkdir -p "$(dirname "$QEMU_SRC/$f")"
     if [ "$(readlink "$QEMU_SRC/$f")" != "$REPO/$f" ]; then

@@ -30,8 +30,12 @@ env_file=$("$REPO/scripts/s3-server.sh" start) || {
 }
 
 unit_tests() {
+    local log=$BUILD/unit-tests.log
     meson test -C "$QEMU_BUILD" --no-rebuild --print-errorlogs \
-        test-s3chain-sigv4 test-s3chain-url
+        test-s3chain-sigv4 test-s3chain-url 2>&1 | tee "$log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
+    # AWS's suite must have run, not been skipped
+    grep -q 'test-s3chain-sigv4 *OK .* 35 subtests passed' "$log"
 }
 
 checkpatch() {
@@ -43,7 +47,7 @@ iotests() {
     local log=$BUILD/iotests.log
     (
         cd "$QEMU_BUILD/tests/qemu-iotests" &&
-        S3CHAIN_TEST_ENV=$env_file ./check -qcow2 -g s3chain
+        S3CHAIN_TEST_ENV=$env_file "$QEMU_BUILD/pyvenv/bin/python3" ./check -qcow2 -g s3chain
     ) 2>&1 | tee "$log"
     local status=${PIPESTATUS[0]}
     if grep -q '^Not run:' "$log"; then

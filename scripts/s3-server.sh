@@ -109,7 +109,7 @@ osd memory target = 1G
 debug ms = 0
 
 [client.rgw.local]
-rgw frontends = beast endpoint=127.0.0.1:$PORT
+rgw frontends = beast endpoint=127.0.0.1:$PORT tcp_nodelay=1
 rgw data = $DIR/rgw
 rgw thread pool size = 64
 rgw enable usage log = false
