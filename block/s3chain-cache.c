@@ -6,7 +6,7 @@
  * reader makes the segments ahead of it load in the background, each in
  * a coroutine of its own, up to readahead bytes; other reads go straight
  * to the server.  The segments in memory are bounded by
- * readahead / request-size + 1.
+ * readahead / request-size + max-requests.
  *
  * Copyright (c) 2026 The s3chain authors
  *
@@ -33,6 +33,7 @@ typedef struct Segment {
     QEMUIOVector qiov;
     bool loading;
     int ret;
+    uint64_t consumed;          /* bytes copied out since it loaded */
     unsigned users;
     CoQueue waiters;
     QTAILQ_ENTRY(Segment) lru;
@@ -106,19 +107,32 @@ static void coroutine_fn segment_load_entry(void *opaque)
     bdrv_dec_in_flight(r->bs);
 }
 
-/* Drops the least recently used segment nobody needs; false if none. */
-static bool evict_one_locked(S3chainReader *r)
+/*
+ * Finds a segment to drop: one that has been read through (a sequential
+ * reader does not come back), else, unless @only_consumed, the least
+ * recently used one.  Segments loading or in use are never dropped.
+ */
+static Segment *evict_one_locked(S3chainReader *r, bool only_consumed)
 {
-    Segment *seg;
+    Segment *seg, *victim = NULL;
 
     QTAILQ_FOREACH(seg, &r->lru, lru) {
-        if (!seg->loading && !seg->users) {
-            QTAILQ_REMOVE(&r->lru, seg, lru);
-            g_hash_table_remove(r->segments, &seg->index);
-            return true;
+        if (seg->loading || seg->users) {
+            continue;
+        }
+        if (seg->consumed >= seg->len || seg->ret < 0) {
+            victim = seg;
+            break;
+        }
+        if (!victim && !only_consumed) {
+            victim = seg;
         }
     }
-    return false;
+    if (victim) {
+        QTAILQ_REMOVE(&r->lru, victim, lru);
+        g_hash_table_steal(r->segments, &victim->index);
+    }
+    return victim;
 }
 
 static void start_load_locked(S3chainReader *r, Segment *seg)
@@ -127,15 +141,23 @@ static void start_load_locked(S3chainReader *r, Segment *seg)
 
     seg->loading = true;
     seg->ret = 0;
+    seg->consumed = 0;
     trace_s3chain_readahead(r->key, seg->offset, seg->len);
     bdrv_inc_in_flight(r->bs);
     aio_co_enter(bdrv_get_aio_context(r->bs), co);
 }
 
-/* Returns segment @index, loading it if it is absent and there is room. */
-static Segment *get_segment_locked(S3chainReader *r, uint64_t index)
+/*
+ * Returns segment @index, starting to load it if it is absent and there
+ * is room.  A prefetch (@ahead) only takes the room of a segment that was
+ * read through, so that it never pushes out data a reader still needs.
+ */
+static Segment *get_segment_locked(S3chainReader *r, uint64_t index,
+                                   bool ahead)
 {
     Segment *seg = g_hash_table_lookup(r->segments, &index);
+    uint64_t offset = index * r->request_size;
+    uint64_t len = MIN(r->request_size, r->size - offset);
 
     if (seg) {
         QTAILQ_REMOVE(&r->lru, seg, lru);
@@ -145,20 +167,27 @@ static Segment *get_segment_locked(S3chainReader *r, uint64_t index)
         }
         return seg;
     }
-    if (g_hash_table_size(r->segments) >= r->max_segments &&
-        !evict_one_locked(r)) {
-        return NULL;
+    if (g_hash_table_size(r->segments) >= r->max_segments) {
+        seg = evict_one_locked(r, ahead);
+        if (!seg) {
+            return NULL;
+        }
+        if (seg->len != len) {
+            segment_free(seg);
+            seg = NULL;
+        }
     }
-
-    seg = g_new0(Segment, 1);
-    seg->reader = r;
+    if (!seg) {
+        seg = g_new0(Segment, 1);
+        seg->reader = r;
+        seg->len = len;
+        seg->buf = qemu_blockalign(r->bs, len);
+        qemu_iovec_init(&seg->qiov, 1);
+        qemu_iovec_add(&seg->qiov, seg->buf, len);
+        qemu_co_queue_init(&seg->waiters);
+    }
     seg->index = index;
-    seg->offset = index * r->request_size;
-    seg->len = MIN(r->request_size, r->size - seg->offset);
-    seg->buf = qemu_blockalign(r->bs, seg->len);
-    qemu_iovec_init(&seg->qiov, 1);
-    qemu_iovec_add(&seg->qiov, seg->buf, seg->len);
-    qemu_co_queue_init(&seg->waiters);
+    seg->offset = offset;
     g_hash_table_insert(r->segments, &seg->index, seg);
     QTAILQ_INSERT_TAIL(&r->lru, seg, lru);
     start_load_locked(r, seg);
@@ -241,7 +270,7 @@ int coroutine_fn s3chain_reader_co_preadv(S3chainReader *r, uint64_t offset,
     qemu_co_mutex_lock(&r->lock);
     sequential = note_read_locked(r, offset, bytes);
     for (uint64_t i = first; i <= last; i++) {
-        Segment *seg = sequential ? get_segment_locked(r, i)
+        Segment *seg = sequential ? get_segment_locked(r, i, false)
                                   : g_hash_table_lookup(r->segments, &i);
 
         /* Pinned, so that loading the next ones cannot evict it */
@@ -257,7 +286,7 @@ int coroutine_fn s3chain_reader_co_preadv(S3chainReader *r, uint64_t offset,
         ahead = MIN(last + r->readahead_segments,
                     (r->size - 1) / r->request_size);
         for (uint64_t i = last + 1; i <= ahead; i++) {
-            get_segment_locked(r, i);
+            get_segment_locked(r, i, true);
         }
     }
     if (!covered) {
@@ -284,6 +313,7 @@ int coroutine_fn s3chain_reader_co_preadv(S3chainReader *r, uint64_t offset,
         } else if (ret == 0) {
             qemu_iovec_from_buf(qiov, qiov_offset + (from - offset),
                                 seg->buf + (from - seg->offset), to - from);
+            seg->consumed += to - from;
         }
         seg->users--;
     }
@@ -305,7 +335,9 @@ S3chainReader *s3chain_reader_new(BlockDriverState *bs, S3chainConn *conn,
     r->size = size;
     r->request_size = request_size;
     r->readahead_segments = readahead / request_size;
-    r->max_segments = r->readahead_segments + 1;
+    /* room for the read-ahead, and for each reader in flight */
+    r->max_segments = r->readahead_segments +
+                      s3chain_conn_settings(conn)->max_requests;
     qemu_co_mutex_init(&r->lock);
     r->segments = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
                                         segment_free);

@@ -21,6 +21,8 @@
 #define RETRY_BASE_MS 100
 #define RETRY_MAX_MS 5000
 #define ERROR_BODY_MAX (4 * KiB)
+/* curl's default of 16 KiB costs a recv() and a poll() per 8 KiB */
+#define RECEIVE_BUFFER_SIZE (512L * KiB)
 
 typedef struct S3chainSocket {
     int fd;
@@ -413,6 +415,7 @@ static bool setup_handle_locked(S3chainRequest *req)
         curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST,
                          set->sslverify ? 2L : 0L) ||
         (set->cafile && curl_easy_setopt(easy, CURLOPT_CAINFO, set->cafile)) ||
+        curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, RECEIVE_BUFFER_SIZE) ||
         curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, req->method)) {
         req->ret = -EIO;
         req->error_text = g_strdup("libcurl refused an option");

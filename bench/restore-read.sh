@@ -1,0 +1,100 @@
+#!/bin/bash
+# Restore-read throughput: qemu-img convert -O raw of a 2 GiB qcow2 image
+# (about half allocated, incompressible data) from the bucket through
+# s3chain to a local file, against a plain S3 download of the same object
+# with 4 parallel ranged GETs (curl on a presigned URL), in the same run.
+#
+# Usage: bench/restore-read.sh [RUNS]   (default 3; medians are reported)
+# Needs scripts/build.sh done; starts the local S3 server if needed.
+# Prints a table and writes it to bench/results/restore-read.txt.
+set -euo pipefail
+. "$(dirname "$0")/../scripts/common.sh"
+
+runs=${1:-3}
+env_file=$("$REPO/scripts/s3-server.sh" start)
+# shellcheck disable=SC1090
+. "$env_file"
+img=$QEMU_BUILD/qemu-img
+work=$(mktemp -d /var/tmp/s3chain-bench.XXXXXX)
+prefix=bench/restore-read-$$
+trap 'rm -rf "$work"; python3 "$REPO/scripts/s3obj.py" "$env_file" rm-prefix "$prefix/" || true' EXIT
+( umask 077; printf '%s' "$AWS_SECRET_ACCESS_KEY" >"$work/secret" )
+
+# Every other MiB holds random data: 1 GiB allocated of 2 GiB
+python3 - "$work/disk.raw" <<'PY'
+import os, sys
+MiB = 1 << 20
+with open(sys.argv[1], 'wb') as f:
+    f.truncate(2048 * MiB)
+    for i in range(0, 2048, 2):
+        f.seek(i * MiB)
+        f.write(os.urandom(MiB))
+PY
+"$img" convert -f raw -O qcow2 "$work/disk.raw" "$work/disk.qcow2"
+rm "$work/disk.raw"
+python3 "$REPO/scripts/s3obj.py" "$env_file" put "$work/disk.qcow2" "$prefix/disk.qcow2"
+object_bytes=$(stat -c %s "$work/disk.qcow2")
+rm "$work/disk.qcow2"
+
+host=${S3CHAIN_ENDPOINT#*://}
+url_base="s3chain://$host;tls=off;access-key-id=$AWS_ACCESS_KEY_ID;key-secret=s3key"
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
+
+s3chain_convert() {
+    local opts=$1
+    rm -f "$work/out.raw"
+    local t0 t1
+    t0=$(now)
+    "$img" convert --object "secret,id=s3key,file=$work/secret" -O raw \
+        "$url_base$opts/$S3CHAIN_BUCKET/$prefix/disk.qcow2" "$work/out.raw"
+    t1=$(now)
+    elapsed "$t0" "$t1"
+}
+
+parallel_get() {
+    local url size part t0 t1
+    url=$(python3 "$REPO/scripts/s3obj.py" "$env_file" presign "$prefix/disk.qcow2")
+    size=$object_bytes
+    part=$(( (size + 3) / 4 ))
+    rm -f "$work"/part.*
+    t0=$(now)
+    for i in 0 1 2 3; do
+        local from=$(( i * part )) to=$(( (i + 1) * part - 1 ))
+        [ "$to" -ge "$size" ] && to=$(( size - 1 ))
+        curl -sf -r "$from-$to" -o "$work/part.$i" "$url" &
+    done
+    wait
+    t1=$(now)
+    elapsed "$t0" "$t1"
+}
+
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+declare -A times
+configs=("baseline" "" ";readahead=0" ";request-size=1048576"
+         ";request-size=8388608" ";max-requests=4" ";max-requests=16")
+for r in $(seq "$runs"); do
+    times[baseline]+="$(parallel_get) "
+    for c in "${configs[@]:1}"; do
+        times["s3chain$c"]+="$(s3chain_convert "$c") "
+    done
+done
+
+out=$REPO/bench/results/restore-read.txt
+mkdir -p "$(dirname "$out")"
+{
+    echo "# restore-read: 2 GiB qcow2, $object_bytes bytes in the bucket; $runs runs, medians"
+    echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, radosgw on 127.0.0.1"
+    base=$(echo "${times[baseline]}" | tr ' ' '\n' | grep . | median)
+    printf '%-44s %8s %10s %8s\n' "what" "seconds" "MB/s" "ratio"
+    printf '%-44s %8s %10.0f %8s\n' "baseline: 4 parallel ranged GETs (curl)" "$base" \
+        "$(awk -v b="$object_bytes" -v t="$base" 'BEGIN { print b / t / 1e6 }')" "1.00"
+    for c in "${configs[@]:1}"; do
+        t=$(echo "${times[s3chain$c]}" | tr ' ' '\n' | grep . | median)
+        printf '%-44s %8s %10.0f %8.2f\n' "s3chain convert${c:- (defaults)}" "$t" \
+            "$(awk -v b="$object_bytes" -v t="$t" 'BEGIN { print b / t / 1e6 }')" \
+            "$(awk -v b="$base" -v t="$t" 'BEGIN { print b / t }')"
+    done
+} | tee "$out"
