@@ -63,10 +63,12 @@ class S3Server:
     def secret_object(self) -> List[str]:
         return ['--object', f'secret,id={SECRET_ID},file={self.secret_file}']
 
-    def url(self, name: str, **options: str) -> str:
-        host = self.endpoint.split('://', 1)[1]
+    def url(self, name: str, endpoint: str = '', **options: str) -> str:
+        """The s3chain:// URL of object `name`, through `endpoint` if set"""
+        endpoint = endpoint or self.endpoint
+        host = endpoint.split('://', 1)[1]
         opts = {
-            'tls': 'off' if self.endpoint.startswith('http://') else 'on',
+            'tls': 'off' if endpoint.startswith('http://') else 'on',
             'access-key-id': self.env['AWS_ACCESS_KEY_ID'],
             'key-secret': SECRET_ID,
         }
@@ -103,3 +105,86 @@ class S3Server:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+
+class FaultProxy:
+    """
+    An HTTP proxy in front of the S3 server that injects faults into the
+    answers to ranged GETs of data (the 1-byte probe at open passes).
+
+    Each fault in `faults` is used once, in order: '503' answers
+    "503 SlowDown"; 'drop' sends half the body and closes the connection;
+    'stall' sends the headers and then nothing for `stall_seconds`.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        # pylint: disable=import-outside-toplevel
+        import http.client
+        import http.server
+        import threading
+
+        self.upstream = upstream.split('://', 1)[1]
+        self.faults: List[str] = []
+        self.stall_seconds = 5.0
+        self.requests: List[Dict[str, str]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:  # pylint: disable=invalid-name
+                headers = {k: v for k, v in self.headers.items()}
+                with proxy.lock:
+                    proxy.requests.append(headers)
+                    data_read = headers.get('Range', '') not in ('',
+                                                                 'bytes=0-0')
+                    fault = proxy.faults.pop(0) \
+                        if data_read and proxy.faults else None
+                if fault == '503':
+                    body = b'<Error><Code>SlowDown</Code></Error>'
+                    self.send_response(503)
+                    self.send_header('Content-Length', str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
+                conn.request('GET', self.path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                self.send_response(resp.status)
+                for name, value in resp.getheaders():
+                    if name.lower() not in ('connection', 'keep-alive',
+                                            'transfer-encoding'):
+                        self.send_header(name, value)
+                if fault == 'stall':
+                    self.end_headers()
+                    time.sleep(proxy.stall_seconds)
+                    self.close_connection = True
+                    return
+                self.end_headers()
+                if fault == 'drop':
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
+                                                      Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f'http://127.0.0.1:{self.server.server_address[1]}'
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
