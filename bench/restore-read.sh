@@ -4,13 +4,15 @@
 # s3chain to a local file, against a plain S3 download of the same object
 # with 4 parallel ranged GETs (curl on a presigned URL), in the same run.
 #
-# Usage: bench/restore-read.sh [RUNS]   (default 3; medians are reported)
+# Usage: bench/restore-read.sh [RUNS]   (default 5; medians are reported)
+# Runs of all variants are interleaved, and each starts after a sync, so
+# that writeback of the previous output weighs on none of them.
 # Needs scripts/build.sh done; starts the local S3 server if needed.
 # Prints a table and writes it to bench/results/restore-read.txt.
 set -euo pipefail
 . "$(dirname "$0")/../scripts/common.sh"
 
-runs=${1:-3}
+runs=${1:-5}
 env_file=$("$REPO/scripts/s3-server.sh" start)
 # shellcheck disable=SC1090
 . "$env_file"
@@ -43,58 +45,90 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
 
 s3chain_convert() {
-    local opts=$1
-    rm -f "$work/out.raw"
+    local dir=$1 opts=$2 convert_opts=$3
+    rm -f "$dir/out.raw"
+    sync
     local t0 t1
     t0=$(now)
-    "$img" convert --object "secret,id=s3key,file=$work/secret" -O raw \
-        "$url_base$opts/$S3CHAIN_BUCKET/$prefix/disk.qcow2" "$work/out.raw"
+    # shellcheck disable=SC2086
+    "$img" convert $convert_opts --object "secret,id=s3key,file=$work/secret" \
+        -O raw "$url_base$opts/$S3CHAIN_BUCKET/$prefix/disk.qcow2" "$dir/out.raw"
     t1=$(now)
+    rm -f "$dir/out.raw"
     elapsed "$t0" "$t1"
 }
 
 parallel_get() {
-    local url size part t0 t1
+    local dir=$1 url size part t0 t1
     url=$(python3 "$REPO/scripts/s3obj.py" "$env_file" presign "$prefix/disk.qcow2")
     size=$object_bytes
     part=$(( (size + 3) / 4 ))
-    rm -f "$work"/part.*
+    rm -f "$dir"/part.*
+    sync
     t0=$(now)
     for i in 0 1 2 3; do
         local from=$(( i * part )) to=$(( (i + 1) * part - 1 ))
         [ "$to" -ge "$size" ] && to=$(( size - 1 ))
-        curl -sf -r "$from-$to" -o "$work/part.$i" "$url" &
+        curl -sf -r "$from-$to" -o "$dir/part.$i" "$url" &
     done
     wait
     t1=$(now)
+    rm -f "$dir"/part.*
     elapsed "$t0" "$t1"
 }
 
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-declare -A times
-configs=("baseline" "" ";readahead=0" ";request-size=1048576"
-         ";request-size=8388608" ";max-requests=4" ";max-requests=16")
-for r in $(seq "$runs"); do
-    times[baseline]+="$(parallel_get) "
-    for c in "${configs[@]:1}"; do
-        times["s3chain$c"]+="$(s3chain_convert "$c") "
-    done
-done
+# Each variant: "label|driver options|qemu-img convert options"
+variants=("s3chain convert (defaults)||"
+          "s3chain convert -m 16||-m 16"
+          "s3chain convert, readahead=0|;readahead=0|"
+          "s3chain convert, request-size=1M|;request-size=1048576|"
+          "s3chain convert, request-size=8M|;request-size=8388608|"
+          "s3chain convert, max-requests=16|;max-requests=16|")
+# The output on disk, and on tmpfs, where the local file system's
+# writeback does not blur the network side
+targets=("$work" "/dev/shm")
 
 out=$REPO/bench/results/restore-read.txt
 mkdir -p "$(dirname "$out")"
 {
-    echo "# restore-read: 2 GiB qcow2, $object_bytes bytes in the bucket; $runs runs, medians"
-    echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, radosgw on 127.0.0.1"
-    base=$(echo "${times[baseline]}" | tr ' ' '\n' | grep . | median)
-    printf '%-44s %8s %10s %8s\n' "what" "seconds" "MB/s" "ratio"
-    printf '%-44s %8s %10.0f %8s\n' "baseline: 4 parallel ranged GETs (curl)" "$base" \
-        "$(awk -v b="$object_bytes" -v t="$base" 'BEGIN { print b / t / 1e6 }')" "1.00"
-    for c in "${configs[@]:1}"; do
-        t=$(echo "${times[s3chain$c]}" | tr ' ' '\n' | grep . | median)
-        printf '%-44s %8s %10.0f %8.2f\n' "s3chain convert${c:- (defaults)}" "$t" \
-            "$(awk -v b="$object_bytes" -v t="$t" 'BEGIN { print b / t / 1e6 }')" \
-            "$(awk -v b="$base" -v t="$t" 'BEGIN { print b / t }')"
+    echo "# restore-read: 2 GiB qcow2, $object_bytes bytes in the bucket;" \
+        "$runs interleaved runs, medians"
+    echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, radosgw on 127.0.0.1," \
+        "$(curl --version | head -1 | cut -d' ' -f1-2)"
+} >"$out"
+for dir in "${targets[@]}"; do
+    declare -A times=()
+    # The order rotates from run to run, so that no variant always follows
+    # the same one (deleting a 1 GiB output has after-effects on ext4)
+    all=("baseline||" "${variants[@]}")
+    for r in $(seq 0 $((runs - 1))); do
+        for k in $(seq 0 $((${#all[@]} - 1))); do
+            IFS='|' read -r label opts convert_opts \
+                <<<"${all[$(( (r + k) % ${#all[@]} ))]}"
+            if [ "$label" = baseline ]; then
+                times[baseline]+="$(parallel_get "$dir") "
+            else
+                times[$label]+="$(s3chain_convert "$dir" "$opts" "$convert_opts") "
+            fi
+        done
     done
-} | tee "$out"
+    base=$(echo "${times[baseline]}" | tr ' ' '\n' | grep . | median)
+    {
+        echo
+        echo "output in $(df --output=fstype "$dir" | tail -1) ($dir)"
+        printf '%-44s %8s %8s %8s\n' "what" "seconds" "MB/s" "ratio"
+        printf '%-44s %8s %8.0f %8s\n' "baseline: 4 parallel ranged GETs (curl)" \
+            "$base" "$(awk -v b="$object_bytes" -v t="$base" 'BEGIN { print b / t / 1e6 }')" \
+            "1.00"
+        for v in "${variants[@]}"; do
+            IFS='|' read -r label _ _ <<<"$v"
+            t=$(echo "${times[$label]}" | tr ' ' '\n' | grep . | median)
+            printf '%-44s %8s %8.0f %8.2f\n' "$label" "$t" \
+                "$(awk -v b="$object_bytes" -v t="$t" 'BEGIN { print b / t / 1e6 }')" \
+                "$(awk -v b="$base" -v t="$t" 'BEGIN { print b / t }')"
+        done
+    } | tee -a "$out"
+    unset times
+done

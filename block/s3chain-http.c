@@ -378,7 +378,6 @@ static CURL *take_handle_locked(S3chainConn *conn)
         easy = conn->idle_handles->data;
         conn->idle_handles = g_slist_delete_link(conn->idle_handles,
                                                  conn->idle_handles);
-        curl_easy_reset(easy);
         return easy;
     }
     return curl_easy_init();
@@ -421,9 +420,8 @@ static bool setup_handle_locked(S3chainRequest *req)
         req->error_text = g_strdup("libcurl refused an option");
         return false;
     }
-    if (!strcmp(req->method, "HEAD")) {
-        curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
-    }
+    /* Handles are reused as they are: curl_easy_reset() frees buffers */
+    curl_easy_setopt(easy, CURLOPT_NOBODY, (long)!strcmp(req->method, "HEAD"));
     return true;
 }
 
