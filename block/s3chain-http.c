@@ -17,6 +17,12 @@
 /* SHA-256 of an empty payload */
 #define EMPTY_SHA256 \
     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+/*
+ * Uploads are not hashed for the signature: Content-MD5, which the server
+ * checks, protects their bytes, and SHA-256 over every chunk would cost
+ * more CPU than the upload itself.
+ */
+#define UNSIGNED_PAYLOAD "UNSIGNED-PAYLOAD"
 
 #define RETRY_BASE_MS 100
 #define RETRY_MAX_MS 5000
@@ -168,7 +174,7 @@ static const char *hint_for(long status, const char *code)
     case 404:
         return "check the bucket and key";
     case 412:
-        return "the object changed while it was open; reopen it";
+        return "a precondition failed: the object changed, or exists";
     default:
         return "see the server's logs";
     }
@@ -255,7 +261,10 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *opaque)
         }
         return len;
     }
-    if (!req->qiov || req->received + len > req->range_bytes) {
+    if (!req->qiov) {
+        return len;
+    }
+    if (req->received + len > req->range_bytes) {
         /* The server ignored our Range; fail rather than overflow */
         return 0;
     }
@@ -275,6 +284,7 @@ static size_t header_cb(char *data, size_t size, size_t nmemb, void *opaque)
     if (g_str_has_prefix(line, "HTTP/")) {
         /* a new response, after a 100 Continue or a redirect */
         g_clear_pointer(&req->etag, g_free);
+        g_clear_pointer(&req->content_type_received, g_free);
         req->object_size = 0;
         return len;
     }
@@ -286,6 +296,9 @@ static size_t header_cb(char *data, size_t size, size_t nmemb, void *opaque)
     if (!g_ascii_strcasecmp(line, "ETag")) {
         g_free(req->etag);
         req->etag = g_strdup(value);
+    } else if (!g_ascii_strcasecmp(line, "Content-Type")) {
+        g_free(req->content_type_received);
+        req->content_type_received = g_strdup(value);
     } else if (!g_ascii_strcasecmp(line, "Content-Range")) {
         const char *slash = strrchr(value, '/');
 
@@ -315,13 +328,23 @@ static struct curl_slist *signed_headers(S3chainRequest *req, Error **errp)
     g_autofree char *amz_date = g_date_time_format(now, "%Y%m%dT%H%M%SZ");
     g_autofree char *range = NULL;
     g_autofree char *path = g_strdup_printf("/%s/%s", set->bucket, req->key);
-    S3chainHeader headers[6];
+    const char *payload = req->body ? UNSIGNED_PAYLOAD : EMPTY_SHA256;
+    S3chainHeader headers[9];
     size_t n = 0;
     struct curl_slist *list = NULL;
 
     headers[n++] = (S3chainHeader) { "Host", conn->host };
     headers[n++] = (S3chainHeader) { "x-amz-date", amz_date };
-    headers[n++] = (S3chainHeader) { "x-amz-content-sha256", EMPTY_SHA256 };
+    headers[n++] = (S3chainHeader) { "x-amz-content-sha256", payload };
+    if (req->content_md5) {
+        headers[n++] = (S3chainHeader) { "Content-MD5", req->content_md5 };
+    }
+    if (req->content_type) {
+        headers[n++] = (S3chainHeader) { "Content-Type", req->content_type };
+    }
+    if (req->if_none_match) {
+        headers[n++] = (S3chainHeader) { "If-None-Match", "*" };
+    }
     if (req->range_bytes) {
         range = g_strdup_printf("bytes=%" PRIu64 "-%" PRIu64,
                                 req->range_offset,
@@ -353,7 +376,7 @@ static struct curl_slist *signed_headers(S3chainRequest *req, Error **errp)
             .path = path,
             .headers = headers,
             .nheaders = n,
-            .payload_sha256 = EMPTY_SHA256,
+            .payload_sha256 = payload,
         };
         g_autofree char *auth = s3chain_sigv4_authorization(&key, amz_date,
                                                             &sreq, errp);
@@ -414,14 +437,26 @@ static bool setup_handle_locked(S3chainRequest *req)
         curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST,
                          set->sslverify ? 2L : 0L) ||
         (set->cafile && curl_easy_setopt(easy, CURLOPT_CAINFO, set->cafile)) ||
-        curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, RECEIVE_BUFFER_SIZE) ||
-        curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, req->method)) {
+        curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, RECEIVE_BUFFER_SIZE)) {
         req->ret = -EIO;
         req->error_text = g_strdup("libcurl refused an option");
         return false;
     }
-    /* Handles are reused as they are: curl_easy_reset() frees buffers */
-    curl_easy_setopt(easy, CURLOPT_NOBODY, (long)!strcmp(req->method, "HEAD"));
+    /*
+     * Handles are reused as they are (curl_easy_reset() frees buffers), so
+     * each request sets what the last one may have changed.
+     */
+    if (req->body) {
+        curl_easy_setopt(easy, CURLOPT_NOBODY, 0L);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t)req->body_len);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, req->body);
+    } else {
+        curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+        curl_easy_setopt(easy, CURLOPT_NOBODY,
+                         (long)!strcmp(req->method, "HEAD"));
+    }
+    curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, req->method);
     return true;
 }
 
@@ -469,8 +504,8 @@ static void abandon(S3chainRequest *req)
 
 /*
  * Tells @req's owner that it ended.  The waiter is woken exactly once,
- * after its last request.  The mutex is dropped while waking, so callers
- * must not hold on to queue entries across this.
+ * after its last request, through a schedule rather than at once: the
+ * woken coroutine may free the connection, which is still in use here.
  */
 static void complete_locked(S3chainRequest *req)
 {
@@ -490,9 +525,7 @@ static void complete_locked(S3chainRequest *req)
         waiter->failed = true;
     }
     if (--waiter->pending == 0 && waiter->yielded) {
-        qemu_mutex_unlock(&conn->mutex);
-        aio_co_wake(waiter->co);
-        qemu_mutex_lock(&conn->mutex);
+        aio_co_schedule(waiter->ctx, waiter->co);
     }
 }
 
@@ -633,6 +666,7 @@ void coroutine_fn s3chain_co_wait(S3chainConn *conn, S3chainWaiter *waiter)
         return;
     }
     waiter->co = qemu_coroutine_self();
+    waiter->ctx = qemu_get_current_aio_context();
     waiter->yielded = true;
     qemu_mutex_unlock(&conn->mutex);
     qemu_coroutine_yield();
@@ -655,6 +689,7 @@ void s3chain_request_cleanup(S3chainRequest *req)
     g_clear_pointer(&req->error_code, g_free);
     g_clear_pointer(&req->error_text, g_free);
     g_clear_pointer(&req->etag, g_free);
+    g_clear_pointer(&req->content_type_received, g_free);
     if (req->error_body) {
         g_string_free(req->error_body, true);
         req->error_body = NULL;

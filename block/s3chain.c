@@ -19,26 +19,30 @@
 #include "qobject/qdict.h"
 #include "qemu/cutils.h"
 #include "qemu/module.h"
+#include "qemu/option.h"
 #include "qemu/units.h"
 #include "s3chain.h"
 #include "trace.h"
 
+/*
+ * A node is either a chunked image (image), writable, or an image stored
+ * as one object (reader), read-only.
+ */
 typedef struct BDRVS3chainState {
     BlockdevOptionsS3chain *opts;
     S3chainConn *conn;
+    S3chainImage *image;
     S3chainReader *reader;
     uint64_t size;
     char *etag;
 } BDRVS3chainState;
 
-typedef struct S3chainProbe {
-    S3chainConn *conn;
-    const char *key;
-    uint64_t size;
-    char *etag;
+typedef struct S3chainOpenCo {
+    BlockDriverState *bs;
+    int flags;
+    Error **errp;
     int ret;
-    char *error_text;
-} S3chainProbe;
+} S3chainOpenCo;
 
 static const char *const s3chain_strong_runtime_opts[] = {
     "endpoint", "bucket", "key", "region", "access-key-id", "key-secret",
@@ -151,14 +155,16 @@ fail:
     return false;
 }
 
-static void coroutine_fn s3chain_probe_entry(void *opaque)
+/* Reads byte 0 of the object: its size, ETag and kind, in one request */
+static int coroutine_fn s3chain_co_probe(BlockDriverState *bs, bool *chunked,
+                                         Error **errp)
 {
-    S3chainProbe *probe = opaque;
+    BDRVS3chainState *s = bs->opaque;
     uint8_t byte;
     QEMUIOVector qiov;
     S3chainRequest req = {
         .method = "GET",
-        .key = probe->key,
+        .key = s->opts->key,
         .range_offset = 0,
         .range_bytes = 1,
         .qiov = &qiov,
@@ -166,69 +172,134 @@ static void coroutine_fn s3chain_probe_entry(void *opaque)
     int ret;
 
     qemu_iovec_init_buf(&qiov, &byte, 1);
-    ret = s3chain_co_request(probe->conn, &req);
+    ret = s3chain_co_request(s->conn, &req);
     if (ret == -EINVAL && req.status == 416) {
         /* An empty object has no byte 0 */
         ret = 0;
         req.object_size = 0;
     }
-    if (ret == 0) {
-        probe->size = req.object_size;
-        /* Some servers only match an unquoted ETag in If-Match */
-        probe->etag = req.etag ? g_strdup(req.etag) : NULL;
-        if (probe->etag) {
-            g_strdelimit(probe->etag, "\"", ' ');
-            g_strstrip(probe->etag);
-        }
+    if (ret < 0) {
+        error_setg(errp, "s3chain: cannot open s3://%s/%s at %s: %s",
+                   s->opts->bucket, s->opts->key, s->opts->endpoint,
+                   req.error_text ?: strerror(-ret));
     } else {
-        probe->error_text = g_steal_pointer(&req.error_text);
+        s->size = req.object_size;
+        /* Some servers only match an unquoted ETag in If-Match */
+        s->etag = req.etag ? g_strdup(req.etag) : NULL;
+        if (s->etag) {
+            g_strdelimit(s->etag, "\"", ' ');
+            g_strstrip(s->etag);
+        }
+        *chunked = req.content_type_received &&
+                   !strcmp(req.content_type_received, S3CHAIN_MANIFEST_TYPE);
     }
     s3chain_request_cleanup(&req);
-    probe->ret = ret;
+    return ret;
 }
 
-static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
-                        Error **errp)
+static void coroutine_fn s3chain_open_entry(void *opaque)
 {
+    S3chainOpenCo *oc = opaque;
+    BlockDriverState *bs = oc->bs;
     BDRVS3chainState *s = bs->opaque;
-    S3chainConnSettings set;
-    S3chainProbe probe = { .ret = -EINPROGRESS };
+    bool chunked = false;
     int ret;
 
-    s->opts = s3chain_visit_options(options, errp);
-    if (!s->opts) {
-        return -EINVAL;
+    ret = s3chain_co_probe(bs, &chunked, oc->errp);
+    if (ret == 0 && chunked) {
+        ret = s3chain_image_co_open(bs, s->conn, s->opts->key, s->size,
+                                    oc->flags & BDRV_O_RDWR,
+                                    s->opts->has_buffer_size ?
+                                    s->opts->buffer_size :
+                                    S3CHAIN_DEFAULT_BUFFER_SIZE,
+                                    &s->image, oc->errp);
     }
-    if (!s3chain_settings_from_opts(s->opts, &set, errp)) {
-        ret = -EINVAL;
-        goto fail;
+    oc->ret = ret;
+}
+
+typedef struct S3chainCloseCo {
+    S3chainImage *image;
+    bool done;
+} S3chainCloseCo;
+
+static void coroutine_fn s3chain_close_entry(void *opaque)
+{
+    S3chainCloseCo *cc = opaque;
+
+    s3chain_image_co_close(cc->image);
+    cc->done = true;
+}
+
+static void s3chain_free_state(BDRVS3chainState *s)
+{
+    s3chain_reader_free(s->reader);
+    s->reader = NULL;
+    s3chain_conn_free(s->conn);
+    s->conn = NULL;
+    g_free(s->etag);
+    s->etag = NULL;
+    qapi_free_BlockdevOptionsS3chain(s->opts);
+    s->opts = NULL;
+}
+
+static S3chainConn *s3chain_connect(BlockdevOptionsS3chain *opts,
+                                    AioContext *ctx, Error **errp)
+{
+    S3chainConnSettings set;
+    S3chainConn *conn;
+
+    if (!s3chain_settings_from_opts(opts, &set, errp)) {
+        return NULL;
     }
-    s->conn = s3chain_conn_new(&set, bdrv_get_aio_context(bs));
+    conn = s3chain_conn_new(&set, ctx);
     g_free(set.endpoint);
     if (set.secret_access_key) {
         memset(set.secret_access_key, 0, strlen(set.secret_access_key));
     }
     g_free(set.secret_access_key);
     g_free(set.session_token);
+    return conn;
+}
 
-    probe.conn = s->conn;
-    probe.key = s->opts->key;
-    aio_co_enter(bdrv_get_aio_context(bs),
-                 qemu_coroutine_create(s3chain_probe_entry, &probe));
-    AIO_WAIT_WHILE_UNLOCKED(NULL, probe.ret == -EINPROGRESS);
-    if (probe.ret < 0) {
-        error_setg(errp, "s3chain: cannot open s3://%s/%s at %s: %s",
-                   s->opts->bucket, s->opts->key, s->opts->endpoint,
-                   probe.error_text ?: strerror(-probe.ret));
-        g_free(probe.error_text);
-        ret = probe.ret;
+static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
+                        Error **errp)
+{
+    BDRVS3chainState *s = bs->opaque;
+    S3chainOpenCo oc = {
+        .bs = bs,
+        .flags = flags,
+        .errp = errp,
+        .ret = -EINPROGRESS,
+    };
+    int ret;
+
+    s->opts = s3chain_visit_options(options, errp);
+    if (!s->opts) {
+        return -EINVAL;
+    }
+    s->conn = s3chain_connect(s->opts, bdrv_get_aio_context(bs), errp);
+    if (!s->conn) {
+        ret = -EINVAL;
         goto fail;
     }
-    s->size = probe.size;
-    s->etag = probe.etag;
+
+    aio_co_enter(bdrv_get_aio_context(bs),
+                 qemu_coroutine_create(s3chain_open_entry, &oc));
+    AIO_WAIT_WHILE_UNLOCKED(NULL, oc.ret == -EINPROGRESS);
+    if (oc.ret < 0) {
+        ret = oc.ret;
+        goto fail;
+    }
+
+    if (s->image) {
+        s->size = s3chain_image_size(s->image);
+        bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP;
+        trace_s3chain_open(s->opts->bucket, s->opts->key, s->size, "chunked");
+        return 0;
+    }
+
     trace_s3chain_open(s->opts->bucket, s->opts->key, s->size,
                        s->etag ?: "");
-
     if (flags & BDRV_O_RDWR) {
         ret = bdrv_apply_auto_read_only(bs, "s3chain: an image stored as "
                                         "one object is read-only", errp);
@@ -236,7 +307,6 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
             goto fail;
         }
     }
-
     s->reader = s3chain_reader_new(bs, s->conn, s->opts->key, s->etag,
                                    s->size,
                                    s->opts->has_request_size ?
@@ -248,12 +318,7 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
     return 0;
 
 fail:
-    s3chain_conn_free(s->conn);
-    s->conn = NULL;
-    g_free(s->etag);
-    s->etag = NULL;
-    qapi_free_BlockdevOptionsS3chain(s->opts);
-    s->opts = NULL;
+    s3chain_free_state(s);
     return ret;
 }
 
@@ -261,18 +326,28 @@ static void s3chain_close(BlockDriverState *bs)
 {
     BDRVS3chainState *s = bs->opaque;
 
-    s3chain_reader_free(s->reader);
-    s3chain_conn_free(s->conn);
-    g_free(s->etag);
-    qapi_free_BlockdevOptionsS3chain(s->opts);
+    if (s->image) {
+        /* the block layer flushed already; this drops the writer's lock */
+        S3chainCloseCo cc = { .image = g_steal_pointer(&s->image) };
+
+        aio_co_enter(bdrv_get_aio_context(bs),
+                     qemu_coroutine_create(s3chain_close_entry, &cc));
+        AIO_WAIT_WHILE_UNLOCKED(NULL, !cc.done);
+    }
+    s3chain_free_state(s);
 }
 
 static int s3chain_reopen_prepare(BDRVReopenState *state,
                                   BlockReopenQueue *queue, Error **errp)
 {
-    if (state->flags & BDRV_O_RDWR) {
-        error_setg(errp, "s3chain: an image stored as one object is "
-                   "read-only");
+    BDRVS3chainState *s = state->bs->opaque;
+    bool to_writable = (state->flags & BDRV_O_RDWR) &&
+                       !(state->bs->open_flags & BDRV_O_RDWR);
+
+    if (to_writable) {
+        error_setg(errp, "s3chain: %s cannot become writable while open; "
+                   "open it writable", s->image ? "an image" :
+                   "an image stored as one object");
         return -EACCES;
     }
     return 0;
@@ -290,7 +365,75 @@ s3chain_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
     BDRVS3chainState *s = bs->opaque;
 
     trace_s3chain_preadv(bs, offset, bytes);
+    if (s->image) {
+        return s3chain_image_co_preadv(s->image, offset, bytes, qiov);
+    }
     return s3chain_reader_co_preadv(s->reader, offset, bytes, qiov, 0);
+}
+
+static int coroutine_fn GRAPH_RDLOCK
+s3chain_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                   QEMUIOVector *qiov, BdrvRequestFlags flags)
+{
+    BDRVS3chainState *s = bs->opaque;
+
+    trace_s3chain_pwritev(bs, offset, bytes);
+    if (!s->image) {
+        return -EACCES;
+    }
+    return s3chain_image_co_pwritev(s->image, offset, bytes, qiov);
+}
+
+static int coroutine_fn GRAPH_RDLOCK
+s3chain_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                         BdrvRequestFlags flags)
+{
+    BDRVS3chainState *s = bs->opaque;
+
+    if (!s->image) {
+        return -EACCES;
+    }
+    return s3chain_image_co_pwrite_zeroes(s->image, offset, bytes);
+}
+
+/* A discarded range reads as zeroes: whole chunks are dropped */
+static int coroutine_fn GRAPH_RDLOCK
+s3chain_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    return s3chain_co_pwrite_zeroes(bs, offset, bytes, BDRV_REQ_MAY_UNMAP);
+}
+
+static int coroutine_fn GRAPH_RDLOCK s3chain_co_flush(BlockDriverState *bs)
+{
+    BDRVS3chainState *s = bs->opaque;
+
+    return s->image ? s3chain_image_co_flush(s->image) : 0;
+}
+
+static int coroutine_fn GRAPH_RDLOCK
+s3chain_co_truncate(BlockDriverState *bs, int64_t offset, bool exact,
+                    PreallocMode prealloc, BdrvRequestFlags flags,
+                    Error **errp)
+{
+    BDRVS3chainState *s = bs->opaque;
+    int ret;
+
+    if (!s->image) {
+        error_setg(errp, "s3chain: an image stored as one object cannot be "
+                   "resized");
+        return -ENOTSUP;
+    }
+    if (prealloc != PREALLOC_MODE_OFF) {
+        error_setg(errp, "s3chain: unsupported preallocation mode '%s'",
+                   PreallocMode_str(prealloc));
+        return -ENOTSUP;
+    }
+    ret = s3chain_image_co_truncate(s->image, offset);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "s3chain: cannot resize s3://%s/%s",
+                         s->opts->bucket, s->opts->key);
+    }
+    return ret;
 }
 
 static int64_t coroutine_fn GRAPH_RDLOCK
@@ -298,7 +441,7 @@ s3chain_co_getlength(BlockDriverState *bs)
 {
     BDRVS3chainState *s = bs->opaque;
 
-    return s->size;
+    return s->image ? s3chain_image_size(s->image) : s->size;
 }
 
 static int64_t coroutine_fn GRAPH_RDLOCK
@@ -306,20 +449,105 @@ s3chain_co_get_allocated_file_size(BlockDriverState *bs)
 {
     BDRVS3chainState *s = bs->opaque;
 
-    return s->size;
+    return s->image ? s3chain_image_stored_bytes(s->image) : s->size;
 }
 
-/* A whole object holds data everywhere, zeroes or not */
+/*
+ * A chunk that is not stored reads as zeroes; an object stored whole
+ * holds data everywhere, zeroes or not.
+ */
 static int coroutine_fn GRAPH_RDLOCK
 s3chain_co_block_status(BlockDriverState *bs, bool want_zero, int64_t offset,
                         int64_t bytes, int64_t *pnum, int64_t *map,
                         BlockDriverState **file)
 {
-    *pnum = bytes;
+    BDRVS3chainState *s = bs->opaque;
+
     *map = offset;
     *file = bs;
+    if (s->image) {
+        return s3chain_image_co_block_status(s->image, offset, bytes, pnum);
+    }
+    *pnum = bytes;
     return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
 }
+
+static int coroutine_fn s3chain_co_do_create(BlockdevOptionsS3chain *location,
+                                             uint64_t size, uint64_t chunk_size,
+                                             Error **errp)
+{
+    S3chainConn *conn;
+    int ret;
+
+    if (chunk_size < S3CHAIN_MIN_CHUNK_SIZE ||
+        chunk_size > S3CHAIN_MAX_CHUNK_SIZE || !is_power_of_2(chunk_size)) {
+        error_setg(errp, "s3chain: chunk-size must be a power of 2 between "
+                   "%d KiB and %d MiB", (int)(S3CHAIN_MIN_CHUNK_SIZE / KiB),
+                   (int)(S3CHAIN_MAX_CHUNK_SIZE / MiB));
+        return -EINVAL;
+    }
+    conn = s3chain_connect(location, qemu_get_current_aio_context(), errp);
+    if (!conn) {
+        return -EINVAL;
+    }
+    ret = s3chain_image_co_create(conn, location->key, size, chunk_size,
+                                  errp);
+    s3chain_conn_free(conn);
+    return ret;
+}
+
+static int coroutine_fn s3chain_co_create(BlockdevCreateOptions *options,
+                                          Error **errp)
+{
+    BlockdevCreateOptionsS3chain *opts = &options->u.s3chain;
+
+    return s3chain_co_do_create(opts->location, opts->size,
+                                opts->has_chunk_size ? opts->chunk_size :
+                                S3CHAIN_DEFAULT_CHUNK_SIZE, errp);
+}
+
+static int coroutine_fn
+s3chain_co_create_opts(BlockDriver *drv, const char *filename,
+                       QemuOpts *opts, Error **errp)
+{
+    g_autoptr(QDict) options = qdict_new();
+    BlockdevOptionsS3chain *location;
+    uint64_t size, chunk_size;
+    int ret;
+
+    if (!s3chain_parse_url(filename, options, errp)) {
+        return -EINVAL;
+    }
+    location = s3chain_visit_options(options, errp);
+    if (!location) {
+        return -EINVAL;
+    }
+    size = ROUND_UP(qemu_opt_get_size_del(opts, BLOCK_OPT_SIZE, 0),
+                    BDRV_SECTOR_SIZE);
+    chunk_size = qemu_opt_get_size_del(opts, "chunk-size",
+                                       S3CHAIN_DEFAULT_CHUNK_SIZE);
+    ret = s3chain_co_do_create(location, size, chunk_size, errp);
+    qapi_free_BlockdevOptionsS3chain(location);
+    return ret;
+}
+
+static QemuOptsList s3chain_create_opts = {
+    .name = "s3chain-create-opts",
+    .head = QTAILQ_HEAD_INITIALIZER(s3chain_create_opts.head),
+    .desc = {
+        {
+            .name = BLOCK_OPT_SIZE,
+            .type = QEMU_OPT_SIZE,
+            .help = "Virtual disk size"
+        },
+        {
+            .name = "chunk-size",
+            .type = QEMU_OPT_SIZE,
+            .help = "Bytes per chunk object (power of 2, 64 KiB to 256 MiB)"
+        },
+        { /* end of list */ }
+    }
+};
 
 static void GRAPH_RDLOCK s3chain_refresh_filename(BlockDriverState *bs)
 {
@@ -367,6 +595,7 @@ static BlockDriver bdrv_s3chain = {
     .format_name                = "s3chain",
     .protocol_name              = S3CHAIN_PROTOCOL,
     .instance_size              = sizeof(BDRVS3chainState),
+    .create_opts                = &s3chain_create_opts,
 
     .bdrv_parse_filename        = s3chain_parse_filename,
     .bdrv_open                  = s3chain_open,
@@ -374,7 +603,16 @@ static BlockDriver bdrv_s3chain = {
     .bdrv_reopen_prepare        = s3chain_reopen_prepare,
     .bdrv_refresh_limits        = s3chain_refresh_limits,
 
+    .bdrv_co_create             = s3chain_co_create,
+    .bdrv_co_create_opts        = s3chain_co_create_opts,
+    .bdrv_has_zero_init         = bdrv_has_zero_init_1,
+
     .bdrv_co_preadv             = s3chain_co_preadv,
+    .bdrv_co_pwritev            = s3chain_co_pwritev,
+    .bdrv_co_pwrite_zeroes      = s3chain_co_pwrite_zeroes,
+    .bdrv_co_pdiscard           = s3chain_co_pdiscard,
+    .bdrv_co_flush_to_disk      = s3chain_co_flush,
+    .bdrv_co_truncate           = s3chain_co_truncate,
     .bdrv_co_getlength          = s3chain_co_getlength,
     .bdrv_co_get_allocated_file_size = s3chain_co_get_allocated_file_size,
     .bdrv_co_block_status       = s3chain_co_block_status,

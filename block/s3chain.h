@@ -10,6 +10,7 @@
 #define BLOCK_S3CHAIN_H
 
 #include "qemu/coroutine.h"
+#include "qemu/units.h"
 #include "qemu/iov.h"
 #include "qemu/queue.h"
 #include "qemu/thread.h"
@@ -28,6 +29,13 @@
 #define S3CHAIN_DEFAULT_REQUEST_SIZE (4 * MiB)
 #define S3CHAIN_DEFAULT_READAHEAD (32 * MiB)
 #define S3CHAIN_DEFAULT_MAX_REQUESTS 8
+#define S3CHAIN_DEFAULT_CHUNK_SIZE (4 * MiB)
+#define S3CHAIN_MIN_CHUNK_SIZE (64 * KiB)
+#define S3CHAIN_MAX_CHUNK_SIZE (256 * MiB)
+#define S3CHAIN_DEFAULT_BUFFER_SIZE (64 * MiB)
+
+/* The Content-Type that marks a chunked image's manifest */
+#define S3CHAIN_MANIFEST_TYPE "application/vnd.s3chain.manifest+json"
 
 /* s3chain-url.c: the s3chain:// filename syntax */
 
@@ -92,6 +100,34 @@ char *s3chain_sigv4_authorization(const S3chainSigV4Key *key,
                                   const S3chainSigV4Request *req,
                                   Error **errp);
 
+/* s3chain-manifest.c: the manifest of a chunked image */
+
+typedef struct S3chainChunkRef {
+    char *tag;                  /* names the chunk's object */
+    uint8_t md5[16];
+} S3chainChunkRef;
+
+typedef struct S3chainManifest {
+    uint64_t size;
+    uint64_t chunk_size;
+    uint64_t generation;        /* bumped by each commit */
+    GTree *chunks;              /* index -> S3chainChunkRef */
+} S3chainManifest;
+
+S3chainManifest *s3chain_manifest_new(uint64_t size, uint64_t chunk_size);
+void s3chain_manifest_free(S3chainManifest *m);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(S3chainManifest, s3chain_manifest_free)
+gint s3chain_index_cmp(gconstpointer a, gconstpointer b, gpointer unused);
+S3chainChunkRef *s3chain_manifest_lookup(S3chainManifest *m, uint64_t index);
+void s3chain_manifest_set(S3chainManifest *m, uint64_t index,
+                          const char *tag, const uint8_t *md5);
+void s3chain_manifest_remove(S3chainManifest *m, uint64_t index);
+char *s3chain_manifest_encode(const S3chainManifest *m);
+S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp);
+/* The object key of chunk @index of image @image_key, upload @tag */
+char *s3chain_chunk_key(const char *image_key, uint64_t index,
+                        const char *tag);
+
 /* s3chain-http.c: requests to the bucket over libcurl's multi interface */
 
 typedef struct S3chainConnSettings {
@@ -117,6 +153,7 @@ typedef struct S3chainRequest S3chainRequest;
  */
 typedef struct S3chainWaiter {
     Coroutine *co;
+    AioContext *ctx;
     unsigned pending;
     bool yielded;
     bool failed;
@@ -129,7 +166,12 @@ struct S3chainRequest {
     uint64_t range_offset;
     uint64_t range_bytes;       /* 0: the whole object */
     const char *if_match;       /* ETag the object must still have */
-    QEMUIOVector *qiov;         /* receives the body of a ranged GET */
+    bool if_none_match;         /* create only: fail if the key exists */
+    const void *body;           /* what a PUT sends */
+    size_t body_len;
+    const char *content_md5;    /* base64, checked by the server */
+    const char *content_type;
+    QEMUIOVector *qiov;         /* receives the body of a GET */
     size_t qiov_offset;
     S3chainWaiter *waiter;
 
@@ -139,6 +181,7 @@ struct S3chainRequest {
     char *error_code;           /* S3's <Code>, if it sent one */
     char *error_text;           /* one line for the user */
     char *etag;
+    char *content_type_received;
     uint64_t object_size;       /* from Content-Range or Content-Length */
     unsigned attempts;
 
@@ -184,5 +227,36 @@ int coroutine_fn s3chain_reader_co_preadv(S3chainReader *reader,
                                           uint64_t offset, uint64_t bytes,
                                           QEMUIOVector *qiov,
                                           size_t qiov_offset);
+
+/* s3chain-image.c: chunked images, writable */
+
+typedef struct S3chainImage S3chainImage;
+
+/* Opens the chunked image whose manifest, @key, is @manifest_bytes long */
+int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
+                                       S3chainConn *conn, const char *key,
+                                       uint64_t manifest_bytes, bool writable,
+                                       uint64_t buffer_size,
+                                       S3chainImage **image, Error **errp);
+/* Releases the writer's lock; flush first to keep what was written */
+void coroutine_fn s3chain_image_co_close(S3chainImage *img);
+int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
+                                         uint64_t size, uint64_t chunk_size,
+                                         Error **errp);
+int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
+                                         uint64_t bytes, QEMUIOVector *qiov);
+int coroutine_fn s3chain_image_co_pwritev(S3chainImage *img, uint64_t offset,
+                                          uint64_t bytes, QEMUIOVector *qiov);
+int coroutine_fn s3chain_image_co_pwrite_zeroes(S3chainImage *img,
+                                                uint64_t offset,
+                                                uint64_t bytes);
+int coroutine_fn s3chain_image_co_flush(S3chainImage *img);
+int coroutine_fn s3chain_image_co_truncate(S3chainImage *img, uint64_t size);
+int coroutine_fn s3chain_image_co_block_status(S3chainImage *img,
+                                               uint64_t offset,
+                                               uint64_t bytes,
+                                               int64_t *pnum);
+uint64_t s3chain_image_size(S3chainImage *img);
+uint64_t s3chain_image_stored_bytes(S3chainImage *img);
 
 #endif

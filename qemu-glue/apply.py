@@ -42,6 +42,9 @@ def apply_qapi(tree):
     edit(schema, "      'rbd':        'BlockdevOptionsRbd',\n",
          "      's3chain':    { 'type': 'BlockdevOptionsS3chain',\n"
          "                      'if': 'CONFIG_CURL' },\n")
+    edit(schema, "      'rbd':            'BlockdevCreateOptionsRbd',\n",
+         "      's3chain':        { 'type': 'BlockdevCreateOptionsS3chain',\n"
+         "                          'if': 'CONFIG_CURL' },\n")
     edit(schema, "##\n# @BlockdevOptions:\n",
          read(os.path.join(GLUE, 'block-core.json')), before=True)
 
@@ -50,7 +53,8 @@ def apply_build(tree):
     edit(os.path.join(tree, 'block/meson.build'),
          "  [rbd, 'rbd', files('rbd.c')],\n",
          "  [curl, 's3chain', files('s3chain.c', 's3chain-cache.c',\n"
-         "                          's3chain-http.c', 's3chain-sigv4.c',\n"
+         "                          's3chain-http.c', 's3chain-image.c',\n"
+         "                          's3chain-manifest.c', 's3chain-sigv4.c',\n"
          "                          's3chain-url.c')],\n")
 
 
@@ -80,7 +84,8 @@ def apply_unit(tree):
          "  'test-fifo': [],\n",
          "  'test-s3chain-sigv4': [crypto, '../../block/s3chain-sigv4.c',\n"
          "                         '../../block/s3chain-url.c'],\n"
-         "  'test-s3chain-url': ['../../block/s3chain-url.c'],\n")
+         "  'test-s3chain-url': ['../../block/s3chain-url.c'],\n"
+         "  'test-s3chain-manifest': ['../../block/s3chain-manifest.c'],\n")
 
 
 def apply_docs(tree):

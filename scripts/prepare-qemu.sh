@@ -25,6 +25,9 @@ if [ "$(cat "$QEMU_SRC/.s3chain-patches" 2>/dev/null)" != "$stamp" ]; then
         cd "$QEMU_SRC"
         git_identity
         git am --abort >/dev/null 2>&1 || true
+        # our links would stand in the way of the files the series adds
+        find . -path ./.git -prune -o -type l -lname "$REPO/*" -print |
+            xargs -r rm -f
         git reset -q --hard v10.0.2
         git am -q $(ls "$REPO"/patches/*.patch | grep -v /0000-)
     )

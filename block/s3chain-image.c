@@ -1,0 +1,827 @@
+/*
+ * s3chain: chunked images, writable, with a bounded write-back buffer
+ *
+ * The image is cut into chunks of chunk-size bytes (see
+ * s3chain-manifest.c for the objects).  Writes land in chunk buffers in
+ * RAM and are acknowledged from there; a flush uploads the dirty chunks,
+ * each as a new object with Content-MD5, and then the manifest, which is
+ * the commit point.  When the buffer is full, the least recently used
+ * dirty chunk is uploaded early to make room: it only becomes part of the
+ * image with the next manifest.  All-zero chunks are never stored.
+ *
+ * One writer at a time: a writable open creates KEY.lock with a
+ * create-only PUT, and close deletes it.
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/cutils.h"
+#include "qemu/error-report.h"
+#include "qemu/memalign.h"
+#include "crypto/hash.h"
+#include "s3chain.h"
+#include "trace.h"
+
+typedef enum ChunkState {
+    CHUNK_LOADING,
+    CHUNK_CLEAN,
+    CHUNK_DIRTY,
+    CHUNK_UPLOADING,
+} ChunkState;
+
+typedef struct CachedChunk {
+    uint64_t index;
+    uint8_t *buf;
+    ChunkState state;
+    int ret;                    /* of its load; a failed chunk is dropped */
+    unsigned users;
+    CoQueue waiters;
+    QTAILQ_ENTRY(CachedChunk) lru;
+} CachedChunk;
+
+struct S3chainImage {
+    BlockDriverState *bs;
+    S3chainConn *conn;
+    char *key;
+    char *lock_key;
+    S3chainManifest *manifest;
+    bool writable;
+    bool locked;
+    bool manifest_dirty;
+    uint64_t session;           /* generation this writer started at */
+    uint64_t serial;            /* uploads made in this session */
+    GPtrArray *superseded;      /* keys to delete after the next commit */
+    uint64_t buffer_size;
+
+    CoMutex lock;
+    GHashTable *cache;          /* index -> CachedChunk */
+    QTAILQ_HEAD(, CachedChunk) lru;
+    uint64_t cached;
+    CoQueue room;
+};
+
+static uint64_t chunk_size(S3chainImage *img)
+{
+    return img->manifest->chunk_size;
+}
+
+static const char *bucket(S3chainImage *img)
+{
+    return s3chain_conn_settings(img->conn)->bucket;
+}
+
+static char *base64_md5(const uint8_t *md5)
+{
+    return g_base64_encode(md5, 16);
+}
+
+static int md5_of(const uint8_t *buf, size_t len, uint8_t *md5)
+{
+    g_autofree uint8_t *result = NULL;
+    size_t result_len = 0;
+
+    if (qcrypto_hash_bytes(QCRYPTO_HASH_ALGO_MD5, (const char *)buf, len,
+                           &result, &result_len, NULL) < 0) {
+        return -EIO;
+    }
+    memcpy(md5, result, 16);
+    return 0;
+}
+
+/* What happened to @req, for a message that names the object */
+static void report_request_error(S3chainImage *img, const char *what,
+                                 const char *key, S3chainRequest *req)
+{
+    error_report("s3chain: %s s3://%s/%s failed: %s", what, bucket(img), key,
+                 req->error_text ?: strerror(-req->ret));
+}
+
+static void chunk_free(CachedChunk *c)
+{
+    qemu_vfree(c->buf);
+    g_free(c);
+}
+
+static void drop_chunk_locked(S3chainImage *img, CachedChunk *c)
+{
+    QTAILQ_REMOVE(&img->lru, c, lru);
+    g_hash_table_remove(img->cache, &c->index);
+    img->cached -= chunk_size(img);
+    chunk_free(c);
+    qemu_co_queue_restart_all(&img->room);
+}
+
+static void release_locked(S3chainImage *img, CachedChunk *c)
+{
+    assert(c->users > 0);
+    c->users--;
+    if (!c->users) {
+        if (c->ret < 0) {
+            drop_chunk_locked(img, c);
+        } else {
+            qemu_co_queue_restart_all(&img->room);
+        }
+    }
+}
+
+/* The committed object of chunk @index is no longer the image's */
+static void supersede_locked(S3chainImage *img, uint64_t index)
+{
+    S3chainChunkRef *ref = s3chain_manifest_lookup(img->manifest, index);
+
+    if (ref) {
+        g_ptr_array_add(img->superseded,
+                        s3chain_chunk_key(img->key, index, ref->tag));
+        s3chain_manifest_remove(img->manifest, index);
+    }
+    img->manifest_dirty = true;
+}
+
+typedef struct Upload {
+    CachedChunk *chunk;
+    char *tag;
+    char *key;
+    char *md5_b64;
+    uint8_t md5[16];
+    S3chainRequest req;
+} Upload;
+
+/*
+ * Uploads @chunks (dirty, pinned by the caller) in parallel.  Called and
+ * returns with img->lock held; drops it while the requests run.  Each
+ * chunk ends clean, or dirty again if its upload failed.
+ */
+static int coroutine_fn write_back_locked(S3chainImage *img,
+                                          CachedChunk **chunks, size_t n)
+{
+    g_autofree Upload *uploads = g_new0(Upload, n);
+    S3chainWaiter waiter = { 0 };
+    size_t sent = 0;
+    int ret = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        CachedChunk *c = chunks[i];
+        Upload *u = &uploads[i];
+
+        u->chunk = c;
+        if (buffer_is_zero(c->buf, chunk_size(img))) {
+            supersede_locked(img, c->index);
+            c->state = CHUNK_CLEAN;
+            continue;
+        }
+        if (md5_of(c->buf, chunk_size(img), u->md5) < 0) {
+            ret = -EIO;
+            continue;
+        }
+        c->state = CHUNK_UPLOADING;
+        u->tag = g_strdup_printf("%" PRIx64 ".%" PRIx64, img->session,
+                                 ++img->serial);
+        u->key = s3chain_chunk_key(img->key, c->index, u->tag);
+        u->md5_b64 = base64_md5(u->md5);
+        u->req = (S3chainRequest) {
+            .method = "PUT",
+            .key = u->key,
+            .body = c->buf,
+            .body_len = chunk_size(img),
+            .content_md5 = u->md5_b64,
+            .waiter = &waiter,
+        };
+        trace_s3chain_upload_chunk(img->key, c->index, u->tag);
+        sent++;
+    }
+
+    qemu_co_mutex_unlock(&img->lock);
+    for (size_t i = 0; i < n; i++) {
+        if (uploads[i].key) {
+            s3chain_request_submit(img->conn, &uploads[i].req);
+        }
+    }
+    if (sent) {
+        s3chain_co_wait(img->conn, &waiter);
+    }
+    qemu_co_mutex_lock(&img->lock);
+
+    for (size_t i = 0; i < n; i++) {
+        Upload *u = &uploads[i];
+
+        if (u->key) {
+            if (u->req.ret < 0) {
+                if (u->req.ret != -ECANCELED) {
+                    report_request_error(img, "upload of", u->key, &u->req);
+                }
+                u->chunk->state = CHUNK_DIRTY;
+                ret = ret ? ret : u->req.ret;
+            } else {
+                supersede_locked(img, u->chunk->index);
+                s3chain_manifest_set(img->manifest, u->chunk->index, u->tag,
+                                     u->md5);
+                u->chunk->state = CHUNK_CLEAN;
+            }
+            qemu_co_queue_restart_all(&u->chunk->waiters);
+            s3chain_request_cleanup(&u->req);
+        }
+        g_free(u->tag);
+        g_free(u->key);
+        g_free(u->md5_b64);
+    }
+    return ret;
+}
+
+/* Makes room for one more chunk in the buffer, uploading if need be */
+static int coroutine_fn make_room_locked(S3chainImage *img)
+{
+    while (img->cached + chunk_size(img) > img->buffer_size) {
+        CachedChunk *c, *clean = NULL, *dirty = NULL;
+
+        QTAILQ_FOREACH(c, &img->lru, lru) {
+            if (c->users || c->state == CHUNK_LOADING ||
+                c->state == CHUNK_UPLOADING) {
+                continue;
+            }
+            if (c->state == CHUNK_CLEAN && !clean) {
+                clean = c;
+            } else if (c->state == CHUNK_DIRTY && !dirty) {
+                dirty = c;
+            }
+        }
+        if (clean) {
+            drop_chunk_locked(img, clean);
+        } else if (dirty) {
+            int ret;
+
+            trace_s3chain_buffer_full(img->key, dirty->index);
+            dirty->users++;
+            ret = write_back_locked(img, &dirty, 1);
+            release_locked(img, dirty);
+            if (ret < 0) {
+                return ret;
+            }
+        } else {
+            qemu_co_queue_wait(&img->room, &img->lock);
+        }
+    }
+    return 0;
+}
+
+static int coroutine_fn load_chunk_locked(S3chainImage *img, CachedChunk *c,
+                                          S3chainChunkRef *ref)
+{
+    g_autofree char *key = s3chain_chunk_key(img->key, c->index, ref->tag);
+    uint8_t want[16], got[16];
+    QEMUIOVector qiov;
+    S3chainRequest req = {
+        .method = "GET",
+        .key = key,
+        .range_offset = 0,
+        .range_bytes = chunk_size(img),
+        .qiov = &qiov,
+    };
+    int ret;
+
+    memcpy(want, ref->md5, sizeof(want));
+    qemu_iovec_init_buf(&qiov, c->buf, chunk_size(img));
+    qemu_co_mutex_unlock(&img->lock);
+    ret = s3chain_co_request(img->conn, &req);
+    if (ret < 0) {
+        report_request_error(img, "read of", key, &req);
+    } else if (md5_of(c->buf, chunk_size(img), got) < 0 ||
+               memcmp(want, got, sizeof(got))) {
+        trace_s3chain_chunk_corrupt(bucket(img), key);
+        error_report("s3chain: chunk s3://%s/%s does not match its checksum "
+                     "in the manifest; the image is damaged", bucket(img),
+                     key);
+        ret = -EIO;
+    }
+    s3chain_request_cleanup(&req);
+    qemu_co_mutex_lock(&img->lock);
+    return ret;
+}
+
+/*
+ * Returns chunk @index pinned and loaded, from the buffer or the bucket.
+ * With @for_write, it is not being uploaded; with @overwrite, the caller
+ * writes all of it, so it need not be loaded.
+ */
+static int coroutine_fn get_chunk_locked(S3chainImage *img, uint64_t index,
+                                         bool for_write, bool overwrite,
+                                         CachedChunk **chunk)
+{
+    CachedChunk *c;
+    S3chainChunkRef *ref;
+    int ret;
+
+retry:
+    c = g_hash_table_lookup(img->cache, &index);
+    if (c) {
+        c->users++;
+        while (c->state == CHUNK_LOADING ||
+               (for_write && c->state == CHUNK_UPLOADING)) {
+            qemu_co_queue_wait(&c->waiters, &img->lock);
+        }
+        if (c->ret < 0) {
+            ret = c->ret;
+            release_locked(img, c);
+            return ret;
+        }
+        QTAILQ_REMOVE(&img->lru, c, lru);
+        QTAILQ_INSERT_TAIL(&img->lru, c, lru);
+        *chunk = c;
+        return 0;
+    }
+
+    ret = make_room_locked(img);
+    if (ret < 0) {
+        return ret;
+    }
+    if (g_hash_table_contains(img->cache, &index)) {
+        /* someone loaded it while we made room */
+        goto retry;
+    }
+
+    c = g_new0(CachedChunk, 1);
+    c->index = index;
+    c->buf = qemu_try_blockalign(img->bs, chunk_size(img));
+    if (!c->buf) {
+        g_free(c);
+        return -ENOMEM;
+    }
+    c->users = 1;
+    qemu_co_queue_init(&c->waiters);
+    g_hash_table_insert(img->cache, &c->index, c);
+    QTAILQ_INSERT_TAIL(&img->lru, c, lru);
+    img->cached += chunk_size(img);
+
+    ref = s3chain_manifest_lookup(img->manifest, index);
+    if (ref && !overwrite) {
+        c->state = CHUNK_LOADING;
+        c->ret = load_chunk_locked(img, c, ref);
+    } else {
+        memset(c->buf, 0, chunk_size(img));
+    }
+    c->state = CHUNK_CLEAN;
+    qemu_co_queue_restart_all(&c->waiters);
+    if (c->ret < 0) {
+        ret = c->ret;
+        release_locked(img, c);
+        return ret;
+    }
+    *chunk = c;
+    return 0;
+}
+
+int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
+                                         uint64_t bytes, QEMUIOVector *qiov)
+{
+    uint64_t done = 0;
+    int ret = 0;
+
+    bytes = offset < img->manifest->size ?
+            MIN(bytes, img->manifest->size - offset) : 0;
+    qemu_co_mutex_lock(&img->lock);
+    while (done < bytes) {
+        uint64_t pos = offset + done;
+        uint64_t index = pos / chunk_size(img);
+        uint64_t in_chunk = pos % chunk_size(img);
+        uint64_t n = MIN(bytes - done, chunk_size(img) - in_chunk);
+        CachedChunk *c;
+
+        if (!g_hash_table_contains(img->cache, &index) &&
+            !s3chain_manifest_lookup(img->manifest, index)) {
+            qemu_iovec_memset(qiov, done, 0, n);
+        } else {
+            ret = get_chunk_locked(img, index, false, false, &c);
+            if (ret < 0) {
+                break;
+            }
+            qemu_iovec_from_buf(qiov, done, c->buf + in_chunk, n);
+            release_locked(img, c);
+        }
+        done += n;
+    }
+    qemu_co_mutex_unlock(&img->lock);
+    return ret;
+}
+
+/*
+ * Writes @qiov at @offset, or zeroes if @qiov is NULL.  Like a file, the
+ * image grows when written past its end (format drivers count on it).
+ */
+static int coroutine_fn write_locked(S3chainImage *img, uint64_t offset,
+                                     uint64_t bytes, QEMUIOVector *qiov)
+{
+    uint64_t done = 0;
+
+    if (offset + bytes > img->manifest->size) {
+        img->manifest->size = offset + bytes;
+        img->manifest_dirty = true;
+    }
+
+    while (done < bytes) {
+        uint64_t pos = offset + done;
+        uint64_t index = pos / chunk_size(img);
+        uint64_t in_chunk = pos % chunk_size(img);
+        uint64_t n = MIN(bytes - done, chunk_size(img) - in_chunk);
+        bool whole = n == chunk_size(img);
+        CachedChunk *c;
+        int ret;
+
+        if (!qiov && whole && !g_hash_table_contains(img->cache, &index)) {
+            /* a whole chunk of zeroes is just no chunk */
+            supersede_locked(img, index);
+            done += n;
+            continue;
+        }
+        ret = get_chunk_locked(img, index, true, whole, &c);
+        if (ret < 0) {
+            return ret;
+        }
+        if (qiov) {
+            qemu_iovec_to_buf(qiov, done, c->buf + in_chunk, n);
+        } else {
+            memset(c->buf + in_chunk, 0, n);
+        }
+        c->state = CHUNK_DIRTY;
+        release_locked(img, c);
+        done += n;
+    }
+    return 0;
+}
+
+int coroutine_fn s3chain_image_co_pwritev(S3chainImage *img, uint64_t offset,
+                                          uint64_t bytes, QEMUIOVector *qiov)
+{
+    int ret;
+
+    qemu_co_mutex_lock(&img->lock);
+    ret = write_locked(img, offset, bytes, qiov);
+    qemu_co_mutex_unlock(&img->lock);
+    return ret;
+}
+
+static gboolean collect_dirty(gpointer key, gpointer value, gpointer opaque)
+{
+    CachedChunk *c = value;
+
+    if (c->state == CHUNK_DIRTY && !c->users) {
+        c->users++;
+        g_ptr_array_add(opaque, c);
+    }
+    return false;
+}
+
+static int coroutine_fn put_manifest_locked(S3chainImage *img)
+{
+    g_autofree char *json = NULL;
+    uint8_t md5[16];
+    g_autofree char *md5_b64 = NULL;
+    S3chainRequest req = { 0 };
+    int ret;
+
+    img->manifest->generation++;
+    json = s3chain_manifest_encode(img->manifest);
+    if (md5_of((uint8_t *)json, strlen(json), md5) < 0) {
+        return -EIO;
+    }
+    md5_b64 = base64_md5(md5);
+    req = (S3chainRequest) {
+        .method = "PUT",
+        .key = img->key,
+        .body = json,
+        .body_len = strlen(json),
+        .content_md5 = md5_b64,
+        .content_type = S3CHAIN_MANIFEST_TYPE,
+    };
+    trace_s3chain_commit(img->key, img->manifest->generation,
+                         g_tree_nnodes(img->manifest->chunks));
+    ret = s3chain_co_request(img->conn, &req);
+    if (ret < 0) {
+        report_request_error(img, "commit of", img->key, &req);
+        img->manifest->generation--;
+    }
+    s3chain_request_cleanup(&req);
+    return ret;
+}
+
+/* Deletes what the last commit left unreferenced; failures leave garbage */
+static void coroutine_fn delete_superseded_locked(S3chainImage *img)
+{
+    g_autoptr(GPtrArray) keys = g_steal_pointer(&img->superseded);
+    g_autofree S3chainRequest *reqs = g_new0(S3chainRequest, keys->len);
+    S3chainWaiter waiter = { 0 };
+
+    img->superseded = g_ptr_array_new_with_free_func(g_free);
+    if (!keys->len) {
+        return;
+    }
+    for (guint i = 0; i < keys->len; i++) {
+        reqs[i] = (S3chainRequest) {
+            .method = "DELETE",
+            .key = g_ptr_array_index(keys, i),
+            .waiter = &waiter,
+        };
+        s3chain_request_submit(img->conn, &reqs[i]);
+    }
+    s3chain_co_wait(img->conn, &waiter);
+    for (guint i = 0; i < keys->len; i++) {
+        s3chain_request_cleanup(&reqs[i]);
+    }
+}
+
+int coroutine_fn s3chain_image_co_flush(S3chainImage *img)
+{
+    g_autoptr(GPtrArray) dirty = g_ptr_array_new();
+    int ret;
+
+    if (!img->writable) {
+        return 0;
+    }
+    qemu_co_mutex_lock(&img->lock);
+    g_hash_table_foreach(img->cache, (GHFunc)collect_dirty, dirty);
+    ret = write_back_locked(img, (CachedChunk **)dirty->pdata, dirty->len);
+    for (guint i = 0; i < dirty->len; i++) {
+        release_locked(img, g_ptr_array_index(dirty, i));
+    }
+    if (ret == 0 && img->manifest_dirty) {
+        ret = put_manifest_locked(img);
+        if (ret == 0) {
+            img->manifest_dirty = false;
+            delete_superseded_locked(img);
+        }
+    }
+    qemu_co_mutex_unlock(&img->lock);
+    return ret;
+}
+
+int coroutine_fn s3chain_image_co_truncate(S3chainImage *img, uint64_t size)
+{
+    uint64_t old_chunks, new_chunks;
+    int ret = 0;
+
+    qemu_co_mutex_lock(&img->lock);
+    old_chunks = DIV_ROUND_UP(img->manifest->size, chunk_size(img));
+    new_chunks = DIV_ROUND_UP(size, chunk_size(img));
+    if (size < img->manifest->size) {
+        /* what was past the new end must read as zeroes if it grows back */
+        ret = write_locked(img, size, new_chunks * chunk_size(img) - size,
+                           NULL);
+        for (uint64_t i = new_chunks; ret == 0 && i < old_chunks; i++) {
+            CachedChunk *c = g_hash_table_lookup(img->cache, &i);
+
+            while (c && c->users) {
+                qemu_co_queue_wait(&img->room, &img->lock);
+                c = g_hash_table_lookup(img->cache, &i);
+            }
+            if (c) {
+                drop_chunk_locked(img, c);
+            }
+            supersede_locked(img, i);
+        }
+    }
+    if (ret == 0) {
+        img->manifest->size = size;
+        img->manifest_dirty = true;
+    }
+    qemu_co_mutex_unlock(&img->lock);
+    return ret;
+}
+
+int coroutine_fn s3chain_image_co_pwrite_zeroes(S3chainImage *img,
+                                                uint64_t offset,
+                                                uint64_t bytes)
+{
+    int ret;
+
+    qemu_co_mutex_lock(&img->lock);
+    ret = write_locked(img, offset, bytes, NULL);
+    qemu_co_mutex_unlock(&img->lock);
+    return ret;
+}
+
+int coroutine_fn s3chain_image_co_block_status(S3chainImage *img,
+                                               uint64_t offset,
+                                               uint64_t bytes,
+                                               int64_t *pnum)
+{
+    uint64_t index = offset / chunk_size(img);
+    uint64_t end = MIN(offset + bytes, (index + 1) * chunk_size(img));
+    bool data;
+
+    qemu_co_mutex_lock(&img->lock);
+    data = g_hash_table_contains(img->cache, &index) ||
+           s3chain_manifest_lookup(img->manifest, index);
+    qemu_co_mutex_unlock(&img->lock);
+    *pnum = end - offset;
+    return data ? BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID
+                : BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID;
+}
+
+uint64_t s3chain_image_size(S3chainImage *img)
+{
+    return img->manifest->size;
+}
+
+uint64_t s3chain_image_stored_bytes(S3chainImage *img)
+{
+    return (uint64_t)g_tree_nnodes(img->manifest->chunks) * chunk_size(img);
+}
+
+/* Takes the writer's lock object; explains who holds it if it is taken */
+static int coroutine_fn take_lock(S3chainImage *img, Error **errp)
+{
+    g_autofree char *host = g_strdup(g_get_host_name());
+    g_autoptr(GDateTime) now = g_date_time_new_now_utc();
+    g_autofree char *when = g_date_time_format_iso8601(now);
+    g_autofree char *body = g_strdup_printf(
+        "{\"host\": \"%s\", \"pid\": %d, \"since\": \"%s\"}\n", host,
+        (int)getpid(), when);
+    S3chainRequest req = {
+        .method = "PUT",
+        .key = img->lock_key,
+        .body = body,
+        .body_len = strlen(body),
+        .if_none_match = true,
+    };
+    int ret = s3chain_co_request(img->conn, &req);
+
+    if (ret == 0) {
+        img->locked = true;
+    } else if (req.status == 412) {
+        error_setg(errp, "s3chain: s3://%s/%s is open for writing elsewhere "
+                   "(s3://%s/%s exists); if that writer is gone, delete "
+                   "that lock object and retry", bucket(img), img->key,
+                   bucket(img), img->lock_key);
+        ret = -EBUSY;
+    } else if (req.status == 501) {
+        /* The server has no conditional PUT: one writer is on trust */
+        warn_report("s3chain: the server cannot create objects "
+                    "conditionally; s3://%s/%s is not protected from a "
+                    "second writer", bucket(img), img->key);
+        ret = 0;
+    } else {
+        error_setg(errp, "s3chain: cannot lock s3://%s/%s for writing: %s",
+                   bucket(img), img->key,
+                   req.error_text ?: strerror(-ret));
+    }
+    s3chain_request_cleanup(&req);
+    return ret;
+}
+
+static void coroutine_fn drop_lock(S3chainImage *img)
+{
+    S3chainRequest req = {
+        .method = "DELETE",
+        .key = img->lock_key,
+    };
+
+    if (!img->locked) {
+        return;
+    }
+    if (s3chain_co_request(img->conn, &req) < 0) {
+        report_request_error(img, "unlock of", img->lock_key, &req);
+    }
+    img->locked = false;
+    s3chain_request_cleanup(&req);
+}
+
+static S3chainImage *image_new(BlockDriverState *bs, S3chainConn *conn,
+                               const char *key, S3chainManifest *manifest,
+                               bool writable, uint64_t buffer_size)
+{
+    S3chainImage *img = g_new0(S3chainImage, 1);
+
+    img->bs = bs;
+    img->conn = conn;
+    img->key = g_strdup(key);
+    img->lock_key = g_strconcat(key, ".lock", NULL);
+    img->manifest = manifest;
+    img->writable = writable;
+    img->session = manifest->generation + 1;
+    img->buffer_size = MAX(buffer_size, 2 * manifest->chunk_size);
+    img->superseded = g_ptr_array_new_with_free_func(g_free);
+    qemu_co_mutex_init(&img->lock);
+    img->cache = g_hash_table_new(g_int64_hash, g_int64_equal);
+    QTAILQ_INIT(&img->lru);
+    qemu_co_queue_init(&img->room);
+    return img;
+}
+
+static void image_free(S3chainImage *img)
+{
+    GHashTableIter iter;
+    CachedChunk *c;
+
+    g_hash_table_iter_init(&iter, img->cache);
+    while (g_hash_table_iter_next(&iter, NULL, (gpointer *)&c)) {
+        chunk_free(c);
+    }
+    g_hash_table_destroy(img->cache);
+    g_ptr_array_unref(img->superseded);
+    s3chain_manifest_free(img->manifest);
+    g_free(img->key);
+    g_free(img->lock_key);
+    g_free(img);
+}
+
+int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
+                                       S3chainConn *conn, const char *key,
+                                       uint64_t manifest_bytes, bool writable,
+                                       uint64_t buffer_size,
+                                       S3chainImage **image, Error **errp)
+{
+    g_autofree char *json = g_malloc0(manifest_bytes + 1);
+    S3chainManifest *manifest;
+    S3chainImage *img;
+    QEMUIOVector qiov;
+    Error *local_err = NULL;
+    S3chainRequest req = {
+        .method = "GET",
+        .key = key,
+        .range_offset = 0,
+        .range_bytes = manifest_bytes,
+        .qiov = &qiov,
+    };
+    int ret;
+
+    qemu_iovec_init_buf(&qiov, json, manifest_bytes);
+    ret = manifest_bytes ? s3chain_co_request(conn, &req) : -EINVAL;
+    if (ret < 0) {
+        error_setg(errp, "s3chain: cannot read the manifest s3://%s/%s: %s",
+                   s3chain_conn_settings(conn)->bucket, key,
+                   req.error_text ?: strerror(-ret));
+        s3chain_request_cleanup(&req);
+        return ret;
+    }
+    s3chain_request_cleanup(&req);
+
+    manifest = s3chain_manifest_decode(json, &local_err);
+    if (!manifest) {
+        error_setg(errp, "s3chain: s3://%s/%s is damaged: %s",
+                   s3chain_conn_settings(conn)->bucket, key,
+                   error_get_pretty(local_err));
+        error_free(local_err);
+        return -EINVAL;
+    }
+    img = image_new(bs, conn, key, manifest, writable, buffer_size);
+    if (writable) {
+        ret = take_lock(img, errp);
+        if (ret < 0) {
+            image_free(img);
+            return ret;
+        }
+    }
+    trace_s3chain_image_open(key, manifest->size, manifest->chunk_size,
+                             manifest->generation, writable);
+    *image = img;
+    return 0;
+}
+
+void coroutine_fn s3chain_image_co_close(S3chainImage *img)
+{
+    drop_lock(img);
+    image_free(img);
+}
+
+int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
+                                         uint64_t size, uint64_t chunk_size,
+                                         Error **errp)
+{
+    g_autoptr(S3chainManifest) manifest = s3chain_manifest_new(size,
+                                                               chunk_size);
+    g_autofree char *json = s3chain_manifest_encode(manifest);
+    g_autofree char *md5_b64 = NULL;
+    uint8_t md5[16];
+    S3chainRequest req = { 0 };
+    int ret;
+
+    if (md5_of((uint8_t *)json, strlen(json), md5) < 0) {
+        error_setg(errp, "s3chain: cannot compute MD5");
+        return -EIO;
+    }
+    md5_b64 = base64_md5(md5);
+    req = (S3chainRequest) {
+        .method = "PUT",
+        .key = key,
+        .body = json,
+        .body_len = strlen(json),
+        .content_md5 = md5_b64,
+        .content_type = S3CHAIN_MANIFEST_TYPE,
+        .if_none_match = true,
+    };
+    ret = s3chain_co_request(conn, &req);
+    if (req.status == 412) {
+        error_setg(errp, "s3chain: s3://%s/%s already exists; s3chain never "
+                   "overwrites an image: delete it first, or choose another "
+                   "key", s3chain_conn_settings(conn)->bucket, key);
+        ret = -EEXIST;
+    } else if (ret < 0) {
+        error_setg(errp, "s3chain: cannot create s3://%s/%s: %s",
+                   s3chain_conn_settings(conn)->bucket, key,
+                   req.error_text ?: strerror(-ret));
+    }
+    s3chain_request_cleanup(&req);
+    return ret;
+}

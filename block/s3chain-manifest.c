@@ -1,0 +1,240 @@
+/*
+ * s3chain: the manifest of a chunked image, its commit point
+ *
+ * A chunked image with key K is the manifest object K (Content-Type
+ * S3CHAIN_MANIFEST_TYPE) and one object per stored chunk, K.d/INDEX.TAG.
+ * A chunk's object is never rewritten: each upload gets a new TAG, so the
+ * last committed manifest always names intact objects.  The manifest is
+ * JSON:
+ *
+ *   {"format": "s3chain-chunked", "version": 1, "size": N,
+ *    "chunk-size": C, "generation": G,
+ *    "chunks": [[INDEX, "TAG", "MD5 hex"], ...]}
+ *
+ * with chunks in ascending INDEX order.  Chunks that are not listed read
+ * as zeroes.
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qobject/qdict.h"
+#include "qobject/qjson.h"
+#include "qobject/qlist.h"
+#include "qobject/qnum.h"
+#include "qobject/qstring.h"
+#include "qemu/cutils.h"
+#include "s3chain.h"
+
+#define MANIFEST_FORMAT "s3chain-chunked"
+#define MANIFEST_VERSION 1
+
+static void chunk_ref_free(gpointer p)
+{
+    S3chainChunkRef *ref = p;
+
+    g_free(ref->tag);
+    g_free(ref);
+}
+
+S3chainManifest *s3chain_manifest_new(uint64_t size, uint64_t chunk_size)
+{
+    S3chainManifest *m = g_new0(S3chainManifest, 1);
+
+    m->size = size;
+    m->chunk_size = chunk_size;
+    m->chunks = g_tree_new_full((GCompareDataFunc)s3chain_index_cmp, NULL,
+                                g_free, chunk_ref_free);
+    return m;
+}
+
+void s3chain_manifest_free(S3chainManifest *m)
+{
+    if (m) {
+        g_tree_unref(m->chunks);
+        g_free(m);
+    }
+}
+
+gint s3chain_index_cmp(gconstpointer a, gconstpointer b, gpointer unused)
+{
+    uint64_t ia = *(const uint64_t *)a, ib = *(const uint64_t *)b;
+
+    return ia < ib ? -1 : ia > ib;
+}
+
+S3chainChunkRef *s3chain_manifest_lookup(S3chainManifest *m, uint64_t index)
+{
+    return g_tree_lookup(m->chunks, &index);
+}
+
+void s3chain_manifest_set(S3chainManifest *m, uint64_t index,
+                          const char *tag, const uint8_t *md5)
+{
+    S3chainChunkRef *ref = g_new0(S3chainChunkRef, 1);
+    uint64_t *key = g_new(uint64_t, 1);
+
+    *key = index;
+    ref->tag = g_strdup(tag);
+    memcpy(ref->md5, md5, sizeof(ref->md5));
+    g_tree_replace(m->chunks, key, ref);
+}
+
+void s3chain_manifest_remove(S3chainManifest *m, uint64_t index)
+{
+    g_tree_remove(m->chunks, &index);
+}
+
+char *s3chain_chunk_key(const char *image_key, uint64_t index,
+                        const char *tag)
+{
+    return g_strdup_printf("%s.d/%016" PRIx64 ".%s", image_key, index, tag);
+}
+
+static gboolean encode_chunk(gpointer key, gpointer value, gpointer opaque)
+{
+    GString *out = opaque;
+    S3chainChunkRef *ref = value;
+
+    g_string_append_printf(out, "%s[%" PRIu64 ", \"%s\", \"",
+                           out->str[out->len - 1] == '[' ? "" : ", ",
+                           *(uint64_t *)key, ref->tag);
+    for (int i = 0; i < sizeof(ref->md5); i++) {
+        g_string_append_printf(out, "%02x", ref->md5[i]);
+    }
+    g_string_append(out, "\"]");
+    return false;
+}
+
+char *s3chain_manifest_encode(const S3chainManifest *m)
+{
+    GString *out = g_string_new(NULL);
+
+    g_string_append_printf(out, "{\"format\": \"%s\", \"version\": %d, "
+                           "\"size\": %" PRIu64 ", \"chunk-size\": %" PRIu64
+                           ", \"generation\": %" PRIu64 ", \"chunks\": [",
+                           MANIFEST_FORMAT, MANIFEST_VERSION, m->size,
+                           m->chunk_size, m->generation);
+    g_tree_foreach(m->chunks, encode_chunk, out);
+    g_string_append(out, "]}\n");
+    return g_string_free(out, false);
+}
+
+static bool decode_md5(const char *hex, uint8_t *md5)
+{
+    if (strlen(hex) != 32) {
+        return false;
+    }
+    for (int i = 0; i < 16; i++) {
+        int hi = g_ascii_xdigit_value(hex[2 * i]);
+        int lo = g_ascii_xdigit_value(hex[2 * i + 1]);
+
+        if (hi < 0 || lo < 0) {
+            return false;
+        }
+        md5[i] = hi << 4 | lo;
+    }
+    return true;
+}
+
+static bool get_uint(QDict *d, const char *name, uint64_t *value,
+                     Error **errp)
+{
+    QNum *n = qobject_to(QNum, qdict_get(d, name));
+
+    if (!n || !qnum_get_try_uint(n, value)) {
+        error_setg(errp, "manifest has no valid '%s'", name);
+        return false;
+    }
+    return true;
+}
+
+static bool is_valid_tag(const char *tag)
+{
+    return *tag && strspn(tag, "0123456789abcdef.") == strlen(tag);
+}
+
+S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
+{
+    QObject *obj = qobject_from_json(json, NULL);
+    g_autoptr(QDict) d = qobject_to(QDict, obj);
+    g_autoptr(S3chainManifest) m = NULL;
+    uint64_t size, chunk_size, generation, version, last = 0;
+    const char *format;
+    QList *chunks;
+    QListEntry *e;
+
+    if (!d) {
+        qobject_unref(obj);
+        error_setg(errp, "manifest is not a JSON object");
+        return NULL;
+    }
+    format = qdict_get_try_str(d, "format");
+    if (!format || strcmp(format, MANIFEST_FORMAT)) {
+        error_setg(errp, "manifest format is not " MANIFEST_FORMAT);
+        return NULL;
+    }
+    if (!get_uint(d, "version", &version, errp)) {
+        return NULL;
+    }
+    if (version != MANIFEST_VERSION) {
+        error_setg(errp, "manifest version %" PRIu64 " is not supported; "
+                   "this s3chain reads version %d", version,
+                   MANIFEST_VERSION);
+        return NULL;
+    }
+    if (!get_uint(d, "size", &size, errp) ||
+        !get_uint(d, "chunk-size", &chunk_size, errp) ||
+        !get_uint(d, "generation", &generation, errp)) {
+        return NULL;
+    }
+    if (chunk_size < S3CHAIN_MIN_CHUNK_SIZE ||
+        chunk_size > S3CHAIN_MAX_CHUNK_SIZE || !is_power_of_2(chunk_size)) {
+        error_setg(errp, "manifest chunk-size %" PRIu64 " is invalid",
+                   chunk_size);
+        return NULL;
+    }
+    chunks = qobject_to(QList, qdict_get(d, "chunks"));
+    if (!chunks) {
+        error_setg(errp, "manifest has no chunk list");
+        return NULL;
+    }
+
+    m = s3chain_manifest_new(size, chunk_size);
+    m->generation = generation;
+    QLIST_FOREACH_ENTRY(chunks, e) {
+        QList *item = qobject_to(QList, qlist_entry_obj(e));
+        QNum *index_num;
+        QString *tag, *md5_hex;
+        uint64_t index;
+        uint8_t md5[16];
+
+        if (!item || qlist_size(item) != 3) {
+            error_setg(errp, "manifest chunk entry is not [index, tag, md5]");
+            return NULL;
+        }
+        index_num = qobject_to(QNum, qlist_peek(item));
+        tag = qobject_to(QString, qlist_entry_obj(QTAILQ_NEXT(
+                             QTAILQ_FIRST(&item->head), next)));
+        md5_hex = qobject_to(QString, qlist_entry_obj(QTAILQ_LAST(
+                                 &item->head)));
+        if (!index_num || !qnum_get_try_uint(index_num, &index) || !tag ||
+            !md5_hex || !is_valid_tag(qstring_get_str(tag)) ||
+            !decode_md5(qstring_get_str(md5_hex), md5)) {
+            error_setg(errp, "manifest chunk entry is malformed");
+            return NULL;
+        }
+        if (index >= DIV_ROUND_UP(size, chunk_size) ||
+            (g_tree_nnodes(m->chunks) && index <= last)) {
+            error_setg(errp, "manifest chunk %" PRIu64 " is out of order or "
+                       "beyond the image's end", index);
+            return NULL;
+        }
+        last = index;
+        s3chain_manifest_set(m, index, qstring_get_str(tag), md5);
+    }
+    return g_steal_pointer(&m);
+}

@@ -1,0 +1,109 @@
+/*
+ * Tests of the manifest codec of s3chain's chunked images
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "../../block/s3chain.h"
+
+static const uint8_t md5_a[16] = {
+    0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0x00, 0xb2, 0x04,
+    0xe9, 0x80, 0x09, 0x98, 0xec, 0xf8, 0x42, 0x7e,
+};
+
+static void test_round_trip(void)
+{
+    g_autoptr(S3chainManifest) m = s3chain_manifest_new(10 * MiB + 3,
+                                                        1 * MiB);
+    g_autoptr(S3chainManifest) back = NULL;
+    g_autofree char *json = NULL;
+    g_autofree char *again = NULL;
+    S3chainChunkRef *ref;
+
+    m->generation = 7;
+    s3chain_manifest_set(m, 10, "7.1", md5_a);
+    s3chain_manifest_set(m, 0, "3.2a", md5_a);
+    s3chain_manifest_set(m, 4, "5.1", md5_a);
+    s3chain_manifest_set(m, 4, "7.2", md5_a);
+    s3chain_manifest_remove(m, 9);
+
+    json = s3chain_manifest_encode(m);
+    g_assert_cmpstr(json, ==,
+        "{\"format\": \"s3chain-chunked\", \"version\": 1, "
+        "\"size\": 10485763, \"chunk-size\": 1048576, \"generation\": 7, "
+        "\"chunks\": [[0, \"3.2a\", \"d41d8cd98f00b204e9800998ecf8427e\"], "
+        "[4, \"7.2\", \"d41d8cd98f00b204e9800998ecf8427e\"], "
+        "[10, \"7.1\", \"d41d8cd98f00b204e9800998ecf8427e\"]]}\n");
+
+    back = s3chain_manifest_decode(json, &error_abort);
+    g_assert_cmpuint(back->size, ==, 10 * MiB + 3);
+    g_assert_cmpuint(back->chunk_size, ==, 1 * MiB);
+    g_assert_cmpuint(back->generation, ==, 7);
+    g_assert_cmpint(g_tree_nnodes(back->chunks), ==, 3);
+    ref = s3chain_manifest_lookup(back, 4);
+    g_assert_nonnull(ref);
+    g_assert_cmpstr(ref->tag, ==, "7.2");
+    g_assert_cmpmem(ref->md5, 16, md5_a, 16);
+    g_assert_null(s3chain_manifest_lookup(back, 5));
+
+    again = s3chain_manifest_encode(back);
+    g_assert_cmpstr(again, ==, json);
+}
+
+static void test_chunk_key(void)
+{
+    g_autofree char *key = s3chain_chunk_key("vm1/disk0.qcow2", 0x2a, "3.1f");
+
+    g_assert_cmpstr(key, ==, "vm1/disk0.qcow2.d/000000000000002a.3.1f");
+}
+
+static void decode_fails(const char *json, const char *message_part)
+{
+    Error *err = NULL;
+    S3chainManifest *m = s3chain_manifest_decode(json, &err);
+
+    g_assert_null(m);
+    g_assert_nonnull(err);
+    if (!strstr(error_get_pretty(err), message_part)) {
+        g_test_message("got: %s", error_get_pretty(err));
+        g_assert_not_reached();
+    }
+    error_free(err);
+}
+
+#define HEAD(version, size, chunk) \
+    "{\"format\": \"s3chain-chunked\", \"version\": " #version ", " \
+    "\"size\": " #size ", \"chunk-size\": " #chunk ", \"generation\": 1, "
+#define MD5 "\"d41d8cd98f00b204e9800998ecf8427e\""
+
+static void test_damaged(void)
+{
+    decode_fails("not json", "not a JSON object");
+    decode_fails("{\"format\": \"qcow2\"}", "format is not s3chain-chunked");
+    decode_fails(HEAD(2, 100, 65536) "\"chunks\": []}", "version 2");
+    decode_fails(HEAD(1, 100, 1000) "\"chunks\": []}", "chunk-size 1000");
+    decode_fails(HEAD(1, 100, 65536) "\"chunks\": {}}", "no chunk list");
+    decode_fails(HEAD(1, 100, 65536) "\"chunks\": [[0, \"1.1\"]]}",
+                 "not [index, tag, md5]");
+    decode_fails(HEAD(1, 100, 65536) "\"chunks\": [[0, \"1.1\", \"xyz\"]]}",
+                 "malformed");
+    decode_fails(HEAD(1, 100, 65536) "\"chunks\": [[0, \"../x\", " MD5 "]]}",
+                 "malformed");
+    decode_fails(HEAD(1, 100, 65536) "\"chunks\": [[1, \"1.1\", " MD5 "]]}",
+                 "beyond the image's end");
+    decode_fails(HEAD(1, 200000, 65536) "\"chunks\": [[2, \"1.1\", " MD5
+                 "], [1, \"1.2\", " MD5 "]]}", "out of order");
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/s3chain/manifest/round-trip", test_round_trip);
+    g_test_add_func("/s3chain/manifest/chunk-key", test_chunk_key);
+    g_test_add_func("/s3chain/manifest/damaged", test_damaged);
+    return g_test_run();
+}
