@@ -466,7 +466,7 @@ static gboolean collect_dirty(gpointer key, gpointer value, gpointer opaque)
 {
     CachedChunk *c = value;
 
-    if (c->state == CHUNK_DIRTY && !c->users) {
+    if (c->state == CHUNK_DIRTY) {
         c->users++;
         g_ptr_array_add(opaque, c);
     }
@@ -779,8 +779,17 @@ int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
     return 0;
 }
 
+/*
+ * Close commits: with cache=unsafe the block layer never flushes, and what
+ * was written must still be in the image once it is closed.
+ */
 void coroutine_fn s3chain_image_co_close(S3chainImage *img)
 {
+    if (img->writable && s3chain_image_co_flush(img) < 0) {
+        error_report("s3chain: closing s3://%s/%s lost what was written "
+                     "since its last commit (generation %" PRIu64 ")",
+                     bucket(img), img->key, img->manifest->generation);
+    }
     drop_lock(img);
     image_free(img);
 }

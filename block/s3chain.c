@@ -327,7 +327,6 @@ static void s3chain_close(BlockDriverState *bs)
     BDRVS3chainState *s = bs->opaque;
 
     if (s->image) {
-        /* the block layer flushed already; this drops the writer's lock */
         S3chainCloseCo cc = { .image = g_steal_pointer(&s->image) };
 
         aio_co_enter(bdrv_get_aio_context(bs),

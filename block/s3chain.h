@@ -238,7 +238,7 @@ int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
                                        uint64_t manifest_bytes, bool writable,
                                        uint64_t buffer_size,
                                        S3chainImage **image, Error **errp);
-/* Releases the writer's lock; flush first to keep what was written */
+/* Commits what was written, releases the writer's lock and frees @img */
 void coroutine_fn s3chain_image_co_close(S3chainImage *img);
 int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
                                          uint64_t size, uint64_t chunk_size,
