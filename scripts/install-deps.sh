@@ -37,7 +37,9 @@ build_pkgs=(
     libcurl4-openssl-dev libjson-c-dev libgnutls28-dev
     flex bison dpkg-dev
 )
-backports_pkgs=(meson python3-pycotap)
+# qemu-system-x86 10.0 is the stock VM of the tests: the VM's QEMU is
+# never ours
+backports_pkgs=(meson python3-pycotap qemu-system-x86)
 ceph_pkgs=(ceph-mon ceph-osd ceph-base ceph-common radosgw)
 test_pkgs=(python3-boto3 jq xxd psmisc procps)
 

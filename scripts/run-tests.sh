@@ -48,7 +48,8 @@ iotests() {
     local log=$BUILD/iotests.log
     (
         cd "$QEMU_BUILD/tests/qemu-iotests" &&
-        S3CHAIN_TEST_ENV=$env_file "$QEMU_BUILD/pyvenv/bin/python3" ./check -qcow2 -g s3chain
+        S3CHAIN_TEST_ENV=$env_file S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
+            "$QEMU_BUILD/pyvenv/bin/python3" ./check -qcow2 -g s3chain
     ) 2>&1 | tee "$log"
     local status=${PIPESTATUS[0]}
     if grep -q '^Not run:' "$log"; then
