@@ -62,6 +62,7 @@ struct S3chainImage {
     QTAILQ_HEAD(, CachedChunk) lru;
     uint64_t cached;
     CoQueue room;
+    bool writing_back;          /* the background write-back runs */
 };
 
 static uint64_t chunk_size(S3chainImage *img)
@@ -406,6 +407,71 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
     return ret;
 }
 
+static unsigned count_dirty_locked(S3chainImage *img)
+{
+    CachedChunk *c;
+    unsigned n = 0;
+
+    QTAILQ_FOREACH(c, &img->lru, lru) {
+        n += c->state == CHUNK_DIRTY;
+    }
+    return n;
+}
+
+/*
+ * Uploads the least recently written dirty chunks, as many in parallel as
+ * requests may be in flight, until at most a quarter of the buffer is
+ * dirty.  Writers keep filling the rest meanwhile, so a stream of writes
+ * becomes a stream of parallel uploads instead of one upload at a time
+ * when the buffer is full.
+ */
+static void coroutine_fn write_back_entry(void *opaque)
+{
+    S3chainImage *img = opaque;
+    unsigned low = MAX(img->buffer_size / chunk_size(img) / 4, 1);
+    unsigned batch_max = s3chain_conn_settings(img->conn)->max_requests;
+    g_autofree CachedChunk **batch = g_new(CachedChunk *, batch_max);
+
+    qemu_co_mutex_lock(&img->lock);
+    while (count_dirty_locked(img) > low) {
+        CachedChunk *c;
+        unsigned n = 0;
+        int ret;
+
+        QTAILQ_FOREACH(c, &img->lru, lru) {
+            if (c->state == CHUNK_DIRTY && !c->users && n < batch_max) {
+                c->users++;
+                batch[n++] = c;
+            }
+        }
+        if (!n) {
+            break;
+        }
+        ret = write_back_locked(img, batch, n);
+        for (unsigned i = 0; i < n; i++) {
+            release_locked(img, batch[i]);
+        }
+        if (ret < 0) {
+            break;
+        }
+    }
+    img->writing_back = false;
+    qemu_co_mutex_unlock(&img->lock);
+    bdrv_dec_in_flight(img->bs);
+}
+
+static void maybe_write_back_locked(S3chainImage *img)
+{
+    unsigned high = MAX(img->buffer_size / chunk_size(img) / 2, 1);
+
+    if (!img->writing_back && count_dirty_locked(img) > high) {
+        img->writing_back = true;
+        bdrv_inc_in_flight(img->bs);
+        aio_co_enter(bdrv_get_aio_context(img->bs),
+                     qemu_coroutine_create(write_back_entry, img));
+    }
+}
+
 /*
  * Writes @qiov at @offset, or zeroes if @qiov is NULL.  Like a file, the
  * image grows when written past its end (format drivers count on it).
@@ -448,6 +514,7 @@ static int coroutine_fn write_locked(S3chainImage *img, uint64_t offset,
         release_locked(img, c);
         done += n;
     }
+    maybe_write_back_locked(img);
     return 0;
 }
 

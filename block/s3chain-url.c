@@ -19,7 +19,7 @@
 static const char *const url_options[] = {
     "region", "access-key-id", "key-secret", "session-token-secret",
     "sslverify", "cafile", "timeout", "retries", "request-size",
-    "readahead", "max-requests", NULL,
+    "readahead", "max-requests", "buffer-size", NULL,
 };
 
 static bool is_unreserved(char c)
