@@ -113,6 +113,12 @@ rgw frontends = beast endpoint=127.0.0.1:$PORT tcp_nodelay=1
 rgw data = $DIR/rgw
 rgw thread pool size = 64
 rgw enable usage log = false
+# Deleted objects' data is reclaimed by radosgw's garbage collector, two
+# hours later by default: benchmarks that write gigabytes again and again
+# would fill the OSD, and a full OSD stalls every write.
+rgw gc obj min wait = 5
+rgw gc processor period = 5
+rgw gc processor max time = 5
 CONF
 }
 
