@@ -20,18 +20,11 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'scripts'))
+from s3obj import load_env  # noqa: E402  pylint: disable=wrong-import-position
+
 MiB = 1 << 20
 GiB = 1 << 30
-
-
-def load_env(path):
-    env = {}
-    with open(path, encoding='utf-8') as f:
-        for line in f:
-            name, sep, value = line.strip().partition('=')
-            if sep:
-                env[name] = value
-    return env
 
 
 class Sampler(threading.Thread):

@@ -9,17 +9,9 @@
 # Needs scripts/build.sh done; starts the local S3 server if needed.
 # Writes the table to bench/results/full-write.txt.
 set -euo pipefail
-. "$(dirname "$0")/../scripts/common.sh"
-
 runs=${1:-3}
-env_file=$("$REPO/scripts/s3-server.sh" start)
-# shellcheck disable=SC1090
-. "$env_file"
-img=$QEMU_BUILD/qemu-img
-work=$(mktemp -d /var/tmp/s3chain-bench.XXXXXX)
-prefix=bench/full-write-$$
-trap 'rm -rf "$work"; python3 "$REPO/scripts/s3obj.py" "$env_file" rm-prefix "$prefix/" || true' EXIT
-( umask 077; printf '%s' "$AWS_SECRET_ACCESS_KEY" >"$work/secret" )
+BENCH=full-write
+. "$(dirname "$0")/common.sh"
 
 head -c 2G /dev/urandom >"$work/disk.raw"
 "$img" convert -f raw -O qcow2 "$work/disk.raw" "$work/disk.qcow2"
@@ -27,11 +19,6 @@ rm "$work/disk.raw"
 bytes=$(stat -c %s "$work/disk.qcow2")
 cat "$work/disk.qcow2" >/dev/null
 
-host=${S3CHAIN_ENDPOINT#*://}
-url_base="s3chain://$host;tls=off;access-key-id=$AWS_ACCESS_KEY_ID;key-secret=s3key"
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 n=0
 
 s3chain_convert() {

@@ -10,17 +10,9 @@
 # Needs scripts/build.sh done; starts the local S3 server if needed.
 # Prints a table and writes it to bench/results/restore-read.txt.
 set -euo pipefail
-. "$(dirname "$0")/../scripts/common.sh"
-
 runs=${1:-5}
-env_file=$("$REPO/scripts/s3-server.sh" start)
-# shellcheck disable=SC1090
-. "$env_file"
-img=$QEMU_BUILD/qemu-img
-work=$(mktemp -d /var/tmp/s3chain-bench.XXXXXX)
-prefix=bench/restore-read-$$
-trap 'rm -rf "$work"; python3 "$REPO/scripts/s3obj.py" "$env_file" rm-prefix "$prefix/" || true' EXIT
-( umask 077; printf '%s' "$AWS_SECRET_ACCESS_KEY" >"$work/secret" )
+BENCH=restore-read
+. "$(dirname "$0")/common.sh"
 
 # Every other MiB holds random data: 1 GiB allocated of 2 GiB
 python3 - "$work/disk.raw" <<'PY'
@@ -38,11 +30,7 @@ python3 "$REPO/scripts/s3obj.py" "$env_file" put "$work/disk.qcow2" "$prefix/dis
 object_bytes=$(stat -c %s "$work/disk.qcow2")
 rm "$work/disk.qcow2"
 
-host=${S3CHAIN_ENDPOINT#*://}
-url_base="s3chain://$host;tls=off;access-key-id=$AWS_ACCESS_KEY_ID;key-secret=s3key"
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
 
 s3chain_convert() {
     local dir=$1 opts=$2 convert_opts=$3
@@ -77,7 +65,6 @@ parallel_get() {
     elapsed "$t0" "$t1"
 }
 
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 # Each variant: "label|driver options|qemu-img convert options"
 variants=("s3chain convert (defaults)||"

@@ -1,0 +1,20 @@
+# Setup shared by the benchmarks; sourced with BENCH set to their name.
+# Starts the local S3 server, loads its env file, makes a work directory
+# with the secret in a 0600 file, and cleans both up on exit.
+# shellcheck shell=bash
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
+
+env_file=$("$REPO/scripts/s3-server.sh" start)
+# shellcheck disable=SC1090
+. "$env_file"
+img=$QEMU_BUILD/qemu-img
+work=$(mktemp -d /var/tmp/s3chain-bench.XXXXXX)
+prefix=bench/$BENCH-$$
+trap 'rm -rf "$work"; python3 "$REPO/scripts/s3obj.py" "$env_file" rm-prefix "$prefix/" || true' EXIT
+( umask 077; printf '%s' "$AWS_SECRET_ACCESS_KEY" >"$work/secret" )
+host=${S3CHAIN_ENDPOINT#*://}
+url_base="s3chain://$host;tls=off;access-key-id=$AWS_ACCESS_KEY_ID;key-secret=s3key"
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
