@@ -87,8 +87,11 @@ def main():
                     f'secret,id=s3key,file={secret}', '-f', 'qcow2', url,
                     '8G'], check=True)
 
-    nbd = os.path.join(work, 'nbd.sock')
-    qsd_qmp = os.path.join(work, 'qsd.qmp')
+    # Sockets go where a sidecar keeps them, on tmpfs: binding one in a
+    # disk file system writes its directory entry
+    sockets = tempfile.mkdtemp(prefix='s3chain-bench-', dir='/run')
+    nbd = os.path.join(sockets, 'nbd.sock')
+    qsd_qmp = os.path.join(sockets, 'qsd.qmp')
     target = json.dumps({
         'driver': 'qcow2', 'node-name': 'target',
         'file': {'driver': 's3chain', 'endpoint': env['S3CHAIN_ENDPOINT'],
@@ -107,7 +110,7 @@ def main():
     sampler = Sampler(qsd.pid)
     sampler.start()
 
-    vm_qmp = os.path.join(work, 'vm.qmp')
+    vm_qmp = os.path.join(sockets, 'vm.qmp')
     vm = subprocess.Popen([  # pylint: disable=consider-using-with
         '/usr/bin/qemu-system-x86_64', '-S', '-nodefaults', '-display',
         'none', '-accel', 'tcg',
@@ -117,6 +120,7 @@ def main():
     try:
         measure(qsd, vm, sampler, nbd, vm_qmp, QEMUMonitorProtocol,
                 buffer_mib, (build, disk, url, secret, key, work))
+        subprocess.run(['rm', '-rf', sockets], check=True)
     finally:
         for proc in (qsd, vm):
             if proc.poll() is None:
