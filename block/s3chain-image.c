@@ -62,7 +62,9 @@ struct S3chainImage {
     QTAILQ_HEAD(, CachedChunk) lru;
     uint64_t cached;
     CoQueue room;
-    bool writing_back;          /* the background write-back runs */
+    bool writing_back;          /* between the high and low water marks */
+    unsigned uploading;         /* background uploads in flight */
+    int write_back_error;       /* of the last background upload */
 };
 
 static uint64_t chunk_size(S3chainImage *img)
@@ -175,6 +177,7 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
             continue;
         }
         if (md5_of(c->buf, chunk_size(img), u->md5) < 0) {
+            c->state = CHUNK_DIRTY;
             ret = -EIO;
             continue;
         }
@@ -232,38 +235,36 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
     return ret;
 }
 
-/* Makes room for one more chunk in the buffer, uploading if need be */
+static void maybe_write_back_locked(S3chainImage *img);
+
+/*
+ * Makes room for one more chunk in the buffer: drops a clean chunk, or
+ * waits for the background uploads to clean some.
+ */
 static int coroutine_fn make_room_locked(S3chainImage *img)
 {
     while (img->cached + chunk_size(img) > img->buffer_size) {
-        CachedChunk *c, *clean = NULL, *dirty = NULL;
+        CachedChunk *c;
+        int ret;
 
         QTAILQ_FOREACH(c, &img->lru, lru) {
-            if (c->users || c->state == CHUNK_LOADING ||
-                c->state == CHUNK_UPLOADING) {
-                continue;
-            }
-            if (c->state == CHUNK_CLEAN && !clean) {
-                clean = c;
-            } else if (c->state == CHUNK_DIRTY && !dirty) {
-                dirty = c;
+            if (c->state == CHUNK_CLEAN && !c->users) {
+                break;
             }
         }
-        if (clean) {
-            drop_chunk_locked(img, clean);
-        } else if (dirty) {
-            int ret;
-
-            trace_s3chain_buffer_full(img->key, dirty->index);
-            dirty->users++;
-            ret = write_back_locked(img, &dirty, 1);
-            release_locked(img, dirty);
-            if (ret < 0) {
-                return ret;
-            }
-        } else {
-            qemu_co_queue_wait(&img->room, &img->lock);
+        if (c) {
+            drop_chunk_locked(img, c);
+            continue;
         }
+        if (img->write_back_error) {
+            ret = img->write_back_error;
+            img->write_back_error = 0;
+            return ret;
+        }
+        img->writing_back = true;
+        maybe_write_back_locked(img);
+        trace_s3chain_buffer_full(img->key, img->uploading);
+        qemu_co_queue_wait(&img->room, &img->lock);
     }
     return 0;
 }
@@ -418,57 +419,72 @@ static unsigned count_dirty_locked(S3chainImage *img)
     return n;
 }
 
-/*
- * Uploads the least recently written dirty chunks, as many in parallel as
- * requests may be in flight, until at most a quarter of the buffer is
- * dirty.  Writers keep filling the rest meanwhile, so a stream of writes
- * becomes a stream of parallel uploads instead of one upload at a time
- * when the buffer is full.
- */
-static void coroutine_fn write_back_entry(void *opaque)
+typedef struct UploadCo {
+    S3chainImage *img;
+    CachedChunk *chunk;
+} UploadCo;
+
+static void coroutine_fn upload_entry(void *opaque)
 {
-    S3chainImage *img = opaque;
-    unsigned low = MAX(img->buffer_size / chunk_size(img) / 4, 1);
-    unsigned batch_max = s3chain_conn_settings(img->conn)->max_requests;
-    g_autofree CachedChunk **batch = g_new(CachedChunk *, batch_max);
+    UploadCo *uc = opaque;
+    S3chainImage *img = uc->img;
+    int ret;
 
     qemu_co_mutex_lock(&img->lock);
-    while (count_dirty_locked(img) > low) {
-        CachedChunk *c;
-        unsigned n = 0;
-        int ret;
-
-        QTAILQ_FOREACH(c, &img->lru, lru) {
-            if (c->state == CHUNK_DIRTY && !c->users && n < batch_max) {
-                c->users++;
-                batch[n++] = c;
-            }
-        }
-        if (!n) {
-            break;
-        }
-        ret = write_back_locked(img, batch, n);
-        for (unsigned i = 0; i < n; i++) {
-            release_locked(img, batch[i]);
-        }
-        if (ret < 0) {
-            break;
-        }
+    ret = write_back_locked(img, &uc->chunk, 1);
+    release_locked(img, uc->chunk);
+    img->uploading--;
+    if (ret < 0) {
+        /* writers waiting for room get the error; nothing retries alone */
+        img->write_back_error = ret;
+        img->writing_back = false;
     }
-    img->writing_back = false;
+    qemu_co_queue_restart_all(&img->room);
+    maybe_write_back_locked(img);
     qemu_co_mutex_unlock(&img->lock);
+    g_free(uc);
     bdrv_dec_in_flight(img->bs);
 }
 
+/*
+ * Past half the buffer dirty, uploads the least recently written chunks
+ * in the background, each in a coroutine of its own and up to
+ * max-requests at once, until a quarter is left.  Writers keep filling
+ * the rest meanwhile, so a stream of writes becomes a stream of parallel
+ * uploads rather than one upload at a time when the buffer is full.
+ */
 static void maybe_write_back_locked(S3chainImage *img)
 {
-    unsigned high = MAX(img->buffer_size / chunk_size(img) / 2, 1);
+    unsigned chunks = img->buffer_size / chunk_size(img);
+    unsigned dirty = count_dirty_locked(img);
+    unsigned max = s3chain_conn_settings(img->conn)->max_requests;
+    CachedChunk *c;
 
-    if (!img->writing_back && count_dirty_locked(img) > high) {
+    if (dirty > chunks / 2 && !img->write_back_error) {
         img->writing_back = true;
+    } else if (dirty <= chunks / 4) {
+        img->writing_back = false;
+    }
+    while (img->writing_back && img->uploading < max) {
+        UploadCo *uc;
+
+        QTAILQ_FOREACH(c, &img->lru, lru) {
+            if (c->state == CHUNK_DIRTY && !c->users) {
+                break;
+            }
+        }
+        if (!c) {
+            return;
+        }
+        /* claimed now: the coroutine runs later */
+        c->users++;
+        c->state = CHUNK_UPLOADING;
+        img->uploading++;
+        uc = g_new(UploadCo, 1);
+        *uc = (UploadCo) { .img = img, .chunk = c };
         bdrv_inc_in_flight(img->bs);
         aio_co_enter(bdrv_get_aio_context(img->bs),
-                     qemu_coroutine_create(write_back_entry, img));
+                     qemu_coroutine_create(upload_entry, uc));
     }
 }
 
