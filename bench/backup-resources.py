@@ -89,7 +89,7 @@ def main():
 
     # Sockets go where a sidecar keeps them, on tmpfs: binding one in a
     # disk file system writes its directory entry
-    sockets = tempfile.mkdtemp(prefix='s3chain-bench-', dir='/run')
+    sockets = tempfile.mkdtemp(prefix='s3chain-bench-', dir='/dev/shm')
     nbd = os.path.join(sockets, 'nbd.sock')
     qsd_qmp = os.path.join(sockets, 'qsd.qmp')
     target = json.dumps({
@@ -152,8 +152,8 @@ def measure(qsd, vm, sampler, nbd, vm_qmp, QEMUMonitorProtocol, buffer_mib,
     qsd.wait()
     committed = time.monotonic()
     sampler.join()
-    mon.cmd('quit')
     mon.close()
+    vm.terminate()
     vm.wait()
 
     subprocess.run([f'{build}/qemu-img', 'compare', '-q', '--object',
