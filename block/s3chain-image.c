@@ -672,18 +672,6 @@ int coroutine_fn s3chain_image_co_truncate(S3chainImage *img, uint64_t size)
     return ret;
 }
 
-int coroutine_fn s3chain_image_co_pwrite_zeroes(S3chainImage *img,
-                                                uint64_t offset,
-                                                uint64_t bytes)
-{
-    int ret;
-
-    qemu_co_mutex_lock(&img->lock);
-    ret = write_locked(img, offset, bytes, NULL);
-    qemu_co_mutex_unlock(&img->lock);
-    return ret;
-}
-
 int coroutine_fn s3chain_image_co_block_status(S3chainImage *img,
                                                uint64_t offset,
                                                uint64_t bytes,

@@ -392,7 +392,7 @@ s3chain_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
     if (!s->image) {
         return -EACCES;
     }
-    return s3chain_image_co_pwrite_zeroes(s->image, offset, bytes);
+    return s3chain_image_co_pwritev(s->image, offset, bytes, NULL);
 }
 
 /* A discarded range reads as zeroes: whole chunks are dropped */

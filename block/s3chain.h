@@ -245,11 +245,9 @@ int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
                                          Error **errp);
 int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
                                          uint64_t bytes, QEMUIOVector *qiov);
+/* Writes @qiov at @offset, or zeroes if @qiov is NULL */
 int coroutine_fn s3chain_image_co_pwritev(S3chainImage *img, uint64_t offset,
                                           uint64_t bytes, QEMUIOVector *qiov);
-int coroutine_fn s3chain_image_co_pwrite_zeroes(S3chainImage *img,
-                                                uint64_t offset,
-                                                uint64_t bytes);
 int coroutine_fn s3chain_image_co_flush(S3chainImage *img);
 int coroutine_fn s3chain_image_co_truncate(S3chainImage *img, uint64_t size);
 int coroutine_fn s3chain_image_co_block_status(S3chainImage *img,
