@@ -40,15 +40,21 @@ commit <<'MSG'
 block/s3chain: add a driver for images in an S3 bucket
 
 The driver reads a raw or qcow2 image stored as one object, with ranged
-GETs over libcurl's multi interface driven from the node's AioContext.
+GETs over libcurl's multi interface driven from the node's AioContext,
+and reads and writes chunked images: fixed-size chunk objects, never
+rewritten, and a manifest object (size, chunk size, and per chunk its
+object and MD5) that is the image's commit point.  Writes land in a
+bounded buffer in RAM and are uploaded in the background, in parallel,
+with Content-MD5; flush uploads the rest and then the manifest, so a
+crash leaves the last committed image intact.  All-zero chunks are not
+stored.  A create-only lock object keeps a second writer out.
+
 Requests are signed with AWS Signature Version 4 in the driver: libcurl
 before 8.x signs S3 requests wrongly, and the images that carry
-qemu-storage-daemon ship such versions.
-
-Reads are split into requests of request-size bytes, several in flight;
-a sequential reader gets read-ahead.  Transient failures (5xx, timeouts,
-dropped connections) are retried with backoff and a new signature, up to
-a budget; everything else fails at once with the bucket, key and cause.
+qemu-storage-daemon ship such versions.  Transient failures (5xx,
+timeouts, dropped connections) are retried with backoff and a new
+signature, up to a budget; everything else fails at once with the
+bucket, key and cause.
 
 A relative backing file name opens the key next to the image with the
 same connection settings, which s3chain:// URLs carry:
@@ -66,7 +72,9 @@ glue unit
 commit <<'MSG'
 tests/unit: test s3chain's request signing and URL syntax
 
-test-s3chain-sigv4 checks the signer against S3's own examples from its
+test-s3chain-manifest checks the manifest codec of chunked images and
+its refusals of damaged manifests.  test-s3chain-sigv4 checks the signer
+against S3's own examples from its
 API reference, and against AWS's SigV4 test suite where that is present:
 the suite is Apache-2.0, so it is kept outside QEMU's tree, and the test
 skips it when absent.  test-s3chain-url checks the s3chain:// URL syntax
@@ -82,8 +90,12 @@ iotests: test s3chain against an S3 server
 The tests run when S3CHAIN_TEST_ENV names an env file with an endpoint,
 bucket and keys (such as a local Ceph RADOS Gateway), and are skipped
 otherwise.  They read qcow2 chains through s3chain with qemu-img and
-qemu-io, and check its failures: bad credentials, missing objects and
-parents, and a server that goes away in the middle of a read.
+qemu-io; check its failures (bad credentials, missing objects and
+parents, a server that goes away in the middle of a read) and retries
+through a fault-injecting proxy; write chunked images against a local
+mirror, with kill -9, corruption, a second writer and a small buffer;
+and run blockdev-backup from a separate qemu-system into an NBD export
+of qemu-storage-daemon whose target is in the bucket.
 
 Signed-off-by: s3chain authors <s3chain@localhost>
 MSG
