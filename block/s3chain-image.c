@@ -556,31 +556,45 @@ static gboolean collect_dirty(gpointer key, gpointer value, gpointer opaque)
     return false;
 }
 
-static int coroutine_fn put_manifest_locked(S3chainImage *img)
+/*
+ * Puts @manifest as object @key, with Content-MD5 and the Content-Type
+ * that marks it; with @create_only, only if @key does not exist.  The
+ * caller cleans @req up and reads the outcome from it.
+ */
+static int coroutine_fn put_manifest(S3chainConn *conn, const char *key,
+                                     const S3chainManifest *manifest,
+                                     bool create_only, S3chainRequest *req)
 {
-    g_autofree char *json = NULL;
-    uint8_t md5[16];
+    g_autofree char *json = s3chain_manifest_encode(manifest);
     g_autofree char *md5_b64 = NULL;
-    S3chainRequest req = { 0 };
-    int ret;
+    uint8_t md5[16];
 
-    img->manifest->generation++;
-    json = s3chain_manifest_encode(img->manifest);
     if (md5_of((uint8_t *)json, strlen(json), md5) < 0) {
+        req->ret = -EIO;
         return -EIO;
     }
     md5_b64 = base64_md5(md5);
-    req = (S3chainRequest) {
+    *req = (S3chainRequest) {
         .method = "PUT",
-        .key = img->key,
+        .key = key,
         .body = json,
         .body_len = strlen(json),
         .content_md5 = md5_b64,
         .content_type = S3CHAIN_MANIFEST_TYPE,
+        .if_none_match = create_only,
     };
+    return s3chain_co_request(conn, req);
+}
+
+static int coroutine_fn put_manifest_locked(S3chainImage *img)
+{
+    S3chainRequest req = { 0 };
+    int ret;
+
+    img->manifest->generation++;
     trace_s3chain_commit(img->key, img->manifest->generation,
                          g_tree_nnodes(img->manifest->chunks));
-    ret = s3chain_co_request(img->conn, &req);
+    ret = put_manifest(img->conn, img->key, img->manifest, false, &req);
     if (ret < 0) {
         report_request_error(img, "commit of", img->key, &req);
         img->manifest->generation--;
@@ -871,27 +885,10 @@ int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
 {
     g_autoptr(S3chainManifest) manifest = s3chain_manifest_new(size,
                                                                chunk_size);
-    g_autofree char *json = s3chain_manifest_encode(manifest);
-    g_autofree char *md5_b64 = NULL;
-    uint8_t md5[16];
     S3chainRequest req = { 0 };
     int ret;
 
-    if (md5_of((uint8_t *)json, strlen(json), md5) < 0) {
-        error_setg(errp, "s3chain: cannot compute MD5");
-        return -EIO;
-    }
-    md5_b64 = base64_md5(md5);
-    req = (S3chainRequest) {
-        .method = "PUT",
-        .key = key,
-        .body = json,
-        .body_len = strlen(json),
-        .content_md5 = md5_b64,
-        .content_type = S3CHAIN_MANIFEST_TYPE,
-        .if_none_match = true,
-    };
-    ret = s3chain_co_request(conn, &req);
+    ret = put_manifest(conn, key, manifest, true, &req);
     if (req.status == 412) {
         error_setg(errp, "s3chain: s3://%s/%s already exists; s3chain never "
                    "overwrites an image: delete it first, or choose another "

@@ -87,10 +87,30 @@ static bool s3chain_check_range(const char *name, int64_t value, int64_t min,
     return true;
 }
 
+/* Gives the tuning options that were not set their defaults */
+static void s3chain_apply_defaults(BlockdevOptionsS3chain *opts)
+{
+#define DEFAULT(field, value) \
+    do { \
+        if (!opts->has_##field) { \
+            opts->has_##field = true; \
+            opts->field = (value); \
+        } \
+    } while (0)
+    DEFAULT(timeout, S3CHAIN_DEFAULT_TIMEOUT);
+    DEFAULT(retries, S3CHAIN_DEFAULT_RETRIES);
+    DEFAULT(max_requests, S3CHAIN_DEFAULT_MAX_REQUESTS);
+    DEFAULT(request_size, S3CHAIN_DEFAULT_REQUEST_SIZE);
+    DEFAULT(readahead, S3CHAIN_DEFAULT_READAHEAD);
+    DEFAULT(buffer_size, S3CHAIN_DEFAULT_BUFFER_SIZE);
+#undef DEFAULT
+}
+
 static bool s3chain_settings_from_opts(BlockdevOptionsS3chain *opts,
                                        S3chainConnSettings *set,
                                        Error **errp)
 {
+    s3chain_apply_defaults(opts);
     if (!g_str_has_prefix(opts->endpoint, "http://") &&
         !g_str_has_prefix(opts->endpoint, "https://")) {
         error_setg(errp, "s3chain: endpoint '%s' must start with http:// "
@@ -102,20 +122,14 @@ static bool s3chain_settings_from_opts(BlockdevOptionsS3chain *opts,
                    "together; give both, or neither for anonymous access");
         return false;
     }
-    if (!s3chain_check_range("timeout", opts->has_timeout ? opts->timeout :
-                             S3CHAIN_DEFAULT_TIMEOUT, 1, 3600, errp) ||
-        !s3chain_check_range("retries", opts->has_retries ? opts->retries :
-                             S3CHAIN_DEFAULT_RETRIES, 0, 100, errp) ||
-        !s3chain_check_range("max-requests", opts->has_max_requests ?
-                             opts->max_requests :
-                             S3CHAIN_DEFAULT_MAX_REQUESTS, 1, 256, errp) ||
-        !s3chain_check_range("request-size", opts->has_request_size ?
-                             opts->request_size :
-                             S3CHAIN_DEFAULT_REQUEST_SIZE, 4 * KiB, 1 * GiB,
+    if (!s3chain_check_range("timeout", opts->timeout, 1, 3600, errp) ||
+        !s3chain_check_range("retries", opts->retries, 0, 100, errp) ||
+        !s3chain_check_range("max-requests", opts->max_requests, 1, 256,
                              errp) ||
-        !s3chain_check_range("readahead", opts->has_readahead ?
-                             opts->readahead : S3CHAIN_DEFAULT_READAHEAD, 0,
-                             4 * GiB, errp)) {
+        !s3chain_check_range("request-size", opts->request_size, 4 * KiB,
+                             1 * GiB, errp) ||
+        !s3chain_check_range("readahead", opts->readahead, 0, 4 * GiB,
+                             errp)) {
         return false;
     }
 
@@ -128,10 +142,9 @@ static bool s3chain_settings_from_opts(BlockdevOptionsS3chain *opts,
         .access_key_id = opts->access_key_id,
         .sslverify = !opts->has_sslverify || opts->sslverify,
         .cafile = opts->cafile,
-        .timeout = opts->has_timeout ? opts->timeout : S3CHAIN_DEFAULT_TIMEOUT,
-        .retries = opts->has_retries ? opts->retries : S3CHAIN_DEFAULT_RETRIES,
-        .max_requests = opts->has_max_requests ? opts->max_requests :
-                        S3CHAIN_DEFAULT_MAX_REQUESTS,
+        .timeout = opts->timeout,
+        .retries = opts->retries,
+        .max_requests = opts->max_requests,
     };
     if (opts->key_secret) {
         set->secret_access_key =
@@ -209,10 +222,8 @@ static void coroutine_fn s3chain_open_entry(void *opaque)
     if (ret == 0 && chunked) {
         ret = s3chain_image_co_open(bs, s->conn, s->opts->key, s->size,
                                     oc->flags & BDRV_O_RDWR,
-                                    s->opts->has_buffer_size ?
-                                    s->opts->buffer_size :
-                                    S3CHAIN_DEFAULT_BUFFER_SIZE,
-                                    &s->image, oc->errp);
+                                    s->opts->buffer_size, &s->image,
+                                    oc->errp);
     }
     oc->ret = ret;
 }
@@ -308,13 +319,8 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
         }
     }
     s->reader = s3chain_reader_new(bs, s->conn, s->opts->key, s->etag,
-                                   s->size,
-                                   s->opts->has_request_size ?
-                                   s->opts->request_size :
-                                   S3CHAIN_DEFAULT_REQUEST_SIZE,
-                                   s->opts->has_readahead ?
-                                   s->opts->readahead :
-                                   S3CHAIN_DEFAULT_READAHEAD);
+                                   s->size, s->opts->request_size,
+                                   s->opts->readahead);
     return 0;
 
 fail:
