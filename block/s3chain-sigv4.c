@@ -14,7 +14,27 @@
 #include "qapi/error.h"
 #include "crypto/hash.h"
 #include "crypto/hmac.h"
-#include "s3chain.h"
+#include "s3chain-sigv4.h"
+
+static bool is_unreserved(char c)
+{
+    return g_ascii_isalnum(c) || c == '-' || c == '.' || c == '_' ||
+           c == '~';
+}
+
+char *s3chain_uri_encode(const char *s, bool keep_slash)
+{
+    GString *out = g_string_sized_new(strlen(s) + 16);
+
+    for (; *s; s++) {
+        if (is_unreserved(*s) || (keep_slash && *s == '/')) {
+            g_string_append_c(out, *s);
+        } else {
+            g_string_append_printf(out, "%%%02X", (unsigned char)*s);
+        }
+    }
+    return g_string_free(out, false);
+}
 
 typedef struct CanonicalHeader {
     char *name;

@@ -22,26 +22,6 @@ static const char *const url_options[] = {
     "readahead", "max-requests", "buffer-size", NULL,
 };
 
-static bool is_unreserved(char c)
-{
-    return g_ascii_isalnum(c) || c == '-' || c == '.' || c == '_' ||
-           c == '~';
-}
-
-char *s3chain_uri_encode(const char *s, bool keep_slash)
-{
-    GString *out = g_string_sized_new(strlen(s) + 16);
-
-    for (; *s; s++) {
-        if (is_unreserved(*s) || (keep_slash && *s == '/')) {
-            g_string_append_c(out, *s);
-        } else {
-            g_string_append_printf(out, "%%%02X", (unsigned char)*s);
-        }
-    }
-    return g_string_free(out, false);
-}
-
 static char *url_decode(const char *s, size_t len, Error **errp)
 {
     g_autofree char *part = g_strndup(s, len);

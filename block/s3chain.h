@@ -20,6 +20,7 @@
 #include "block/block_int.h"
 #include "qapi/qapi-types-block-core.h"
 #include <curl/curl.h>
+#include "s3chain-sigv4.h"
 
 #define S3CHAIN_PROTOCOL "s3chain"
 
@@ -52,53 +53,6 @@ bool s3chain_parse_url(const char *url, QDict *options, Error **errp);
  * its child.  It names secrets by their object ID only.
  */
 char *s3chain_build_url(const BlockdevOptionsS3chain *opts, const char *key);
-
-/*
- * Percent-encodes @s as SigV4 wants: everything but A-Z a-z 0-9 - . _ ~
- * and, if @keep_slash, '/'.
- */
-char *s3chain_uri_encode(const char *s, bool keep_slash);
-
-/* s3chain-sigv4.c: AWS Signature Version 4 */
-
-typedef struct S3chainHeader {
-    const char *name;
-    const char *value;
-} S3chainHeader;
-
-typedef struct S3chainSigV4Request {
-    const char *method;
-    const char *path;           /* not encoded, starts with '/' */
-    const char *query;          /* as on the wire, may be NULL */
-    const S3chainHeader *headers; /* every header to sign, Host included */
-    size_t nheaders;
-    const char *payload_sha256; /* hex */
-} S3chainSigV4Request;
-
-typedef struct S3chainSigV4Key {
-    const char *access_key_id;
-    const char *secret_access_key;
-    const char *region;
-    const char *service;
-} S3chainSigV4Key;
-
-char *s3chain_sigv4_canonical_request(const S3chainSigV4Request *req,
-                                      char **signed_headers);
-char *s3chain_sigv4_string_to_sign(const char *amz_date, const char *region,
-                                   const char *service,
-                                   const char *canonical_request);
-int s3chain_sigv4_signature(const S3chainSigV4Key *key, const char *amz_date,
-                            const char *string_to_sign, char **signature,
-                            Error **errp);
-/*
- * Signs @req at @amz_date ("YYYYMMDDTHHMMSSZ", which must also be the
- * value of its x-amz-date header) and returns the Authorization header's
- * value.
- */
-char *s3chain_sigv4_authorization(const S3chainSigV4Key *key,
-                                  const char *amz_date,
-                                  const S3chainSigV4Request *req,
-                                  Error **errp);
 
 /* s3chain-manifest.c: the manifest of a chunked image */
 

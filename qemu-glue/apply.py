@@ -82,9 +82,9 @@ def apply_trace(tree):
 def apply_unit(tree):
     edit(os.path.join(tree, 'tests/unit/meson.build'),
          "  'test-fifo': [],\n",
-         "  'test-s3chain-sigv4': [crypto, '../../block/s3chain-sigv4.c',\n"
-         "                         '../../block/s3chain-url.c'],\n"
-         "  'test-s3chain-url': ['../../block/s3chain-url.c'],\n"
+         "  'test-s3chain-sigv4': [crypto, '../../block/s3chain-sigv4.c'],\n"
+         "  'test-s3chain-url': [crypto, '../../block/s3chain-url.c',\n"
+         "                       '../../block/s3chain-sigv4.c'],\n"
          "  'test-s3chain-manifest': ['../../block/s3chain-manifest.c'],\n")
 
 
