@@ -1,0 +1,53 @@
+/* jobs.c: following QMP jobs to their end */
+#include "s3chain.h"
+
+#include <string.h>
+
+json_object *s3c_job_find(json_object *jobs, const char *id)
+{
+    for (size_t i = 0; i < json_object_array_length(jobs); i++) {
+        json_object *job = json_object_array_get_idx(jobs, i);
+
+        if (!g_strcmp0(s3c_json_str(job, "id"), id)) {
+            return job;
+        }
+    }
+    return NULL;
+}
+
+bool s3c_job_run(S3cQmp *qmp, const char *command, json_object *args,
+                 const char *id, GError **err)
+{
+    json_object *ret = s3c_qmp_execute(qmp, command, args, err);
+    g_autofree char *error = NULL;
+
+    if (!ret) {
+        return false;
+    }
+    json_object_put(ret);
+    for (;;) {
+        json_object *jobs = s3c_qmp_execute(qmp, "query-jobs", NULL, err);
+        json_object *job;
+
+        if (!jobs) {
+            return false;
+        }
+        job = s3c_job_find(jobs, id);
+        if (!job || !strcmp(s3c_json_str(job, "status"), "concluded")) {
+            error = g_strdup(job ? s3c_json_str(job, "error") : "job vanished");
+            json_object_put(jobs);
+            break;
+        }
+        json_object_put(jobs);
+        json_object_put(s3c_qmp_next_event(qmp, 100));
+    }
+    json_object_put(s3c_qmp_execute(
+        qmp, "job-dismiss", s3c_json_obj("id", json_object_new_string(id),
+                                         NULL), NULL));
+    if (error) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT, "%s: %s: %s",
+                    qmp->peer, command, error);
+        return false;
+    }
+    return true;
+}

@@ -1,0 +1,16 @@
+/*
+ * The part of QEMU's osdep.h that block/s3chain-sigv4.c needs, so that
+ * the s3chain command compiles the driver's signer unchanged.
+ */
+#ifndef S3CHAIN_COMPAT_OSDEP_H
+#define S3CHAIN_COMPAT_OSDEP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <glib.h>
+
+typedef struct Error Error;
+
+#endif

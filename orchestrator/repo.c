@@ -1,0 +1,151 @@
+/* repo.c: the repository URL, its endpoint and the credentials for it */
+#include "s3chain.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static char *env_or(const char *given, const char *name, const char *dflt)
+{
+    const char *v = given ? given : g_getenv(name);
+
+    return g_strdup(v && *v ? v : dflt);
+}
+
+/* AWS's shared credentials file; refused when others may read it */
+static bool load_credentials_file(S3cRepo *repo, const char *path,
+                                  const char *profile, GError **err)
+{
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    g_autoptr(GError) local = NULL;
+    struct stat st;
+
+    if (stat(path, &st) < 0) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "cannot read credentials file %s: %s", path,
+                    g_strerror(errno));
+        return false;
+    }
+    if (st.st_mode & 077) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "credentials file %s may be read by others; "
+                    "chmod 600 it", path);
+        return false;
+    }
+    if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &local)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "credentials file %s: %s", path, local->message);
+        return false;
+    }
+    repo->access_key_id = g_key_file_get_string(kf, profile,
+                                                "aws_access_key_id", NULL);
+    repo->secret_access_key = g_key_file_get_string(
+        kf, profile, "aws_secret_access_key", NULL);
+    repo->session_token = g_key_file_get_string(kf, profile,
+                                                "aws_session_token", NULL);
+    if (!repo->access_key_id || !repo->secret_access_key) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "credentials file %s has no aws_access_key_id and "
+                    "aws_secret_access_key in [%s]", path, profile);
+        return false;
+    }
+    return true;
+}
+
+static bool load_credentials(S3cRepo *repo, const S3cRepoOptions *opts,
+                             GError **err)
+{
+    g_autofree char *profile = env_or(opts->profile, "AWS_PROFILE",
+                                      "default");
+    g_autofree char *file = NULL;
+
+    if (opts->credentials) {
+        return load_credentials_file(repo, opts->credentials, profile, err);
+    }
+    if (g_getenv("AWS_ACCESS_KEY_ID") && g_getenv("AWS_SECRET_ACCESS_KEY")) {
+        repo->access_key_id = g_strdup(g_getenv("AWS_ACCESS_KEY_ID"));
+        repo->secret_access_key = g_strdup(g_getenv("AWS_SECRET_ACCESS_KEY"));
+        repo->session_token = env_or(NULL, "AWS_SESSION_TOKEN", NULL);
+        return true;
+    }
+    file = env_or(NULL, "AWS_SHARED_CREDENTIALS_FILE", NULL);
+    if (!file) {
+        file = g_build_filename(g_get_home_dir(), ".aws", "credentials",
+                                NULL);
+    }
+    if (g_file_test(file, G_FILE_TEST_EXISTS)) {
+        return load_credentials_file(repo, file, profile, err);
+    }
+    g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                "no credentials: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or give --credentials FILE");
+    return false;
+}
+
+bool s3c_repo_init(S3cRepo *repo, const S3cRepoOptions *opts, GError **err)
+{
+    const char *rest;
+    const char *slash;
+    g_autofree char *endpoint = NULL;
+
+    memset(repo, 0, sizeof(*repo));
+    if (!opts->url || !g_str_has_prefix(opts->url, "s3://") ||
+        !opts->url[5] || opts->url[5] == '/') {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "the repository must be given as s3://BUCKET[/PREFIX] "
+                    "with --repo");
+        return false;
+    }
+    rest = opts->url + 5;
+    slash = strchr(rest, '/');
+    repo->bucket = slash ? g_strndup(rest, slash - rest) : g_strdup(rest);
+    repo->prefix = g_strdup(slash ? slash + 1 : "");
+    while (g_str_has_suffix(repo->prefix, "//")) {
+        repo->prefix[strlen(repo->prefix) - 1] = '\0';
+    }
+    if (*repo->prefix && !g_str_has_suffix(repo->prefix, "/")) {
+        char *p = g_strconcat(repo->prefix, "/", NULL);
+
+        g_free(repo->prefix);
+        repo->prefix = p;
+    }
+
+    endpoint = env_or(opts->endpoint, "AWS_ENDPOINT_URL", NULL);
+    if (!endpoint) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "no S3 endpoint: give --endpoint URL or set "
+                    "AWS_ENDPOINT_URL");
+        return false;
+    }
+    if (!g_str_has_prefix(endpoint, "http://") &&
+        !g_str_has_prefix(endpoint, "https://")) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "the endpoint %s must start with http:// or https://",
+                    endpoint);
+        return false;
+    }
+    while (g_str_has_suffix(endpoint, "/")) {
+        endpoint[strlen(endpoint) - 1] = '\0';
+    }
+    repo->endpoint = g_steal_pointer(&endpoint);
+    repo->region = env_or(opts->region, "AWS_REGION", "us-east-1");
+    repo->cafile = g_strdup(opts->cafile);
+    repo->verify_tls = !opts->no_verify_tls;
+    return load_credentials(repo, opts, err);
+}
+
+void s3c_repo_clear(S3cRepo *repo)
+{
+    g_free(repo->endpoint);
+    g_free(repo->bucket);
+    g_free(repo->prefix);
+    g_free(repo->region);
+    g_free(repo->access_key_id);
+    if (repo->secret_access_key) {
+        memset(repo->secret_access_key, 0, strlen(repo->secret_access_key));
+    }
+    g_free(repo->secret_access_key);
+    g_free(repo->session_token);
+    g_free(repo->cafile);
+    memset(repo, 0, sizeof(*repo));
+}

@@ -1,0 +1,279 @@
+/* s3.c: the S3 requests the command makes itself, signed as the driver does */
+#include "s3chain.h"
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "../block/s3chain-sigv4.h"
+
+#include <curl/curl.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define S3_ATTEMPTS 4
+#define S3_TIMEOUT_S 30
+
+typedef struct S3Request {
+    const char *method;
+    const char *key;            /* "" for the bucket itself */
+    const char *query;          /* canonical already, or NULL */
+    const char *data;
+    size_t len;
+    bool create_only;
+} S3Request;
+
+typedef struct S3Response {
+    long status;
+    GString *body;
+    CURLcode curl_code;
+    char curl_error[CURL_ERROR_SIZE];
+} S3Response;
+
+static size_t collect(char *ptr, size_t size, size_t nmemb, void *opaque)
+{
+    g_string_append_len(opaque, ptr, size * nmemb);
+    return size * nmemb;
+}
+
+static char *endpoint_host(const char *endpoint)
+{
+    return g_strdup(strstr(endpoint, "://") + 3);
+}
+
+static bool perform(const S3cRepo *repo, const S3Request *req,
+                    S3Response *resp)
+{
+    g_autofree char *host = endpoint_host(repo->endpoint);
+    g_autofree char *path = g_strdup_printf("/%s/%s", repo->bucket,
+                                            req->key);
+    g_autofree char *encoded = s3chain_uri_encode(path, true);
+    g_autofree char *url = g_strdup_printf("%s%s%s%s", repo->endpoint,
+                                           encoded, req->query ? "?" : "",
+                                           req->query ? req->query : "");
+    g_autofree char *payload = g_compute_checksum_for_data(
+        G_CHECKSUM_SHA256, (const guchar *)(req->data ? req->data : ""),
+        req->len);
+    char amz_date[17];
+    time_t now = time(NULL);
+    struct tm tm;
+    S3chainHeader headers[5];
+    size_t nheaders = 0;
+    const S3chainSigV4Key key = {
+        .access_key_id = repo->access_key_id,
+        .secret_access_key = repo->secret_access_key,
+        .region = repo->region,
+        .service = "s3",
+    };
+    S3chainSigV4Request sreq;
+    g_autofree char *auth = NULL;
+    struct curl_slist *list = NULL;
+    CURL *curl;
+
+    gmtime_r(&now, &tm);
+    strftime(amz_date, sizeof(amz_date), "%Y%m%dT%H%M%SZ", &tm);
+    headers[nheaders++] = (S3chainHeader){ "host", host };
+    headers[nheaders++] = (S3chainHeader){ "x-amz-date", amz_date };
+    headers[nheaders++] = (S3chainHeader){ "x-amz-content-sha256", payload };
+    if (repo->session_token) {
+        headers[nheaders++] = (S3chainHeader){ "x-amz-security-token",
+                                               repo->session_token };
+    }
+    if (req->create_only) {
+        headers[nheaders++] = (S3chainHeader){ "if-none-match", "*" };
+    }
+    sreq = (S3chainSigV4Request){
+        .method = req->method, .path = path, .query = req->query,
+        .headers = headers, .nheaders = nheaders,
+        .payload_sha256 = payload,
+    };
+    auth = s3chain_sigv4_authorization(&key, amz_date, &sreq, &error_abort);
+
+    for (size_t i = 1; i < nheaders; i++) {
+        g_autofree char *h = g_strdup_printf("%s: %s", headers[i].name,
+                                             headers[i].value);
+        list = curl_slist_append(list, h);
+    }
+    {
+        g_autofree char *h = g_strdup_printf("Authorization: %s", auth);
+        list = curl_slist_append(list, h);
+    }
+    list = curl_slist_append(list, "Expect:");
+    list = curl_slist_append(list, "Content-Type:");
+
+    curl = curl_easy_init();
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, req->method);
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, list);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, resp->body);
+    curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, resp->curl_error);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)S3_TIMEOUT_S);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, repo->verify_tls ? 1L : 0L);
+    curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, repo->verify_tls ? 2L : 0L);
+    if (repo->cafile) {
+        curl_easy_setopt(curl, CURLOPT_CAINFO, repo->cafile);
+    }
+    if (!strcmp(req->method, "HEAD")) {
+        curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
+    }
+    if (req->data) {
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, req->data);
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t)req->len);
+    }
+    resp->curl_error[0] = '\0';
+    g_string_truncate(resp->body, 0);
+    resp->curl_code = curl_easy_perform(curl);
+    resp->status = 0;
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &resp->status);
+    curl_easy_cleanup(curl);
+    curl_slist_free_all(list);
+    return resp->curl_code == CURLE_OK;
+}
+
+static char *error_code(const GString *body)
+{
+    const char *start = strstr(body->str, "<Code>");
+    const char *end = start ? strstr(start, "</Code>") : NULL;
+
+    return end ? g_strndup(start + 6, end - start - 6) : g_strdup("");
+}
+
+/*
+ * Sends @req, retrying what may pass: transport errors and 5xx.  Returns
+ * the final response's status, or 0 with @err set.
+ */
+static long request(const S3cRepo *repo, const S3Request *req,
+                    GString *body, GError **err)
+{
+    S3Response resp = { .body = body };
+    g_autofree char *code = NULL;
+    const char *what = *req->key ? req->key : "(the bucket)";
+
+    for (int attempt = 1;; attempt++) {
+        bool done = perform(repo, req, &resp);
+
+        if (done && resp.status < 500) {
+            break;
+        }
+        if (attempt == S3_ATTEMPTS || s3c_interrupted) {
+            if (!done) {
+                g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
+                            "cannot reach %s: %s", repo->endpoint,
+                            resp.curl_error[0] ? resp.curl_error
+                            : curl_easy_strerror(resp.curl_code));
+            } else {
+                code = error_code(body);
+                g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
+                            "%s s3://%s/%s: HTTP %ld %s from %s; try again "
+                            "later", req->method, repo->bucket, what,
+                            resp.status, code, repo->endpoint);
+            }
+            return 0;
+        }
+        g_usleep((250000 << attempt) + g_random_int_range(0, 100000));
+    }
+
+    if (resp.status == 403 || resp.status == 401 || resp.status == 400) {
+        code = error_code(body);
+        if (resp.status != 400 || strstr(code, "Signature") ||
+            strstr(code, "AccessKey") || strstr(code, "Token")) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_ACCESS_DENIED,
+                        "%s s3://%s/%s: access denied (%s) by %s; check the "
+                        "access key and secret", req->method, repo->bucket,
+                        what, *code ? code : "HTTP 403", repo->endpoint);
+            return 0;
+        }
+    }
+    if (resp.status == 404) {
+        code = error_code(body);
+        if (!strcmp(code, "NoSuchBucket")) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_NO_BUCKET,
+                        "bucket %s does not exist at %s; create it or check "
+                        "--repo", repo->bucket, repo->endpoint);
+            return 0;
+        }
+    }
+    return resp.status;
+}
+
+static bool unexpected(const S3cRepo *repo, const S3Request *req, long status,
+                       GString *body, GError **err)
+{
+    g_autofree char *code = error_code(body);
+
+    g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                "%s s3://%s/%s: unexpected HTTP %ld %s from %s", req->method,
+                repo->bucket, req->key, status, code, repo->endpoint);
+    return false;
+}
+
+bool s3c_s3_get(const S3cRepo *repo, const char *key, GString **body,
+                GError **err)
+{
+    const S3Request req = { .method = "GET", .key = key };
+    g_autoptr(GString) out = g_string_new(NULL);
+    long status = request(repo, &req, out, err);
+
+    *body = NULL;
+    if (status == 200) {
+        *body = g_steal_pointer(&out);
+        return true;
+    }
+    return status == 404 ? false : (status ? unexpected(repo, &req, status,
+                                                        out, err) : false);
+}
+
+bool s3c_s3_put(const S3cRepo *repo, const char *key, const char *data,
+                size_t len, bool create_only, GError **err)
+{
+    const S3Request req = {
+        .method = "PUT", .key = key, .data = data, .len = len,
+        .create_only = create_only,
+    };
+    g_autoptr(GString) out = g_string_new(NULL);
+    long status = request(repo, &req, out, err);
+
+    if (status == 200) {
+        return true;
+    }
+    if (status == 412 && create_only) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_LOCKED,
+                    "s3://%s/%s exists already", repo->bucket, key);
+        return false;
+    }
+    return status ? unexpected(repo, &req, status, out, err) : false;
+}
+
+bool s3c_s3_delete(const S3cRepo *repo, const char *key, GError **err)
+{
+    const S3Request req = { .method = "DELETE", .key = key };
+    g_autoptr(GString) out = g_string_new(NULL);
+    long status = request(repo, &req, out, err);
+
+    if (status == 204 || status == 200 || status == 404) {
+        return true;
+    }
+    return status ? unexpected(repo, &req, status, out, err) : false;
+}
+
+bool s3c_s3_check_bucket(const S3cRepo *repo, GError **err)
+{
+    g_autofree char *prefix = s3chain_uri_encode(repo->prefix, false);
+    g_autofree char *query = g_strdup_printf("list-type=2&max-keys=1&prefix=%s",
+                                             prefix);
+    const S3Request req = { .method = "GET", .key = "", .query = query };
+    g_autoptr(GString) out = g_string_new(NULL);
+    long status = request(repo, &req, out, err);
+
+    if (status == 200) {
+        return true;
+    }
+    if (status == 404) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_NO_BUCKET,
+                    "bucket %s does not exist at %s; create it or check "
+                    "--repo", repo->bucket, repo->endpoint);
+        return false;
+    }
+    return status ? unexpected(repo, &req, status, out, err) : false;
+}

@@ -1,0 +1,401 @@
+/* sidecar.c: qemu-storage-daemon, which writes each backup into the bucket */
+#include "s3chain.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SIDECAR_START_TIMEOUT_MS 15000
+
+/* Where the sidecar's start script is when none is named */
+static char *sidecar_program(void)
+{
+    const char *env = g_getenv("S3CHAIN_SIDECAR");
+    g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);
+    g_autofree char *dir = self ? g_path_get_dirname(self) : NULL;
+    const char *relative[] = {
+        "../share/s3chain/s3chain-sidecar",     /* installed */
+        "../../qsd-config/s3chain-sidecar",     /* build/orchestrator */
+    };
+
+    if (env) {
+        return g_strdup(env);
+    }
+    for (size_t i = 0; dir && i < G_N_ELEMENTS(relative); i++) {
+        g_autofree char *path = g_build_filename(dir, relative[i], NULL);
+
+        if (g_file_test(path, G_FILE_TEST_IS_EXECUTABLE)) {
+            return g_steal_pointer(&path);
+        }
+    }
+    return g_strdup("s3chain-sidecar");
+}
+
+static bool start_sidecar(S3cSidecar *sc, const char *qmp_path, GError **err)
+{
+    g_autofree char *program = sidecar_program();
+    g_auto(GStrv) envp = g_get_environ();
+    char *argv[] = { program, NULL };
+    g_autoptr(GError) spawn_err = NULL;
+    int64_t deadline = g_get_monotonic_time() +
+                       SIDECAR_START_TIMEOUT_MS * 1000LL;
+
+    envp = g_environ_setenv(envp, "S3CHAIN_RUNTIME_DIR", sc->runtime_dir,
+                            true);
+    /* the sidecar needs no credentials in its environment */
+    envp = g_environ_unsetenv(envp, "AWS_SECRET_ACCESS_KEY");
+    envp = g_environ_unsetenv(envp, "AWS_SESSION_TOKEN");
+    unlink(qmp_path);
+    if (!g_spawn_async(NULL, argv, envp,
+                       G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH,
+                       NULL, NULL, &sc->pid, &spawn_err)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "cannot start the sidecar %s: %s; set S3CHAIN_SIDECAR "
+                    "or give --sidecar-qmp", program, spawn_err->message);
+        return false;
+    }
+    while (g_get_monotonic_time() < deadline) {
+        g_autoptr(GError) local = NULL;
+
+        if (waitpid(sc->pid, NULL, WNOHANG) == sc->pid) {
+            sc->pid = 0;
+            break;
+        }
+        sc->qmp = s3c_qmp_connect(qmp_path, "the sidecar", false, 5000,
+                                  &local);
+        if (sc->qmp) {
+            return true;
+        }
+        g_usleep(50000);
+    }
+    g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
+                "the sidecar %s did not open its QMP socket %s", program,
+                qmp_path);
+    return false;
+}
+
+/*
+ * Hands @value to the sidecar as secret object @id through a file only
+ * this user may read, removed as soon as the sidecar has read it.
+ */
+static bool add_secret(S3cSidecar *sc, const char *id, const char *value,
+                       GError **err)
+{
+    g_autofree char *path = g_strdup_printf("%s/%s", sc->runtime_dir, id);
+    json_object *ret;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    size_t len = strlen(value);
+
+    if (fd < 0 || write(fd, value, len) != (ssize_t)len) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "cannot write a secret file in %s: %s", sc->runtime_dir,
+                    g_strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(path);
+        }
+        return false;
+    }
+    close(fd);
+    ret = s3c_qmp_execute(
+        sc->qmp, "object-add",
+        s3c_json_obj("qom-type", json_object_new_string("secret"),
+                     "id", json_object_new_string(id),
+                     "file", json_object_new_string(path), NULL), err);
+    unlink(path);
+    json_object_put(ret);
+    return ret != NULL;
+}
+
+bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
+                      const char *runtime_dir, const S3cRepo *repo,
+                      GError **err)
+{
+    g_autofree char *own_qmp = NULL;
+    json_object *ret;
+
+    memset(sc, 0, sizeof(*sc));
+    sc->runtime_dir = g_strdup(runtime_dir);
+    if (g_mkdir_with_parents(runtime_dir, 0700) < 0) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "cannot create the runtime directory %s: %s",
+                    runtime_dir, g_strerror(errno));
+        return false;
+    }
+    if (qmp_path) {
+        sc->qmp = s3c_qmp_connect(qmp_path, "the sidecar", false, 10000, err);
+        if (!sc->qmp) {
+            return false;
+        }
+    } else {
+        own_qmp = g_build_filename(runtime_dir, "qsd.qmp", NULL);
+        if (!start_sidecar(sc, own_qmp, err)) {
+            return false;
+        }
+    }
+
+    sc->secret_id = g_strdup_printf("s3chain-key-%d", (int)getpid());
+    if (!add_secret(sc, sc->secret_id, repo->secret_access_key, err)) {
+        g_clear_pointer(&sc->secret_id, g_free);
+        return false;
+    }
+    if (repo->session_token) {
+        sc->token_secret_id = g_strdup_printf("s3chain-token-%d",
+                                              (int)getpid());
+        if (!add_secret(sc, sc->token_secret_id, repo->session_token, err)) {
+            g_clear_pointer(&sc->token_secret_id, g_free);
+            return false;
+        }
+    }
+
+    sc->nbd_socket = g_strdup_printf("%s/nbd-%d.sock", runtime_dir,
+                                     (int)getpid());
+    unlink(sc->nbd_socket);
+    ret = s3c_qmp_execute(
+        sc->qmp, "nbd-server-start",
+        s3c_json_obj("addr", s3c_json_obj(
+                         "type", json_object_new_string("unix"),
+                         "data", s3c_json_obj(
+                             "path", json_object_new_string(sc->nbd_socket),
+                             NULL), NULL), NULL), err);
+    if (!ret) {
+        g_prefix_error(err, "the sidecar must not run an NBD server of its "
+                       "own: ");
+        g_clear_pointer(&sc->nbd_socket, g_free);
+        return false;
+    }
+    json_object_put(ret);
+
+    ret = s3c_qmp_execute(sc->qmp, "query-iothreads", NULL, NULL);
+    for (size_t i = 0; ret && i < json_object_array_length(ret); i++) {
+        const char *id = s3c_json_str(json_object_array_get_idx(ret, i), "id");
+
+        if (!g_strcmp0(id, "s3chain-io")) {
+            sc->iothread = g_strdup(id);
+        }
+    }
+    json_object_put(ret);
+    return true;
+}
+
+static json_object *location(const S3cSidecar *sc, const S3cRepo *repo,
+                             const char *key)
+{
+    json_object *loc = s3c_json_obj(
+        "endpoint", json_object_new_string(repo->endpoint),
+        "bucket", json_object_new_string(repo->bucket),
+        "key", json_object_new_string(key),
+        "region", json_object_new_string(repo->region),
+        "access-key-id", json_object_new_string(repo->access_key_id),
+        "key-secret", json_object_new_string(sc->secret_id),
+        "sslverify", json_object_new_boolean(repo->verify_tls), NULL);
+
+    if (sc->token_secret_id) {
+        json_object_object_add(loc, "session-token-secret",
+                               json_object_new_string(sc->token_secret_id));
+    }
+    if (repo->cafile) {
+        json_object_object_add(loc, "cafile",
+                               json_object_new_string(repo->cafile));
+    }
+    return loc;
+}
+
+static char *file_node(const S3cTarget *t)
+{
+    return g_strdup_printf("%s-file", t->export_name);
+}
+
+static bool run(S3cSidecar *sc, const char *command, json_object *args,
+                GError **err)
+{
+    json_object *ret = s3c_qmp_execute(sc->qmp, command, args, err);
+
+    json_object_put(ret);
+    return ret != NULL;
+}
+
+bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
+                            const S3cTarget *t, GError **err)
+{
+    g_autofree char *file = file_node(t);
+    g_autofree char *job = g_strdup_printf("%s-create", t->export_name);
+    json_object *file_opts = location(sc, repo, t->key);
+    json_object *qcow2;
+
+    if (!s3c_job_run(sc->qmp, "blockdev-create", s3c_json_obj(
+                         "job-id", json_object_new_string(job),
+                         "options", s3c_json_obj(
+                             "driver", json_object_new_string("s3chain"),
+                             "location", json_object_get(file_opts),
+                             "size", json_object_new_int64(0), NULL),
+                         NULL), job, err)) {
+        json_object_put(file_opts);
+        return false;
+    }
+    json_object_object_add(file_opts, "driver",
+                           json_object_new_string("s3chain"));
+    json_object_object_add(file_opts, "node-name",
+                           json_object_new_string(file));
+    json_object_object_add(file_opts, "buffer-size",
+                           json_object_new_int64(t->buffer_size));
+    if (!run(sc, "blockdev-add", file_opts, err)) {
+        return false;
+    }
+
+    qcow2 = s3c_json_obj("driver", json_object_new_string("qcow2"),
+                         "file", json_object_new_string(file),
+                         "size", json_object_new_int64(t->size),
+                         "cluster-size", json_object_new_int64(t->cluster_size),
+                         NULL);
+    if (t->backing) {
+        json_object_object_add(qcow2, "backing-file",
+                               json_object_new_string(t->backing));
+        json_object_object_add(qcow2, "backing-fmt",
+                               json_object_new_string("qcow2"));
+    }
+    if (!s3c_job_run(sc->qmp, "blockdev-create", s3c_json_obj(
+                         "job-id", json_object_new_string(job),
+                         "options", qcow2, NULL), job, err) ||
+        /* the parent is not opened: the backup writes only changes */
+        !run(sc, "blockdev-add", s3c_json_obj(
+                 "node-name", json_object_new_string(t->export_name),
+                 "driver", json_object_new_string("qcow2"),
+                 "file", json_object_new_string(file),
+                 "backing", NULL, NULL), err)) {
+        return false;
+    }
+
+    json_object *export = s3c_json_obj(
+        "type", json_object_new_string("nbd"),
+        "id", json_object_new_string(t->export_name),
+        "node-name", json_object_new_string(t->export_name),
+        "name", json_object_new_string(t->export_name),
+        "writable", json_object_new_boolean(true), NULL);
+    if (sc->iothread) {
+        json_object_object_add(export, "iothread",
+                               json_object_new_string(sc->iothread));
+    }
+    return run(sc, "block-export-add", export, err);
+}
+
+/* Deletes export @t and waits until it is gone */
+static bool delete_export(S3cSidecar *sc, const S3cTarget *t, bool hard,
+                          GError **err)
+{
+    int64_t deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+
+    if (!run(sc, "block-export-del", s3c_json_obj(
+                 "id", json_object_new_string(t->export_name),
+                 "mode", json_object_new_string(hard ? "hard" : "safe"),
+                 NULL), err)) {
+        return false;
+    }
+    while (g_get_monotonic_time() < deadline) {
+        json_object *exports = s3c_qmp_execute(sc->qmp,
+                                               "query-block-exports", NULL,
+                                               err);
+        bool gone = exports && !s3c_job_find(exports, t->export_name);
+
+        json_object_put(exports);
+        if (!exports || gone) {
+            return gone;
+        }
+        json_object_put(s3c_qmp_next_event(sc->qmp, 100));
+    }
+    g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
+                "the sidecar did not end export %s", t->export_name);
+    return false;
+}
+
+static void delete_nodes(S3cSidecar *sc, const S3cTarget *t)
+{
+    g_autofree char *file = file_node(t);
+
+    run(sc, "blockdev-del", s3c_json_obj(
+            "node-name", json_object_new_string(t->export_name), NULL), NULL);
+    run(sc, "blockdev-del", s3c_json_obj(
+            "node-name", json_object_new_string(file), NULL), NULL);
+}
+
+bool s3c_sidecar_commit_target(S3cSidecar *sc, const S3cTarget *t,
+                               GError **err)
+{
+    g_autofree char *file = file_node(t);
+    json_object *opts;
+    bool ok;
+
+    if (!delete_export(sc, t, false, err)) {
+        return false;
+    }
+    /*
+     * Reopening read-only flushes, and a flush of an s3chain image
+     * uploads its chunks and then its manifest: its error is the commit's
+     */
+    opts = json_object_new_array();
+    json_object_array_add(opts, s3c_json_obj(
+        "node-name", json_object_new_string(t->export_name),
+        "driver", json_object_new_string("qcow2"),
+        "file", json_object_new_string(file),
+        "backing", NULL,
+        "read-only", json_object_new_boolean(true), NULL));
+    ok = run(sc, "blockdev-reopen", s3c_json_obj("options", opts, NULL), err);
+    if (!ok) {
+        g_prefix_error(err, "committing s3://%s: ", t->key);
+    }
+    delete_nodes(sc, t);
+    return ok;
+}
+
+void s3c_sidecar_drop_target(S3cSidecar *sc, const S3cTarget *t)
+{
+    delete_export(sc, t, true, NULL);
+    delete_nodes(sc, t);
+}
+
+void s3c_sidecar_close(S3cSidecar *sc)
+{
+    if (sc->qmp) {
+        if (sc->nbd_socket) {
+            run(sc, "nbd-server-stop", NULL, NULL);
+        }
+        if (sc->secret_id) {
+            run(sc, "object-del", s3c_json_obj(
+                    "id", json_object_new_string(sc->secret_id), NULL), NULL);
+        }
+        if (sc->token_secret_id) {
+            run(sc, "object-del", s3c_json_obj(
+                    "id", json_object_new_string(sc->token_secret_id),
+                    NULL), NULL);
+        }
+        if (sc->pid) {
+            run(sc, "quit", NULL, NULL);
+        }
+    }
+    if (sc->pid) {
+        int64_t deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
+
+        while (waitpid(sc->pid, NULL, WNOHANG) != sc->pid) {
+            if (g_get_monotonic_time() > deadline) {
+                kill(sc->pid, SIGKILL);
+                waitpid(sc->pid, NULL, 0);
+                break;
+            }
+            g_usleep(20000);
+        }
+    }
+    if (sc->nbd_socket) {
+        unlink(sc->nbd_socket);
+    }
+    s3c_qmp_free(sc->qmp);
+    g_free(sc->runtime_dir);
+    g_free(sc->secret_id);
+    g_free(sc->token_secret_id);
+    g_free(sc->nbd_socket);
+    g_free(sc->iothread);
+    memset(sc, 0, sizeof(*sc));
+}

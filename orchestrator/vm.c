@@ -1,0 +1,135 @@
+/* vm.c: the VM's writable disks and their dirty bitmaps, from QMP */
+#include "s3chain.h"
+
+#include <string.h>
+
+static void bitmap_free(gpointer p)
+{
+    S3cBitmap *b = p;
+
+    g_free(b->name);
+    g_free(b);
+}
+
+void s3c_disk_free(S3cDisk *disk)
+{
+    g_free(disk->name);
+    g_free(disk->qdev);
+    g_free(disk->node);
+    g_free(disk->format);
+    g_free(disk->serial);
+    g_ptr_array_unref(disk->bitmaps);
+    g_free(disk);
+}
+
+const S3cBitmap *s3c_disk_bitmap(const S3cDisk *disk, const char *name)
+{
+    for (guint i = 0; i < disk->bitmaps->len; i++) {
+        const S3cBitmap *b = g_ptr_array_index(disk->bitmaps, i);
+
+        if (!strcmp(b->name, name)) {
+            return b;
+        }
+    }
+    return NULL;
+}
+
+/* "/machine/peripheral/vd0/virtio-backend" is device "vd0" */
+static char *device_id(const char *qdev)
+{
+    g_auto(GStrv) parts = g_strsplit(qdev, "/", -1);
+    guint n = g_strv_length(parts);
+
+    if (n >= 2 && !strcmp(parts[n - 1], "virtio-backend")) {
+        return g_strdup(parts[n - 2]);
+    }
+    return g_strdup(n ? parts[n - 1] : qdev);
+}
+
+static void add_bitmaps(S3cDisk *disk, json_object *node)
+{
+    json_object *list;
+
+    if (!json_object_object_get_ex(node, "dirty-bitmaps", &list)) {
+        return;
+    }
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        json_object *b = json_object_array_get_idx(list, i);
+        S3cBitmap *bitmap = g_new0(S3cBitmap, 1);
+
+        bitmap->name = g_strdup(s3c_json_str(b, "name"));
+        bitmap->granularity = s3c_json_int(b, "granularity");
+        bitmap->persistent = s3c_json_bool(b, "persistent");
+        bitmap->inconsistent = s3c_json_bool(b, "inconsistent");
+        bitmap->recording = s3c_json_bool(b, "recording");
+        bitmap->busy = s3c_json_bool(b, "busy");
+        g_ptr_array_add(disk->bitmaps, bitmap);
+    }
+}
+
+static char *serial_of(S3cQmp *vm, const char *qdev)
+{
+    g_autoptr(GError) ignored = NULL;
+    json_object *v = s3c_qmp_execute(
+        vm, "qom-get",
+        s3c_json_obj("path", json_object_new_string(qdev),
+                     "property", json_object_new_string("serial"), NULL),
+        &ignored);
+    char *serial = g_strdup(v && json_object_is_type(v, json_type_string) ?
+                            json_object_get_string(v) : "");
+
+    json_object_put(v);
+    return serial;
+}
+
+GPtrArray *s3c_vm_disks(S3cQmp *vm, GError **err)
+{
+    g_autoptr(GPtrArray) disks =
+        g_ptr_array_new_with_free_func((GDestroyNotify)s3c_disk_free);
+    json_object *blocks = s3c_qmp_execute(vm, "query-block", NULL, err);
+    json_object *nodes;
+
+    if (!blocks) {
+        return NULL;
+    }
+    nodes = s3c_qmp_execute(vm, "query-named-block-nodes",
+                            s3c_json_obj("flat", json_object_new_boolean(true),
+                                         NULL), err);
+    if (!nodes) {
+        json_object_put(blocks);
+        return NULL;
+    }
+
+    for (size_t i = 0; i < json_object_array_length(blocks); i++) {
+        json_object *blk = json_object_array_get_idx(blocks, i);
+        json_object *inserted, *image;
+        const char *qdev = s3c_json_str(blk, "qdev");
+        S3cDisk *disk;
+
+        if (!qdev || !json_object_object_get_ex(blk, "inserted", &inserted) ||
+            s3c_json_bool(inserted, "ro")) {
+            continue;
+        }
+        disk = g_new0(S3cDisk, 1);
+        disk->qdev = g_strdup(qdev);
+        disk->name = device_id(qdev);
+        disk->node = g_strdup(s3c_json_str(inserted, "node-name"));
+        disk->format = g_strdup(s3c_json_str(inserted, "drv"));
+        disk->serial = serial_of(vm, qdev);
+        disk->bitmaps = g_ptr_array_new_with_free_func(bitmap_free);
+        if (json_object_object_get_ex(inserted, "image", &image)) {
+            disk->size = s3c_json_int(image, "virtual-size");
+        }
+        for (size_t j = 0; j < json_object_array_length(nodes); j++) {
+            json_object *node = json_object_array_get_idx(nodes, j);
+
+            if (!g_strcmp0(s3c_json_str(node, "node-name"), disk->node)) {
+                add_bitmaps(disk, node);
+            }
+        }
+        g_ptr_array_add(disks, disk);
+    }
+    json_object_put(blocks);
+    json_object_put(nodes);
+    return g_steal_pointer(&disks);
+}
