@@ -791,15 +791,16 @@ static bool prepare(Backup *b, GError **err)
         !s3c_catalog_load(&b->cat, &b->repo, opts->vm, err)) {
         return false;
     }
-    b->vm = s3c_qmp_connect(opts->vm_qmp, "the VM", false, 10000, err);
-    if (!b->vm || !select_disks(b, err)) {
-        return false;
-    }
+    /* first: a VM's QMP socket serves one client, a concurrent backup */
     if (!s3c_lock_acquire(&b->repo, &b->cat, opts->lock_stale_after,
                           opts->break_lock, err)) {
         return false;
     }
     b->locked = true;
+    b->vm = s3c_qmp_connect(opts->vm_qmp, "the VM", false, 10000, err);
+    if (!b->vm || !select_disks(b, err)) {
+        return false;
+    }
     for (guint i = 0; i < b->disks->len; i++) {
         decide(b, g_ptr_array_index(b->disks, i));
     }

@@ -173,18 +173,19 @@ char *s3c_catalog_image_key(const S3cCatalog *cat, const char *disk,
     return g_strdup_printf("%sdisks/%s/%s", cat->dir, disk, name);
 }
 
-/* Whether the holder described by @lock is gone or too old */
-static bool lock_is_stale(json_object *lock, int64_t stale_after)
+/* A lock's holder that is gone for sure: a process of this host that died */
+static bool holder_is_dead(json_object *lock)
 {
     const char *host = s3c_json_str(lock, "host");
     int64_t pid = s3c_json_int(lock, "pid");
-    int64_t age = time(NULL) - s3c_json_int(lock, "since");
 
-    if (age > stale_after) {
-        return true;
-    }
     return host && !strcmp(host, g_get_host_name()) && pid > 0 &&
            kill(pid, 0) < 0 && errno == ESRCH;
+}
+
+static bool lock_is_too_old(json_object *lock, int64_t stale_after)
+{
+    return time(NULL) - s3c_json_int(lock, "since") > stale_after;
 }
 
 bool s3c_lock_acquire(const S3cRepo *repo, const S3cCatalog *cat,
@@ -222,12 +223,13 @@ bool s3c_lock_acquire(const S3cRepo *repo, const S3cCatalog *cat,
             break;
         }
         holder = held ? json_tokener_parse(held->str) : NULL;
-        if (held && (!holder || !lock_is_stale(holder, stale_after) ||
-                     !break_stale)) {
+        if (held && !(holder && (holder_is_dead(holder) ||
+                                 (break_stale &&
+                                  lock_is_too_old(holder, stale_after))))) {
             g_set_error(err, S3C_ERROR, S3C_EXIT_LOCKED,
                         "VM %s is locked by another s3chain command (%s); "
-                        "wait for it, or if it is gone, run again with "
-                        "--break-stale-lock",
+                        "wait for it, or if it is gone and the lock older "
+                        "than --lock-stale, run again with --break-stale-lock",
                         cat->vm, held->str);
             break;
         }

@@ -98,18 +98,38 @@ static const struct option backup_options[] = {
     { NULL, 0, NULL, 0 },
 };
 
+/* Whether the controller asked for JSON, even if the rest is wrong */
+static bool json_wanted;
+
+static int report(GError *err)
+{
+    int code = err->domain == S3C_ERROR ? err->code : S3C_EXIT_INTERNAL;
+
+    fprintf(stderr, "s3chain: %s\n", err->message);
+    if (json_wanted) {
+        s3c_output_result(s3c_json_obj(
+            "event", json_object_new_string("error"),
+            "exit-code", json_object_new_int(code),
+            "retryable", json_object_new_boolean(
+                code == S3C_EXIT_TRANSIENT || code == S3C_EXIT_INTERRUPTED),
+            "message", json_object_new_string(err->message), NULL));
+    }
+    g_error_free(err);
+    return code;
+}
+
 static int usage_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
 static int usage_error(const char *fmt, ...)
 {
     va_list ap;
+    g_autofree char *msg = NULL;
 
-    fputs("s3chain: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    msg = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    fputs("; see s3chain --help\n", stderr);
-    return S3C_EXIT_USAGE;
+    return report(g_error_new(S3C_ERROR, S3C_EXIT_USAGE,
+                              "%s; see s3chain --help", msg));
 }
 
 /* A number in [@min, @max], with an optional K, M or G suffix */
@@ -136,23 +156,6 @@ static void on_signal(int sig)
     s3c_interrupted = 1;
 }
 
-static int report(GError *err, bool json)
-{
-    int code = err->domain == S3C_ERROR ? err->code : S3C_EXIT_INTERNAL;
-
-    fprintf(stderr, "\ns3chain: %s\n", err->message);
-    if (json) {
-        s3c_output_result(s3c_json_obj(
-            "event", json_object_new_string("error"),
-            "exit-code", json_object_new_int(code),
-            "retryable", json_object_new_boolean(
-                code == S3C_EXIT_TRANSIENT || code == S3C_EXIT_INTERRUPTED),
-            "message", json_object_new_string(err->message), NULL));
-    }
-    g_error_free(err);
-    return code;
-}
-
 static int cmd_backup(int argc, char **argv)
 {
     S3cBackupOptions opts = {
@@ -168,6 +171,9 @@ static int cmd_backup(int argc, char **argv)
     int64_t n;
     int c;
 
+    for (int i = 1; i < argc; i++) {
+        json_wanted |= !strcmp(argv[i], "--json");
+    }
     while ((c = getopt_long(argc, argv, "h", backup_options, NULL)) != -1) {
         switch (c) {
         case OPT_VM: opts.vm = optarg; break;
@@ -243,7 +249,7 @@ static int cmd_backup(int argc, char **argv)
         opts.disks = (char **)disks->pdata;
     }
     return s3c_backup(&opts, &err) == S3C_EXIT_OK ? S3C_EXIT_OK
-           : report(err, opts.json);
+           : report(err);
 }
 
 int main(int argc, char **argv)

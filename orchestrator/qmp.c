@@ -258,7 +258,8 @@ S3cQmp *s3c_qmp_connect(const char *path, const char *peer, bool agent,
         json_object_put(greeting);
         g_clear_error(err);
         g_set_error(err, S3C_ERROR, S3C_EXIT_VM_UNREACHABLE,
-                    "%s is not a QMP socket (no greeting)", path);
+                    "no QMP greeting from %s on %s: is another client "
+                    "connected to it, or is it no QMP socket?", peer, path);
         return NULL;
     }
     json_object_put(greeting);

@@ -226,9 +226,9 @@ char *s3c_catalog_image_key(const S3cCatalog *cat, const char *disk,
 char *s3c_catalog_image_name(const char *id);
 
 /*
- * Takes the VM's lock, a create-only object.  A lock older than
- * @stale_after seconds, or held by a process of this host that is gone,
- * is broken when @break_stale.
+ * Takes the VM's lock, a create-only object.  A lock held by a process
+ * of this host that is gone is broken; one older than @stale_after
+ * seconds only when @break_stale.
  */
 bool s3c_lock_acquire(const S3cRepo *repo, const S3cCatalog *cat,
                       int64_t stale_after, bool break_stale, GError **err);

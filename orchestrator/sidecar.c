@@ -46,6 +46,7 @@ static bool start_sidecar(S3cSidecar *sc, const char *qmp_path, GError **err)
 
     envp = g_environ_setenv(envp, "S3CHAIN_RUNTIME_DIR", sc->runtime_dir,
                             true);
+    envp = g_environ_setenv(envp, "S3CHAIN_SIDECAR_QMP", qmp_path, true);
     /* the sidecar needs no credentials in its environment */
     envp = g_environ_unsetenv(envp, "AWS_SECRET_ACCESS_KEY");
     envp = g_environ_unsetenv(envp, "AWS_SESSION_TOKEN");
@@ -132,7 +133,8 @@ bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
             return false;
         }
     } else {
-        own_qmp = g_build_filename(runtime_dir, "qsd.qmp", NULL);
+        own_qmp = g_strdup_printf("%s/qsd-%d.qmp", runtime_dir,
+                                  (int)getpid());
         if (!start_sidecar(sc, own_qmp, err)) {
             return false;
         }
@@ -377,6 +379,8 @@ void s3c_sidecar_close(S3cSidecar *sc)
         }
     }
     if (sc->pid) {
+        g_autofree char *qmp_path = g_strdup_printf(
+            "%s/qsd-%d.qmp", sc->runtime_dir, (int)getpid());
         int64_t deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
 
         while (waitpid(sc->pid, NULL, WNOHANG) != sc->pid) {
@@ -387,6 +391,7 @@ void s3c_sidecar_close(S3cSidecar *sc)
             }
             g_usleep(20000);
         }
+        unlink(qmp_path);
     }
     if (sc->nbd_socket) {
         unlink(sc->nbd_socket);

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Builds everything on a fresh Debian 12: installs the dependencies, makes
 # the patched QEMU tree and builds QEMU's tools, x86_64-softmmu and the
-# unit tests out of tree in build/qemu.  Rerunning it after editing block/
+# unit tests out of tree in build/qemu, then the s3chain command in
+# build/orchestrator.  Rerunning it after editing block/ or orchestrator/
 # recompiles only what changed.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -26,3 +27,8 @@ if [ ! -f "$QEMU_BUILD/build.ninja" ]; then
     )
 fi
 ninja -C "$QEMU_BUILD"
+
+if [ ! -f "$BUILD/orchestrator/build.ninja" ]; then
+    meson setup "$BUILD/orchestrator" "$REPO" >/dev/null
+fi
+ninja -C "$BUILD/orchestrator"

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs every test of s3chain on a fresh Debian 12: builds what is needed,
 # starts the local S3 server, then runs the unit tests, the patch series
-# checks (staleness, checkpatch) and the iotests against the server.
+# checks (staleness, checkpatch), the iotests against the server and the
+# tests of the s3chain command.
 # Ends with "N passed, N failed" and exits non-zero if anything failed.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
@@ -59,10 +60,21 @@ iotests() {
     grep -q '^Passed all [0-9]* iotests' "$log" && [ "$status" -eq 0 ]
 }
 
+command_tests() {
+    (
+        cd "$REPO/tests/orchestrator" &&
+        S3CHAIN_TEST_ENV=$env_file S3CHAIN_BUILD=$BUILD \
+        S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
+            "$QEMU_BUILD/pyvenv/bin/python3" -W ignore::ResourceWarning \
+            -m unittest -v test_backup
+    )
+}
+
 step "unit tests" unit_tests
 step "patches/ up to date" "$REPO/scripts/make-patches.sh" --check
 step "checkpatch" checkpatch
 step "iotests" iotests
+step "s3chain command" command_tests
 
 echo
 for f in "${failures[@]}"; do

@@ -1,0 +1,306 @@
+# Real parts for the s3chain command's tests: the bucket of the local
+# radosgw (S3CHAIN_TEST_ENV), a stock qemu-system VM with two disks whose
+# "guest" is HMP's qemu-io, our qemu-storage-daemon as the sidecar, and
+# the s3chain binary itself.
+#
+# Copyright (c) 2026 The s3chain authors
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import uuid
+from typing import Dict, List, Optional, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+BUILD = os.environ.get('S3CHAIN_BUILD', os.path.join(REPO, 'build'))
+sys.path.insert(0, os.path.join(BUILD, 'qemu-src', 'python'))
+
+# pylint: disable=wrong-import-position
+import boto3  # noqa: E402
+from qemu.machine import QEMUMachine  # noqa: E402
+
+S3CHAIN = os.path.join(BUILD, 'orchestrator', 's3chain')
+QEMU_IMG = os.path.join(BUILD, 'qemu', 'qemu-img')
+QSD = os.path.join(BUILD, 'qemu', 'storage-daemon', 'qemu-storage-daemon')
+SIDECAR = os.path.join(REPO, 'qsd-config', 's3chain-sidecar')
+STOCK_QEMU = os.environ.get('S3CHAIN_STOCK_QEMU',
+                            '/usr/bin/qemu-system-x86_64')
+MiB = 1024 * 1024
+
+DISKS = {'vd0': 128 * MiB, 'vd1': 64 * MiB}
+
+
+def load_env() -> Dict[str, str]:
+    path = os.environ.get('S3CHAIN_TEST_ENV', '/tmp/s3chain-s3/s3.env')
+    env = {}
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            name, sep, value = line.strip().partition('=')
+            if sep:
+                env[name] = value
+    return env
+
+
+class Bucket:
+    """The bucket under test, with a prefix of this test's own"""
+
+    def __init__(self) -> None:
+        self.env = load_env()
+        self.endpoint = self.env['S3CHAIN_ENDPOINT']
+        self.name = self.env['S3CHAIN_BUCKET']
+        self.prefix = f'cli-tests/{uuid.uuid4().hex[:12]}'
+        self.repo = f's3://{self.name}/{self.prefix}'
+        self.client = boto3.client(
+            's3', endpoint_url=self.endpoint,
+            aws_access_key_id=self.env['AWS_ACCESS_KEY_ID'],
+            aws_secret_access_key=self.env['AWS_SECRET_ACCESS_KEY'],
+            region_name=self.env.get('AWS_REGION', 'us-east-1'))
+
+    def objects(self) -> Dict[str, str]:
+        """Every object under the prefix, with its ETag"""
+        out = {}
+        pages = self.client.get_paginator('list_objects_v2').paginate(
+            Bucket=self.name, Prefix=self.prefix + '/')
+        for page in pages:
+            for obj in page.get('Contents', []):
+                out[obj['Key']] = obj['ETag']
+        return out
+
+    def catalog(self, vm: str = 'vm1') -> Optional[dict]:
+        key = f'{self.prefix}/s3chain/vms/{vm}/catalog.json'
+        try:
+            body = self.client.get_object(Bucket=self.name, Key=key)['Body']
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return json.loads(body.read())
+
+    def put(self, key: str, body: bytes) -> None:
+        self.client.put_object(Bucket=self.name, Key=key, Body=body)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.name, Key=key)
+
+    def cleanup(self) -> None:
+        for key in self.objects():
+            self.client.delete_object(Bucket=self.name, Key=key)
+
+    def radosgw(self, action: str) -> None:
+        subprocess.run([self.env['S3CHAIN_S3_CTL'], f'rgw-{action}'],
+                       check=True, stdout=subprocess.DEVNULL)
+
+
+class VM:
+    """A stock qemu-system with two qcow2 disks full of data, no guest"""
+
+    def __init__(self, workdir: str) -> None:
+        self.dir = workdir
+        self.qmp_socket = os.path.join(workdir, 'vm.qmp')
+        args = ['-nodefaults', '-display', 'none', '-accel', 'tcg',
+                '-qmp', f'unix:{self.qmp_socket},server=on,wait=off',
+                '-device', 'virtio-scsi-pci,id=scsi0']
+        for i, (name, size) in enumerate(DISKS.items()):
+            path = os.path.join(workdir, f'{name}.qcow2')
+            subprocess.run([QEMU_IMG, 'create', '-q', '-f', 'qcow2', path,
+                            str(size)], check=True)
+            args += ['-blockdev', f'driver=qcow2,node-name=disk{i},'
+                                  f'file.driver=file,file.filename={path}',
+                     '-device', f'scsi-hd,id={name},drive=disk{i},'
+                                f'serial=SERIAL-{name}']
+        self.machine = QEMUMachine(STOCK_QEMU, args=args,
+                                   base_temp_dir=workdir)
+        self.machine.launch()
+        self.lock = threading.Lock()
+        for name, size in DISKS.items():
+            # data all over, with holes, so that backups have work to do
+            for off in range(0, size, 8 * MiB):
+                self.write(name, f'-P {(off // MiB) % 250 + 1} {off} 5M')
+
+    def cmd(self, command: str, **args):
+        """A QMP command; the guest writer's thread shares the monitor"""
+        with self.lock:
+            return self.machine.cmd(command, **args)
+
+    def hmp(self, line: str) -> str:
+        return self.cmd('human-monitor-command', command_line=line)
+
+    def write(self, disk: str, args: str) -> float:
+        """A guest write; returns how long it took"""
+        start = time.monotonic()
+        out = self.hmp(f'qemu-io -d {disk} "write {args}"')
+        took = time.monotonic() - start
+        if 'failed' in out or 'rror' in out:
+            raise AssertionError(f'guest write {args} to {disk}: {out}')
+        return took
+
+    def disk_bytes(self, disk: str) -> bytes:
+        """The guest's view of the disk now"""
+        self.hmp(f'qemu-io -d {disk} "flush"')
+        raw = os.path.join(self.dir, f'{disk}.now')
+        subprocess.run([QEMU_IMG, 'convert', '-U', '-O', 'raw',
+                        os.path.join(self.dir, f'{disk}.qcow2'), raw],
+                       check=True)
+        with open(raw, 'rb') as f:
+            data = f.read()
+        os.remove(raw)
+        return data
+
+    def graph(self) -> List[Tuple[str, str]]:
+        """What a user checks of the block graph: each node and driver"""
+        nodes = self.cmd('query-named-block-nodes', flat=True)
+        return sorted((n['node-name'], n['drv']) for n in nodes)
+
+    def devices(self) -> Dict[str, str]:
+        return {b['qdev']: b['inserted']['node-name']
+                for b in self.cmd('query-block')}
+
+    def bitmaps(self, node: str = 'disk0') -> List[str]:
+        for n in self.cmd('query-named-block-nodes', flat=True):
+            if n['node-name'] == node:
+                return sorted(b['name'] for b in n.get('dirty-bitmaps', []))
+        return []
+
+    def running(self) -> bool:
+        return self.cmd('query-status')['status'] == 'running'
+
+    def shutdown(self) -> None:
+        self.machine.shutdown()
+
+
+class GuestWriter(threading.Thread):
+    """Keeps the guest writing all over its disks, timing every write"""
+
+    def __init__(self, vm: VM) -> None:
+        super().__init__(daemon=True)
+        self.vm = vm
+        self.stop = threading.Event()
+        self.latencies: List[float] = []
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        n = 0
+        try:
+            while not self.stop.is_set():
+                for name, size in DISKS.items():
+                    off = (n * 3 * MiB + 64 * 1024) % (size - MiB)
+                    self.latencies.append(
+                        self.vm.write(name, f'-P {n % 200 + 50} {off} 256k'))
+                n += 1
+                time.sleep(0.02)
+        except BaseException as e:  # pylint: disable=broad-except
+            self.error = e
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join()
+
+
+class Run:
+    """One s3chain process, its JSON lines read as they come"""
+
+    def __init__(self, args: List[str], env: Dict[str, str]) -> None:
+        self.proc = subprocess.Popen([S3CHAIN] + args, env=env,
+                                     stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.events: List[dict] = []
+        self.stdout = ''
+
+    def wait_started(self) -> dict:
+        for line in self.proc.stdout:
+            self.stdout += line
+            event = json.loads(line)
+            self.events.append(event)
+            if event.get('event') == 'started':
+                return event
+        raise AssertionError('no started line: ' + self.finish()[1])
+
+    def finish(self) -> Tuple[int, str]:
+        out, err = self.proc.communicate(timeout=600)
+        self.stdout += out
+        for line in out.splitlines():
+            self.events.append(json.loads(line))
+        return self.proc.returncode, err
+
+    def result(self) -> dict:
+        return [e for e in self.events if e.get('event') == 'result'][-1]
+
+
+class BackupTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.bucket = Bucket()
+        self.dir = tempfile.mkdtemp(prefix='s3chain-test-', dir='/tmp')
+        self.runtime = os.path.join(self.dir, 'run')
+        self.vm = VM(self.dir)
+
+    def tearDown(self) -> None:
+        self.vm.shutdown()
+        self.bucket.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def env(self, **extra: str) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith('AWS_')}
+        env.update({
+            'AWS_ACCESS_KEY_ID': self.bucket.env['AWS_ACCESS_KEY_ID'],
+            'AWS_SECRET_ACCESS_KEY': self.bucket.env['AWS_SECRET_ACCESS_KEY'],
+            'AWS_ENDPOINT_URL': self.bucket.endpoint,
+            'S3CHAIN_QSD': QSD,
+            'S3CHAIN_SIDECAR': SIDECAR,
+        })
+        env.update(extra)
+        return env
+
+    def args(self, *extra: str) -> List[str]:
+        return ['backup', '--vm', 'vm1', '--qmp', self.vm.qmp_socket,
+                '--repo', self.bucket.repo, '--runtime-dir', self.runtime,
+                '--json', *extra]
+
+    def start(self, *extra: str, env: Optional[Dict[str, str]] = None) -> Run:
+        return Run(self.args(*extra), env or self.env())
+
+    def backup(self, *extra: str) -> dict:
+        run = self.start(*extra)
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        return run.result()
+
+    def restore(self, backup_id: str, disk: str) -> bytes:
+        """The disk at backup @backup_id, read through s3chain"""
+        secret = os.path.join(self.dir, 'secret')
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, 'w') as f:
+            f.write(self.bucket.env['AWS_SECRET_ACCESS_KEY'])
+        host = self.bucket.endpoint.split('://', 1)[1]
+        key = (f'{self.bucket.prefix}/s3chain/vms/vm1/disks/{disk}/'
+               f'{backup_id}.qcow2')
+        url = (f's3chain://{host};tls=off;access-key-id='
+               f'{self.bucket.env["AWS_ACCESS_KEY_ID"]};key-secret=k/'
+               f'{self.bucket.name}/{key}')
+        raw = os.path.join(self.dir, 'restored.raw')
+        subprocess.run([QEMU_IMG, 'convert', '--object',
+                        f'secret,id=k,file={secret}', '-O', 'raw', url, raw],
+                       check=True)
+        with open(raw, 'rb') as f:
+            data = f.read()
+        os.remove(raw)
+        return data
+
+    def assertRestores(self, backup_id: str, disk: str, expected: bytes):
+        restored = self.restore(backup_id, disk)
+        self.assertEqual(len(restored), len(expected))
+        if restored != expected:
+            first = next(i for i in range(len(expected))
+                         if restored[i] != expected[i])
+            self.fail(f'backup {backup_id} of {disk} differs from the disk '
+                      f'at its instant, first at byte {first}')
+
+    def disk_types(self, result: dict) -> Dict[str, Tuple[str, str]]:
+        return {d['name']: (d['type'], d['reason']) for d in result['disks']}

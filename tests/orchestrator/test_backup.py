@@ -1,0 +1,308 @@
+# `s3chain backup` against the real radosgw, a real qemu-system VM, our
+# sidecar and the real binary: chains, faults, fallbacks and bad input.
+#
+# Copyright (c) 2026 The s3chain authors
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+from harness import BackupTestCase, GuestWriter, QSD, Run, SIDECAR
+
+CBW_TIMEOUT = 3
+# a write may wait for the sidecar up to cbw-timeout, plus the time HMP
+# itself takes on a loaded 2-core machine
+WRITE_BOUND = CBW_TIMEOUT + 2.0
+
+
+class TestChain(BackupTestCase):
+    def test_two_disks_through_a_chain(self) -> None:
+        full = self.backup()
+        self.assertEqual({k: v[0] for k, v in self.disk_types(full).items()},
+                         {'vd0': 'full', 'vd1': 'full'})
+        at_full = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+
+        self.vm.write('vd0', '-P 0xa1 3M 1M')
+        self.vm.write('vd0', '-P 0xa2 100M 64k')
+        self.vm.write('vd1', '-z 8M 2M')
+        self.vm.write('vd1', '-P 0xa3 63M 512')
+        inc1 = self.backup()
+        self.assertEqual(self.disk_types(inc1)['vd0'][0], 'incremental')
+        self.assertEqual(inc1['disks'][0]['parent'], full['backup'])
+        at_inc1 = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+
+        # Writes made once the backup has started belong to the next one
+        self.vm.write('vd0', '-P 0xb1 40M 8M')
+        self.vm.write('vd1', '-P 0xb2 0 4M')
+        run = self.start('--cbw-timeout', str(CBW_TIMEOUT))
+        run.wait_started()
+        at_inc2 = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+        during = [self.vm.write('vd0', '-P 0xc1 40M 1M'),
+                  self.vm.write('vd1', '-P 0xc2 1M 1M'),
+                  self.vm.write('vd0', '-P 0xc3 120M 64k')]
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        inc2 = run.result()
+        self.assertLess(max(during), WRITE_BOUND)
+        at_after = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+        self.assertNotEqual(at_after['vd0'], at_inc2['vd0'])
+
+        inc3 = self.backup()
+        for point, expected in ((full, at_full), (inc1, at_inc1),
+                                (inc2, at_inc2), (inc3, at_after)):
+            for disk in ('vd0', 'vd1'):
+                self.assertRestores(point['backup'], disk, expected[disk])
+
+        catalog = self.bucket.catalog()
+        self.assertEqual([b['id'] for b in catalog['backups']],
+                         [full['backup'], inc1['backup'], inc2['backup'],
+                          inc3['backup']])
+        disk = catalog['backups'][3]['disks'][0]
+        self.assertEqual(disk['serial'], 'SERIAL-vd0')
+        self.assertEqual(disk['parent'], inc2['backup'])
+        self.assertEqual(disk['checkpoint'], 's3chain-' + inc3['backup'])
+        # only the last checkpoint's bitmap is left in the VM
+        self.assertEqual(self.vm.bitmaps('disk0'),
+                         ['s3chain-' + inc3['backup']])
+
+    def test_one_disk_by_name(self) -> None:
+        result = self.backup('--disk', 'vd1', '--progress', 'json')
+        self.assertEqual([d['name'] for d in result['disks']], ['vd1'])
+        self.assertEqual(self.vm.bitmaps('disk0'), [])
+
+
+class TestFallbacks(BackupTestCase):
+    def test_bitmap_removed_by_hand(self) -> None:
+        full = self.backup()
+        self.vm.cmd('block-dirty-bitmap-remove', node='disk0',
+                            name='s3chain-' + full['backup'])
+        self.vm.write('vd0', '-P 0x5a 7M 1M')
+        result = self.backup()
+        types = self.disk_types(result)
+        self.assertEqual(types['vd0'][0], 'full')
+        self.assertIn('missing', types['vd0'][1])
+        self.assertEqual(types['vd1'][0], 'incremental')
+        self.assertRestores(result['backup'], 'vd0',
+                            self.vm.disk_bytes('vd0'))
+
+    def test_chain_limit(self) -> None:
+        self.backup('--chain-limit', '2')
+        inc = self.backup('--chain-limit', '2')
+        self.assertEqual(self.disk_types(inc)['vd0'][0], 'incremental')
+        again = self.backup('--chain-limit', '2')
+        types = self.disk_types(again)
+        self.assertEqual(types['vd0'][0], 'full')
+        self.assertIn('limit', types['vd0'][1])
+        self.assertIsNone(again['disks'][0]['parent'])
+
+    def test_full_flag(self) -> None:
+        self.backup()
+        result = self.backup('--full')
+        self.assertEqual(self.disk_types(result)['vd0'],
+                         ('full', '--full was given'))
+        # and the chain goes on from it
+        self.vm.write('vd1', '-P 0x77 9M 1M')
+        inc = self.backup()
+        self.assertEqual(inc['disks'][1]['parent'], result['backup'])
+        self.assertRestores(inc['backup'], 'vd1', self.vm.disk_bytes('vd1'))
+
+
+class TestFaults(BackupTestCase):
+    """Each fault strikes mid-backup while the guest keeps writing"""
+
+    def fault(self, strike, *extra: str, env=None) -> int:
+        first = self.backup()
+        catalog = self.bucket.catalog()
+        graph = self.vm.graph()
+        devices = self.vm.devices()
+        # changes the failed backup would have held: enough of them that
+        # the fault strikes while it runs
+        self.vm.write('vd0', '-P 0x99 0 120M')
+        self.vm.write('vd1', '-P 0x98 0 60M')
+
+        writer = GuestWriter(self.vm)
+        run = self.start('--cbw-timeout', str(CBW_TIMEOUT),
+                         '--buffer-size', '4M', *extra, env=env)
+        run.wait_started()
+        writer.start()
+        strike(run)
+        code, err = run.finish()
+        time.sleep(1)
+        writer.finish()
+
+        self.assertIsNone(writer.error)
+        self.assertGreater(len(writer.latencies), 0)
+        self.assertLess(max(writer.latencies), WRITE_BOUND,
+                        'a guest write stalled past the bound')
+        self.assertNotEqual(code, 0)
+        self.assertIn(run.events[-1]['event'], ('error',), run.events[-1])
+        self.assertEqual(self.bucket.catalog(), catalog)
+        self.assertTrue(self.vm.running())
+        self.assertEqual(self.vm.graph(), graph)
+        self.assertEqual(self.vm.devices(), devices)
+        self.assertEqual(self.vm.bitmaps('disk0'),
+                         ['s3chain-' + first['backup']])
+
+        # everything since the first backup is in the next one
+        after = self.backup()
+        self.assertEqual(self.disk_types(after)['vd0'][0], 'incremental')
+        self.assertEqual(after['disks'][0]['parent'], first['backup'])
+        for disk in ('vd0', 'vd1'):
+            self.assertRestores(after['backup'], disk,
+                                self.vm.disk_bytes(disk))
+        return code
+
+    def test_radosgw_stopped(self) -> None:
+        def strike(_run) -> None:
+            self.bucket.radosgw('stop')
+            time.sleep(6)
+            self.bucket.radosgw('start')
+        self.assertEqual(self.fault(strike), 8)
+
+    def test_sidecar_killed(self) -> None:
+        sidecar = subprocess.Popen([SIDECAR], env=self.env(
+            S3CHAIN_RUNTIME_DIR=self.runtime))
+        qmp = os.path.join(self.runtime, 'qsd.qmp')
+        while not os.path.exists(qmp):
+            time.sleep(0.05)
+
+        def strike(_run) -> None:
+            sidecar.kill()
+            sidecar.wait()
+        try:
+            self.assertEqual(self.fault(strike, '--sidecar-qmp', qmp), 8)
+        finally:
+            sidecar.kill()
+
+    def test_job_cancelled(self) -> None:
+        def strike(_run) -> None:
+            # the jobs complete as a group: cancelling one ends them all
+            job = self.vm.cmd('query-jobs')[0]
+            self.vm.cmd('job-cancel', id=job['id'])
+        self.assertEqual(self.fault(strike), 8)
+
+    def test_sigterm(self) -> None:
+        def strike(run) -> None:
+            run.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.fault(strike), 9)
+
+
+class TestBadInput(BackupTestCase):
+    def refused(self, args, code: int, env=None, words=(),
+                repo=None, images_busy=False) -> str:
+        def objects():
+            # images that another backup is writing are its business
+            return {k: v for k, v in self.bucket.objects().items()
+                    if not (images_busy and '/disks/' in k)}
+        before = objects()
+        graph = self.vm.graph()
+        argv = self.args(*args)
+        if repo:
+            argv[argv.index('--repo') + 1] = repo
+        run = Run(argv, env or self.env())
+        got, err = run.finish()
+        self.assertEqual(got, code, err)
+        lines = [line for line in err.splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, err)
+        for word in words:
+            self.assertIn(word, err)
+        self.assertEqual(objects(), before)
+        self.assertEqual(self.vm.graph(), graph)
+        self.assertEqual(run.events[-1]['exit-code'], code)
+        return err
+
+    def test_wrong_credentials(self) -> None:
+        env = self.env(AWS_SECRET_ACCESS_KEY='not-the-secret')
+        self.refused([], 5, env=env, words=('access denied',))
+
+    def test_missing_bucket(self) -> None:
+        self.refused([], 6, repo='s3://no-such-bucket-s3chain/x',
+                     words=('no-such-bucket-s3chain',))
+
+    def test_wrong_qmp_socket(self) -> None:
+        self.refused(['--qmp', '/nonexistent/vm.qmp'], 3,
+                     words=('/nonexistent/vm.qmp',))
+
+    def test_unknown_disk(self) -> None:
+        self.refused(['--disk', 'nosuchdisk'], 4,
+                     words=('nosuchdisk', 'vd0, vd1'))
+
+    def test_bad_option_value(self) -> None:
+        self.refused(['--chain-limit', 'lots'], 2, words=('--chain-limit',))
+
+    def test_credentials_file_readable_by_others(self) -> None:
+        path = os.path.join(self.dir, 'credentials')
+        with open(path, 'w', encoding='utf-8') as f:
+            f.write('[default]\naws_access_key_id = a\n'
+                    'aws_secret_access_key = b\n')
+        os.chmod(path, 0o644)
+        env = {k: v for k, v in self.env().items()
+               if k not in ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY')}
+        self.refused(['--credentials', path], 2, env=env,
+                     words=('chmod 600',))
+
+    def test_second_concurrent_backup(self) -> None:
+        first = self.start()
+        first.wait_started()
+        # held still mid-backup, so that the second surely meets it
+        first.proc.send_signal(signal.SIGSTOP)
+        try:
+            self.refused([], 7, words=('locked',), images_busy=True)
+        finally:
+            first.proc.send_signal(signal.SIGCONT)
+        code, err = first.finish()
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(self.bucket.catalog()['backups']), 1)
+
+    def test_stale_lock_of_a_dead_process(self) -> None:
+        dead = subprocess.Popen(['true'])
+        dead.wait()
+        key = f'{self.bucket.prefix}/s3chain/vms/vm1/lock'
+        self.bucket.put(key, json.dumps({
+            'host': os.uname().nodename, 'pid': dead.pid,
+            'since': int(time.time())}).encode())
+        self.backup()
+        self.assertNotIn(key, self.bucket.objects())
+
+
+class TestSecrets(BackupTestCase):
+    def test_no_secret_anywhere(self) -> None:
+        secret = self.bucket.env['AWS_SECRET_ACCESS_KEY']
+        trace = os.path.join(self.dir, 'qsd-qmp.log')
+        env = self.env(S3CHAIN_QSD_TRACE=f'enable=handle_qmp_command,'
+                                         f'file={trace}')
+        run = self.start(env=env)
+        run.wait_started()
+        cmdlines = []
+        for path in glob.glob('/proc/[0-9]*/cmdline'):
+            try:
+                with open(path, 'rb') as f:
+                    cmdlines.append(f.read().decode(errors='replace'))
+            except OSError:
+                pass
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        self.assertTrue(any(QSD in c for c in cmdlines),
+                        'the sidecar was not seen running')
+        with open(trace, encoding='utf-8') as f:
+            log = f.read()
+        self.assertIn('blockdev-create', log)
+        self.assertIn('object-add', log)
+        for where, text in (('a command line', '\n'.join(cmdlines)),
+                            ('the output', run.stdout + err),
+                            ("the sidecar's QMP log", log)):
+            self.assertNotIn(secret, text, f'the secret is in {where}')
+        # the secret files were removed as soon as the sidecar read them
+        left = [f for f in os.listdir(self.runtime)
+                if os.path.isfile(os.path.join(self.runtime, f))]
+        self.assertEqual(left, [])
+
+
+if __name__ == '__main__':
+    unittest.main()
