@@ -30,7 +30,8 @@ typedef struct DiskBackup {
     bool cbw_added;
     bool redirected;
     bool access_added;
-    uint64_t bytes;
+    uint64_t bytes_copied;      /* what the job went through */
+    uint64_t bytes_stored;      /* what the image's chunks hold */
     double duration;
 } DiskBackup;
 
@@ -539,9 +540,9 @@ static bool wait_jobs(Backup *b, GError **err)
                 }
             }
             if (job) {
-                d->bytes = s3c_json_int(job, "total-progress");
+                d->bytes_copied = s3c_json_int(job, "total-progress");
                 done += s3c_json_int(job, "current-progress");
-                total += d->bytes;
+                total += d->bytes_copied;
             }
         }
         json_object_put(jobs);
@@ -712,7 +713,9 @@ static bool commit_targets(Backup *b, GError **err)
         DiskBackup *d = g_ptr_array_index(b->disks, i);
 
         d->target_added = false;
-        if (!s3c_sidecar_commit_target(&b->sidecar, &d->target, err)) {
+        if (!s3c_sidecar_commit_target(&b->sidecar, &d->target, err) ||
+            !s3c_image_stored_bytes(&b->repo, d->target.key, &d->bytes_stored,
+                                    err)) {
             return false;
         }
     }
@@ -741,7 +744,8 @@ static json_object *catalog_entry(Backup *b)
             "image", json_object_new_string(d->target.key),
             "virtual-size", json_object_new_int64(d->disk->size),
             "cluster-size", json_object_new_int64(d->granularity),
-            "bytes", json_object_new_int64(d->bytes),
+            "bytes-copied", json_object_new_int64(d->bytes_copied),
+            "bytes-stored", json_object_new_int64(d->bytes_stored),
             "duration", s3c_json_seconds(d->duration), NULL));
     }
     return s3c_json_obj(
@@ -766,7 +770,8 @@ static json_object *result_of(json_object *entry, const char *vm)
         json_object *r = json_object_new_object();
 
         for (const char *const *k = (const char *const[]){
-                 "name", "type", "reason", "parent", "bytes", "duration",
+                 "name", "type", "reason", "parent", "bytes-copied",
+                 "bytes-stored", "duration",
                  NULL }; *k; k++) {
             if (json_object_object_get_ex(d, *k, &v)) {
                 json_object_object_add(r, *k, json_object_get(v));

@@ -82,6 +82,12 @@ bool s3c_s3_delete(const S3cRepo *repo, const char *key, GError **err);
 /* Checks that the bucket exists and the credentials may list it */
 bool s3c_s3_check_bucket(const S3cRepo *repo, GError **err);
 
+/* image.c: s3chain images in the bucket */
+
+/* What the chunks of the image at @key hold, all-zero ones being absent */
+bool s3c_image_stored_bytes(const S3cRepo *repo, const char *key,
+                            uint64_t *bytes, GError **err);
+
 /* qmp.c: a QMP connection, behind an interface a libvirt one can take */
 
 typedef struct S3cQmp S3cQmp;

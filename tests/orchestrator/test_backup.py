@@ -35,6 +35,9 @@ class TestChain(BackupTestCase):
         inc1 = self.backup()
         self.assertEqual(self.disk_types(inc1)['vd0'][0], 'incremental')
         self.assertEqual(inc1['disks'][0]['parent'], full['backup'])
+        # an incremental stores what changed, not the disk
+        self.assertGreater(full['disks'][0]['bytes-stored'], 64 * 1024 * 1024)
+        self.assertLess(inc1['disks'][0]['bytes-stored'], 16 * 1024 * 1024)
         at_inc1 = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
 
         # Writes made once the backup has started belong to the next one
