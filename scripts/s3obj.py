@@ -25,16 +25,21 @@ def load_env(path):
     return env
 
 
+def client(env):
+    """A boto3 S3 client of the server that @env describes"""
+    return boto3.client('s3', endpoint_url=env['S3CHAIN_ENDPOINT'],
+                        aws_access_key_id=env['AWS_ACCESS_KEY_ID'],
+                        aws_secret_access_key=env['AWS_SECRET_ACCESS_KEY'],
+                        region_name=env.get('AWS_REGION', 'us-east-1'))
+
+
 def main():
     if len(sys.argv) < 4:
         sys.exit(__doc__)
     env = load_env(sys.argv[1])
     action, args = sys.argv[2], sys.argv[3:]
     bucket = env['S3CHAIN_BUCKET']
-    s3 = boto3.client('s3', endpoint_url=env['S3CHAIN_ENDPOINT'],
-                      aws_access_key_id=env['AWS_ACCESS_KEY_ID'],
-                      aws_secret_access_key=env['AWS_SECRET_ACCESS_KEY'],
-                      region_name=env.get('AWS_REGION', 'us-east-1'))
+    s3 = client(env)
     if action == 'put':
         config = TransferConfig(multipart_chunksize=8 * 1024 * 1024,
                                 max_concurrency=4)

@@ -23,9 +23,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 BUILD = os.environ.get('S3CHAIN_BUILD', os.path.join(REPO, 'build'))
 sys.path.insert(0, os.path.join(BUILD, 'qemu-src', 'python'))
+sys.path.insert(0, os.path.join(REPO, 'scripts'))
 
 # pylint: disable=wrong-import-position
-import boto3  # noqa: E402
+import s3obj  # noqa: E402
 from qemu.machine import QEMUMachine  # noqa: E402
 
 S3CHAIN = os.path.join(BUILD, 'orchestrator', 's3chain')
@@ -40,14 +41,8 @@ DISKS = {'vd0': 128 * MiB, 'vd1': 64 * MiB}
 
 
 def load_env() -> Dict[str, str]:
-    path = os.environ.get('S3CHAIN_TEST_ENV', '/tmp/s3chain-s3/s3.env')
-    env = {}
-    with open(path, encoding='utf-8') as f:
-        for line in f:
-            name, sep, value = line.strip().partition('=')
-            if sep:
-                env[name] = value
-    return env
+    return s3obj.load_env(os.environ.get('S3CHAIN_TEST_ENV',
+                                         '/tmp/s3chain-s3/s3.env'))
 
 
 class Bucket:
@@ -59,11 +54,7 @@ class Bucket:
         self.name = self.env['S3CHAIN_BUCKET']
         self.prefix = f'cli-tests/{uuid.uuid4().hex[:12]}'
         self.repo = f's3://{self.name}/{self.prefix}'
-        self.client = boto3.client(
-            's3', endpoint_url=self.endpoint,
-            aws_access_key_id=self.env['AWS_ACCESS_KEY_ID'],
-            aws_secret_access_key=self.env['AWS_SECRET_ACCESS_KEY'],
-            region_name=self.env.get('AWS_REGION', 'us-east-1'))
+        self.client = s3obj.client(self.env)
 
     def objects(self) -> Dict[str, str]:
         """Every object under the prefix, with its ETag"""

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Incremental backup of a running VM's disk with 64 MiB dirty, at several
+disk sizes, three ways in the same run and against the same radosgw:
+
+- s3chain: `s3chain backup` through the sidecar into the bucket;
+- restic (Debian's package) backing up the raw disk image, reading the
+  whole volume as kopia does in Velero;
+- the OADP temp-volume pipeline: blockdev-backup sync=incremental into a
+  local qcow2, then a parallel multipart upload of that file.
+
+Reports wall time, bytes uploaded, local temporary bytes and the sidecar's
+peak RSS.  Usage: incremental-backup.py ENV_FILE WORKDIR PREFIX SIZE_GIB...
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get('S3CHAIN_BUILD', os.path.join(REPO, 'build'))
+sys.path.insert(0, os.path.join(BUILD, 'qemu-src', 'python'))
+sys.path.insert(0, os.path.join(REPO, 'scripts'))
+
+# pylint: disable=wrong-import-position
+from boto3.s3.transfer import TransferConfig  # noqa: E402
+import s3obj  # noqa: E402
+from qemu.machine import QEMUMachine  # noqa: E402
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+DATA = 512 * MiB        # what the disk holds before the backups
+DIRTY = 64 * MiB        # what changes between them
+S3CHAIN = os.path.join(BUILD, 'orchestrator', 's3chain')
+QSD = os.path.join(BUILD, 'qemu', 'storage-daemon', 'qemu-storage-daemon')
+QEMU_IMG = os.path.join(BUILD, 'qemu', 'qemu-img')
+
+
+class Bench:
+    def __init__(self, env_file, work, prefix):
+        self.env = s3obj.load_env(env_file)
+        self.work = work
+        self.prefix = prefix
+        self.s3 = s3obj.client(self.env)
+        self.bucket = self.env['S3CHAIN_BUCKET']
+        self.proc_env = dict(os.environ,
+                             AWS_ACCESS_KEY_ID=self.env['AWS_ACCESS_KEY_ID'],
+                             AWS_SECRET_ACCESS_KEY=self.env[
+                                 'AWS_SECRET_ACCESS_KEY'],
+                             AWS_ENDPOINT_URL=self.env['S3CHAIN_ENDPOINT'],
+                             RESTIC_PASSWORD='bench-only',
+                             S3CHAIN_QSD=QSD)
+
+    def stored(self, prefix):
+        total = 0
+        pages = self.s3.get_paginator('list_objects_v2').paginate(
+            Bucket=self.bucket, Prefix=prefix)
+        for page in pages:
+            total += sum(o['Size'] for o in page.get('Contents', []))
+        return total
+
+    def start_vm(self, disk):
+        self.vm = QEMUMachine(
+            '/usr/bin/qemu-system-x86_64',
+            args=['-nodefaults', '-display', 'none', '-accel', 'tcg',
+                  '-qmp', f'unix:{self.work}/vm.qmp,server=on,wait=off',
+                  '-device', 'virtio-scsi-pci,id=scsi0',
+                  '-blockdev', f'driver=raw,node-name=disk0,'
+                               f'file.driver=file,file.filename={disk}',
+                  '-device', 'scsi-hd,id=vd0,drive=disk0'],
+            base_temp_dir=self.work)
+        self.vm.launch()
+
+    def hmp(self, line):
+        out = self.vm.cmd('human-monitor-command', command_line=line)
+        assert 'failed' not in out and 'rror' not in out, out
+
+    def dirty(self, size):
+        rnd = random.Random(size)
+        for _ in range(DIRTY // MiB):
+            off = rnd.randrange(0, size // MiB) * MiB
+            self.hmp(f'qemu-io -d vd0 "write -P {rnd.randrange(1, 255)} '
+                     f'{off} 1M"')
+
+    def start_sidecar(self):
+        runtime = os.path.join(self.work, 'run')
+        self.sidecar = subprocess.Popen(
+            [os.path.join(REPO, 'qsd-config', 's3chain-sidecar')],
+            env=dict(self.proc_env, S3CHAIN_RUNTIME_DIR=runtime))
+        qmp = os.path.join(runtime, 'qsd.qmp')
+        while not os.path.exists(qmp):
+            time.sleep(0.05)
+        return runtime, qmp
+
+    def sidecar_peak_rss(self):
+        with open(f'/proc/{self.sidecar.pid}/status', encoding='ascii') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def s3chain_backup(self, runtime, qmp, repo):
+        start = time.monotonic()
+        out = subprocess.run(
+            [S3CHAIN, 'backup', '--vm', 'bench', '--qmp',
+             f'{self.work}/vm.qmp', '--repo', repo, '--sidecar-qmp', qmp,
+             '--runtime-dir', runtime, '--json', '--progress', 'none'],
+            env=self.proc_env, check=True, capture_output=True, text=True)
+        took = time.monotonic() - start
+        return took, json.loads(out.stdout.splitlines()[-1])
+
+    def restic(self, repo, *args):
+        start = time.monotonic()
+        out = subprocess.run(['restic', '-r', repo, '--json', *args],
+                             env=self.proc_env, check=True,
+                             capture_output=True, text=True)
+        took = time.monotonic() - start
+        summary = {}
+        for line in out.stdout.splitlines():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get('message_type') == 'summary':
+                summary = msg
+        return took, summary
+
+    def oadp(self, size, key):
+        """blockdev-backup into a local qcow2, then upload it"""
+        temp = os.path.join(self.work, 'oadp.qcow2')
+        start = time.monotonic()
+        subprocess.run([QEMU_IMG, 'create', '-q', '-f', 'qcow2', temp,
+                        str(size)], check=True)
+        self.vm.cmd('blockdev-add', driver='qcow2', node_name='oadp',
+                    file={'driver': 'file', 'filename': temp})
+        self.vm.cmd('blockdev-backup', job_id='oadp', device='disk0',
+                    target='oadp', sync='incremental', bitmap='oadp-bitmap')
+        self.vm.event_wait('BLOCK_JOB_COMPLETED', timeout=600)
+        self.vm.cmd('blockdev-del', node_name='oadp')
+        local = os.path.getsize(temp)
+        self.s3.upload_file(temp, self.bucket, key, Config=TransferConfig(
+            multipart_chunksize=8 * MiB, max_concurrency=8))
+        took = time.monotonic() - start
+        os.remove(temp)
+        return took, local
+
+    def run(self, size_gib):
+        size = size_gib * GiB
+        disk = os.path.join(self.work, 'disk.raw')
+        with open(disk, 'wb') as f:
+            f.truncate(size)
+            rnd = random.Random(1)
+            for i in range(DATA // (16 * MiB)):
+                f.seek(rnd.randrange(0, (size - 16 * MiB) // MiB) * MiB)
+                f.write(os.urandom(16 * MiB))
+        self.start_vm(disk)
+        runtime, qmp = self.start_sidecar()
+        base = f'{self.prefix}/{size_gib}g'
+        repo = f's3://{self.bucket}/{base}/s3chain'
+        restic_repo = (f's3:{self.env["S3CHAIN_ENDPOINT"]}/{self.bucket}/'
+                       f'{base}/restic')
+        try:
+            self.s3chain_backup(runtime, qmp, repo)
+            self.restic(restic_repo, 'init')
+            self.restic(restic_repo, 'backup', disk)
+            self.dirty(size)
+            # the OADP pipeline gets the same changes, in a bitmap of its own
+            bitmap = [b['name'] for n in self.vm.cmd(
+                'query-named-block-nodes', flat=True)
+                if n['node-name'] == 'disk0'
+                for b in n.get('dirty-bitmaps', [])][0]
+            self.vm.cmd('block-dirty-bitmap-add', node='disk0',
+                        name='oadp-bitmap')
+            self.vm.cmd('block-dirty-bitmap-merge', node='disk0',
+                        target='oadp-bitmap', bitmaps=[bitmap])
+
+            before = self.stored(f'{base}/s3chain/')
+            s3c_time, result = self.s3chain_backup(runtime, qmp, repo)
+            s3c_bytes = self.stored(f'{base}/s3chain/') - before
+            rss = self.sidecar_peak_rss()
+            assert result['disks'][0]['type'] == 'incremental', result
+
+            before = self.stored(f'{base}/restic/')
+            restic_time, _ = self.restic(restic_repo, 'backup', disk)
+            restic_bytes = self.stored(f'{base}/restic/') - before
+
+            oadp_time, oadp_local = self.oadp(size, f'{base}/oadp.qcow2')
+            oadp_bytes = self.stored(f'{base}/oadp.qcow2')
+        finally:
+            self.sidecar.terminate()
+            self.sidecar.wait()
+            self.vm.shutdown()
+            os.remove(disk)
+        return {
+            'size-gib': size_gib,
+            's3chain': {'seconds': round(s3c_time, 2), 'uploaded': s3c_bytes,
+                        'local-temp': 0, 'sidecar-peak-rss': rss},
+            'restic': {'seconds': round(restic_time, 2),
+                       'uploaded': restic_bytes, 'local-temp': 0},
+            'oadp': {'seconds': round(oadp_time, 2), 'uploaded': oadp_bytes,
+                     'local-temp': oadp_local},
+        }
+
+
+def main():
+    env_file, work, prefix = sys.argv[1:4]
+    bench = Bench(env_file, work, prefix)
+    rows = [bench.run(int(s)) for s in sys.argv[4:]]
+    print(json.dumps(rows, indent=1))
+    print()
+    print(f'{"disk":>6} {"s3chain s":>10} {"restic s":>9} {"oadp s":>7} '
+          f'{"restic/s3c":>10} {"oadp/s3c":>9} {"s3c MiB up":>10} '
+          f'{"restic MiB":>10} {"oadp MiB":>8} {"oadp temp":>9} '
+          f'{"qsd RSS":>8}')
+    for r in rows:
+        s, t, o = r['s3chain'], r['restic'], r['oadp']
+        print(f'{r["size-gib"]:>4}G {s["seconds"]:>10.2f} '
+              f'{t["seconds"]:>9.2f} {o["seconds"]:>7.2f} '
+              f'{t["seconds"] / s["seconds"]:>10.1f} '
+              f'{o["seconds"] / s["seconds"]:>9.1f} '
+              f'{s["uploaded"] / MiB:>10.0f} {t["uploaded"] / MiB:>10.0f} '
+              f'{o["uploaded"] / MiB:>8.0f} {o["local-temp"] / MiB:>8.0f}M '
+              f'{s["sidecar-peak-rss"] / MiB:>7.0f}M')
+    first, last = rows[0]['s3chain'], rows[-1]['s3chain']
+    print(f'\ns3chain time, {rows[-1]["size-gib"]}G over '
+          f'{rows[0]["size-gib"]}G: {last["seconds"] / first["seconds"]:.2f}x')
+
+
+if __name__ == '__main__':
+    main()
