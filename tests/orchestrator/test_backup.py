@@ -9,7 +9,9 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 import unittest
 
@@ -272,6 +274,53 @@ class TestBadInput(BackupTestCase):
             'since': int(time.time())}).encode())
         self.backup()
         self.assertNotIn(key, self.bucket.objects())
+
+
+class FakeAgent(threading.Thread):
+    """A guest agent's socket that answers as qemu-ga does and records
+    what it was asked; with @mute it accepts and never answers"""
+
+    def __init__(self, path: str, mute: bool = False) -> None:
+        super().__init__(daemon=True)
+        self.mute = mute
+        self.calls = []
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(path)
+        self.server.listen(1)
+
+    def run(self) -> None:
+        conn, _ = self.server.accept()
+        f = conn.makefile('rw')
+        for line in f:
+            msg = json.loads(line)
+            self.calls.append(msg['execute'])
+            if self.mute:
+                continue
+            ret = msg.get('arguments', {}).get('id', 0)
+            f.write(json.dumps({'return': ret}) + '\n')
+            f.flush()
+
+
+class TestGuestAgent(BackupTestCase):
+    def test_freeze_and_thaw(self) -> None:
+        path = os.path.join(self.dir, 'qga.sock')
+        agent = FakeAgent(path)
+        agent.start()
+        result = self.backup('--guest-agent', path)
+        self.assertEqual(agent.calls, ['guest-sync', 'guest-fsfreeze-freeze',
+                                       'guest-fsfreeze-thaw'])
+        self.assertRestores(result['backup'], 'vd0',
+                            self.vm.disk_bytes('vd0'))
+
+    def test_agent_that_does_not_answer(self) -> None:
+        path = os.path.join(self.dir, 'qga.sock')
+        agent = FakeAgent(path, mute=True)
+        agent.start()
+        run = self.start('--guest-agent', path)
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        self.assertIn('without freezing', err)
+        self.assertEqual(agent.calls, ['guest-sync'])
 
 
 class TestSecrets(BackupTestCase):
