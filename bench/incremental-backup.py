@@ -136,7 +136,8 @@ class Bench:
                     file={'driver': 'file', 'filename': temp})
         self.vm.cmd('blockdev-backup', job_id='oadp', device='disk0',
                     target='oadp', sync='incremental', bitmap='oadp-bitmap')
-        self.vm.event_wait('BLOCK_JOB_COMPLETED', timeout=600)
+        self.vm.event_wait('BLOCK_JOB_COMPLETED', timeout=600,
+                           match={'data': {'device': 'oadp'}})
         self.vm.cmd('blockdev-del', node_name='oadp')
         local = os.path.getsize(temp)
         self.s3.upload_file(temp, self.bucket, key, Config=TransferConfig(

@@ -63,6 +63,7 @@ static void disk_backup_free(gpointer p)
     g_free(d->target.key);
     g_free(d->target.backing);
     g_free(d->target.export_name);
+    json_object_put(d->target.file_options);
     g_free(d->nbd_node);
     g_free(d->cbw_node);
     g_free(d->access_node);

@@ -184,6 +184,7 @@ typedef struct S3cTarget {
     uint32_t cluster_size;
     uint64_t buffer_size;
     char *export_name;          /* also names its nodes */
+    json_object *file_options;  /* of its s3chain node, once added */
 } S3cTarget;
 
 /*
@@ -196,7 +197,7 @@ bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
                       GError **err);
 /* Creates the target image in the bucket and exports it over NBD */
 bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
-                            const S3cTarget *t, GError **err);
+                            S3cTarget *t, GError **err);
 /* Ends the export, commits the image and closes it */
 bool s3c_sidecar_commit_target(S3cSidecar *sc, const S3cTarget *t,
                                GError **err);

@@ -222,7 +222,7 @@ static bool run(S3cSidecar *sc, const char *command, json_object *args,
 }
 
 bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
-                            const S3cTarget *t, GError **err)
+                            S3cTarget *t, GError **err)
 {
     g_autofree char *file = file_node(t);
     g_autofree char *job = g_strdup_printf("%s-create", t->export_name);
@@ -245,6 +245,15 @@ bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
                            json_object_new_string(file));
     json_object_object_add(file_opts, "buffer-size",
                            json_object_new_int64(t->buffer_size));
+    /*
+     * qcow2 flushes its file for each new L2 table, and a flush of an
+     * s3chain image is a commit; a backup image is worth nothing until
+     * the backup ends, so it commits once, then
+     */
+    json_object_object_add(file_opts, "cache", s3c_json_obj(
+                               "no-flush", json_object_new_boolean(true),
+                               NULL));
+    t->file_options = json_object_get(file_opts);
     if (!run(sc, "blockdev-add", file_opts, err)) {
         return false;
     }
@@ -332,6 +341,16 @@ bool s3c_sidecar_commit_target(S3cSidecar *sc, const S3cTarget *t,
     bool ok;
 
     if (!delete_export(sc, t, false, err)) {
+        return false;
+    }
+    opts = json_object_new_array();
+    json_object_object_add(t->file_options, "cache", s3c_json_obj(
+                               "no-flush", json_object_new_boolean(false),
+                               NULL));
+    json_object_array_add(opts, json_object_get(t->file_options));
+    if (!run(sc, "blockdev-reopen", s3c_json_obj("options", opts, NULL),
+             err)) {
+        delete_nodes(sc, t);
         return false;
     }
     /*
