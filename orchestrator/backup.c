@@ -82,10 +82,7 @@ static char *utc_now(const char *fmt)
 static bool vm_run(Backup *b, const char *command, json_object *args,
                    GError **err)
 {
-    json_object *ret = s3c_qmp_execute(b->vm, command, args, err);
-
-    json_object_put(ret);
-    return ret != NULL;
+    return s3c_qmp_run(b->vm, command, args, err);
 }
 
 static json_object *node_bitmap(const char *node, const char *name)
@@ -526,7 +523,7 @@ static bool wait_jobs(Backup *b, GError **err)
         }
         for (guint i = 0; i < b->disks->len; i++) {
             DiskBackup *d = g_ptr_array_index(b->disks, i);
-            json_object *job = s3c_job_find(jobs, d->job);
+            json_object *job = s3c_json_find_id(jobs, d->job);
             const char *error = job ? s3c_json_str(job, "error") : "vanished";
 
             if (!job || !strcmp(s3c_json_str(job, "status"), "concluded")) {
@@ -568,6 +565,19 @@ static bool wait_jobs(Backup *b, GError **err)
     }
 }
 
+/* Ends the exports at once, closing their images unfinished */
+static void drop_targets(Backup *b)
+{
+    for (guint i = 0; b->disks && i < b->disks->len; i++) {
+        DiskBackup *d = g_ptr_array_index(b->disks, i);
+
+        if (d->target_added) {
+            s3c_sidecar_drop_target(&b->sidecar, &d->target);
+            d->target_added = false;
+        }
+    }
+}
+
 /* Cancels the jobs and cuts them off from the sidecar, then waits */
 static void stop_jobs(Backup *b)
 {
@@ -580,21 +590,14 @@ static void stop_jobs(Backup *b)
                    "id", json_object_new_string(d->job), NULL), NULL);
     }
     /* requests stuck in the sidecar would keep the jobs from ending */
-    for (guint i = 0; b->sidecar_open && i < b->disks->len; i++) {
-        DiskBackup *d = g_ptr_array_index(b->disks, i);
-
-        if (d->target_added) {
-            s3c_sidecar_drop_target(&b->sidecar, &d->target);
-            d->target_added = false;
-        }
-    }
+    drop_targets(b);
     while (g_get_monotonic_time() < deadline) {
         json_object *jobs = s3c_qmp_execute(b->vm, "query-jobs", NULL, NULL);
         bool all_done = true;
 
         for (guint i = 0; jobs && i < b->disks->len; i++) {
             DiskBackup *d = g_ptr_array_index(b->disks, i);
-            json_object *job = s3c_job_find(jobs, d->job);
+            json_object *job = s3c_json_find_id(jobs, d->job);
 
             if (job && strcmp(s3c_json_str(job, "status"), "concluded")) {
                 all_done = false;
@@ -605,6 +608,24 @@ static void stop_jobs(Backup *b)
             return;
         }
         json_object_put(s3c_qmp_next_event(b->vm, POLL_MS));
+    }
+}
+
+/* Where a step of an undo reports: the first failure is the one to tell */
+static GError **unless_failed(GError **first)
+{
+    return *first ? NULL : first;
+}
+
+/* Deletes @node if this backup added it */
+static void delete_node(Backup *b, bool *added, const char *node,
+                        GError **first)
+{
+    if (*added &&
+        vm_run(b, "blockdev-del", s3c_json_obj(
+                   "node-name", json_object_new_string(node), NULL),
+               unless_failed(first))) {
+        *added = false;
     }
 }
 
@@ -619,36 +640,21 @@ static void restore_vm_graph(Backup *b, GError **err)
             vm_run(b, "job-dismiss", s3c_json_obj(
                        "id", json_object_new_string(d->job), NULL), NULL);
         }
-        if (d->access_added &&
-            vm_run(b, "blockdev-del", s3c_json_obj(
-                       "node-name", json_object_new_string(d->access_node),
-                       NULL), &local)) {
-            d->access_added = false;
-        }
+        delete_node(b, &d->access_added, d->access_node, &local);
         if (d->redirected &&
             vm_run(b, "qom-set", s3c_json_obj(
                        "path", json_object_new_string(d->disk->qdev),
                        "property", json_object_new_string("drive"),
                        "value", json_object_new_string(d->disk->node), NULL),
-                   local ? NULL : &local)) {
+                   unless_failed(&local))) {
             d->redirected = false;
         }
-        if (d->cbw_added &&
-            vm_run(b, "blockdev-del", s3c_json_obj(
-                       "node-name", json_object_new_string(d->cbw_node),
-                       NULL), local ? NULL : &local)) {
-            d->cbw_added = false;
-        }
-        if (d->nbd_added &&
-            vm_run(b, "blockdev-del", s3c_json_obj(
-                       "node-name", json_object_new_string(d->nbd_node),
-                       NULL), local ? NULL : &local)) {
-            d->nbd_added = false;
-        }
+        delete_node(b, &d->cbw_added, d->cbw_node, &local);
+        delete_node(b, &d->nbd_added, d->nbd_node, &local);
         if (d->snap_added &&
             vm_run(b, "block-dirty-bitmap-remove",
                    node_bitmap(d->disk->node, d->snap_bitmap),
-                   local ? NULL : &local)) {
+                   unless_failed(&local))) {
             d->snap_added = false;
         }
         if (local && err && !*err) {
@@ -886,13 +892,7 @@ static void abandon(Backup *b)
         g_printerr("s3chain: error: %s\n", local->message);
     }
     keep_changes(b);
-    for (guint i = 0; b->disks && i < b->disks->len; i++) {
-        DiskBackup *d = g_ptr_array_index(b->disks, i);
-
-        if (d->target_added) {
-            s3c_sidecar_drop_target(&b->sidecar, &d->target);
-        }
-    }
+    drop_targets(b);
 }
 
 int s3c_backup(const S3cBackupOptions *opts, GError **err)

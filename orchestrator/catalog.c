@@ -1,4 +1,4 @@
-/* catalog.c: a VM's backups and its lock, kept in the bucket (docs/catalog.rst) */
+/* catalog.c: a VM's backups and its lock, in the bucket (docs/catalog.rst) */
 #include "s3chain.h"
 
 #include <errno.h>

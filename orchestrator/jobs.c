@@ -3,18 +3,6 @@
 
 #include <string.h>
 
-json_object *s3c_job_find(json_object *jobs, const char *id)
-{
-    for (size_t i = 0; i < json_object_array_length(jobs); i++) {
-        json_object *job = json_object_array_get_idx(jobs, i);
-
-        if (!g_strcmp0(s3c_json_str(job, "id"), id)) {
-            return job;
-        }
-    }
-    return NULL;
-}
-
 bool s3c_job_run(S3cQmp *qmp, const char *command, json_object *args,
                  const char *id, GError **err)
 {
@@ -32,7 +20,7 @@ bool s3c_job_run(S3cQmp *qmp, const char *command, json_object *args,
         if (!jobs) {
             return false;
         }
-        job = s3c_job_find(jobs, id);
+        job = s3c_json_find_id(jobs, id);
         if (!job || !strcmp(s3c_json_str(job, "status"), "concluded")) {
             error = g_strdup(job ? s3c_json_str(job, "error") : "job vanished");
             json_object_put(jobs);
@@ -41,9 +29,8 @@ bool s3c_job_run(S3cQmp *qmp, const char *command, json_object *args,
         json_object_put(jobs);
         json_object_put(s3c_qmp_next_event(qmp, 100));
     }
-    json_object_put(s3c_qmp_execute(
-        qmp, "job-dismiss", s3c_json_obj("id", json_object_new_string(id),
-                                         NULL), NULL));
+    s3c_qmp_run(qmp, "job-dismiss",
+                s3c_json_obj("id", json_object_new_string(id), NULL), NULL);
     if (error) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT, "%s: %s: %s",
                     qmp->peer, command, error);

@@ -16,6 +16,18 @@ json_object *s3c_json_obj(const char *name, ...)
     return obj;
 }
 
+json_object *s3c_json_find_id(json_object *list, const char *id)
+{
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        json_object *item = json_object_array_get_idx(list, i);
+
+        if (!g_strcmp0(s3c_json_str(item, "id"), id)) {
+            return item;
+        }
+    }
+    return NULL;
+}
+
 const char *s3c_json_str(json_object *obj, const char *name)
 {
     json_object *v;

@@ -144,12 +144,10 @@ static json_object *unix_execute(S3cQmp *qmp, const char *command,
             json_object_put(reply);
             return NULL;
         }
-        if (!json_object_object_get_ex(reply, "return", &value)) {
-            value = NULL;
-        }
-        value = json_object_get(value ? value : NULL);
+        value = json_object_object_get_ex(reply, "return", &value) ?
+                json_object_get(value) : json_object_new_object();
         json_object_put(reply);
-        return value ? value : json_object_new_object();
+        return value;
     }
 }
 
@@ -289,6 +287,15 @@ json_object *s3c_qmp_execute(S3cQmp *qmp, const char *command,
                              json_object *args, GError **err)
 {
     return s3c_qmp_execute_timeout(qmp, command, args, QMP_TIMEOUT_MS, err);
+}
+
+bool s3c_qmp_run(S3cQmp *qmp, const char *command, json_object *args,
+                 GError **err)
+{
+    json_object *ret = s3c_qmp_execute(qmp, command, args, err);
+
+    json_object_put(ret);
+    return ret != NULL;
 }
 
 json_object *s3c_qmp_next_event(S3cQmp *qmp, int timeout_ms)

@@ -139,6 +139,13 @@ static char *error_code(const GString *body)
     return end ? g_strndup(start + 6, end - start - 6) : g_strdup("");
 }
 
+static void no_bucket(const S3cRepo *repo, GError **err)
+{
+    g_set_error(err, S3C_ERROR, S3C_EXIT_NO_BUCKET,
+                "bucket %s does not exist at %s; create it or check --repo",
+                repo->bucket, repo->endpoint);
+}
+
 /*
  * Sends @req, retrying what may pass: transport errors and 5xx.  Returns
  * the final response's status, or 0 with @err set.
@@ -188,9 +195,7 @@ static long request(const S3cRepo *repo, const S3Request *req,
     if (resp.status == 404) {
         code = error_code(body);
         if (!strcmp(code, "NoSuchBucket")) {
-            g_set_error(err, S3C_ERROR, S3C_EXIT_NO_BUCKET,
-                        "bucket %s does not exist at %s; create it or check "
-                        "--repo", repo->bucket, repo->endpoint);
+            no_bucket(repo, err);
             return 0;
         }
     }
@@ -270,9 +275,8 @@ bool s3c_s3_check_bucket(const S3cRepo *repo, GError **err)
         return true;
     }
     if (status == 404) {
-        g_set_error(err, S3C_ERROR, S3C_EXIT_NO_BUCKET,
-                    "bucket %s does not exist at %s; create it or check "
-                    "--repo", repo->bucket, repo->endpoint);
+        /* whatever error code the server gave, for the bucket itself */
+        no_bucket(repo, err);
         return false;
     }
     return status ? unexpected(repo, &req, status, out, err) : false;

@@ -117,6 +117,9 @@ json_object *s3c_qmp_execute(S3cQmp *qmp, const char *command,
 json_object *s3c_qmp_execute_timeout(S3cQmp *qmp, const char *command,
                                      json_object *args, int timeout_ms,
                                      GError **err);
+/* Runs @command with @args (taken) for its effect alone */
+bool s3c_qmp_run(S3cQmp *qmp, const char *command, json_object *args,
+                 GError **err);
 json_object *s3c_qmp_next_event(S3cQmp *qmp, int timeout_ms);
 void s3c_qmp_free(S3cQmp *qmp);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(S3cQmp, s3c_qmp_free)
@@ -126,6 +129,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(S3cQmp, s3c_qmp_free)
 /* Builds an object from name/value pairs ending in NULL; values taken */
 json_object *s3c_json_obj(const char *name, ...) G_GNUC_NULL_TERMINATED;
 const char *s3c_json_str(json_object *obj, const char *name);
+/* The item of @list (query-jobs', query-block-exports'...) with this id */
+json_object *s3c_json_find_id(json_object *list, const char *id);
 int64_t s3c_json_int(json_object *obj, const char *name);
 bool s3c_json_bool(json_object *obj, const char *name);
 /* A duration, to the millisecond */
@@ -133,8 +138,6 @@ json_object *s3c_json_seconds(double seconds);
 
 /* jobs.c: following QMP jobs to their end */
 
-/* The job @id in the list query-jobs returned, or NULL */
-json_object *s3c_job_find(json_object *jobs, const char *id);
 /* Starts job @id with @command and @args (taken) and waits for its end */
 bool s3c_job_run(S3cQmp *qmp, const char *command, json_object *args,
                  const char *id, GError **err);
@@ -170,6 +173,7 @@ void s3c_disk_free(S3cDisk *disk);
 typedef struct S3cSidecar {
     S3cQmp *qmp;
     GPid pid;                   /* when the command started it, else 0 */
+    char *own_qmp;              /* then its QMP socket */
     char *runtime_dir;
     char *secret_id;
     char *token_secret_id;

@@ -35,8 +35,9 @@ static char *sidecar_program(void)
     return g_strdup("s3chain-sidecar");
 }
 
-static bool start_sidecar(S3cSidecar *sc, const char *qmp_path, GError **err)
+static bool start_sidecar(S3cSidecar *sc, GError **err)
 {
+    const char *qmp_path = sc->own_qmp;
     g_autofree char *program = sidecar_program();
     g_auto(GStrv) envp = g_get_environ();
     char *argv[] = { program, NULL };
@@ -116,7 +117,6 @@ bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
                       const char *runtime_dir, const S3cRepo *repo,
                       GError **err)
 {
-    g_autofree char *own_qmp = NULL;
     json_object *ret;
 
     memset(sc, 0, sizeof(*sc));
@@ -133,9 +133,9 @@ bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
             return false;
         }
     } else {
-        own_qmp = g_strdup_printf("%s/qsd-%d.qmp", runtime_dir,
-                                  (int)getpid());
-        if (!start_sidecar(sc, own_qmp, err)) {
+        sc->own_qmp = g_strdup_printf("%s/qsd-%d.qmp", runtime_dir,
+                                      (int)getpid());
+        if (!start_sidecar(sc, err)) {
             return false;
         }
     }
@@ -215,10 +215,7 @@ static char *file_node(const S3cTarget *t)
 static bool run(S3cSidecar *sc, const char *command, json_object *args,
                 GError **err)
 {
-    json_object *ret = s3c_qmp_execute(sc->qmp, command, args, err);
-
-    json_object_put(ret);
-    return ret != NULL;
+    return s3c_qmp_run(sc->qmp, command, args, err);
 }
 
 bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
@@ -310,7 +307,7 @@ static bool delete_export(S3cSidecar *sc, const S3cTarget *t, bool hard,
         json_object *exports = s3c_qmp_execute(sc->qmp,
                                                "query-block-exports", NULL,
                                                err);
-        bool gone = exports && !s3c_job_find(exports, t->export_name);
+        bool gone = exports && !s3c_json_find_id(exports, t->export_name);
 
         json_object_put(exports);
         if (!exports || gone) {
@@ -364,7 +361,8 @@ bool s3c_sidecar_commit_target(S3cSidecar *sc, const S3cTarget *t,
         "file", json_object_new_string(file),
         "backing", NULL,
         "read-only", json_object_new_boolean(true), NULL));
-    ok = run(sc, "blockdev-reopen", s3c_json_obj("options", opts, NULL), err);
+    ok = run(sc, "blockdev-reopen", s3c_json_obj("options", opts, NULL),
+             err);
     if (!ok) {
         g_prefix_error(err, "committing s3://%s: ", t->key);
     }
@@ -398,8 +396,6 @@ void s3c_sidecar_close(S3cSidecar *sc)
         }
     }
     if (sc->pid) {
-        g_autofree char *qmp_path = g_strdup_printf(
-            "%s/qsd-%d.qmp", sc->runtime_dir, (int)getpid());
         int64_t deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
 
         while (waitpid(sc->pid, NULL, WNOHANG) != sc->pid) {
@@ -410,13 +406,16 @@ void s3c_sidecar_close(S3cSidecar *sc)
             }
             g_usleep(20000);
         }
-        unlink(qmp_path);
+    }
+    if (sc->own_qmp) {
+        unlink(sc->own_qmp);
     }
     if (sc->nbd_socket) {
         unlink(sc->nbd_socket);
     }
     s3c_qmp_free(sc->qmp);
     g_free(sc->runtime_dir);
+    g_free(sc->own_qmp);
     g_free(sc->secret_id);
     g_free(sc->token_secret_id);
     g_free(sc->nbd_socket);
