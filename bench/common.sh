@@ -18,3 +18,19 @@ url_base="s3chain://$host;tls=off;access-key-id=$AWS_ACCESS_KEY_ID;key-secret=s3
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+# The median of the seconds the caller's "times" holds for variant $1
+median_time() { echo "${times[$1]}" | tr ' ' '\n' | grep . | median; }
+
+# A table row for each of the caller's "variants" (LABEL|...): median
+# seconds, MB/s for $1 bytes, and the ratio to the baseline's $2 seconds
+variant_rows() {
+    local bytes=$1 base=$2 v label t
+    for v in "${variants[@]}"; do
+        IFS='|' read -r label _ _ <<<"$v"
+        t=$(median_time "$label")
+        printf '%-44s %8s %8.0f %8.2f\n' "$label" "$t" \
+            "$(awk -v b="$bytes" -v t="$t" 'BEGIN { print b / t / 1e6 }')" \
+            "$(awk -v b="$base" -v t="$t" 'BEGIN { print b / t }')"
+    done
+}

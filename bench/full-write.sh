@@ -70,17 +70,11 @@ done
 out=$REPO/bench/results/full-write.txt
 mkdir -p "$(dirname "$out")"
 base_label="baseline: multipart upload (boto3)"
-base=$(echo "${times[$base_label]}" | tr ' ' '\n' | grep . | median)
+base=$(median_time "$base_label")
 {
     echo "# full-write: 2 GiB qcow2 of random data, $bytes bytes;" \
         "$runs rotated runs, medians"
     echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, radosgw on 127.0.0.1"
     printf '%-44s %8s %8s %8s\n' "what" "seconds" "MB/s" "ratio"
-    for v in "${variants[@]}"; do
-        IFS='|' read -r label _ _ <<<"$v"
-        t=$(echo "${times[$label]}" | tr ' ' '\n' | grep . | median)
-        printf '%-44s %8s %8.0f %8.2f\n' "$label" "$t" \
-            "$(awk -v b="$bytes" -v t="$t" 'BEGIN { print b / t / 1e6 }')" \
-            "$(awk -v b="$base" -v t="$t" 'BEGIN { print b / t }')"
-    done
+    variant_rows "$bytes" "$base"
 } | tee "$out"

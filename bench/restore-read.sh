@@ -101,7 +101,7 @@ for dir in "${targets[@]}"; do
             fi
         done
     done
-    base=$(echo "${times[baseline]}" | tr ' ' '\n' | grep . | median)
+    base=$(median_time baseline)
     {
         echo
         echo "output in $(df --output=fstype "$dir" | tail -1) ($dir)"
@@ -109,13 +109,7 @@ for dir in "${targets[@]}"; do
         printf '%-44s %8s %8.0f %8s\n' "baseline: 4 parallel ranged GETs (curl)" \
             "$base" "$(awk -v b="$object_bytes" -v t="$base" 'BEGIN { print b / t / 1e6 }')" \
             "1.00"
-        for v in "${variants[@]}"; do
-            IFS='|' read -r label _ _ <<<"$v"
-            t=$(echo "${times[$label]}" | tr ' ' '\n' | grep . | median)
-            printf '%-44s %8s %8.0f %8.2f\n' "$label" "$t" \
-                "$(awk -v b="$object_bytes" -v t="$t" 'BEGIN { print b / t / 1e6 }')" \
-                "$(awk -v b="$base" -v t="$t" 'BEGIN { print b / t }')"
-        done
+        variant_rows "$object_bytes" "$base"
     } | tee -a "$out"
     unset times
 done
