@@ -825,7 +825,7 @@ static bool run_backup(Backup *b, GError **err)
     bool ok;
 
     if (!s3c_sidecar_open(&b->sidecar, b->opts->sidecar_qmp,
-                          b->opts->runtime_dir, &b->repo, err)) {
+                          b->opts->runtime_dir, NULL, &b->repo, err)) {
         return false;
     }
     b->sidecar_open = true;

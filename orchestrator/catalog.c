@@ -88,7 +88,7 @@ void s3c_catalog_clear(S3cCatalog *cat)
     memset(cat, 0, sizeof(*cat));
 }
 
-static json_object *backups_of(S3cCatalog *cat)
+json_object *s3c_catalog_backups(const S3cCatalog *cat)
 {
     json_object *backups;
 
@@ -96,7 +96,7 @@ static json_object *backups_of(S3cCatalog *cat)
     return backups;
 }
 
-static json_object *disk_of(json_object *backup, const char *disk)
+json_object *s3c_backup_disk(json_object *backup, const char *disk)
 {
     json_object *disks;
 
@@ -116,11 +116,11 @@ static json_object *disk_of(json_object *backup, const char *disk)
 json_object *s3c_catalog_last_disk(S3cCatalog *cat, const char *disk,
                                    json_object **backup)
 {
-    json_object *backups = backups_of(cat);
+    json_object *backups = s3c_catalog_backups(cat);
 
     for (size_t i = json_object_array_length(backups); i-- > 0;) {
         json_object *b = json_object_array_get_idx(backups, i);
-        json_object *d = disk_of(b, disk);
+        json_object *d = s3c_backup_disk(b, disk);
 
         if (d) {
             *backup = b;
@@ -130,34 +130,120 @@ json_object *s3c_catalog_last_disk(S3cCatalog *cat, const char *disk,
     return NULL;
 }
 
-int s3c_catalog_chain_length(S3cCatalog *cat, const char *disk,
-                             const char *id)
+static json_object *find_backup(const S3cCatalog *cat, const char *id)
 {
-    json_object *backups = backups_of(cat);
-    int length = 0;
+    json_object *backups = s3c_catalog_backups(cat);
+
+    for (size_t i = 0; i < json_object_array_length(backups); i++) {
+        json_object *b = json_object_array_get_idx(backups, i);
+
+        if (!g_strcmp0(s3c_json_str(b, "id"), id)) {
+            return b;
+        }
+    }
+    return NULL;
+}
+
+/* An ISO 8601 time; UTC unless it says otherwise */
+static GDateTime *parse_time(const char *text)
+{
+    g_autoptr(GTimeZone) utc = g_time_zone_new_utc();
+
+    return text ? g_date_time_new_from_iso8601(text, utc) : NULL;
+}
+
+json_object *s3c_catalog_pick(const S3cCatalog *cat, const char *which,
+                              const char *before, GError **err)
+{
+    json_object *backups = s3c_catalog_backups(cat);
+    size_t n = json_object_array_length(backups);
+    g_autoptr(GDateTime) limit = NULL;
+    json_object *found = NULL;
+
+    if (!n) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_NOT_FOUND,
+                    "VM %s has no backups in this repository; s3chain list "
+                    "shows the VMs that have", cat->vm);
+        return NULL;
+    }
+    if (!before) {
+        found = strcmp(which, "latest") ? find_backup(cat, which)
+                : json_object_array_get_idx(backups, n - 1);
+        if (!found) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_NOT_FOUND,
+                        "VM %s has no backup %s; s3chain list --vm %s shows "
+                        "its backups", cat->vm, which, cat->vm);
+        }
+        return found;
+    }
+    limit = parse_time(before);
+    if (!limit) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "--before wants a time like 2026-11-21T16:25:00Z, not "
+                    "'%s'", before);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_object *b = json_object_array_get_idx(backups, i);
+        g_autoptr(GDateTime) t = parse_time(s3c_json_str(b, "time"));
+
+        if (t && g_date_time_compare(t, limit) < 0) {
+            found = b;
+        }
+    }
+    if (!found) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_NOT_FOUND,
+                    "VM %s has no backup from before %s", cat->vm, before);
+    }
+    return found;
+}
+
+GPtrArray *s3c_catalog_chain(const S3cCatalog *cat, const char *disk,
+                             const char *id, GError **err)
+{
+    g_autoptr(GPtrArray) chain = g_ptr_array_new();
+    const char *child = NULL;
 
     while (id) {
-        json_object *d = NULL;
+        json_object *b = find_backup(cat, id);
+        json_object *d = b ? s3c_backup_disk(b, disk) : NULL;
 
-        for (size_t i = 0; i < json_object_array_length(backups) && !d; i++) {
-            json_object *b = json_object_array_get_idx(backups, i);
-
-            if (!g_strcmp0(s3c_json_str(b, "id"), id)) {
-                d = disk_of(b, disk);
-            }
-        }
         if (!d) {
-            break;
+            g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
+                        "the chain of disk %s is broken: backup %s names "
+                        "parent %s, which the catalog of VM %s does not "
+                        "hold for that disk", disk, child, id, cat->vm);
+            return NULL;
         }
-        length++;
+        if (chain->len > json_object_array_length(
+                s3c_catalog_backups(cat))) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
+                        "the chain of disk %s loops at backup %s", disk, id);
+            return NULL;
+        }
+        g_ptr_array_add(chain, d);
+        child = id;
         id = s3c_json_str(d, "parent");
+    }
+    return g_steal_pointer(&chain);
+}
+
+int s3c_catalog_chain_length(const S3cCatalog *cat, const char *disk,
+                             const char *id)
+{
+    int length = 0;
+
+    for (json_object *b = find_backup(cat, id), *d;
+         b && (d = s3c_backup_disk(b, disk));
+         b = find_backup(cat, s3c_json_str(d, "parent"))) {
+        length++;
     }
     return length;
 }
 
 void s3c_catalog_append(S3cCatalog *cat, json_object *backup)
 {
-    json_object_array_add(backups_of(cat), backup);
+    json_object_array_add(s3c_catalog_backups(cat), backup);
 }
 
 char *s3c_catalog_image_name(const char *id)

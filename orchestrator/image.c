@@ -1,43 +1,239 @@
-/* image.c: what the command reads of s3chain images: their manifests */
+/* image.c: what the command reads of s3chain images: manifests and chunks */
 #include "s3chain.h"
+
+#include <string.h>
+
+/* Deep checks read this many chunks at once */
+#define VERIFY_READERS 8
+
+static void chunk_free(S3cChunk *c)
+{
+    g_free(c->key);
+    g_free(c->md5);
+    g_free(c);
+}
+
+void s3c_manifest_free(S3cManifest *m)
+{
+    if (m) {
+        g_free(m->key);
+        g_ptr_array_unref(m->chunks);
+        g_free(m);
+    }
+}
+
+static bool is_md5(const char *s)
+{
+    if (!s || strlen(s) != 32) {
+        return false;
+    }
+    for (; *s; s++) {
+        if (!g_ascii_isxdigit(*s)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* docs/object-layout.rst: {"size", "chunk-size", "chunks": [[I, TAG, MD5]]} */
+static S3cManifest *parse_manifest(const char *key, const char *text)
+{
+    g_autoptr(S3cManifest) m = g_new0(S3cManifest, 1);
+    json_object *doc = json_tokener_parse(text);
+    json_object *chunks;
+
+    m->key = g_strdup(key);
+    m->chunks = g_ptr_array_new_with_free_func((GDestroyNotify)chunk_free);
+    m->size = s3c_json_int(doc, "size");
+    m->chunk_size = s3c_json_int(doc, "chunk-size");
+    if (!doc || g_strcmp0(s3c_json_str(doc, "format"), "s3chain-chunked") ||
+        !m->chunk_size || (m->chunk_size & (m->chunk_size - 1)) ||
+        !json_object_object_get_ex(doc, "chunks", &chunks) ||
+        !json_object_is_type(chunks, json_type_array)) {
+        json_object_put(doc);
+        return NULL;
+    }
+    for (size_t i = 0; i < json_object_array_length(chunks); i++) {
+        json_object *entry = json_object_array_get_idx(chunks, i);
+        const char *tag = json_object_get_string(
+            json_object_array_get_idx(entry, 1));
+        const char *md5 = json_object_get_string(
+            json_object_array_get_idx(entry, 2));
+        S3cChunk *c;
+
+        if (!json_object_is_type(entry, json_type_array) || !tag ||
+            !is_md5(md5)) {
+            json_object_put(doc);
+            return NULL;
+        }
+        c = g_new0(S3cChunk, 1);
+        c->index = json_object_get_int64(json_object_array_get_idx(entry, 0));
+        c->key = g_strdup_printf("%s.d/%016" G_GINT64_MODIFIER "x.%s", key,
+                                 c->index, tag);
+        c->md5 = g_ascii_strdown(md5, -1);
+        g_ptr_array_add(m->chunks, c);
+    }
+    json_object_put(doc);
+    return g_steal_pointer(&m);
+}
+
+S3cManifest *s3c_manifest_load(const S3cRepo *repo, const char *key,
+                               GError **err)
+{
+    g_autoptr(GString) body = NULL;
+    g_autoptr(GError) local = NULL;
+    S3cManifest *m;
+
+    if (!s3c_s3_get(repo, key, &body, &local)) {
+        if (local) {
+            g_propagate_error(err, g_steal_pointer(&local));
+        } else {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
+                        "s3://%s/%s: missing (the image's manifest)",
+                        repo->bucket, key);
+        }
+        return NULL;
+    }
+    m = parse_manifest(key, body->str);
+    if (!m) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
+                    "s3://%s/%s: not a valid s3chain image manifest",
+                    repo->bucket, key);
+    }
+    return m;
+}
+
+uint64_t s3c_manifest_stored_bytes(const S3cManifest *m)
+{
+    uint64_t bytes = 0;
+
+    for (size_t i = 0; i < m->chunks->len; i++) {
+        const S3cChunk *c = g_ptr_array_index(m->chunks, i);
+        uint64_t start = c->index * m->chunk_size;
+
+        bytes += start < m->size ? MIN(m->chunk_size, m->size - start) : 0;
+    }
+    return bytes;
+}
 
 bool s3c_image_stored_bytes(const S3cRepo *repo, const char *key,
                             uint64_t *bytes, GError **err)
 {
+    g_autoptr(S3cManifest) m = s3c_manifest_load(repo, key, err);
+
+    if (m) {
+        *bytes = s3c_manifest_stored_bytes(m);
+    }
+    return m != NULL;
+}
+
+typedef struct DeepCheck {
+    const S3cRepo *repo;
+    GMutex lock;
+    GPtrArray *faults;
+    GError *error;              /* the first failure to read at all */
+} DeepCheck;
+
+static void read_chunk(gpointer data, gpointer opaque)
+{
+    const S3cChunk *c = data;
+    DeepCheck *dc = opaque;
     g_autoptr(GString) body = NULL;
     g_autoptr(GError) local = NULL;
-    json_object *manifest, *chunks;
-    uint64_t size, chunk_size;
+    g_autofree char *md5 = NULL;
+    char *fault = NULL;
 
-    if (!s3c_s3_get(repo, key, &body, &local)) {
+    if (!s3c_s3_get(dc->repo, c->key, &body, &local)) {
         if (!local) {
-            g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
-                        "image s3://%s/%s is missing", repo->bucket, key);
-        } else {
-            g_propagate_error(err, g_steal_pointer(&local));
+            fault = g_strdup_printf("s3://%s/%s: missing", dc->repo->bucket,
+                                    c->key);
         }
-        return false;
+    } else {
+        md5 = g_compute_checksum_for_data(G_CHECKSUM_MD5,
+                                          (const guchar *)body->str,
+                                          body->len);
+        if (strcmp(md5, c->md5)) {
+            fault = g_strdup_printf("s3://%s/%s: its bytes have MD5 %s, the "
+                                    "manifest says %s", dc->repo->bucket,
+                                    c->key, md5, c->md5);
+        }
     }
-    manifest = json_tokener_parse(body->str);
-    size = s3c_json_int(manifest, "size");
-    chunk_size = s3c_json_int(manifest, "chunk-size");
-    if (!manifest || !chunk_size ||
-        !json_object_object_get_ex(manifest, "chunks", &chunks)) {
-        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
-                    "s3://%s/%s is not an s3chain image manifest",
-                    repo->bucket, key);
-        json_object_put(manifest);
-        return false;
+    g_mutex_lock(&dc->lock);
+    if (fault) {
+        g_ptr_array_add(dc->faults, fault);
     }
-    *bytes = 0;
-    for (size_t i = 0; i < json_object_array_length(chunks); i++) {
-        uint64_t index = json_object_get_int64(
-            json_object_array_get_idx(json_object_array_get_idx(chunks, i),
-                                      0));
-        uint64_t start = index * chunk_size;
+    if (local && !dc->error) {
+        dc->error = g_steal_pointer(&local);
+    }
+    g_mutex_unlock(&dc->lock);
+}
 
-        *bytes += start < size ? MIN(chunk_size, size - start) : 0;
+/* Reads every chunk of @m and checks its MD5 */
+static bool read_all_chunks(const S3cRepo *repo, const S3cManifest *m,
+                            GPtrArray *faults, GError **err)
+{
+    DeepCheck dc = { .repo = repo, .faults = faults };
+    GThreadPool *pool = g_thread_pool_new(read_chunk, &dc, VERIFY_READERS,
+                                          false, NULL);
+
+    g_mutex_init(&dc.lock);
+    for (size_t i = 0; i < m->chunks->len; i++) {
+        g_thread_pool_push(pool, g_ptr_array_index(m->chunks, i), NULL);
     }
-    json_object_put(manifest);
+    g_thread_pool_free(pool, false, true);
+    g_mutex_clear(&dc.lock);
+    if (dc.error) {
+        g_propagate_error(err, dc.error);
+        return false;
+    }
+    return true;
+}
+
+bool s3c_image_verify(const S3cRepo *repo, const char *key, bool deep,
+                      GPtrArray *faults, GError **err)
+{
+    g_autoptr(GError) local = NULL;
+    g_autoptr(S3cManifest) m = s3c_manifest_load(repo, key, &local);
+    g_autoptr(GPtrArray) objects = NULL;
+    g_autoptr(GHashTable) etags = NULL;
+    g_autofree char *dir = g_strconcat(key, ".d/", NULL);
+
+    if (!m) {
+        if (local->code != S3C_EXIT_DAMAGED) {
+            g_propagate_error(err, g_steal_pointer(&local));
+            return false;
+        }
+        g_ptr_array_add(faults, g_strdup(local->message));
+        return true;
+    }
+    if (deep) {
+        return read_all_chunks(repo, m, faults, err);
+    }
+    /*
+     * A chunk is stored with Content-MD5 in one PUT, so its ETag is the
+     * MD5 of its bytes: one listing checks every chunk of the image
+     */
+    if (!s3c_s3_list(repo, dir, false, &objects, NULL, err)) {
+        return false;
+    }
+    etags = g_hash_table_new(g_str_hash, g_str_equal);
+    for (size_t i = 0; i < objects->len; i++) {
+        S3cObject *o = g_ptr_array_index(objects, i);
+
+        g_hash_table_insert(etags, o->key, o->etag ? o->etag : "");
+    }
+    for (size_t i = 0; i < m->chunks->len; i++) {
+        const S3cChunk *c = g_ptr_array_index(m->chunks, i);
+        const char *etag = g_hash_table_lookup(etags, c->key);
+
+        if (!etag) {
+            g_ptr_array_add(faults, g_strdup_printf(
+                "s3://%s/%s: missing", repo->bucket, c->key));
+        } else if (strcmp(etag, c->md5)) {
+            g_ptr_array_add(faults, g_strdup_printf(
+                "s3://%s/%s: its ETag is %s, the manifest's MD5 %s",
+                repo->bucket, c->key, etag, c->md5));
+        }
+    }
     return true;
 }

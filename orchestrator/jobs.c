@@ -3,16 +3,11 @@
 
 #include <string.h>
 
-bool s3c_job_run(S3cQmp *qmp, const char *command, json_object *args,
-                 const char *id, GError **err)
+bool s3c_job_wait(S3cQmp *qmp, const char *id, const char *what,
+                  GError **err)
 {
-    json_object *ret = s3c_qmp_execute(qmp, command, args, err);
     g_autofree char *error = NULL;
 
-    if (!ret) {
-        return false;
-    }
-    json_object_put(ret);
     for (;;) {
         json_object *jobs = s3c_qmp_execute(qmp, "query-jobs", NULL, err);
         json_object *job;
@@ -33,8 +28,15 @@ bool s3c_job_run(S3cQmp *qmp, const char *command, json_object *args,
                 s3c_json_obj("id", json_object_new_string(id), NULL), NULL);
     if (error) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT, "%s: %s: %s",
-                    qmp->peer, command, error);
+                    qmp->peer, what, error);
         return false;
     }
     return true;
+}
+
+bool s3c_job_run(S3cQmp *qmp, const char *command, json_object *args,
+                 const char *id, GError **err)
+{
+    return s3c_qmp_run(qmp, command, args, err) &&
+           s3c_job_wait(qmp, id, command, err);
 }

@@ -12,21 +12,15 @@
 #define DEFAULT_CBW_TIMEOUT 10
 #define DEFAULT_BUFFER_SIZE (64 * 1024 * 1024)
 #define DEFAULT_LOCK_STALE (24 * 3600)
+#define DEFAULT_VM_WAIT 600
+#define DEFAULT_RUNTIME_DIR "/run/s3chain"
 
 volatile sig_atomic_t s3c_interrupted;
 
 G_DEFINE_QUARK(s3chain-error-quark, s3c_error)
 
-static const char usage_text[] =
-"Usage: s3chain backup --vm NAME --qmp SOCKET --repo s3://BUCKET[/PREFIX]\n"
-"                      [OPTION]...\n"
-"Back up the disks of a running VM into an S3 bucket: the first backup of\n"
-"a disk is full, the next ones incremental, streamed through a\n"
-"qemu-storage-daemon sidecar with no temporary disk.\n"
-"\n"
-"Where from and to:\n"
-"  --vm NAME             the VM's name in the repository\n"
-"  --qmp SOCKET          the VM's QMP unix socket\n"
+static const char repo_help[] =
+"Repository:\n"
 "  --repo s3://BUCKET[/PREFIX]\n"
 "  --endpoint URL        the S3 endpoint (else AWS_ENDPOINT_URL)\n"
 "  --region REGION       (else AWS_REGION, else us-east-1)\n"
@@ -36,13 +30,50 @@ static const char usage_text[] =
 "  --profile NAME        its section (else AWS_PROFILE, else default)\n"
 "  --cafile FILE         CA certificates for an https endpoint\n"
 "  --no-verify-tls       do not verify the endpoint's certificate\n"
+"\n";
+
+static const char output_help[] =
+"Output:\n"
+"  --progress MODE       bar, json (lines on stdout) or none; default: a\n"
+"                        bar on a terminal, else json\n"
+"  --json                end with a JSON result object on stdout\n"
+"  -h, --help            this text\n"
+"\n"
+"Exit codes: 0 done, 1 internal error, 2 bad usage, 3 VM unreachable,\n"
+"4 no such VM, backup or disk, 5 access denied, 6 no such bucket, 7 locked\n"
+"by another backup, 8 transient failure (retry), 9 interrupted (retry),\n"
+"10 restore target refused, 11 backup damaged.\n"
+"See s3chain(1) and docs/cli.rst.\n";
+
+static const char main_help[] =
+"Usage: s3chain COMMAND [OPTION]...\n"
+"Back up running VMs into an S3 bucket, fully then incrementally, with\n"
+"no temporary disk, and read any backup back.\n"
+"\n"
+"Commands:\n"
+"  backup    back up the disks of a running VM\n"
+"  restore   write a backup's disks onto files or block devices, or run\n"
+"            a VM from it at once while it is copied (--instant)\n"
+"  list      the VMs, disks and backups in a repository\n"
+"  verify    check that backups are whole and intact\n"
+"  serve     export a backup's disk over NBD\n"
+"\n"
+"s3chain COMMAND --help describes each.\n";
+
+static const char backup_help[] =
+"Usage: s3chain backup --vm NAME --qmp SOCKET --repo s3://BUCKET[/PREFIX]\n"
+"                      [OPTION]...\n"
+"Back up the disks of a running VM into an S3 bucket: the first backup of\n"
+"a disk is full, the next ones incremental, streamed through a\n"
+"qemu-storage-daemon sidecar with no temporary disk.\n"
+"\n"
+"  --vm NAME             the VM's name in the repository\n"
+"  --qmp SOCKET          the VM's QMP unix socket\n"
 "  --sidecar-qmp SOCKET  a running qemu-storage-daemon sidecar; without\n"
 "                        it, one is started (S3CHAIN_SIDECAR names it)\n"
 "  --runtime-dir DIR     sockets and transient secret files (default\n"
 "                        /run/s3chain, which the sidecar must see too)\n"
 "  --guest-agent SOCKET  freeze the guest's filesystems through its agent\n"
-"\n"
-"What:\n"
 "  --disk NAME           back up this disk (a device id; repeatable;\n"
 "                        default: every writable disk)\n"
 "  --full                full backups, even where an incremental would do\n"
@@ -52,51 +83,160 @@ static const char usage_text[] =
 "  --buffer-size BYTES   the sidecar's write-back buffer per disk (64M)\n"
 "  --lock-stale SEC      a lock older than this is stale (86400)\n"
 "  --break-stale-lock    break a stale lock instead of failing\n"
+"\n";
+
+static const char restore_help[] =
+"Usage: s3chain restore --vm NAME --repo s3://BUCKET[/PREFIX]\n"
+"                       --target [DISK=]PATH... [OPTION]...\n"
+"Write a backup's disks, streamed from the bucket, onto new files or\n"
+"block devices, bit for bit as they were at the backup's instant.\n"
 "\n"
-"Output:\n"
-"  --progress MODE       bar, json (lines on stdout) or none; default: a\n"
-"                        bar on a terminal, else json\n"
-"  --json                end with a JSON result object on stdout\n"
-"  -h, --help            this text\n"
+"  --vm NAME             the VM's name in the repository\n"
+"  --backup ID           which backup: an id, or latest (the default)\n"
+"  --before TIME         the last backup before TIME (ISO 8601, UTC\n"
+"                        unless it says otherwise)\n"
+"  --target [DISK=]PATH  where disk DISK goes (repeatable; DISK may be\n"
+"                        left out when the backup has one disk): a new\n"
+"                        file, or a block device at least as large\n"
+"  --format FORMAT       raw (default) or qcow2: one sparse qcow2 file\n"
+"  --force               overwrite target files that exist\n"
 "\n"
-"Exit codes: 0 done, 1 internal error, 2 bad usage, 3 VM unreachable,\n"
-"4 unknown disk, 5 access denied, 6 no such bucket, 7 locked by another\n"
-"backup, 8 transient failure (retry), 9 interrupted (retry).\n"
-"See s3chain(1) and docs/cli.rst.\n";
+"Instant restore (docs/restore.rst):\n"
+"  --instant             create each target as a qcow2 file backed by the\n"
+"                        backup, served over NBD, so that a VM can start\n"
+"                        on it at once; then copy the backup into it in\n"
+"                        the VM's QEMU, after which the VM needs no bucket\n"
+"  --qmp SOCKET          the QMP socket of the VM that starts on the\n"
+"                        targets\n"
+"  --vm-wait SEC         how long to wait for that VM (600)\n"
+"  --copy-speed BYTES    limit the copy to BYTES per second\n"
+"  --sidecar-qmp SOCKET  a running qemu-storage-daemon sidecar; without\n"
+"                        it, one is started\n"
+"  --runtime-dir DIR     its sockets (default /run/s3chain)\n"
+"\n";
+
+static const char list_help[] =
+"Usage: s3chain list --repo s3://BUCKET[/PREFIX] [--vm NAME] [OPTION]...\n"
+"List the VMs of a repository, their backups and each backup's disks:\n"
+"id, time, type, parent, size and bytes stored.\n"
+"\n"
+"  --vm NAME             only this VM\n"
+"\n";
+
+static const char verify_help[] =
+"Usage: s3chain verify --repo s3://BUCKET[/PREFIX] [--vm NAME] [OPTION]...\n"
+"Check that backups are whole: every image's manifest and every chunk it\n"
+"names is there, with the checksum it names, and every parent link\n"
+"holds.  Names each broken object; exits 11 if anything is.\n"
+"\n"
+"  --vm NAME             only this VM\n"
+"  --backup ID           only the chains of this backup (or latest)\n"
+"  --deep                also read every chunk and check its bytes, and\n"
+"                        run qemu-img check on every image\n"
+"\n";
+
+static const char serve_help[] =
+"Usage: s3chain serve --vm NAME --repo s3://BUCKET[/PREFIX] --disk NAME\n"
+"                     --listen ADDRESS [OPTION]...\n"
+"Export a disk as it was at a backup over NBD, from the bucket, until\n"
+"SIGINT or SIGTERM.  A VM can boot from it, qemu-nbd or guestmount mount\n"
+"it (docs/restore.rst).\n"
+"\n"
+"  --vm NAME             the VM's name in the repository\n"
+"  --backup ID           which backup: an id, or latest (the default)\n"
+"  --before TIME         the last backup before TIME\n"
+"  --disk NAME           which disk (may be left out if it has one)\n"
+"  --listen ADDRESS      unix:PATH or tcp:HOST:PORT\n"
+"  --writable            let clients write, to a local overlay; the\n"
+"                        backup never changes\n"
+"  --overlay FILE        that overlay, kept after serving (else a\n"
+"                        transient file in the runtime directory)\n"
+"  --sidecar-qmp SOCKET  a running qemu-storage-daemon sidecar; without\n"
+"                        it, one is started\n"
+"  --runtime-dir DIR     its sockets (default /run/s3chain)\n"
+"\n";
+
+enum {
+    CMD_BACKUP = 1 << 0,
+    CMD_RESTORE = 1 << 1,
+    CMD_LIST = 1 << 2,
+    CMD_VERIFY = 1 << 3,
+    CMD_SERVE = 1 << 4,
+    CMD_ALL = 0x1f,
+};
 
 enum {
     OPT_VM = 256, OPT_QMP, OPT_REPO, OPT_ENDPOINT, OPT_REGION,
     OPT_CREDENTIALS, OPT_PROFILE, OPT_CAFILE, OPT_NO_VERIFY_TLS,
     OPT_SIDECAR_QMP, OPT_RUNTIME_DIR, OPT_GUEST_AGENT, OPT_DISK, OPT_FULL,
     OPT_CHAIN_LIMIT, OPT_CBW_TIMEOUT, OPT_BUFFER_SIZE, OPT_LOCK_STALE,
-    OPT_BREAK_LOCK, OPT_PROGRESS, OPT_JSON,
+    OPT_BREAK_LOCK, OPT_PROGRESS, OPT_JSON, OPT_BACKUP, OPT_BEFORE,
+    OPT_TARGET, OPT_FORMAT, OPT_FORCE, OPT_INSTANT, OPT_VM_WAIT,
+    OPT_COPY_SPEED, OPT_DEEP, OPT_LISTEN, OPT_WRITABLE, OPT_OVERLAY,
 };
 
-static const struct option backup_options[] = {
-    { "vm", required_argument, NULL, OPT_VM },
-    { "qmp", required_argument, NULL, OPT_QMP },
-    { "repo", required_argument, NULL, OPT_REPO },
-    { "endpoint", required_argument, NULL, OPT_ENDPOINT },
-    { "region", required_argument, NULL, OPT_REGION },
-    { "credentials", required_argument, NULL, OPT_CREDENTIALS },
-    { "profile", required_argument, NULL, OPT_PROFILE },
-    { "cafile", required_argument, NULL, OPT_CAFILE },
-    { "no-verify-tls", no_argument, NULL, OPT_NO_VERIFY_TLS },
-    { "sidecar-qmp", required_argument, NULL, OPT_SIDECAR_QMP },
-    { "runtime-dir", required_argument, NULL, OPT_RUNTIME_DIR },
-    { "guest-agent", required_argument, NULL, OPT_GUEST_AGENT },
-    { "disk", required_argument, NULL, OPT_DISK },
-    { "full", no_argument, NULL, OPT_FULL },
-    { "chain-limit", required_argument, NULL, OPT_CHAIN_LIMIT },
-    { "cbw-timeout", required_argument, NULL, OPT_CBW_TIMEOUT },
-    { "buffer-size", required_argument, NULL, OPT_BUFFER_SIZE },
-    { "lock-stale", required_argument, NULL, OPT_LOCK_STALE },
-    { "break-stale-lock", no_argument, NULL, OPT_BREAK_LOCK },
-    { "progress", required_argument, NULL, OPT_PROGRESS },
-    { "json", no_argument, NULL, OPT_JSON },
-    { "help", no_argument, NULL, 'h' },
-    { NULL, 0, NULL, 0 },
+typedef struct OptionSpec {
+    struct option opt;
+    unsigned commands;
+} OptionSpec;
+
+#define ARG(name, id, cmds) { { name, required_argument, NULL, id }, cmds }
+#define FLAG(name, id, cmds) { { name, no_argument, NULL, id }, cmds }
+
+static const OptionSpec option_specs[] = {
+    ARG("repo", OPT_REPO, CMD_ALL),
+    ARG("endpoint", OPT_ENDPOINT, CMD_ALL),
+    ARG("region", OPT_REGION, CMD_ALL),
+    ARG("credentials", OPT_CREDENTIALS, CMD_ALL),
+    ARG("profile", OPT_PROFILE, CMD_ALL),
+    ARG("cafile", OPT_CAFILE, CMD_ALL),
+    FLAG("no-verify-tls", OPT_NO_VERIFY_TLS, CMD_ALL),
+    ARG("progress", OPT_PROGRESS, CMD_ALL),
+    FLAG("json", OPT_JSON, CMD_ALL),
+    FLAG("help", 'h', CMD_ALL),
+    ARG("vm", OPT_VM, CMD_ALL),
+    ARG("qmp", OPT_QMP, CMD_BACKUP | CMD_RESTORE),
+    ARG("sidecar-qmp", OPT_SIDECAR_QMP, CMD_BACKUP | CMD_RESTORE | CMD_SERVE),
+    ARG("runtime-dir", OPT_RUNTIME_DIR, CMD_BACKUP | CMD_RESTORE | CMD_SERVE),
+    ARG("guest-agent", OPT_GUEST_AGENT, CMD_BACKUP),
+    ARG("disk", OPT_DISK, CMD_BACKUP | CMD_SERVE),
+    FLAG("full", OPT_FULL, CMD_BACKUP),
+    ARG("chain-limit", OPT_CHAIN_LIMIT, CMD_BACKUP),
+    ARG("cbw-timeout", OPT_CBW_TIMEOUT, CMD_BACKUP),
+    ARG("buffer-size", OPT_BUFFER_SIZE, CMD_BACKUP),
+    ARG("lock-stale", OPT_LOCK_STALE, CMD_BACKUP),
+    FLAG("break-stale-lock", OPT_BREAK_LOCK, CMD_BACKUP),
+    ARG("backup", OPT_BACKUP, CMD_RESTORE | CMD_VERIFY | CMD_SERVE),
+    ARG("before", OPT_BEFORE, CMD_RESTORE | CMD_SERVE),
+    ARG("target", OPT_TARGET, CMD_RESTORE),
+    ARG("format", OPT_FORMAT, CMD_RESTORE),
+    FLAG("force", OPT_FORCE, CMD_RESTORE),
+    FLAG("instant", OPT_INSTANT, CMD_RESTORE),
+    ARG("vm-wait", OPT_VM_WAIT, CMD_RESTORE),
+    ARG("copy-speed", OPT_COPY_SPEED, CMD_RESTORE),
+    FLAG("deep", OPT_DEEP, CMD_VERIFY),
+    ARG("listen", OPT_LISTEN, CMD_SERVE),
+    FLAG("writable", OPT_WRITABLE, CMD_SERVE),
+    ARG("overlay", OPT_OVERLAY, CMD_SERVE),
 };
+
+/* Everything any command takes; each command reads its own */
+typedef struct Args {
+    S3cRepoOptions repo;
+    const char *vm, *qmp, *sidecar_qmp, *runtime_dir, *guest_agent;
+    const char *backup, *before, *format, *listen, *overlay;
+    GPtrArray *disks, *targets;
+    bool full, break_lock, json, force, instant, deep, writable;
+    int64_t chain_limit, cbw_timeout, buffer_size, lock_stale, vm_wait;
+    int64_t copy_speed;
+} Args;
+
+typedef struct Command {
+    const char *name;
+    unsigned bit;
+    const char *help;
+    bool (*run)(Args *args, GError **err);
+} Command;
 
 /* Whether the controller asked for JSON, even if the rest is wrong */
 static bool json_wanted;
@@ -118,9 +258,10 @@ static int report(GError *err)
     return code;
 }
 
-static int usage_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static bool usage_error(GError **err, const char *fmt, ...)
+    G_GNUC_PRINTF(2, 3);
 
-static int usage_error(const char *fmt, ...)
+static bool usage_error(GError **err, const char *fmt, ...)
 {
     va_list ap;
     g_autofree char *msg = NULL;
@@ -128,13 +269,14 @@ static int usage_error(const char *fmt, ...)
     va_start(ap, fmt);
     msg = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    return report(g_error_new(S3C_ERROR, S3C_EXIT_USAGE,
-                              "%s; see s3chain --help", msg));
+    g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE, "%s; see s3chain --help",
+                msg);
+    return false;
 }
 
 /* A number in [@min, @max], with an optional K, M or G suffix */
-static bool parse_number(const char *text, int64_t min, int64_t max,
-                         int64_t *out)
+static bool parse_number(const char *option, const char *text, int64_t min,
+                         int64_t max, int64_t *out, GError **err)
 {
     char *end;
     int64_t v = g_ascii_strtoll(text, &end, 10);
@@ -145,10 +287,246 @@ static bool parse_number(const char *text, int64_t min, int64_t max,
     case 'G': case 'g': v <<= 30; end++; break;
     }
     if (end == text || *end || v < min || v > max) {
-        return false;
+        return usage_error(err, "--%s wants a number from %" G_GINT64_FORMAT
+                           " to %" G_GINT64_FORMAT ", not '%s'", option, min,
+                           max, text);
     }
     *out = v;
     return true;
+}
+
+static char **strv_or_null(GPtrArray *array)
+{
+    if (!array->len) {
+        return NULL;
+    }
+    g_ptr_array_add(array, NULL);
+    return (char **)array->pdata;
+}
+
+static bool run_backup(Args *a, GError **err)
+{
+    S3cBackupOptions opts = {
+        .repo = a->repo, .vm = a->vm, .vm_qmp = a->qmp,
+        .sidecar_qmp = a->sidecar_qmp, .runtime_dir = a->runtime_dir,
+        .guest_agent = a->guest_agent, .full = a->full,
+        .chain_limit = a->chain_limit, .cbw_timeout = a->cbw_timeout,
+        .buffer_size = a->buffer_size, .lock_stale_after = a->lock_stale,
+        .break_lock = a->break_lock, .json = a->json,
+    };
+
+    if (!a->vm || !a->qmp || !a->repo.url) {
+        return usage_error(err, "backup needs --vm, --qmp and --repo");
+    }
+    opts.disks = strv_or_null(a->disks);
+    return s3c_backup(&opts, err) == S3C_EXIT_OK;
+}
+
+static bool run_restore(Args *a, GError **err)
+{
+    S3cRestoreOptions opts = {
+        .point = { .repo = a->repo, .vm = a->vm, .backup = a->backup,
+                   .before = a->before },
+        .format = a->format, .force = a->force, .json = a->json,
+        .instant = a->instant, .vm_qmp = a->qmp,
+        .sidecar_qmp = a->sidecar_qmp, .runtime_dir = a->runtime_dir,
+        .vm_wait = a->vm_wait, .copy_speed = a->copy_speed,
+    };
+
+    if (!a->vm || !a->repo.url || !a->targets->len) {
+        return usage_error(err, "restore needs --vm, --repo and --target");
+    }
+    if (a->backup && a->before) {
+        return usage_error(err, "give --backup or --before, not both");
+    }
+    if (a->format && strcmp(a->format, "raw") && strcmp(a->format, "qcow2")) {
+        return usage_error(err, "--format is raw or qcow2, not '%s'",
+                           a->format);
+    }
+    if (a->instant && !a->qmp) {
+        return usage_error(err, "--instant needs --qmp, the socket of the "
+                           "VM that starts on the targets");
+    }
+    if (!a->instant && (a->qmp || a->copy_speed || a->sidecar_qmp)) {
+        return usage_error(err, "--qmp, --sidecar-qmp and --copy-speed go "
+                           "with --instant");
+    }
+    if (a->instant && a->format && strcmp(a->format, "qcow2")) {
+        return usage_error(err, "an instant restore's targets are qcow2");
+    }
+    opts.targets = strv_or_null(a->targets);
+    return (a->instant ? s3c_restore_instant(&opts, err)
+            : s3c_restore(&opts, err)) == S3C_EXIT_OK;
+}
+
+static bool run_list(Args *a, GError **err)
+{
+    S3cListOptions opts = { .repo = a->repo, .vm = a->vm, .json = a->json };
+
+    if (!a->repo.url) {
+        return usage_error(err, "list needs --repo");
+    }
+    return s3c_list(&opts, err) == S3C_EXIT_OK;
+}
+
+static bool run_verify(Args *a, GError **err)
+{
+    S3cVerifyOptions opts = {
+        .repo = a->repo, .vm = a->vm, .backup = a->backup, .deep = a->deep,
+        .json = a->json,
+    };
+
+    if (!a->repo.url) {
+        return usage_error(err, "verify needs --repo");
+    }
+    if (a->backup && !a->vm) {
+        return usage_error(err, "--backup needs --vm");
+    }
+    return s3c_verify(&opts, err) == S3C_EXIT_OK;
+}
+
+static bool run_serve(Args *a, GError **err)
+{
+    S3cServeOptions opts = {
+        .point = { .repo = a->repo, .vm = a->vm, .backup = a->backup,
+                   .before = a->before },
+        .listen = a->listen, .writable = a->writable, .overlay = a->overlay,
+        .sidecar_qmp = a->sidecar_qmp, .runtime_dir = a->runtime_dir,
+        .json = a->json,
+    };
+
+    if (!a->vm || !a->repo.url || !a->listen) {
+        return usage_error(err, "serve needs --vm, --repo and --listen");
+    }
+    if (a->disks->len > 1) {
+        return usage_error(err, "serve exports one disk");
+    }
+    if (a->overlay && !a->writable) {
+        return usage_error(err, "--overlay goes with --writable");
+    }
+    opts.disk = a->disks->len ? g_ptr_array_index(a->disks, 0) : NULL;
+    return s3c_serve(&opts, err) == S3C_EXIT_OK;
+}
+
+static const Command commands[] = {
+    { "backup", CMD_BACKUP, backup_help, run_backup },
+    { "restore", CMD_RESTORE, restore_help, run_restore },
+    { "list", CMD_LIST, list_help, run_list },
+    { "verify", CMD_VERIFY, verify_help, run_verify },
+    { "serve", CMD_SERVE, serve_help, run_serve },
+};
+
+static bool parse_option(Args *a, int id, const char *name, GError **err)
+{
+    switch (id) {
+    case OPT_VM: a->vm = optarg; break;
+    case OPT_QMP: a->qmp = optarg; break;
+    case OPT_REPO: a->repo.url = optarg; break;
+    case OPT_ENDPOINT: a->repo.endpoint = optarg; break;
+    case OPT_REGION: a->repo.region = optarg; break;
+    case OPT_CREDENTIALS: a->repo.credentials = optarg; break;
+    case OPT_PROFILE: a->repo.profile = optarg; break;
+    case OPT_CAFILE: a->repo.cafile = optarg; break;
+    case OPT_NO_VERIFY_TLS: a->repo.no_verify_tls = true; break;
+    case OPT_SIDECAR_QMP: a->sidecar_qmp = optarg; break;
+    case OPT_RUNTIME_DIR: a->runtime_dir = optarg; break;
+    case OPT_GUEST_AGENT: a->guest_agent = optarg; break;
+    case OPT_DISK: g_ptr_array_add(a->disks, optarg); break;
+    case OPT_TARGET: g_ptr_array_add(a->targets, optarg); break;
+    case OPT_FULL: a->full = true; break;
+    case OPT_BREAK_LOCK: a->break_lock = true; break;
+    case OPT_JSON: a->json = true; break;
+    case OPT_BACKUP: a->backup = optarg; break;
+    case OPT_BEFORE: a->before = optarg; break;
+    case OPT_FORMAT: a->format = optarg; break;
+    case OPT_FORCE: a->force = true; break;
+    case OPT_INSTANT: a->instant = true; break;
+    case OPT_DEEP: a->deep = true; break;
+    case OPT_LISTEN: a->listen = optarg; break;
+    case OPT_WRITABLE: a->writable = true; break;
+    case OPT_OVERLAY: a->overlay = optarg; break;
+    case OPT_PROGRESS:
+        if (!strcmp(optarg, "bar")) {
+            s3c_output_init(S3C_OUTPUT_BAR);
+        } else if (!strcmp(optarg, "json")) {
+            s3c_output_init(S3C_OUTPUT_JSON);
+        } else if (!strcmp(optarg, "none")) {
+            s3c_output_init(S3C_OUTPUT_NONE);
+        } else {
+            return usage_error(err, "--progress is bar, json or none, not "
+                               "'%s'", optarg);
+        }
+        break;
+    case OPT_CHAIN_LIMIT:
+        return parse_number(name, optarg, 1, 10000, &a->chain_limit, err);
+    case OPT_CBW_TIMEOUT:
+        return parse_number(name, optarg, 1, 3600, &a->cbw_timeout, err);
+    case OPT_BUFFER_SIZE:
+        return parse_number(name, optarg, 4 << 20, 64LL << 30,
+                            &a->buffer_size, err);
+    case OPT_LOCK_STALE:
+        return parse_number(name, optarg, 60, G_MAXINT32, &a->lock_stale,
+                            err);
+    case OPT_VM_WAIT:
+        return parse_number(name, optarg, 1, 86400, &a->vm_wait, err);
+    case OPT_COPY_SPEED:
+        return parse_number(name, optarg, 1 << 20, 1LL << 40,
+                            &a->copy_speed, err);
+    default:
+        return usage_error(err, "bad option");
+    }
+    return true;
+}
+
+static int run_command(const Command *cmd, int argc, char **argv)
+{
+    struct option long_options[G_N_ELEMENTS(option_specs) + 1] = { 0 };
+    Args a = {
+        .chain_limit = DEFAULT_CHAIN_LIMIT,
+        .cbw_timeout = DEFAULT_CBW_TIMEOUT,
+        .buffer_size = DEFAULT_BUFFER_SIZE,
+        .lock_stale = DEFAULT_LOCK_STALE,
+        .vm_wait = DEFAULT_VM_WAIT,
+        .runtime_dir = DEFAULT_RUNTIME_DIR,
+        .disks = g_ptr_array_new(),
+        .targets = g_ptr_array_new(),
+    };
+    GError *err = NULL;
+    int index, c, ret = S3C_EXIT_OK;
+
+    for (size_t i = 0; i < G_N_ELEMENTS(option_specs); i++) {
+        long_options[i] = option_specs[i].opt;
+    }
+    s3c_output_init(isatty(STDERR_FILENO) ? S3C_OUTPUT_BAR
+                    : S3C_OUTPUT_JSON);
+    while (!err && (c = getopt_long(argc, argv, "h", long_options,
+                                    &index)) != -1) {
+        const OptionSpec *spec = c == '?' ? NULL : &option_specs[index];
+
+        if (c == 'h') {
+            printf("%s%s%s", cmd->help, repo_help, output_help);
+            goto out;
+        }
+        if (c == '?' || c == ':') {
+            usage_error(&err, "bad option for %s", cmd->name);
+        } else if (!(spec->commands & cmd->bit)) {
+            usage_error(&err, "--%s is not an option of %s",
+                        spec->opt.name, cmd->name);
+        } else {
+            parse_option(&a, c, spec->opt.name, &err);
+        }
+    }
+    if (!err && optind < argc) {
+        usage_error(&err, "unexpected argument '%s'", argv[optind]);
+    }
+    if (!err) {
+        cmd->run(&a, &err);
+    }
+    ret = err ? report(err) : S3C_EXIT_OK;
+out:
+    g_ptr_array_unref(a.disks);
+    g_ptr_array_unref(a.targets);
+    return ret;
 }
 
 static void on_signal(int sig)
@@ -156,119 +534,35 @@ static void on_signal(int sig)
     s3c_interrupted = 1;
 }
 
-static int cmd_backup(int argc, char **argv)
-{
-    S3cBackupOptions opts = {
-        .chain_limit = DEFAULT_CHAIN_LIMIT,
-        .cbw_timeout = DEFAULT_CBW_TIMEOUT,
-        .buffer_size = DEFAULT_BUFFER_SIZE,
-        .lock_stale_after = DEFAULT_LOCK_STALE,
-        .runtime_dir = "/run/s3chain",
-    };
-    g_autoptr(GPtrArray) disks = g_ptr_array_new();
-    const char *progress = isatty(STDERR_FILENO) ? "bar" : "json";
-    GError *err = NULL;
-    int64_t n;
-    int c;
-
-    for (int i = 1; i < argc; i++) {
-        json_wanted |= !strcmp(argv[i], "--json");
-    }
-    while ((c = getopt_long(argc, argv, "h", backup_options, NULL)) != -1) {
-        switch (c) {
-        case OPT_VM: opts.vm = optarg; break;
-        case OPT_QMP: opts.vm_qmp = optarg; break;
-        case OPT_REPO: opts.repo.url = optarg; break;
-        case OPT_ENDPOINT: opts.repo.endpoint = optarg; break;
-        case OPT_REGION: opts.repo.region = optarg; break;
-        case OPT_CREDENTIALS: opts.repo.credentials = optarg; break;
-        case OPT_PROFILE: opts.repo.profile = optarg; break;
-        case OPT_CAFILE: opts.repo.cafile = optarg; break;
-        case OPT_NO_VERIFY_TLS: opts.repo.no_verify_tls = true; break;
-        case OPT_SIDECAR_QMP: opts.sidecar_qmp = optarg; break;
-        case OPT_RUNTIME_DIR: opts.runtime_dir = optarg; break;
-        case OPT_GUEST_AGENT: opts.guest_agent = optarg; break;
-        case OPT_DISK: g_ptr_array_add(disks, optarg); break;
-        case OPT_FULL: opts.full = true; break;
-        case OPT_BREAK_LOCK: opts.break_lock = true; break;
-        case OPT_JSON: opts.json = true; break;
-        case OPT_PROGRESS: progress = optarg; break;
-        case OPT_CHAIN_LIMIT:
-            if (!parse_number(optarg, 1, 10000, &n)) {
-                return usage_error("--chain-limit wants a number from 1 to "
-                                   "10000, not '%s'", optarg);
-            }
-            opts.chain_limit = n;
-            break;
-        case OPT_CBW_TIMEOUT:
-            if (!parse_number(optarg, 1, 3600, &n)) {
-                return usage_error("--cbw-timeout wants seconds from 1 to "
-                                   "3600, not '%s'", optarg);
-            }
-            opts.cbw_timeout = n;
-            break;
-        case OPT_BUFFER_SIZE:
-            if (!parse_number(optarg, 4 << 20, 64LL << 30, &n)) {
-                return usage_error("--buffer-size wants a size from 4M to "
-                                   "64G, not '%s'", optarg);
-            }
-            opts.buffer_size = n;
-            break;
-        case OPT_LOCK_STALE:
-            if (!parse_number(optarg, 60, G_MAXINT32, &n)) {
-                return usage_error("--lock-stale wants seconds, at least "
-                                   "60, not '%s'", optarg);
-            }
-            opts.lock_stale_after = n;
-            break;
-        case 'h':
-            fputs(usage_text, stdout);
-            return S3C_EXIT_OK;
-        default:
-            return usage_error("bad option");
-        }
-    }
-    if (optind < argc) {
-        return usage_error("unexpected argument '%s'", argv[optind]);
-    }
-    if (!opts.vm || !opts.vm_qmp || !opts.repo.url) {
-        return usage_error("backup needs --vm, --qmp and --repo");
-    }
-    if (!strcmp(progress, "bar")) {
-        s3c_output_init(S3C_OUTPUT_BAR);
-    } else if (!strcmp(progress, "json")) {
-        s3c_output_init(S3C_OUTPUT_JSON);
-    } else if (!strcmp(progress, "none")) {
-        s3c_output_init(S3C_OUTPUT_NONE);
-    } else {
-        return usage_error("--progress is bar, json or none, not '%s'",
-                           progress);
-    }
-    if (disks->len) {
-        g_ptr_array_add(disks, NULL);
-        opts.disks = (char **)disks->pdata;
-    }
-    return s3c_backup(&opts, &err) == S3C_EXIT_OK ? S3C_EXIT_OK
-           : report(err);
-}
-
 int main(int argc, char **argv)
 {
     struct sigaction sa = { .sa_handler = on_signal };
+    const Command *cmd = NULL;
     int ret;
 
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
-        fputs(usage_text, argc < 2 ? stderr : stdout);
+        fputs(main_help, argc < 2 ? stderr : stdout);
         return argc < 2 ? S3C_EXIT_USAGE : S3C_EXIT_OK;
     }
-    if (strcmp(argv[1], "backup")) {
-        return usage_error("unknown command '%s'", argv[1]);
+    for (int i = 1; i < argc; i++) {
+        json_wanted |= !strcmp(argv[i], "--json");
+    }
+    for (size_t i = 0; i < G_N_ELEMENTS(commands); i++) {
+        if (!strcmp(argv[1], commands[i].name)) {
+            cmd = &commands[i];
+        }
+    }
+    if (!cmd) {
+        GError *err = NULL;
+
+        usage_error(&err, "unknown command '%s'", argv[1]);
+        return report(err);
     }
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    ret = cmd_backup(argc - 1, argv + 1);
+    ret = run_command(cmd, argc - 1, argv + 1);
     curl_global_cleanup();
     return ret;
 }

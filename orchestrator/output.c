@@ -19,8 +19,8 @@ void s3c_output_result(json_object *obj)
     if (output_mode == S3C_OUTPUT_BAR) {
         fputc('\n', stderr);
     }
-    printf("%s\n", json_object_to_json_string_ext(obj,
-                                                  JSON_C_TO_STRING_PLAIN));
+    printf("%s\n", json_object_to_json_string_ext(
+               obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
     fflush(stdout);
     json_object_put(obj);
 }

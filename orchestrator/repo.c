@@ -149,3 +149,27 @@ void s3c_repo_clear(S3cRepo *repo)
     g_free(repo->cafile);
     memset(repo, 0, sizeof(*repo));
 }
+
+json_object *s3c_repo_location(const S3cRepo *repo, const char *key,
+                               const char *secret_id,
+                               const char *token_secret_id)
+{
+    json_object *loc = s3c_json_obj(
+        "endpoint", json_object_new_string(repo->endpoint),
+        "bucket", json_object_new_string(repo->bucket),
+        "key", json_object_new_string(key),
+        "region", json_object_new_string(repo->region),
+        "access-key-id", json_object_new_string(repo->access_key_id),
+        "key-secret", json_object_new_string(secret_id),
+        "sslverify", json_object_new_boolean(repo->verify_tls), NULL);
+
+    if (repo->session_token) {
+        json_object_object_add(loc, "session-token-secret",
+                               json_object_new_string(token_secret_id));
+    }
+    if (repo->cafile) {
+        json_object_object_add(loc, "cafile",
+                               json_object_new_string(repo->cafile));
+    }
+    return loc;
+}

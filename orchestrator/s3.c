@@ -281,3 +281,136 @@ bool s3c_s3_check_bucket(const S3cRepo *repo, GError **err)
     }
     return status ? unexpected(repo, &req, status, out, err) : false;
 }
+
+/* What a ListObjectsV2 page holds, as GMarkup walks it */
+typedef struct ListPage {
+    GPtrArray *objects;
+    GPtrArray *prefixes;
+    S3cObject *object;          /* inside <Contents> */
+    bool in_prefixes;
+    bool truncated;
+    char *next_token;
+} ListPage;
+
+static void list_start(GMarkupParseContext *ctx, const char *name,
+                       const char **attr_names, const char **attr_values,
+                       gpointer opaque, GError **err)
+{
+    ListPage *page = opaque;
+
+    if (!strcmp(name, "Contents")) {
+        page->object = g_new0(S3cObject, 1);
+    } else if (!strcmp(name, "CommonPrefixes")) {
+        page->in_prefixes = true;
+    }
+}
+
+static void list_end(GMarkupParseContext *ctx, const char *name,
+                     gpointer opaque, GError **err)
+{
+    ListPage *page = opaque;
+
+    if (!strcmp(name, "Contents") && page->object) {
+        g_ptr_array_add(page->objects, g_steal_pointer(&page->object));
+    } else if (!strcmp(name, "CommonPrefixes")) {
+        page->in_prefixes = false;
+    }
+}
+
+static void list_text(GMarkupParseContext *ctx, const char *text, gsize len,
+                      gpointer opaque, GError **err)
+{
+    ListPage *page = opaque;
+    const char *e = g_markup_parse_context_get_element(ctx);
+
+    if (page->object && !strcmp(e, "Key")) {
+        page->object->key = g_strndup(text, len);
+    } else if (page->object && !strcmp(e, "ETag")) {
+        /* a quoted hex digest, "&quot;" already decoded by GMarkup */
+        page->object->etag = g_ascii_strdown(text, len);
+        g_strdelimit(page->object->etag, "\"", ' ');
+        g_strstrip(page->object->etag);
+    } else if (page->object && !strcmp(e, "Size")) {
+        g_autofree char *size = g_strndup(text, len);
+
+        page->object->size = g_ascii_strtoull(size, NULL, 10);
+    } else if (page->in_prefixes && !strcmp(e, "Prefix")) {
+        g_ptr_array_add(page->prefixes, g_strndup(text, len));
+    } else if (!strcmp(e, "IsTruncated")) {
+        page->truncated = len == 4 && !strncmp(text, "true", 4);
+    } else if (!strcmp(e, "NextContinuationToken")) {
+        g_free(page->next_token);
+        page->next_token = g_strndup(text, len);
+    }
+}
+
+void s3c_object_free(S3cObject *obj)
+{
+    g_free(obj->key);
+    g_free(obj->etag);
+    g_free(obj);
+}
+
+bool s3c_s3_list(const S3cRepo *repo, const char *prefix, bool delimited,
+                 GPtrArray **objects, GPtrArray **prefixes, GError **err)
+{
+    static const GMarkupParser parser = {
+        .start_element = list_start,
+        .end_element = list_end,
+        .text = list_text,
+    };
+    g_autofree char *encoded_prefix = s3chain_uri_encode(prefix, false);
+    ListPage page = {
+        .objects = g_ptr_array_new_with_free_func(
+            (GDestroyNotify)s3c_object_free),
+        .prefixes = g_ptr_array_new_with_free_func(g_free),
+    };
+    bool ok = true;
+
+    do {
+        g_autofree char *token = page.next_token ?
+            s3chain_uri_encode(page.next_token, false) : NULL;
+        /* parameters in the sorted order SigV4's canonical query wants */
+        g_autofree char *query = g_strdup_printf(
+            "%s%s%s%slist-type=2&prefix=%s",
+            token ? "continuation-token=" : "", token ? token : "",
+            token ? "&" : "", delimited ? "delimiter=%2F&" : "",
+            encoded_prefix);
+        const S3Request req = { .method = "GET", .key = "", .query = query };
+        g_autoptr(GString) out = g_string_new(NULL);
+        g_autoptr(GMarkupParseContext) ctx = NULL;
+        long status = request(repo, &req, out, err);
+
+        if (status != 200) {
+            ok = status == 404 ? (no_bucket(repo, err), false)
+                 : status ? unexpected(repo, &req, status, out, err) : false;
+            break;
+        }
+        page.truncated = false;
+        g_clear_pointer(&page.next_token, g_free);
+        ctx = g_markup_parse_context_new(&parser, 0, &page, NULL);
+        if (!g_markup_parse_context_parse(ctx, out->str, out->len, NULL) ||
+            !g_markup_parse_context_end_parse(ctx, NULL)) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
+                        "listing s3://%s/%s: %s sent no valid XML",
+                        repo->bucket, prefix, repo->endpoint);
+            g_clear_pointer(&page.object, s3c_object_free);
+            ok = false;
+            break;
+        }
+    } while (page.truncated && page.next_token);
+
+    g_free(page.next_token);
+    if (!ok) {
+        g_ptr_array_unref(page.objects);
+        g_ptr_array_unref(page.prefixes);
+        return false;
+    }
+    *objects = page.objects;
+    if (prefixes) {
+        *prefixes = page.prefixes;
+    } else {
+        g_ptr_array_unref(page.prefixes);
+    }
+    return true;
+}

@@ -31,6 +31,8 @@ enum {
     S3C_EXIT_LOCKED = 7,
     S3C_EXIT_TRANSIENT = 8,
     S3C_EXIT_INTERRUPTED = 9,
+    S3C_EXIT_TARGET = 10,       /* restore target exists or is too small */
+    S3C_EXIT_DAMAGED = 11,      /* a backup's object is missing or wrong */
 };
 
 #define S3C_ERROR (s3c_error_quark())
@@ -65,6 +67,13 @@ typedef struct S3cRepoOptions {
 
 bool s3c_repo_init(S3cRepo *repo, const S3cRepoOptions *opts, GError **err);
 void s3c_repo_clear(S3cRepo *repo);
+/*
+ * The options of an s3chain node for image @key, its secret access key
+ * (and session token, when there is one) in QEMU secret objects
+ */
+json_object *s3c_repo_location(const S3cRepo *repo, const char *key,
+                               const char *secret_id,
+                               const char *token_secret_id);
 
 /* s3.c: the few S3 requests the command makes itself */
 
@@ -82,11 +91,73 @@ bool s3c_s3_delete(const S3cRepo *repo, const char *key, GError **err);
 /* Checks that the bucket exists and the credentials may list it */
 bool s3c_s3_check_bucket(const S3cRepo *repo, GError **err);
 
-/* image.c: s3chain images in the bucket */
+typedef struct S3cObject {
+    char *key;
+    char *etag;                 /* lower case, unquoted */
+    uint64_t size;
+} S3cObject;
 
+void s3c_object_free(S3cObject *obj);
+/*
+ * Lists the objects whose keys start with @prefix into @objects (of
+ * S3cObject).  With @delimited, keys with a '/' past the prefix are
+ * folded into @prefixes (of strings) instead.
+ */
+bool s3c_s3_list(const S3cRepo *repo, const char *prefix, bool delimited,
+                 GPtrArray **objects, GPtrArray **prefixes, GError **err);
+
+/* image.c: s3chain images in the bucket (docs/object-layout.rst) */
+
+typedef struct S3cChunk {
+    uint64_t index;
+    char *key;
+    char *md5;                  /* lower-case hex */
+} S3cChunk;
+
+typedef struct S3cManifest {
+    char *key;
+    uint64_t size;
+    uint64_t chunk_size;
+    GPtrArray *chunks;          /* of S3cChunk, the stored ones */
+} S3cManifest;
+
+/* Reads the manifest of image @key; missing or invalid is DAMAGED */
+S3cManifest *s3c_manifest_load(const S3cRepo *repo, const char *key,
+                               GError **err);
+uint64_t s3c_manifest_stored_bytes(const S3cManifest *m);
+void s3c_manifest_free(S3cManifest *m);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(S3cManifest, s3c_manifest_free)
 /* What the chunks of the image at @key hold, all-zero ones being absent */
 bool s3c_image_stored_bytes(const S3cRepo *repo, const char *key,
                             uint64_t *bytes, GError **err);
+/*
+ * Checks image @key: its manifest, and each chunk it names, present
+ * with the manifest's MD5 as its ETag (@deep: read, and its bytes
+ * hashed).  Each fault is added to @faults as "s3://OBJECT: what";
+ * @err is only for failing to check at all.
+ */
+bool s3c_image_verify(const S3cRepo *repo, const char *key, bool deep,
+                      GPtrArray *faults, GError **err);
+
+/* qemu-img.c: running the qemu-img of s3chain's build on images */
+
+/* -p's percentage, as qemu-img prints it */
+typedef void (*S3cPercentFn)(double percent, void *opaque);
+
+/*
+ * The json: filename of image @key (a qcow2 whose parents open with it
+ * unless @alone) for s3c_qemu_img
+ */
+char *s3c_qemu_img_filename(const S3cRepo *repo, const char *key,
+                            bool alone);
+/*
+ * Runs qemu-img with @args (its subcommand first, NULL-terminated), the
+ * repository's secrets given as objects read from pipes.  Its stdout
+ * goes to @output when not NULL; a failure's message is its last line.
+ */
+bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
+                  S3cPercentFn on_percent, void *opaque, GString *output,
+                  GError **err);
 
 /* qmp.c: a QMP connection, behind an interface a libvirt one can take */
 
@@ -138,6 +209,9 @@ json_object *s3c_json_seconds(double seconds);
 
 /* jobs.c: following QMP jobs to their end */
 
+/* Waits for job @id (doing @what) to conclude, then dismisses it */
+bool s3c_job_wait(S3cQmp *qmp, const char *id, const char *what,
+                  GError **err);
 /* Starts job @id with @command and @args (taken) and waits for its end */
 bool s3c_job_run(S3cQmp *qmp, const char *command, json_object *args,
                  const char *id, GError **err);
@@ -177,7 +251,10 @@ typedef struct S3cSidecar {
     char *runtime_dir;
     char *secret_id;
     char *token_secret_id;
-    char *nbd_socket;
+    char *nbd_socket;           /* where its NBD server listens, or */
+    char *nbd_host;
+    char *nbd_port;
+    bool nbd_started;
     char *iothread;             /* for exports, when the sidecar has one */
 } S3cSidecar;
 
@@ -194,11 +271,28 @@ typedef struct S3cTarget {
 /*
  * Connects to the sidecar at @qmp_path, or starts one with the
  * configuration in qsd-config/ when @qmp_path is NULL, and hands it the
- * credentials as secret objects read from files in @runtime_dir.
+ * credentials as secret objects read from files in @runtime_dir.  Its
+ * NBD server listens at @listen (unix:PATH or tcp:HOST:PORT), or NULL
+ * for a socket in @runtime_dir.
  */
 bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
-                      const char *runtime_dir, const S3cRepo *repo,
-                      GError **err);
+                      const char *runtime_dir, const char *listen,
+                      const S3cRepo *repo, GError **err);
+/* The NBD URI of export @export */
+char *s3c_sidecar_nbd_uri(const S3cSidecar *sc, const char *export);
+/* Opens image @key and its parents read-only as node @node */
+bool s3c_sidecar_add_point(S3cSidecar *sc, const S3cRepo *repo,
+                           const char *key, const char *node, GError **err);
+/* Creates a local qcow2 file at @path over node @backing as node @node */
+bool s3c_sidecar_add_overlay(S3cSidecar *sc, const char *node,
+                             const char *backing, const char *path,
+                             uint64_t size, GError **err);
+void s3c_sidecar_del_node(S3cSidecar *sc, const char *node);
+bool s3c_sidecar_export(S3cSidecar *sc, const char *name, const char *node,
+                        bool writable, GError **err);
+/* Ends export @name (@hard: cutting its clients off) and waits for it */
+bool s3c_sidecar_unexport(S3cSidecar *sc, const char *name, bool hard,
+                          GError **err);
 /* Creates the target image in the bucket and exports it over NBD */
 bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
                             S3cTarget *t, GError **err);
@@ -224,11 +318,26 @@ bool s3c_catalog_load(S3cCatalog *cat, const S3cRepo *repo, const char *vm,
                       GError **err);
 bool s3c_catalog_save(S3cCatalog *cat, const S3cRepo *repo, GError **err);
 void s3c_catalog_clear(S3cCatalog *cat);
+json_object *s3c_catalog_backups(const S3cCatalog *cat);
+/* The entry of disk @disk in @backup, or NULL */
+json_object *s3c_backup_disk(json_object *backup, const char *disk);
+/*
+ * The backup @which names (an id or "latest"), or with @before (an ISO
+ * 8601 time) the last one made before that instant
+ */
+json_object *s3c_catalog_pick(const S3cCatalog *cat, const char *which,
+                              const char *before, GError **err);
+/*
+ * The entries of disk @disk from backup @id back to its full backup; a
+ * link the catalog lacks is S3C_EXIT_DAMAGED
+ */
+GPtrArray *s3c_catalog_chain(const S3cCatalog *cat, const char *disk,
+                             const char *id, GError **err);
 /* The newest backup entry that has disk @disk, or NULL */
 json_object *s3c_catalog_last_disk(S3cCatalog *cat, const char *disk,
                                    json_object **backup);
 /* How many images the chain ending at backup @id of @disk holds */
-int s3c_catalog_chain_length(S3cCatalog *cat, const char *disk,
+int s3c_catalog_chain_length(const S3cCatalog *cat, const char *disk,
                              const char *id);
 void s3c_catalog_append(S3cCatalog *cat, json_object *backup);
 char *s3c_catalog_image_key(const S3cCatalog *cat, const char *disk,
@@ -281,5 +390,116 @@ typedef struct S3cBackupOptions {
 } S3cBackupOptions;
 
 int s3c_backup(const S3cBackupOptions *opts, GError **err);
+
+/* point.c: the backup that restore and serve read back */
+
+typedef struct S3cPointOptions {
+    S3cRepoOptions repo;
+    const char *vm;
+    const char *backup;         /* an id or "latest" (NULL) */
+    const char *before;         /* or the last before this time */
+} S3cPointOptions;
+
+typedef struct S3cPoint {
+    S3cRepo repo;
+    S3cCatalog cat;
+    json_object *backup;        /* its entry in cat */
+    const char *id;
+} S3cPoint;
+
+bool s3c_point_open(S3cPoint *p, const S3cPointOptions *opts, GError **err);
+/*
+ * The entry of disk @disk (NULL: the only one) in the backup, else
+ * S3C_EXIT_NOT_FOUND naming the disks it has
+ */
+json_object *s3c_point_disk(const S3cPoint *p, const char *disk,
+                            GError **err);
+/* Checks every image of @disk's chain quickly; a fault is DAMAGED */
+bool s3c_point_check(const S3cPoint *p, const char *disk, GError **err);
+void s3c_point_clear(S3cPoint *p);
+
+/* restore.c and instant.c */
+
+typedef struct S3cRestoreOptions {
+    S3cPointOptions point;
+    char **targets;             /* "DISK=PATH" or "PATH" */
+    const char *format;         /* raw (NULL) or qcow2 */
+    bool force;
+    bool json;
+    /* instant restore */
+    bool instant;
+    const char *vm_qmp;
+    const char *sidecar_qmp;
+    const char *runtime_dir;
+    int vm_wait;
+    uint64_t copy_speed;        /* bytes per second, 0 for no limit */
+} S3cRestoreOptions;
+
+typedef struct S3cRestoreDisk {
+    const char *name;
+    char *target;
+    json_object *entry;         /* the disk's, in the catalog */
+    uint64_t size;
+    bool block_device;
+    bool replaces;              /* an existing file, with --force */
+} S3cRestoreDisk;
+
+typedef struct S3cRestorePlan {
+    const S3cRestoreOptions *opts;
+    S3cPoint point;
+    GPtrArray *disks;           /* of S3cRestoreDisk */
+    uint64_t total;
+} S3cRestorePlan;
+
+/*
+ * Finds the backup and its disks, and refuses targets that would not do
+ * and chains that are damaged, before anything is written
+ */
+bool s3c_restore_plan(S3cRestorePlan *plan, const S3cRestoreOptions *opts,
+                      GError **err);
+void s3c_restore_plan_clear(S3cRestorePlan *plan);
+/* A started/ready/result event naming the backup and the targets */
+json_object *s3c_restore_event(const S3cRestorePlan *plan, const char *name);
+int s3c_restore(const S3cRestoreOptions *opts, GError **err);
+int s3c_restore_instant(const S3cRestoreOptions *opts, GError **err);
+
+/* list.c */
+
+typedef struct S3cListOptions {
+    S3cRepoOptions repo;
+    const char *vm;             /* NULL for every VM */
+    bool json;
+} S3cListOptions;
+
+int s3c_list(const S3cListOptions *opts, GError **err);
+/* The names of the VMs that have backups in the repository */
+GPtrArray *s3c_repo_vms(const S3cRepo *repo, GError **err);
+
+/* verify.c */
+
+typedef struct S3cVerifyOptions {
+    S3cRepoOptions repo;
+    const char *vm;             /* NULL for every VM */
+    const char *backup;         /* NULL for every backup */
+    bool deep;
+    bool json;
+} S3cVerifyOptions;
+
+int s3c_verify(const S3cVerifyOptions *opts, GError **err);
+
+/* serve.c */
+
+typedef struct S3cServeOptions {
+    S3cPointOptions point;
+    const char *disk;
+    const char *listen;         /* unix:PATH or tcp:HOST:PORT */
+    bool writable;
+    const char *overlay;        /* a local overlay file to keep */
+    const char *sidecar_qmp;
+    const char *runtime_dir;
+    bool json;
+} S3cServeOptions;
+
+int s3c_serve(const S3cServeOptions *opts, GError **err);
 
 #endif

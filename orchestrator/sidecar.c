@@ -113,11 +113,53 @@ static bool add_secret(S3cSidecar *sc, const char *id, const char *value,
     return ret != NULL;
 }
 
-bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
-                      const char *runtime_dir, const S3cRepo *repo,
-                      GError **err)
+/* The NBD server's address: "unix:PATH" or "tcp:HOST:PORT" */
+static json_object *nbd_address(S3cSidecar *sc, const char *listen,
+                                GError **err)
 {
-    json_object *ret;
+    const char *colon;
+
+    if (g_str_has_prefix(listen, "unix:") && listen[5]) {
+        sc->nbd_socket = g_strdup(listen + 5);
+        unlink(sc->nbd_socket);
+        return s3c_json_obj("type", json_object_new_string("unix"),
+                            "data", s3c_json_obj(
+                                "path", json_object_new_string(
+                                    sc->nbd_socket), NULL), NULL);
+    }
+    colon = strrchr(listen, ':');
+    if (g_str_has_prefix(listen, "tcp:") && colon > listen + 4 &&
+        colon[1]) {
+        sc->nbd_host = g_strndup(listen + 4, colon - listen - 4);
+        sc->nbd_port = g_strdup(colon + 1);
+        return s3c_json_obj("type", json_object_new_string("inet"),
+                            "data", s3c_json_obj(
+                                "host", json_object_new_string(sc->nbd_host),
+                                "port", json_object_new_string(sc->nbd_port),
+                                NULL), NULL);
+    }
+    g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                "--listen wants unix:PATH or tcp:HOST:PORT, not '%s'", listen);
+    return NULL;
+}
+
+char *s3c_sidecar_nbd_uri(const S3cSidecar *sc, const char *export)
+{
+    if (sc->nbd_host) {
+        return g_strdup_printf(strchr(sc->nbd_host, ':') ? "nbd://[%s]:%s/%s"
+                               : "nbd://%s:%s/%s", sc->nbd_host,
+                               sc->nbd_port, export);
+    }
+    return g_strdup_printf("nbd+unix:///%s?socket=%s", export,
+                           sc->nbd_socket);
+}
+
+bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
+                      const char *runtime_dir, const char *listen,
+                      const S3cRepo *repo, GError **err)
+{
+    g_autofree char *own_listen = NULL;
+    json_object *ret, *addr;
 
     memset(sc, 0, sizeof(*sc));
     sc->runtime_dir = g_strdup(runtime_dir);
@@ -154,22 +196,24 @@ bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
         }
     }
 
-    sc->nbd_socket = g_strdup_printf("%s/nbd-%d.sock", runtime_dir,
+    if (!listen) {
+        own_listen = g_strdup_printf("unix:%s/nbd-%d.sock", runtime_dir,
                                      (int)getpid());
-    unlink(sc->nbd_socket);
-    ret = s3c_qmp_execute(
-        sc->qmp, "nbd-server-start",
-        s3c_json_obj("addr", s3c_json_obj(
-                         "type", json_object_new_string("unix"),
-                         "data", s3c_json_obj(
-                             "path", json_object_new_string(sc->nbd_socket),
-                             NULL), NULL), NULL), err);
+    }
+    addr = nbd_address(sc, listen ? listen : own_listen, err);
+    if (!addr) {
+        return false;
+    }
+    ret = s3c_qmp_execute(sc->qmp, "nbd-server-start",
+                          s3c_json_obj("addr", addr, NULL), err);
     if (!ret) {
         g_prefix_error(err, "the sidecar must not run an NBD server of its "
                        "own: ");
         g_clear_pointer(&sc->nbd_socket, g_free);
+        g_clear_pointer(&sc->nbd_host, g_free);
         return false;
     }
+    sc->nbd_started = true;
     json_object_put(ret);
 
     ret = s3c_qmp_execute(sc->qmp, "query-iothreads", NULL, NULL);
@@ -182,29 +226,6 @@ bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
     }
     json_object_put(ret);
     return true;
-}
-
-static json_object *location(const S3cSidecar *sc, const S3cRepo *repo,
-                             const char *key)
-{
-    json_object *loc = s3c_json_obj(
-        "endpoint", json_object_new_string(repo->endpoint),
-        "bucket", json_object_new_string(repo->bucket),
-        "key", json_object_new_string(key),
-        "region", json_object_new_string(repo->region),
-        "access-key-id", json_object_new_string(repo->access_key_id),
-        "key-secret", json_object_new_string(sc->secret_id),
-        "sslverify", json_object_new_boolean(repo->verify_tls), NULL);
-
-    if (sc->token_secret_id) {
-        json_object_object_add(loc, "session-token-secret",
-                               json_object_new_string(sc->token_secret_id));
-    }
-    if (repo->cafile) {
-        json_object_object_add(loc, "cafile",
-                               json_object_new_string(repo->cafile));
-    }
-    return loc;
 }
 
 static char *file_node(const S3cTarget *t)
@@ -223,7 +244,8 @@ bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
 {
     g_autofree char *file = file_node(t);
     g_autofree char *job = g_strdup_printf("%s-create", t->export_name);
-    json_object *file_opts = location(sc, repo, t->key);
+    json_object *file_opts = s3c_repo_location(repo, t->key, sc->secret_id,
+                                               sc->token_secret_id);
     json_object *qcow2;
 
     if (!s3c_job_run(sc->qmp, "blockdev-create", s3c_json_obj(
@@ -278,12 +300,19 @@ bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
         return false;
     }
 
+    return s3c_sidecar_export(sc, t->export_name, t->export_name, true, err);
+}
+
+bool s3c_sidecar_export(S3cSidecar *sc, const char *name, const char *node,
+                        bool writable, GError **err)
+{
     json_object *export = s3c_json_obj(
         "type", json_object_new_string("nbd"),
-        "id", json_object_new_string(t->export_name),
-        "node-name", json_object_new_string(t->export_name),
-        "name", json_object_new_string(t->export_name),
-        "writable", json_object_new_boolean(true), NULL);
+        "id", json_object_new_string(name),
+        "node-name", json_object_new_string(node),
+        "name", json_object_new_string(name),
+        "writable", json_object_new_boolean(writable), NULL);
+
     if (sc->iothread) {
         json_object_object_add(export, "iothread",
                                json_object_new_string(sc->iothread));
@@ -291,14 +320,13 @@ bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
     return run(sc, "block-export-add", export, err);
 }
 
-/* Deletes export @t and waits until it is gone */
-static bool delete_export(S3cSidecar *sc, const S3cTarget *t, bool hard,
+bool s3c_sidecar_unexport(S3cSidecar *sc, const char *name, bool hard,
                           GError **err)
 {
     int64_t deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
 
     if (!run(sc, "block-export-del", s3c_json_obj(
-                 "id", json_object_new_string(t->export_name),
+                 "id", json_object_new_string(name),
                  "mode", json_object_new_string(hard ? "hard" : "safe"),
                  NULL), err)) {
         return false;
@@ -307,7 +335,7 @@ static bool delete_export(S3cSidecar *sc, const S3cTarget *t, bool hard,
         json_object *exports = s3c_qmp_execute(sc->qmp,
                                                "query-block-exports", NULL,
                                                err);
-        bool gone = exports && !s3c_json_find_id(exports, t->export_name);
+        bool gone = exports && !s3c_json_find_id(exports, name);
 
         json_object_put(exports);
         if (!exports || gone) {
@@ -316,18 +344,69 @@ static bool delete_export(S3cSidecar *sc, const S3cTarget *t, bool hard,
         json_object_put(s3c_qmp_next_event(sc->qmp, 100));
     }
     g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
-                "the sidecar did not end export %s", t->export_name);
+                "the sidecar did not end export %s", name);
     return false;
+}
+
+bool s3c_sidecar_add_point(S3cSidecar *sc, const S3cRepo *repo,
+                           const char *key, const char *node, GError **err)
+{
+    json_object *file = s3c_repo_location(repo, key, sc->secret_id,
+                                          sc->token_secret_id);
+
+    json_object_object_add(file, "driver", json_object_new_string("s3chain"));
+    /* its parents open with it, in the same bucket, as the same user */
+    return run(sc, "blockdev-add", s3c_json_obj(
+                   "node-name", json_object_new_string(node),
+                   "driver", json_object_new_string("qcow2"),
+                   "read-only", json_object_new_boolean(true),
+                   "file", file, NULL), err);
+}
+
+bool s3c_sidecar_add_overlay(S3cSidecar *sc, const char *node,
+                             const char *backing, const char *path,
+                             uint64_t size, GError **err)
+{
+    g_autofree char *file = g_strdup_printf("%s-file", node);
+    g_autofree char *job = g_strdup_printf("%s-create", node);
+
+    return s3c_job_run(sc->qmp, "blockdev-create", s3c_json_obj(
+                           "job-id", json_object_new_string(job),
+                           "options", s3c_json_obj(
+                               "driver", json_object_new_string("file"),
+                               "filename", json_object_new_string(path),
+                               "size", json_object_new_int64(0), NULL),
+                           NULL), job, err) &&
+           run(sc, "blockdev-add", s3c_json_obj(
+                   "node-name", json_object_new_string(file),
+                   "driver", json_object_new_string("file"),
+                   "filename", json_object_new_string(path), NULL), err) &&
+           s3c_job_run(sc->qmp, "blockdev-create", s3c_json_obj(
+                           "job-id", json_object_new_string(job),
+                           "options", s3c_json_obj(
+                               "driver", json_object_new_string("qcow2"),
+                               "file", json_object_new_string(file),
+                               "size", json_object_new_int64(size), NULL),
+                           NULL), job, err) &&
+           run(sc, "blockdev-add", s3c_json_obj(
+                   "node-name", json_object_new_string(node),
+                   "driver", json_object_new_string("qcow2"),
+                   "file", json_object_new_string(file),
+                   "backing", json_object_new_string(backing), NULL), err);
+}
+
+void s3c_sidecar_del_node(S3cSidecar *sc, const char *node)
+{
+    run(sc, "blockdev-del", s3c_json_obj(
+            "node-name", json_object_new_string(node), NULL), NULL);
 }
 
 static void delete_nodes(S3cSidecar *sc, const S3cTarget *t)
 {
     g_autofree char *file = file_node(t);
 
-    run(sc, "blockdev-del", s3c_json_obj(
-            "node-name", json_object_new_string(t->export_name), NULL), NULL);
-    run(sc, "blockdev-del", s3c_json_obj(
-            "node-name", json_object_new_string(file), NULL), NULL);
+    s3c_sidecar_del_node(sc, t->export_name);
+    s3c_sidecar_del_node(sc, file);
 }
 
 bool s3c_sidecar_commit_target(S3cSidecar *sc, const S3cTarget *t,
@@ -337,7 +416,7 @@ bool s3c_sidecar_commit_target(S3cSidecar *sc, const S3cTarget *t,
     json_object *opts;
     bool ok;
 
-    if (!delete_export(sc, t, false, err)) {
+    if (!s3c_sidecar_unexport(sc, t->export_name, false, err)) {
         return false;
     }
     opts = json_object_new_array();
@@ -372,14 +451,14 @@ bool s3c_sidecar_commit_target(S3cSidecar *sc, const S3cTarget *t,
 
 void s3c_sidecar_drop_target(S3cSidecar *sc, const S3cTarget *t)
 {
-    delete_export(sc, t, true, NULL);
+    s3c_sidecar_unexport(sc, t->export_name, true, NULL);
     delete_nodes(sc, t);
 }
 
 void s3c_sidecar_close(S3cSidecar *sc)
 {
     if (sc->qmp) {
-        if (sc->nbd_socket) {
+        if (sc->nbd_started) {
             run(sc, "nbd-server-stop", NULL, NULL);
         }
         if (sc->secret_id) {
@@ -419,6 +498,8 @@ void s3c_sidecar_close(S3cSidecar *sc)
     g_free(sc->secret_id);
     g_free(sc->token_secret_id);
     g_free(sc->nbd_socket);
+    g_free(sc->nbd_host);
+    g_free(sc->nbd_port);
     g_free(sc->iothread);
     memset(sc, 0, sizeof(*sc));
 }

@@ -40,6 +40,21 @@ MiB = 1024 * 1024
 DISKS = {'vd0': 128 * MiB, 'vd1': 64 * MiB}
 
 
+def command_env(bucket: 'Bucket', **extra: str) -> Dict[str, str]:
+    """The environment of an s3chain run: the bucket's keys, our build"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith('AWS_')}
+    env.update({
+        'AWS_ACCESS_KEY_ID': bucket.env['AWS_ACCESS_KEY_ID'],
+        'AWS_SECRET_ACCESS_KEY': bucket.env['AWS_SECRET_ACCESS_KEY'],
+        'AWS_ENDPOINT_URL': bucket.endpoint,
+        'S3CHAIN_QSD': QSD,
+        'S3CHAIN_SIDECAR': SIDECAR,
+        'S3CHAIN_QEMU_IMG': QEMU_IMG,
+    })
+    env.update(extra)
+    return env
+
+
 def load_env() -> Dict[str, str]:
     return s3obj.load_env(os.environ.get('S3CHAIN_TEST_ENV',
                                          '/tmp/s3chain-s3/s3.env'))
@@ -204,14 +219,17 @@ class Run:
         self.events: List[dict] = []
         self.stdout = ''
 
-    def wait_started(self) -> dict:
+    def wait_event(self, name: str) -> dict:
         for line in self.proc.stdout:
             self.stdout += line
             event = json.loads(line)
             self.events.append(event)
-            if event.get('event') == 'started':
+            if event.get('event') == name:
                 return event
-        raise AssertionError('no started line: ' + self.finish()[1])
+        raise AssertionError(f'no {name} line: ' + self.finish()[1])
+
+    def wait_started(self) -> dict:
+        return self.wait_event('started')
 
     def finish(self) -> Tuple[int, str]:
         out, err = self.proc.communicate(timeout=600)
@@ -237,17 +255,7 @@ class BackupTestCase(unittest.TestCase):
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def env(self, **extra: str) -> Dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith('AWS_')}
-        env.update({
-            'AWS_ACCESS_KEY_ID': self.bucket.env['AWS_ACCESS_KEY_ID'],
-            'AWS_SECRET_ACCESS_KEY': self.bucket.env['AWS_SECRET_ACCESS_KEY'],
-            'AWS_ENDPOINT_URL': self.bucket.endpoint,
-            'S3CHAIN_QSD': QSD,
-            'S3CHAIN_SIDECAR': SIDECAR,
-        })
-        env.update(extra)
-        return env
+        return command_env(self.bucket, **extra)
 
     def args(self, *extra: str) -> List[str]:
         return ['backup', '--vm', 'vm1', '--qmp', self.vm.qmp_socket,

@@ -1,0 +1,208 @@
+/* qemu-img.c: runs qemu-img on the bucket's images, secrets through pipes */
+#include "s3chain.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glib-unix.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SECRET_ID "s3chain-key"
+#define TOKEN_SECRET_ID "s3chain-token"
+
+char *s3c_qemu_img_filename(const S3cRepo *repo, const char *key,
+                            bool alone)
+{
+    json_object *opts = s3c_json_obj(
+        "driver", json_object_new_string("qcow2"),
+        "file", s3c_json_obj("driver", json_object_new_string("s3chain"),
+                             NULL), NULL);
+    json_object *file, *loc;
+    char *name;
+
+    json_object_object_get_ex(opts, "file", &file);
+    loc = s3c_repo_location(repo, key, SECRET_ID, TOKEN_SECRET_ID);
+    json_object_object_foreach(loc, k, v) {
+        json_object_object_add(file, k, json_object_get(v));
+    }
+    json_object_put(loc);
+    if (alone) {
+        json_object_object_add(opts, "backing", NULL);
+    }
+    name = g_strconcat("json:", json_object_to_json_string_ext(
+                           opts, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
+                       NULL);
+    json_object_put(opts);
+    return name;
+}
+
+/*
+ * A pipe holding @value whose read end the child takes: the secret never
+ * touches a disk, nor the child's argv
+ */
+static int secret_pipe(const char *value, GError **err)
+{
+    int fds[2];
+    size_t len = strlen(value);
+
+    if (!g_unix_open_pipe(fds, FD_CLOEXEC, NULL)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL, "pipe: %s",
+                    g_strerror(errno));
+        return -1;
+    }
+    if (write(fds[1], value, len) != (ssize_t)len) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                    "cannot hand qemu-img the secret: %s", g_strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    close(fds[1]);
+    return fds[0];
+}
+
+/* The last figure of "    (12.34/100%)\r" in @text */
+static bool last_percent(const char *text, double *percent)
+{
+    const char *end = g_strrstr(text, "/100%)");
+    const char *start = end;
+
+    while (start && start > text && start[-1] != '(') {
+        start--;
+    }
+    if (!end || start == text) {
+        return false;
+    }
+    *percent = g_ascii_strtod(start, NULL);
+    return true;
+}
+
+static char *last_line(GString *text)
+{
+    g_auto(GStrv) lines = g_strsplit(g_strstrip(text->str), "\n", -1);
+    guint n = g_strv_length(lines);
+    const char *line = n ? lines[n - 1] : "";
+
+    if (g_str_has_prefix(line, "qemu-img: ")) {
+        line += strlen("qemu-img: ");
+    }
+    return g_strdup(*line ? line : "qemu-img failed");
+}
+
+bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
+                  S3cPercentFn on_percent, void *opaque, GString *output,
+                  GError **err)
+{
+    const char *program = g_getenv("S3CHAIN_QEMU_IMG");
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    g_autoptr(GString) out = g_string_new(NULL);
+    g_autoptr(GString) errors = g_string_new(NULL);
+    g_autoptr(GError) spawn_err = NULL;
+    int source_fds[2] = { -1, -1 };
+    const int target_fds[2] = { 3, 4 };
+    int nfds = 0, out_fd = -1, err_fd = -1, status = 0;
+    bool killed = false;
+    GPid pid;
+
+    program = program && *program ? program : "qemu-img";
+    g_ptr_array_add(argv, (char *)program);
+    g_ptr_array_add(argv, (char *)args[0]);
+    source_fds[nfds++] = secret_pipe(repo->secret_access_key, err);
+    if (source_fds[0] < 0) {
+        return false;
+    }
+    g_ptr_array_add(argv, "--object");
+    g_ptr_array_add(argv, "secret,id=" SECRET_ID ",file=/dev/fd/3");
+    if (repo->session_token) {
+        source_fds[nfds++] = secret_pipe(repo->session_token, err);
+        if (source_fds[1] < 0) {
+            close(source_fds[0]);
+            return false;
+        }
+        g_ptr_array_add(argv, "--object");
+        g_ptr_array_add(argv, "secret,id=" TOKEN_SECRET_ID ",file=/dev/fd/4");
+    }
+    for (int i = 1; args[i]; i++) {
+        g_ptr_array_add(argv, (char *)args[i]);
+    }
+    g_ptr_array_add(argv, NULL);
+
+    if (!g_spawn_async_with_pipes_and_fds(
+            NULL, (const char *const *)argv->pdata, NULL,
+            G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, NULL, NULL,
+            -1, -1, -1, source_fds, target_fds, nfds, &pid, NULL, &out_fd,
+            &err_fd, &spawn_err)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "cannot run %s: %s; set S3CHAIN_QEMU_IMG to the "
+                    "qemu-img of s3chain's build", program,
+                    spawn_err->message);
+        for (int i = 0; i < nfds; i++) {
+            close(source_fds[i]);
+        }
+        return false;
+    }
+    for (int i = 0; i < nfds; i++) {
+        close(source_fds[i]);
+    }
+
+    while (out_fd >= 0 || err_fd >= 0) {
+        struct pollfd pfd[2] = {
+            { .fd = out_fd, .events = POLLIN },
+            { .fd = err_fd, .events = POLLIN },
+        };
+        char buf[4096];
+
+        if (s3c_interrupted && !killed) {
+            kill(pid, SIGTERM);
+            killed = true;
+        }
+        if (poll(pfd, 2, 200) <= 0) {
+            continue;
+        }
+        for (int i = 0; i < 2; i++) {
+            int *fd = i ? &err_fd : &out_fd;
+            ssize_t n;
+
+            if (*fd < 0 || !pfd[i].revents) {
+                continue;
+            }
+            n = read(*fd, buf, sizeof(buf) - 1);
+            if (n <= 0) {
+                close(*fd);
+                *fd = -1;
+                continue;
+            }
+            buf[n] = '\0';
+            g_string_append_len(i ? errors : out, buf, n);
+            if (!i && on_percent) {
+                double percent;
+
+                if (last_percent(buf, &percent)) {
+                    on_percent(percent, opaque);
+                }
+            }
+        }
+    }
+    waitpid(pid, &status, 0);
+    if (output) {
+        g_string_append_len(output, out->str, out->len);
+    }
+    if (killed) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERRUPTED,
+                    "interrupted; nothing is complete");
+        return false;
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status)) {
+        g_autofree char *why = last_line(errors->len ? errors : out);
+
+        g_set_error(err, S3C_ERROR,
+                    strstr(errors->str, "damaged") ||
+                    strstr(errors->str, "checksum") ? S3C_EXIT_DAMAGED
+                    : S3C_EXIT_TRANSIENT, "%s", why);
+        return false;
+    }
+    return true;
+}

@@ -1,0 +1,252 @@
+/* restore.c: a backup's disks streamed from the bucket onto files or devices */
+#include "s3chain.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* qemu-img convert's most coroutines: reads in flight from the bucket */
+#define RESTORE_PARALLEL "16"
+
+typedef struct Restore {
+    S3cRestorePlan plan;
+    uint64_t done;              /* by the disks before the current one */
+    uint64_t current_size;
+} Restore;
+
+static void restore_disk_free(S3cRestoreDisk *rd)
+{
+    g_free(rd->target);
+    g_free(rd);
+}
+
+/* "DISK=PATH", or "PATH" when the backup has one disk */
+static bool add_target(S3cRestorePlan *r, const char *spec, GError **err)
+{
+    const char *eq = strchr(spec, '=');
+    const char *slash = strchr(spec, '/');
+    g_autofree char *name = eq && (!slash || eq < slash)
+                            ? g_strndup(spec, eq - spec) : NULL;
+    S3cRestoreDisk *rd;
+    json_object *d = s3c_point_disk(&r->point, name, err);
+
+    if (!d) {
+        return false;
+    }
+    rd = g_new0(S3cRestoreDisk, 1);
+    rd->entry = d;
+    rd->name = s3c_json_str(d, "name");
+    rd->target = g_strdup(name ? eq + 1 : spec);
+    rd->size = s3c_json_int(d, "virtual-size");
+    for (guint i = 0; i < r->disks->len; i++) {
+        S3cRestoreDisk *other = g_ptr_array_index(r->disks, i);
+
+        if (!strcmp(other->name, rd->name)) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                        "disk %s has two targets", rd->name);
+            restore_disk_free(rd);
+            return false;
+        }
+    }
+    g_ptr_array_add(r->disks, rd);
+    r->total += rd->size;
+    return true;
+}
+
+/* Refuses a target that would not hold the disk or would lose a file */
+static bool check_target(S3cRestorePlan *r, S3cRestoreDisk *rd, GError **err)
+{
+    struct stat st;
+    int fd;
+    off_t size;
+
+    if (stat(rd->target, &st) < 0) {
+        g_autofree char *dir = g_path_get_dirname(rd->target);
+
+        if (errno != ENOENT || !g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_TARGET,
+                        "cannot restore disk %s to %s: %s", rd->name,
+                        rd->target, g_strerror(errno == ENOENT ? ENOENT
+                                                : errno));
+            return false;
+        }
+        return true;
+    }
+    if (S_ISREG(st.st_mode)) {
+        if (!r->opts->force) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_TARGET,
+                        "%s exists; give --force to overwrite it with disk "
+                        "%s", rd->target, rd->name);
+            return false;
+        }
+        rd->replaces = true;
+        return true;
+    }
+    if (!S_ISBLK(st.st_mode) || r->opts->instant) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_TARGET,
+                    "%s is not a file%s", rd->target,
+                    r->opts->instant ? "" : " nor a block device");
+        return false;
+    }
+    if (r->opts->format && strcmp(r->opts->format, "raw")) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "%s is a block device: disk %s goes there raw, not %s",
+                    rd->target, rd->name, r->opts->format);
+        return false;
+    }
+    fd = open(rd->target, O_RDONLY | O_CLOEXEC);
+    size = fd < 0 ? -1 : lseek(fd, 0, SEEK_END);
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (size < 0) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_TARGET, "cannot open %s: %s",
+                    rd->target, g_strerror(errno));
+        return false;
+    }
+    if ((uint64_t)size < rd->size) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_TARGET,
+                    "%s holds %" G_GINT64_FORMAT " bytes, disk %s needs %"
+                    G_GUINT64_FORMAT "; give a larger one", rd->target,
+                    (int64_t)size, rd->name, rd->size);
+        return false;
+    }
+    rd->block_device = true;
+    return true;
+}
+
+static void on_percent(double percent, void *opaque)
+{
+    Restore *r = opaque;
+
+    s3c_output_progress(r->done + (uint64_t)(r->current_size * percent / 100),
+                        r->plan.total);
+}
+
+static bool convert(Restore *r, S3cRestoreDisk *rd, GError **err)
+{
+    g_autofree char *source = s3c_qemu_img_filename(
+        &r->plan.point.repo, s3c_json_str(rd->entry, "image"), false);
+    const char *format = r->plan.opts->format ? r->plan.opts->format : "raw";
+    g_autofree char *cluster = g_strdup_printf(
+        "cluster_size=%" G_GINT64_FORMAT,
+        s3c_json_int(rd->entry, "cluster-size"));
+    const char *args[16] = {
+        "convert", "-p", "-m", RESTORE_PARALLEL, "-W", "-O", format,
+    };
+    int n = 7;
+
+    if (rd->block_device) {
+        args[n++] = "-n";
+    }
+    if (!strcmp(format, "qcow2")) {
+        args[n++] = "-o";
+        args[n++] = cluster;
+    }
+    args[n++] = source;
+    args[n++] = rd->target;
+    r->current_size = rd->size;
+    if (!s3c_qemu_img(&r->plan.point.repo, args, on_percent, r, NULL, err)) {
+        if (!rd->block_device) {
+            unlink(rd->target);
+        }
+        g_prefix_error(err, "restoring disk %s to %s%s: ", rd->name,
+                       rd->target, rd->block_device ? " (now incomplete)"
+                       : "");
+        return false;
+    }
+    r->done += rd->size;
+    return true;
+}
+
+static json_object *disks_json(const S3cRestorePlan *r)
+{
+    json_object *out = json_object_new_array();
+
+    for (guint i = 0; i < r->disks->len; i++) {
+        S3cRestoreDisk *rd = g_ptr_array_index(r->disks, i);
+
+        json_object_array_add(out, s3c_json_obj(
+            "name", json_object_new_string(rd->name),
+            "target", json_object_new_string(rd->target),
+            "format", json_object_new_string(
+                r->opts->instant ? "qcow2" : r->opts->format ?
+                r->opts->format : "raw"),
+            "virtual-size", json_object_new_int64(rd->size), NULL));
+    }
+    return out;
+}
+
+json_object *s3c_restore_event(const S3cRestorePlan *r, const char *name)
+{
+    return s3c_json_obj(
+        "event", json_object_new_string(name),
+        "vm", json_object_new_string(r->point.cat.vm),
+        "backup", json_object_new_string(r->point.id),
+        "time", json_object_new_string(s3c_json_str(r->point.backup, "time")),
+        "disks", disks_json(r), NULL);
+}
+
+bool s3c_restore_plan(S3cRestorePlan *r, const S3cRestoreOptions *opts,
+                      GError **err)
+{
+    memset(r, 0, sizeof(*r));
+    r->opts = opts;
+    r->disks = g_ptr_array_new_with_free_func(
+        (GDestroyNotify)restore_disk_free);
+    if (!s3c_point_open(&r->point, &opts->point, err)) {
+        return false;
+    }
+    for (int i = 0; opts->targets[i]; i++) {
+        if (!add_target(r, opts->targets[i], err)) {
+            return false;
+        }
+    }
+    for (guint i = 0; i < r->disks->len; i++) {
+        if (!check_target(r, g_ptr_array_index(r->disks, i), err)) {
+            return false;
+        }
+    }
+    for (guint i = 0; i < r->disks->len; i++) {
+        S3cRestoreDisk *rd = g_ptr_array_index(r->disks, i);
+
+        if (!s3c_point_check(&r->point, rd->name, err)) {
+            g_prefix_error(err, "nothing written: ");
+            return false;
+        }
+    }
+    return true;
+}
+
+void s3c_restore_plan_clear(S3cRestorePlan *r)
+{
+    if (r->disks) {
+        g_ptr_array_unref(r->disks);
+    }
+    s3c_point_clear(&r->point);
+    memset(r, 0, sizeof(*r));
+}
+
+int s3c_restore(const S3cRestoreOptions *opts, GError **err)
+{
+    Restore r = { 0 };
+    bool ok = s3c_restore_plan(&r.plan, opts, err);
+
+    if (ok) {
+        s3c_output_event(s3c_restore_event(&r.plan, "started"));
+        s3c_output_progress(0, r.plan.total);
+    }
+    for (guint i = 0; ok && i < r.plan.disks->len; i++) {
+        ok = convert(&r, g_ptr_array_index(r.plan.disks, i), err);
+    }
+    if (ok && opts->json) {
+        s3c_output_result(s3c_restore_event(&r.plan, "result"));
+    } else if (ok) {
+        s3c_output_info("backup %s of VM %s restored", r.plan.point.id,
+                        r.plan.point.cat.vm);
+    }
+    s3c_restore_plan_clear(&r.plan);
+    return ok ? S3C_EXIT_OK : (*err)->code;
+}

@@ -1,0 +1,171 @@
+/* serve.c: a backup's disk exported over NBD by the sidecar, read-only or not */
+#include "s3chain.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#define POINT_NODE "s3c-point"
+#define OVERLAY_NODE "s3c-overlay"
+/* How often serving checks that the sidecar still lives */
+#define SERVE_POLL_MS 500
+
+typedef struct Serve {
+    const S3cServeOptions *opts;
+    S3cPoint point;
+    S3cSidecar sidecar;
+    bool sidecar_open;
+    const char *disk;
+    char *overlay;              /* a local overlay file, when writable */
+    bool own_overlay;           /* transient: removed at the end */
+    bool point_added, overlay_added, exported;
+} Serve;
+
+static bool check_overlay(Serve *s, GError **err)
+{
+    const S3cServeOptions *opts = s->opts;
+
+    if (!opts->writable) {
+        return true;
+    }
+    if (opts->overlay) {
+        s->overlay = g_strdup(opts->overlay);
+        if (g_file_test(s->overlay, G_FILE_TEST_EXISTS)) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_TARGET,
+                        "overlay %s exists; give a new file", s->overlay);
+            return false;
+        }
+        return true;
+    }
+    s->overlay = g_strdup_printf("%s/overlay-%d-%s.qcow2", opts->runtime_dir,
+                                 (int)getpid(), s->disk);
+    s->own_overlay = true;
+    return true;
+}
+
+static json_object *ready_event(Serve *s, json_object *entry)
+{
+    g_autofree char *uri = s3c_sidecar_nbd_uri(&s->sidecar, s->disk);
+
+    return s3c_json_obj(
+        "event", json_object_new_string("ready"),
+        "vm", json_object_new_string(s->point.cat.vm),
+        "backup", json_object_new_string(s->point.id),
+        "time", json_object_new_string(s3c_json_str(s->point.backup, "time")),
+        "disk", json_object_new_string(s->disk),
+        "virtual-size", json_object_new_int64(
+            s3c_json_int(entry, "virtual-size")),
+        "uri", json_object_new_string(uri),
+        "writable", json_object_new_boolean(s->opts->writable),
+        "overlay", s->overlay && !s->own_overlay
+            ? json_object_new_string(s->overlay) : NULL, NULL);
+}
+
+static bool start(Serve *s, GError **err)
+{
+    const S3cServeOptions *opts = s->opts;
+    json_object *entry;
+    json_object *ready;
+
+    if (!s3c_point_open(&s->point, &opts->point, err)) {
+        return false;
+    }
+    entry = s3c_point_disk(&s->point, opts->disk, err);
+    if (!entry) {
+        return false;
+    }
+    s->disk = s3c_json_str(entry, "name");
+    if (!check_overlay(s, err) ||
+        !s3c_point_check(&s->point, s->disk, err)) {
+        return false;
+    }
+    if (!s3c_sidecar_open(&s->sidecar, opts->sidecar_qmp, opts->runtime_dir,
+                          opts->listen, &s->point.repo, err)) {
+        return false;
+    }
+    s->sidecar_open = true;
+    if (!s3c_sidecar_add_point(&s->sidecar, &s->point.repo,
+                               s3c_json_str(entry, "image"), POINT_NODE,
+                               err)) {
+        return false;
+    }
+    s->point_added = true;
+    if (s->overlay) {
+        s->overlay_added = true;
+        if (!s3c_sidecar_add_overlay(&s->sidecar, OVERLAY_NODE, POINT_NODE,
+                                     s->overlay,
+                                     s3c_json_int(entry, "virtual-size"),
+                                     err)) {
+            return false;
+        }
+    }
+    if (!s3c_sidecar_export(&s->sidecar, s->disk,
+                            s->overlay ? OVERLAY_NODE : POINT_NODE,
+                            opts->writable, err)) {
+        return false;
+    }
+    s->exported = true;
+    ready = ready_event(s, entry);
+    s3c_output_result(json_object_get(ready));
+    s3c_output_info("serving disk %s of backup %s at %s until interrupted",
+                    s->disk, s->point.id, s3c_json_str(ready, "uri"));
+    json_object_put(ready);
+    return true;
+}
+
+/* Serves until a signal, or until the sidecar goes */
+static bool serve(Serve *s, GError **err)
+{
+    while (!s3c_interrupted) {
+        json_object *ret = s3c_qmp_execute(s->sidecar.qmp,
+                                           "query-block-exports", NULL, err);
+
+        if (!ret) {
+            g_prefix_error(err, "serving stopped: ");
+            return false;
+        }
+        json_object_put(ret);
+        json_object_put(s3c_qmp_next_event(s->sidecar.qmp, SERVE_POLL_MS));
+    }
+    return true;
+}
+
+static void stop(Serve *s)
+{
+    if (s->exported) {
+        s3c_sidecar_unexport(&s->sidecar, s->disk, true, NULL);
+    }
+    if (s->overlay_added) {
+        g_autofree char *file = g_strdup_printf("%s-file", OVERLAY_NODE);
+
+        s3c_sidecar_del_node(&s->sidecar, OVERLAY_NODE);
+        s3c_sidecar_del_node(&s->sidecar, file);
+    }
+    if (s->point_added) {
+        s3c_sidecar_del_node(&s->sidecar, POINT_NODE);
+    }
+    if (s->sidecar_open) {
+        s3c_sidecar_close(&s->sidecar);
+    }
+    if (s->own_overlay) {
+        unlink(s->overlay);
+    }
+}
+
+int s3c_serve(const S3cServeOptions *opts, GError **err)
+{
+    Serve s = { .opts = opts };
+    bool ok = start(&s, err) && serve(&s, err);
+
+    stop(&s);
+    if (ok && opts->json) {
+        s3c_output_result(s3c_json_obj(
+            "event", json_object_new_string("result"),
+            "vm", json_object_new_string(s.point.cat.vm),
+            "backup", json_object_new_string(s.point.id),
+            "disk", json_object_new_string(s.disk), NULL));
+    }
+    g_free(s.overlay);
+    s3c_point_clear(&s.point);
+    return ok ? S3C_EXIT_OK : (*err)->code;
+}

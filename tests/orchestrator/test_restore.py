@@ -1,0 +1,513 @@
+# `s3chain restore`, `list`, `verify` and `serve` against the real radosgw,
+# real qemu-system VMs, our sidecar and the real binary, on one chain of a
+# full and five incremental backups of two disks.
+#
+# Copyright (c) 2026 The s3chain authors
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import unittest
+from typing import Dict, List, Optional
+
+from harness import (DISKS, MiB, QEMU_IMG, S3CHAIN, STOCK_QEMU, Bucket,
+                     QEMUMachine, Run, VM, command_env)
+
+# what the guest writes before each backup after the full one
+WRITES = [
+    [('vd0', '-P 0x11 3M 1M'), ('vd1', '-P 0x12 60M 512')],
+    [('vd0', '-z 8M 2M'), ('vd1', '-P 0x13 0 4M')],
+    [('vd0', '-P 0x14 100M 64k'), ('vd0', '-P 0x15 127M 1M')],
+    [('vd1', '-z 16M 5M'), ('vd0', '-P 0x16 64M 3M')],
+    [('vd0', '-P 0x17 0 512'), ('vd1', '-P 0x18 33M 7M')],
+]
+
+
+class Chain:
+    """A VM and its chain in the bucket, with each point's bytes"""
+
+    def __init__(self) -> None:
+        self.bucket = Bucket()
+        self.dir = tempfile.mkdtemp(prefix='s3chain-restore-', dir='/tmp')
+        self.runtime = os.path.join(self.dir, 'run')
+        self.vm = VM(self.dir)
+        self.env = command_env(self.bucket)
+        self.points: List[str] = []
+        self.expected: Dict[str, Dict[str, bytes]] = {}
+        for writes in [[]] + WRITES:
+            for disk, args in writes:
+                self.vm.write(disk, args)
+            run = Run(['backup', '--vm', 'vm1', '--qmp', self.vm.qmp_socket,
+                       '--repo', self.bucket.repo, '--runtime-dir',
+                       self.runtime, '--json'], self.env)
+            code, err = run.finish()
+            assert code == 0, err
+            point = run.result()['backup']
+            self.points.append(point)
+            self.expected[point] = {d: self.vm.disk_bytes(d) for d in DISKS}
+        self.vm.shutdown()
+
+    def image(self, point: str, disk: str) -> str:
+        return (f'{self.bucket.prefix}/s3chain/vms/vm1/disks/{disk}/'
+                f'{point}.qcow2')
+
+    def chunks(self, point: str, disk: str) -> List[str]:
+        prefix = self.image(point, disk) + '.d/'
+        return sorted(k for k in self.bucket.objects() if k.startswith(prefix))
+
+    def cleanup(self) -> None:
+        self.bucket.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RestoreTestCase(unittest.TestCase):
+    chain: Chain
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.chain = Chain()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.chain.cleanup()
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix='s3chain-target-', dir='/tmp')
+        self.machines: List[QEMUMachine] = []
+
+    def tearDown(self) -> None:
+        for m in self.machines:
+            m.shutdown()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def s3chain(self, command: str, *args: str, env=None,
+                repo: Optional[str] = None) -> Run:
+        argv = [command, '--repo', repo or self.chain.bucket.repo, '--json']
+        if command in ('restore', 'serve') and '--vm' not in args:
+            argv += ['--vm', 'vm1']
+        return Run(argv + list(args), env or self.chain.env)
+
+    def ok(self, command: str, *args: str) -> Run:
+        run = self.s3chain(command, *args)
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        return run
+
+    def assertBytes(self, got: bytes, expected: bytes, what: str) -> None:
+        self.assertEqual(len(got), len(expected), what)
+        if got != expected:
+            first = next(i for i in range(len(expected))
+                         if got[i] != expected[i])
+            self.fail(f'{what} differs from the disk at its instant, first '
+                      f'at byte {first}')
+
+    def read_image(self, path: str, fmt: str) -> bytes:
+        raw = os.path.join(self.dir, 'read.raw')
+        subprocess.run([QEMU_IMG, 'convert', '-U', '-f', fmt, '-O', 'raw',
+                        path, raw], check=True)
+        with open(raw, 'rb') as f:
+            data = f.read()
+        os.remove(raw)
+        return data
+
+    def start_vm(self, name: str, blockdev: str,
+                 qmp: Optional[str] = None) -> QEMUMachine:
+        args = ['-nodefaults', '-display', 'none', '-accel', 'tcg',
+                '-device', 'virtio-scsi-pci,id=scsi0', '-blockdev', blockdev,
+                '-device', f'scsi-hd,id={name},drive=d0']
+        if qmp:
+            args += ['-qmp', f'unix:{qmp},server=on,wait=off']
+        m = QEMUMachine(STOCK_QEMU, args=args, base_temp_dir=self.dir)
+        m.launch()
+        self.machines.append(m)
+        return m
+
+    def vm_reads(self, m: QEMUMachine) -> bytes:
+        """Every byte of the VM's disk, as the VM reads it"""
+        sock = os.path.join(self.dir, f'export-{len(self.machines)}.sock')
+        if not m.cmd('query-block-exports'):
+            m.cmd('nbd-server-start', addr={'type': 'unix',
+                                            'data': {'path': sock}})
+            m.cmd('block-export-add', type='nbd', id='e', node_name='d0',
+                  name='d0')
+        else:
+            sock = self.vm_export_socket
+        self.vm_export_socket = sock
+        return self.read_image(f'nbd+unix:///d0?socket={sock}', 'raw')
+
+
+def loop_device(path: str, size: int) -> Optional[str]:
+    with open(path, 'wb') as f:
+        f.truncate(size)
+    p = subprocess.run(['losetup', '-f', '--show', path],
+                       capture_output=True, text=True)
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+class TestRestore(RestoreTestCase):
+    def test_every_point_to_raw_files(self) -> None:
+        for point in self.chain.points:
+            targets = {d: os.path.join(self.dir, f'{d}.raw') for d in DISKS}
+            run = self.ok('restore', '--backup', point,
+                          *[f'--target={d}={p}' for d, p in targets.items()])
+            result = run.result()
+            self.assertEqual(result['backup'], point)
+            self.assertEqual({d['name']: d['target']
+                              for d in result['disks']}, targets)
+            progress = [e for e in run.events if e['event'] == 'progress']
+            self.assertEqual(progress[-1]['bytes-done'], sum(DISKS.values()))
+            for disk, path in targets.items():
+                with open(path, 'rb') as f:
+                    self.assertBytes(f.read(), self.chain.expected[point][disk],
+                                     f'{disk} at {point}')
+                os.remove(path)
+
+    def test_every_point_to_qcow2(self) -> None:
+        for point in self.chain.points:
+            for disk in DISKS:
+                path = os.path.join(self.dir, f'{disk}.qcow2')
+                self.ok('restore', '--backup', point, '--format', 'qcow2',
+                        '--target', f'{disk}={path}')
+                info = json.loads(subprocess.run(
+                    [QEMU_IMG, 'info', '--output=json', path],
+                    check=True, capture_output=True).stdout)
+                self.assertEqual(info['format'], 'qcow2')
+                self.assertNotIn('backing-filename', info)
+                # the chain's holes stay holes
+                self.assertLess(info['actual-size'], DISKS[disk])
+                self.assertBytes(self.read_image(path, 'qcow2'),
+                                 self.chain.expected[point][disk],
+                                 f'{disk} at {point} in qcow2')
+                os.remove(path)
+
+    def test_every_point_to_a_block_device(self) -> None:
+        backing = os.path.join(self.dir, 'loop.img')
+        dev = loop_device(backing, DISKS['vd0'] + 4 * MiB)
+        if not dev:
+            self.skipTest('no loop device here')
+        try:
+            for point in self.chain.points:
+                # stale bytes everywhere, which the restore must overwrite
+                with open(dev, 'wb') as f:
+                    f.write(b'\xee' * (DISKS['vd0'] + 4 * MiB))
+                self.ok('restore', '--backup', point, '--target',
+                        f'vd0={dev}')
+                with open(dev, 'rb') as f:
+                    got = f.read(DISKS['vd0'])
+                self.assertBytes(got, self.chain.expected[point]['vd0'],
+                                 f'vd0 at {point} on {dev}')
+        finally:
+            subprocess.run(['losetup', '-d', dev], check=True)
+
+    def test_latest_and_before(self) -> None:
+        path = os.path.join(self.dir, 'vd1.raw')
+        run = self.ok('restore', '--target', f'vd1={path}')
+        self.assertEqual(run.result()['backup'], self.chain.points[-1])
+        with open(path, 'rb') as f:
+            self.assertBytes(f.read(),
+                             self.chain.expected[self.chain.points[-1]]['vd1'],
+                             'vd1 at latest')
+        os.remove(path)
+
+        catalog = self.chain.bucket.catalog()
+        third = catalog['backups'][3]['time']
+        run = self.ok('restore', '--before', third, '--target',
+                      f'vd1={path}')
+        self.assertEqual(run.result()['backup'], self.chain.points[2])
+        with open(path, 'rb') as f:
+            self.assertBytes(f.read(),
+                             self.chain.expected[self.chain.points[2]]['vd1'],
+                             'vd1 before the fourth backup')
+
+
+class TestList(RestoreTestCase):
+    def test_json_matches_the_backups(self) -> None:
+        run = self.ok('list')
+        vms = run.result()['vms']
+        self.assertEqual([v['vm'] for v in vms], ['vm1'])
+        backups = vms[0]['backups']
+        self.assertEqual([b['id'] for b in backups], self.chain.points)
+        self.assertEqual([b['type'] for b in backups],
+                         ['full'] + ['incremental'] * 5)
+        for i, b in enumerate(backups):
+            for d in b['disks']:
+                self.assertEqual(d['virtual-size'], DISKS[d['name']])
+                self.assertEqual(d['parent'],
+                                 self.chain.points[i - 1] if i else None)
+                self.assertGreater(d['bytes-stored'], 0)
+        # the full backup stores the data, an increment its changes
+        self.assertGreater(backups[0]['disks'][0]['bytes-stored'], 64 * MiB)
+        self.assertLess(backups[1]['disks'][0]['bytes-stored'], 16 * MiB)
+
+    def test_table(self) -> None:
+        p = subprocess.run([S3CHAIN, 'list', '--repo', self.chain.bucket.repo,
+                            '--vm', 'vm1'], env=self.chain.env,
+                           capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        lines = p.stdout.splitlines()
+        self.assertEqual(lines[0].split()[:3], ['VM', 'BACKUP', 'TIME'])
+        rows = [line.split() for line in lines[1:]]
+        self.assertEqual([r[1] for r in rows if r[0] == 'vm1'],
+                         self.chain.points)
+        self.assertEqual(len(rows), 2 * len(self.chain.points))
+
+    def test_unknown_vm(self) -> None:
+        run = self.s3chain('list', '--vm', 'nosuchvm')
+        code, err = run.finish()
+        self.assertEqual(code, 4, err)
+        self.assertIn('nosuchvm', err)
+
+
+class TestVerify(RestoreTestCase):
+    def verify(self, *args: str) -> dict:
+        run = self.s3chain('verify', '--vm', 'vm1', *args)
+        code, err = run.finish()
+        result = run.result()
+        self.assertEqual(code, 0 if result['intact'] else 11, err)
+        return result
+
+    def damaged(self, key: str, broken_point: str, disk: str) -> None:
+        """verify names @key, restore refuses before writing"""
+        for mode in ((), ('--deep',)):
+            result = self.verify(*mode)
+            self.assertFalse(result['intact'], mode)
+            fault = result['faults'][0]
+            self.assertEqual(len(result['faults']), 1, result['faults'])
+            self.assertEqual(fault['object'],
+                             f's3://{self.chain.bucket.name}/{key}', mode)
+            self.assertEqual((fault['backup'], fault['disk']),
+                             (broken_point, disk))
+            i = self.chain.points.index(broken_point)
+            self.assertEqual(fault['affected'], self.chain.points[i:])
+
+        target = os.path.join(self.dir, 'never.raw')
+        run = self.s3chain('restore', '--backup', self.chain.points[-1],
+                           '--target', f'{disk}={target}')
+        code, err = run.finish()
+        self.assertEqual(code, 11, err)
+        self.assertIn(key, err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertFalse(os.path.exists(target))
+
+        # the points before it are whole
+        if i:
+            self.ok('restore', '--backup', self.chain.points[i - 1],
+                    '--target', f'{disk}={target}')
+
+    def test_good_chain(self) -> None:
+        for mode in ((), ('--deep',)):
+            result = self.verify(*mode)
+            self.assertTrue(result['intact'])
+            self.assertEqual(result['images'], 2 * len(self.chain.points))
+            self.assertEqual(result['faults'], [])
+
+    @contextlib.contextmanager
+    def put_back(self, key: str):
+        """Yields the object at @key, which is as it was afterwards"""
+        bucket = self.chain.bucket
+        got = bucket.client.get_object(Bucket=bucket.name, Key=key)
+        body, ctype = got['Body'].read(), got['ContentType']
+        try:
+            yield body
+        finally:
+            bucket.client.put_object(Bucket=bucket.name, Key=key, Body=body,
+                                     ContentType=ctype)
+
+    def test_chunk_deleted(self) -> None:
+        point = self.chain.points[2]
+        key = self.chain.chunks(point, 'vd0')[0]
+        with self.put_back(key):
+            self.chain.bucket.delete(key)
+            self.damaged(key, point, 'vd0')
+
+    def test_chunk_bytes_changed(self) -> None:
+        point = self.chain.points[1]
+        key = self.chain.chunks(point, 'vd1')[-1]
+        with self.put_back(key) as body:
+            self.chain.bucket.put(key, body[:100] + bytes([body[100] ^ 1]) +
+                                  body[101:])
+            self.damaged(key, point, 'vd1')
+
+    def test_parent_manifest_removed(self) -> None:
+        point = self.chain.points[3]
+        key = self.chain.image(point, 'vd1')
+        with self.put_back(key):
+            self.chain.bucket.delete(key)
+            self.damaged(key, point, 'vd1')
+
+
+class TestServe(RestoreTestCase):
+    def serve(self, *args: str) -> Run:
+        sock = os.path.join(self.dir, 'serve.sock')
+        run = self.s3chain('serve', '--listen', f'unix:{sock}',
+                           '--runtime-dir', os.path.join(self.dir, 'run'),
+                           *args)
+        ready = run.wait_event('ready')
+        self.assertEqual(ready['uri'],
+                         f'nbd+unix:///{ready["disk"]}?socket={sock}')
+        return run
+
+    def stop(self, run: Run) -> None:
+        for m in self.machines:
+            m.shutdown()
+        self.machines = []
+        run.proc.send_signal(signal.SIGTERM)
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+
+    def test_a_vm_reads_the_served_point(self) -> None:
+        point = self.chain.points[3]
+        run = self.serve('--backup', point, '--disk', 'vd0')
+        sock = os.path.join(self.dir, 'serve.sock')
+        m = self.start_vm('vd0', f'driver=nbd,node-name=d0,server.type=unix,'
+                                 f'server.path={sock},export=vd0,'
+                                 f'read-only=on')
+        self.assertBytes(self.vm_reads(m), self.chain.expected[point]['vd0'],
+                         'the served vd0')
+        self.stop(run)
+
+    def test_writable_leaves_the_backup_unchanged(self) -> None:
+        point = self.chain.points[4]
+        before = self.chain.bucket.objects()
+        overlay = os.path.join(self.dir, 'overlay.qcow2')
+        run = self.serve('--backup', point, '--disk', 'vd1', '--writable',
+                         '--overlay', overlay)
+        sock = os.path.join(self.dir, 'serve.sock')
+        m = self.start_vm('vd1', f'driver=nbd,node-name=d0,server.type=unix,'
+                                 f'server.path={sock},export=vd1')
+        out = m.cmd('human-monitor-command',
+                    command_line='qemu-io -d vd1 "write -P 0x5a 1M 2M"')
+        self.assertNotIn('rror', out)
+        expected = bytearray(self.chain.expected[point]['vd1'])
+        expected[MiB:3 * MiB] = b'\x5a' * (2 * MiB)
+        self.assertBytes(self.vm_reads(m), bytes(expected),
+                         'the served vd1 after the write')
+        self.stop(run)
+
+        self.assertTrue(os.path.exists(overlay))
+        self.assertEqual(self.chain.bucket.objects(), before)
+        path = os.path.join(self.dir, 'vd1.raw')
+        self.ok('restore', '--backup', point, '--target', f'vd1={path}')
+        with open(path, 'rb') as f:
+            self.assertBytes(f.read(), self.chain.expected[point]['vd1'],
+                             'vd1 after serving it writable')
+
+
+class TestInstantRestore(RestoreTestCase):
+    def test_vm_runs_at_once_then_without_the_bucket(self) -> None:
+        point = self.chain.points[5]
+        expected = self.chain.expected[point]['vd1']
+        target = os.path.join(self.dir, 'vd1.qcow2')
+        qmp = os.path.join(self.dir, 'vm.qmp')
+        run = self.s3chain('restore', '--instant', '--backup', point,
+                           '--target', f'vd1={target}', '--qmp', qmp,
+                           '--copy-speed', '4M', '--runtime-dir',
+                           os.path.join(self.dir, 'run'))
+        run.wait_event('ready')
+        m = self.start_vm('vd1', f'driver=qcow2,node-name=d0,file.driver=file,'
+                                 f'file.filename={target}', qmp=qmp)
+        # the VM reads the backup through its target at once
+        self.assertBytes(self.vm_reads(m), expected, 'vd1 during the copy')
+        self.assertIsNone(run.proc.poll(), 'the copy ended too soon to tell')
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        self.assertEqual(run.result()['event'], 'result')
+
+        info = json.loads(subprocess.run(
+            [QEMU_IMG, 'info', '-U', '--output=json', target], check=True,
+            capture_output=True).stdout)
+        self.assertNotIn('backing-filename', info)
+        self.chain.bucket.radosgw('stop')
+        try:
+            self.assertBytes(self.vm_reads(m), expected,
+                             'vd1 with the bucket gone')
+        finally:
+            self.chain.bucket.radosgw('start')
+
+
+class TestBadInput(RestoreTestCase):
+    def refused(self, command: str, args, code: int, words=(), env=None,
+                repo=None) -> None:
+        before = self.chain.bucket.objects()
+        run = self.s3chain(command, *args, env=env, repo=repo)
+        got, err = run.finish()
+        self.assertEqual(got, code, err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        for word in words:
+            self.assertIn(word, err)
+        self.assertEqual(run.events[-1]['exit-code'], code)
+        self.assertEqual(self.chain.bucket.objects(), before)
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def target(self, disk: str = 'vd0') -> str:
+        return f'--target={disk}={os.path.join(self.dir, disk + ".raw")}'
+
+    def test_unknown_vm(self) -> None:
+        run = Run(['restore', '--vm', 'nosuchvm', '--repo',
+                   self.chain.bucket.repo, '--json', self.target()],
+                  self.chain.env)
+        code, err = run.finish()
+        self.assertEqual(code, 4, err)
+        self.assertIn('nosuchvm', err)
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_unknown_backup(self) -> None:
+        self.refused('restore', ['--backup', '20200101T000000Z-0000',
+                                 self.target()], 4,
+                     words=('20200101T000000Z-0000',))
+
+    def test_unknown_disk(self) -> None:
+        self.refused('restore', [self.target('vdx')], 4,
+                     words=('vdx', 'vd0, vd1'))
+
+    def test_target_exists(self) -> None:
+        path = os.path.join(self.dir, 'vd0.raw')
+        with open(path, 'wb') as f:
+            f.write(b'precious')
+        run = self.s3chain('restore', self.target())
+        code, err = run.finish()
+        self.assertEqual(code, 10, err)
+        self.assertIn('--force', err)
+        with open(path, 'rb') as f:
+            self.assertEqual(f.read(), b'precious')
+
+    def test_target_too_small(self) -> None:
+        dev = loop_device(os.path.join(self.dir, 'small.img'), 32 * MiB)
+        if not dev:
+            self.skipTest('no loop device here')
+        try:
+            with open(dev, 'wb') as f:
+                f.write(b'\x77' * 32 * MiB)
+            run = self.s3chain('restore', f'--target=vd0={dev}')
+            code, err = run.finish()
+            self.assertEqual(code, 10, err)
+            self.assertIn('larger', err)
+            with open(dev, 'rb') as f:
+                self.assertEqual(hashlib.sha256(f.read()).hexdigest(),
+                                 hashlib.sha256(b'\x77' * 32 * MiB)
+                                 .hexdigest())
+        finally:
+            subprocess.run(['losetup', '-d', dev], check=True)
+
+    def test_missing_bucket(self) -> None:
+        self.refused('restore', [self.target()], 6,
+                     repo='s3://no-such-bucket-s3chain/x',
+                     words=('no-such-bucket-s3chain',))
+
+    def test_wrong_credentials(self) -> None:
+        env = dict(self.chain.env, AWS_SECRET_ACCESS_KEY='not-the-secret')
+        self.refused('restore', [self.target()], 5, env=env,
+                     words=('access denied',))
+        self.refused('list', [], 5, env=env, words=('access denied',))
+        self.refused('verify', [], 5, env=env, words=('access denied',))
+
+    def test_option_of_another_command(self) -> None:
+        self.refused('restore', ['--full', self.target()], 2,
+                     words=('--full',))
