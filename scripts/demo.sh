@@ -2,8 +2,9 @@
 # The main job, end to end on a fresh machine: build, start the local S3
 # server, start a VM (a stock qemu-system with two disks; no guest OS is
 # needed, HMP's qemu-io writes to its disks), write data, run a full
-# backup with `s3chain backup`, write more, run an incremental one, then
-# restore both points from the bucket and prove them bit-exact.
+# backup with `s3chain backup`, write more, run an incremental one, list
+# and verify them, then restore both points from the bucket with
+# `s3chain restore` and prove them bit-exact.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -80,27 +81,28 @@ inc=$(backup)
 snapshot vd0 inc
 snapshot vd1 inc
 
-host=${S3CHAIN_ENDPOINT#*://}
-tls=on
-[ "${S3CHAIN_ENDPOINT%%://*}" = http ] && tls=off
-secret=$work/secret
-( umask 077; printf '%s' "$AWS_SECRET_ACCESS_KEY" >"$secret" )
+export S3CHAIN_QEMU_IMG=$img
+repo=(--repo "s3://$S3CHAIN_BUCKET/$prefix")
+echo "== the backups in the bucket"
+"$s3chain" list "${repo[@]}"
+echo "== verify: every manifest and chunk, read and hashed"
+"$s3chain" verify "${repo[@]}" --vm demo --deep
 
 result=bit-exact
 echo "== restoring both points of both disks from the bucket"
 for point in full inc; do
     id=$(jq -r .backup <<<"${!point}")
+    "$s3chain" restore "${repo[@]}" --vm demo --backup "$id" \
+        --target "vd0=$work/vd0.restored" --target "vd1=$work/vd1.restored" \
+        --progress "$([ -t 2 ] && echo bar || echo none)"
     for d in vd0 vd1; do
-        url="s3chain://$host;tls=$tls;access-key-id=$AWS_ACCESS_KEY_ID;key-secret=k"
-        url+="/$S3CHAIN_BUCKET/$prefix/s3chain/vms/demo/disks/$d/$id.qcow2"
-        "$img" convert --object "secret,id=k,file=$secret" -O raw "$url" \
-            "$work/restored.raw"
-        if cmp -s "$work/restored.raw" "$work/$d.$point.raw"; then
+        if cmp -s "$work/$d.restored" "$work/$d.$point.raw"; then
             echo "$point backup $id, $d: bit-exact"
         else
             echo "$point backup $id, $d: DIFFERENT"
             result=DIFFERENT
         fi
+        rm "$work/$d.restored"
     done
 done
 python3 "$REPO/scripts/s3obj.py" "$env_file" rm-prefix "$prefix/"
