@@ -65,11 +65,16 @@ static bool check_target(S3cRestorePlan *r, S3cRestoreDisk *rd, GError **err)
     if (stat(rd->target, &st) < 0) {
         g_autofree char *dir = g_path_get_dirname(rd->target);
 
-        if (errno != ENOENT || !g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+        if (errno != ENOENT) {
             g_set_error(err, S3C_ERROR, S3C_EXIT_TARGET,
                         "cannot restore disk %s to %s: %s", rd->name,
-                        rd->target, g_strerror(errno == ENOENT ? ENOENT
-                                                : errno));
+                        rd->target, g_strerror(errno));
+            return false;
+        }
+        if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_TARGET,
+                        "cannot restore disk %s to %s: there is no "
+                        "directory %s", rd->name, rd->target, dir);
             return false;
         }
         return true;
