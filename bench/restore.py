@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Restore benchmarks of `s3chain restore` and `s3chain serve`, in one run
+against the local radosgw:
+
+- throughput: a 4 GiB disk of incompressible data, backed up full by
+  `s3chain backup`, restored to a raw file by `s3chain restore`, against
+  a plain download of the same bytes (the raw disk as one object) with 4
+  and with 8 parallel ranged GETs (curl on a presigned URL);
+- chain-length cost: the restore of a chain of a full and 10 incremental
+  backups (64 MiB changed before each), against the restore of a single
+  full backup of the same final content;
+- time to first read of a served backup: from starting `s3chain serve`
+  to its ready line, and to the first 4 KiB read over NBD, for the
+  11-image chain and the single full.
+
+Runs of the variants being compared are interleaved; medians reported.
+Usage: restore.py ENV_FILE WORKDIR PREFIX RUNS
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get('S3CHAIN_BUILD', os.path.join(REPO, 'build'))
+sys.path.insert(0, os.path.join(BUILD, 'qemu-src', 'python'))
+sys.path.insert(0, os.path.join(REPO, 'scripts'))
+
+# pylint: disable=wrong-import-position
+from boto3.s3.transfer import TransferConfig  # noqa: E402
+import s3obj  # noqa: E402
+from qemu.machine import QEMUMachine  # noqa: E402
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+SIZE = 4 * GiB
+DIRTY = 64 * MiB
+INCREMENTALS = 10
+S3CHAIN = os.path.join(BUILD, 'orchestrator', 's3chain')
+QEMU_BUILD = os.path.join(BUILD, 'qemu')
+
+
+def median(values):
+    values = sorted(values)
+    return values[(len(values) - 1) // 2]
+
+
+class Bench:
+    def __init__(self, env_file, work, prefix):
+        self.env = s3obj.load_env(env_file)
+        self.work = work
+        self.s3 = s3obj.client(self.env)
+        self.bucket = self.env['S3CHAIN_BUCKET']
+        self.prefix = prefix
+        self.repo = f's3://{self.bucket}/{prefix}/s3chain'
+        self.runtime = os.path.join(work, 'run')
+        self.proc_env = dict(
+            os.environ, AWS_ACCESS_KEY_ID=self.env['AWS_ACCESS_KEY_ID'],
+            AWS_SECRET_ACCESS_KEY=self.env['AWS_SECRET_ACCESS_KEY'],
+            AWS_ENDPOINT_URL=self.env['S3CHAIN_ENDPOINT'],
+            S3CHAIN_QSD=os.path.join(QEMU_BUILD, 'storage-daemon',
+                                     'qemu-storage-daemon'),
+            S3CHAIN_SIDECAR=os.path.join(REPO, 'qsd-config',
+                                         's3chain-sidecar'),
+            S3CHAIN_QEMU_IMG=os.path.join(QEMU_BUILD, 'qemu-img'))
+
+    def s3chain(self, *args):
+        return subprocess.run([S3CHAIN, *args, '--repo', self.repo,
+                               '--json', '--progress', 'none'],
+                              env=self.proc_env, check=True,
+                              capture_output=True, text=True)
+
+    def backup(self, *args):
+        out = self.s3chain('backup', '--vm', 'bench', '--qmp',
+                           f'{self.work}/vm.qmp', '--runtime-dir',
+                           self.runtime, *args)
+        return json.loads(out.stdout.splitlines()[-1])['backup']
+
+    def hmp(self, line):
+        out = self.vm.cmd('human-monitor-command', command_line=line)
+        assert 'failed' not in out and 'rror' not in out, out
+
+    def setup(self):
+        disk = os.path.join(self.work, 'disk.qcow2')
+        self.disk = disk
+        raw = os.path.join(self.work, 'disk.raw')
+        with open(raw, 'wb') as f:
+            for _ in range(SIZE // (64 * MiB)):
+                f.write(os.urandom(64 * MiB))
+        self.s3.upload_file(raw, self.bucket, f'{self.prefix}/disk.raw',
+                            Config=TransferConfig(
+                                multipart_chunksize=16 * MiB,
+                                max_concurrency=8))
+        subprocess.run([os.path.join(QEMU_BUILD, 'qemu-img'), 'convert',
+                        '-f', 'raw', '-O', 'qcow2', raw, disk], check=True)
+        os.remove(raw)
+        self.vm = QEMUMachine(
+            '/usr/bin/qemu-system-x86_64',
+            args=['-nodefaults', '-display', 'none', '-accel', 'tcg',
+                  '-qmp', f'unix:{self.work}/vm.qmp,server=on,wait=off',
+                  '-device', 'virtio-scsi-pci,id=scsi0',
+                  '-blockdev', f'driver=qcow2,node-name=disk0,'
+                               f'file.driver=file,file.filename={disk}',
+                  '-device', 'scsi-hd,id=vd0,drive=disk0'],
+            base_temp_dir=self.work)
+        self.vm.launch()
+        self.first = self.backup()
+
+    def make_chain(self):
+        """10 incrementals on the first full, then a full of the same"""
+        rnd = random.Random(4)
+        for _ in range(INCREMENTALS):
+            for _ in range(DIRTY // MiB):
+                off = rnd.randrange(0, SIZE // MiB) * MiB
+                self.hmp(f'qemu-io -d vd0 "write -P {rnd.randrange(1, 255)} '
+                         f'{off} 1M"')
+            self.chain_top = self.backup()
+        self.single_full = self.backup('--full')
+        self.vm.shutdown()
+        os.remove(self.disk)
+
+    def restore(self, point, out_dir):
+        target = os.path.join(out_dir, 'restored.raw')
+        subprocess.run(['sync'], check=True)
+        start = time.monotonic()
+        self.s3chain('restore', '--vm', 'bench', '--backup', point,
+                     '--target', f'vd0={target}')
+        took = time.monotonic() - start
+        os.remove(target)
+        return took
+
+    def parallel_get(self, parts, out_dir):
+        url = subprocess.run(
+            ['python3', os.path.join(REPO, 'scripts', 's3obj.py'),
+             os.environ['S3CHAIN_BENCH_ENV'], 'presign',
+             f'{self.prefix}/disk.raw'], check=True, capture_output=True,
+            text=True).stdout.strip()
+        part = (SIZE + parts - 1) // parts
+        subprocess.run(['sync'], check=True)
+        start = time.monotonic()
+        procs = [subprocess.Popen(
+            ['curl', '-sf', '-r', f'{i * part}-{min(SIZE, (i + 1) * part) - 1}',
+             '-o', os.path.join(out_dir, f'part.{i}'), url])
+            for i in range(parts)]
+        for p in procs:
+            assert p.wait() == 0
+        took = time.monotonic() - start
+        for i in range(parts):
+            os.remove(os.path.join(out_dir, f'part.{i}'))
+        return took
+
+    def first_read(self, point):
+        sock = os.path.join(self.work, 'serve.sock')
+        start = time.monotonic()
+        serve = subprocess.Popen(
+            [S3CHAIN, 'serve', '--vm', 'bench', '--backup', point,
+             '--listen', f'unix:{sock}', '--runtime-dir', self.runtime,
+             '--repo', self.repo, '--json'], env=self.proc_env,
+            stdout=subprocess.PIPE, text=True)
+        for line in serve.stdout:
+            if json.loads(line).get('event') == 'ready':
+                break
+        ready = time.monotonic() - start
+        subprocess.run([os.path.join(QEMU_BUILD, 'qemu-io'), '-r', '-f',
+                        'raw', '-c', 'read 0 4k',
+                        f'nbd+unix:///vd0?socket={sock}'], check=True,
+                       capture_output=True)
+        first = time.monotonic() - start
+        serve.terminate()
+        serve.communicate()
+        return ready, first
+
+    def run(self, runs):
+        self.setup()
+        fstype = subprocess.run(['df', '--output=fstype', self.work],
+                                capture_output=True,
+                                text=True).stdout.split()[-1]
+        # radosgw keeps objects in RAM (memstore): the raw object goes
+        # before the chain comes, and the output is on disk only
+        times = {'restore': [], 'get4': [], 'get8': []}
+        for r in range(runs):
+            order = ['restore', 'get4', 'get8']
+            for what in order[r % 3:] + order[:r % 3]:
+                if what == 'restore':
+                    times[what].append(self.restore(self.first, self.work))
+                else:
+                    times[what].append(self.parallel_get(int(what[3:]),
+                                                         self.work))
+        results = {fstype: {k: median(v) for k, v in times.items()}}
+        self.s3.delete_object(Bucket=self.bucket, Key=f'{self.prefix}/disk.raw')
+        self.make_chain()
+        chain = {'chain': [], 'full': []}
+        for r in range(runs):
+            for what in (('chain', 'full') if r % 2 else ('full', 'chain')):
+                point = self.chain_top if what == 'chain' else self.single_full
+                chain[what].append(self.restore(point, self.work))
+        first = {'chain': [], 'full': []}
+        for r in range(runs):
+            for what in ('chain', 'full'):
+                point = self.chain_top if what == 'chain' else self.single_full
+                first[what].append(self.first_read(point))
+        return results, {k: median(v) for k, v in chain.items()}, {
+            k: (median([a for a, _ in v]), median([b for _, b in v]))
+            for k, v in first.items()}
+
+
+def main():
+    env_file, work, prefix, runs = sys.argv[1:5]
+    os.environ['S3CHAIN_BENCH_ENV'] = env_file
+    runs = int(runs)
+    bench = Bench(env_file, work, prefix)
+    throughput, chain, first = bench.run(runs)
+    gb = SIZE / 1e6
+    print(f'# restore: a 4 GiB disk of random data; {runs} interleaved runs,'
+          ' medians')
+    for label, t in throughput.items():
+        print(f'\noutput on {label}')
+        print(f'{"what":<46} {"seconds":>8} {"MB/s":>8} {"ratio":>8}')
+        for key, name in (('get4', 'baseline: 4 parallel ranged GETs'),
+                          ('get8', 'baseline: 8 parallel ranged GETs'),
+                          ('restore', 's3chain restore (full backup)')):
+            print(f'{name:<46} {t[key]:8.2f} {gb / t[key]:8.0f} '
+                  f'{min(t["get4"], t["get8"]) / t[key]:8.2f}')
+    print(f'\nchain-length cost (output on the work directory\'s disk)')
+    print(f'{"what":<46} {"seconds":>8} {"ratio":>8}')
+    print(f'{"single full backup of the final content":<46} '
+          f'{chain["full"]:8.2f} {1:8.2f}')
+    print(f'{"full + 10 incrementals":<46} {chain["chain"]:8.2f} '
+          f'{chain["chain"] / chain["full"]:8.2f}')
+    print('\ntime to first read of a served backup (s3chain serve)')
+    print(f'{"what":<46} {"ready s":>8} {"1st 4K s":>8}')
+    for key, name in (('full', 'single full backup'),
+                      ('chain', 'full + 10 incrementals')):
+        print(f'{name:<46} {first[key][0]:8.2f} {first[key][1]:8.2f}')
+    print('\nratio = the better baseline\'s seconds / these seconds '
+          '(above 1: faster than the baseline)')
+
+
+if __name__ == '__main__':
+    main()

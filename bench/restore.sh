@@ -1,0 +1,19 @@
+#!/bin/bash
+# Restore benchmarks (bench/restore.py says what is measured): restore
+# throughput against parallel ranged GETs, the cost of a chain's length,
+# and the time to the first read of a served backup.
+#
+# Usage: bench/restore.sh [RUNS]   (default 3; medians are reported)
+# Needs scripts/build.sh done; starts the S3 server; needs ~10 GiB of RAM
+# for radosgw's memstore.
+# Writes the table to bench/results/restore.txt.
+set -euo pipefail
+runs=${1:-3}
+BENCH=restore
+. "$(dirname "$0")/common.sh"
+
+{
+    echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, radosgw on 127.0.0.1"
+    "$QEMU_BUILD/pyvenv/bin/python3" "$REPO/bench/restore.py" \
+        "$env_file" "$work" "$prefix" "$runs"
+} | tee "$REPO/bench/results/restore.txt"
