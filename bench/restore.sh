@@ -4,8 +4,9 @@
 # and the time to the first read of a served backup.
 #
 # Usage: bench/restore.sh [RUNS]   (default 3; medians are reported)
-# Needs scripts/build.sh done; starts the S3 server; needs ~10 GiB of RAM
-# for radosgw's memstore.
+# Needs scripts/build.sh done; starts the S3 server.  It stores ~13 GiB:
+# start the server first with S3CHAIN_S3_STORE=bluestore S3CHAIN_S3_BYTES=40G
+# (memstore holds ~2.3x the stored bytes in RAM, more than 24 GiB).
 # Writes the table to bench/results/restore.txt.
 set -euo pipefail
 runs=${1:-3}
