@@ -4,12 +4,17 @@
 #include <stdio.h>
 #include <string.h>
 
-GPtrArray *s3c_repo_vms(const S3cRepo *repo, GError **err)
+GPtrArray *s3c_repo_vms(const S3cRepo *repo, const char *only, GError **err)
 {
     g_autofree char *dir = g_strdup_printf("%ss3chain/vms/", repo->prefix);
     g_autoptr(GPtrArray) objects = NULL;
     GPtrArray *prefixes = NULL;
 
+    if (only) {
+        prefixes = g_ptr_array_new_with_free_func(g_free);
+        g_ptr_array_add(prefixes, g_strdup(only));
+        return prefixes;
+    }
     if (!s3c_s3_list(repo, dir, true, &objects, &prefixes, err)) {
         return NULL;
     }
@@ -64,11 +69,8 @@ int s3c_list(const S3cListOptions *opts, GError **err)
     bool ok = s3c_repo_init(&repo, &opts->repo, err) &&
               s3c_s3_check_bucket(&repo, err);
 
-    if (ok && opts->vm) {
-        vms = g_ptr_array_new_with_free_func(g_free);
-        g_ptr_array_add(vms, g_strdup(opts->vm));
-    } else if (ok) {
-        vms = s3c_repo_vms(&repo, err);
+    if (ok) {
+        vms = s3c_repo_vms(&repo, opts->vm, err);
         ok = vms != NULL;
     }
     if (ok && !opts->json) {

@@ -288,6 +288,8 @@ bool s3c_sidecar_add_overlay(S3cSidecar *sc, const char *node,
                              const char *backing, const char *path,
                              uint64_t size, GError **err);
 void s3c_sidecar_del_node(S3cSidecar *sc, const char *node);
+/* Closes what s3c_sidecar_add_overlay opened; the file stays */
+void s3c_sidecar_del_overlay(S3cSidecar *sc, const char *node);
 bool s3c_sidecar_export(S3cSidecar *sc, const char *name, const char *node,
                         bool writable, GError **err);
 /* Ends export @name (@hard: cutting its clients off) and waits for it */
@@ -472,8 +474,8 @@ typedef struct S3cListOptions {
 } S3cListOptions;
 
 int s3c_list(const S3cListOptions *opts, GError **err);
-/* The names of the VMs that have backups in the repository */
-GPtrArray *s3c_repo_vms(const S3cRepo *repo, GError **err);
+/* @only, or the names of the VMs that have backups in the repository */
+GPtrArray *s3c_repo_vms(const S3cRepo *repo, const char *only, GError **err);
 
 /* verify.c */
 

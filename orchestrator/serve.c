@@ -136,10 +136,7 @@ static void stop(Serve *s)
         s3c_sidecar_unexport(&s->sidecar, s->disk, true, NULL);
     }
     if (s->overlay_added) {
-        g_autofree char *file = g_strdup_printf("%s-file", OVERLAY_NODE);
-
-        s3c_sidecar_del_node(&s->sidecar, OVERLAY_NODE);
-        s3c_sidecar_del_node(&s->sidecar, file);
+        s3c_sidecar_del_overlay(&s->sidecar, OVERLAY_NODE);
     }
     if (s->point_added) {
         s3c_sidecar_del_node(&s->sidecar, POINT_NODE);

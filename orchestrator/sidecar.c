@@ -401,6 +401,14 @@ void s3c_sidecar_del_node(S3cSidecar *sc, const char *node)
             "node-name", json_object_new_string(node), NULL), NULL);
 }
 
+void s3c_sidecar_del_overlay(S3cSidecar *sc, const char *node)
+{
+    g_autofree char *file = g_strdup_printf("%s-file", node);
+
+    s3c_sidecar_del_node(sc, node);
+    s3c_sidecar_del_node(sc, file);
+}
+
 static void delete_nodes(S3cSidecar *sc, const S3cTarget *t)
 {
     g_autofree char *file = file_node(t);

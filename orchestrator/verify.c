@@ -280,11 +280,8 @@ int s3c_verify(const S3cVerifyOptions *opts, GError **err)
     bool ok = s3c_repo_init(&v.repo, &opts->repo, err) &&
               s3c_s3_check_bucket(&v.repo, err);
 
-    if (ok && opts->vm) {
-        vms = g_ptr_array_new_with_free_func(g_free);
-        g_ptr_array_add(vms, g_strdup(opts->vm));
-    } else if (ok) {
-        vms = s3c_repo_vms(&v.repo, err);
+    if (ok) {
+        vms = s3c_repo_vms(&v.repo, opts->vm, err);
         ok = vms != NULL;
     }
     for (guint i = 0; ok && i < vms->len; i++) {
