@@ -9,6 +9,11 @@
  * dirty chunk is uploaded early to make room: it only becomes part of the
  * image with the next manifest.  All-zero chunks are never stored.
  *
+ * A sequential reader makes the chunks ahead of it load in the
+ * background, up to readahead bytes, in the room the buffer has free.
+ * Checksums are computed in the thread pool, so that hashing one chunk
+ * overlaps the transfer of others instead of stalling the AioContext.
+ *
  * One writer at a time: a writable open creates KEY.lock with a
  * create-only PUT, and close deletes it.
  *
@@ -23,6 +28,7 @@
 #include "qemu/error-report.h"
 #include "qemu/memalign.h"
 #include "crypto/hash.h"
+#include "block/thread-pool.h"
 #include "s3chain.h"
 #include "trace.h"
 
@@ -33,11 +39,16 @@ typedef enum ChunkState {
     CHUNK_UPLOADING,
 } ChunkState;
 
+/* Consecutive near-sequential reads before read-ahead starts */
+#define SEQUENTIAL_STREAK 3
+
 typedef struct CachedChunk {
+    S3chainImage *img;
     uint64_t index;
     uint8_t *buf;
     ChunkState state;
     int ret;                    /* of its load; a failed chunk is dropped */
+    uint64_t consumed;          /* bytes read from it since it loaded */
     unsigned users;
     CoQueue waiters;
     QTAILQ_ENTRY(CachedChunk) lru;
@@ -56,11 +67,15 @@ struct S3chainImage {
     uint64_t serial;            /* uploads made in this session */
     GPtrArray *superseded;      /* keys to delete after the next commit */
     uint64_t buffer_size;
+    uint64_t readahead_chunks;
 
     CoMutex lock;
     GHashTable *cache;          /* index -> CachedChunk */
     QTAILQ_HEAD(, CachedChunk) lru;
     uint64_t cached;
+    GPtrArray *spare;           /* buffers of dropped chunks, for reuse */
+    uint64_t last_end;          /* of the last read */
+    unsigned streak;            /* of near-sequential reads */
     CoQueue room;
     bool writing_back;          /* between the high and low water marks */
     unsigned uploading;         /* background uploads in flight */
@@ -95,6 +110,32 @@ static int md5_of(const uint8_t *buf, size_t len, uint8_t *md5)
     return 0;
 }
 
+typedef struct HashJob {
+    const uint8_t *buf;
+    size_t len;
+    uint8_t md5[16];
+} HashJob;
+
+static int hash_job_run(void *opaque)
+{
+    HashJob *job = opaque;
+
+    return md5_of(job->buf, job->len, job->md5);
+}
+
+/* md5_of() in a worker thread; @buf must not change until it returns */
+static int coroutine_fn co_md5_of(const uint8_t *buf, size_t len,
+                                  uint8_t *md5)
+{
+    HashJob job = { .buf = buf, .len = len };
+    int ret = thread_pool_submit_co(hash_job_run, &job);
+
+    if (ret == 0) {
+        memcpy(md5, job.md5, sizeof(job.md5));
+    }
+    return ret;
+}
+
 /* What happened to @req, for a message that names the object */
 static void report_request_error(S3chainImage *img, const char *what,
                                  const char *key, S3chainRequest *req)
@@ -109,11 +150,20 @@ static void chunk_free(CachedChunk *c)
     g_free(c);
 }
 
+/*
+ * Keeps the buffer of a dropped chunk for the next one while the buffer
+ * setting allows: a fresh allocation of chunk-size bytes costs a page
+ * fault per page, more than the copy that fills it.
+ */
 static void drop_chunk_locked(S3chainImage *img, CachedChunk *c)
 {
     QTAILQ_REMOVE(&img->lru, c, lru);
     g_hash_table_remove(img->cache, &c->index);
     img->cached -= chunk_size(img);
+    if (img->cached + (img->spare->len + 1) * chunk_size(img) <=
+        img->buffer_size) {
+        g_ptr_array_add(img->spare, g_steal_pointer(&c->buf));
+    }
     chunk_free(c);
     qemu_co_queue_restart_all(&img->room);
 }
@@ -155,15 +205,16 @@ typedef struct Upload {
 
 /*
  * Uploads @chunks (dirty, pinned by the caller) in parallel.  Called and
- * returns with img->lock held; drops it while the requests run.  Each
- * chunk ends clean, or dirty again if its upload failed.
+ * returns with img->lock held; drops it while the chunks are hashed and
+ * sent, which writers wait out since the chunks are uploading.  Each chunk
+ * ends clean, or dirty again if its upload failed.
  */
 static int coroutine_fn write_back_locked(S3chainImage *img,
                                           CachedChunk **chunks, size_t n)
 {
     g_autofree Upload *uploads = g_new0(Upload, n);
     S3chainWaiter waiter = { 0 };
-    size_t sent = 0;
+    bool sent = false;
     int ret = 0;
 
     for (size_t i = 0; i < n; i++) {
@@ -176,33 +227,36 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
             c->state = CHUNK_CLEAN;
             continue;
         }
-        if (md5_of(c->buf, chunk_size(img), u->md5) < 0) {
-            c->state = CHUNK_DIRTY;
-            ret = -EIO;
-            continue;
-        }
         c->state = CHUNK_UPLOADING;
         u->tag = g_strdup_printf("%" PRIx64 ".%" PRIx64, img->session,
                                  ++img->serial);
         u->key = s3chain_chunk_key(img->key, c->index, u->tag);
+    }
+
+    qemu_co_mutex_unlock(&img->lock);
+    /* Each chunk is hashed while those before it are on the wire */
+    for (size_t i = 0; i < n; i++) {
+        Upload *u = &uploads[i];
+
+        if (!u->key) {
+            continue;
+        }
+        u->req.ret = co_md5_of(u->chunk->buf, chunk_size(img), u->md5);
+        if (u->req.ret < 0) {
+            continue;
+        }
         u->md5_b64 = base64_md5(u->md5);
         u->req = (S3chainRequest) {
             .method = "PUT",
             .key = u->key,
-            .body = c->buf,
+            .body = u->chunk->buf,
             .body_len = chunk_size(img),
             .content_md5 = u->md5_b64,
             .waiter = &waiter,
         };
-        trace_s3chain_upload_chunk(img->key, c->index, u->tag);
-        sent++;
-    }
-
-    qemu_co_mutex_unlock(&img->lock);
-    for (size_t i = 0; i < n; i++) {
-        if (uploads[i].key) {
-            s3chain_request_submit(img->conn, &uploads[i].req);
-        }
+        trace_s3chain_upload_chunk(img->key, u->chunk->index, u->tag);
+        s3chain_request_submit(img->conn, &u->req);
+        sent = true;
     }
     if (sent) {
         s3chain_co_wait(img->conn, &waiter);
@@ -290,7 +344,7 @@ static int coroutine_fn load_chunk_locked(S3chainImage *img, CachedChunk *c,
     ret = s3chain_co_request(img->conn, &req);
     if (ret < 0) {
         report_request_error(img, "read of", key, &req);
-    } else if (md5_of(c->buf, chunk_size(img), got) < 0 ||
+    } else if (co_md5_of(c->buf, chunk_size(img), got) < 0 ||
                memcmp(want, got, sizeof(got))) {
         trace_s3chain_chunk_corrupt(bucket(img), key);
         error_report("s3chain: chunk s3://%s/%s does not match its checksum "
@@ -303,6 +357,126 @@ static int coroutine_fn load_chunk_locked(S3chainImage *img, CachedChunk *c,
     return ret;
 }
 
+/* Adds chunk @index to the buffer, loading and pinned, in room made */
+static CachedChunk *new_chunk_locked(S3chainImage *img, uint64_t index)
+{
+    CachedChunk *c;
+    uint8_t *buf;
+
+    if (img->spare->len) {
+        buf = g_ptr_array_steal_index_fast(img->spare, img->spare->len - 1);
+    } else {
+        buf = qemu_try_blockalign(img->bs, chunk_size(img));
+        if (!buf) {
+            return NULL;
+        }
+    }
+    c = g_new0(CachedChunk, 1);
+    c->img = img;
+    c->index = index;
+    c->buf = buf;
+    c->state = CHUNK_LOADING;
+    c->users = 1;
+    qemu_co_queue_init(&c->waiters);
+    g_hash_table_insert(img->cache, &c->index, c);
+    QTAILQ_INSERT_TAIL(&img->lru, c, lru);
+    img->cached += chunk_size(img);
+    return c;
+}
+
+/* Loads new chunk @c from the bucket, or zeroes it if it has no object */
+static void coroutine_fn fill_chunk_locked(S3chainImage *img, CachedChunk *c,
+                                           bool overwrite)
+{
+    S3chainChunkRef *ref = s3chain_manifest_lookup(img->manifest, c->index);
+
+    if (ref && !overwrite) {
+        c->ret = load_chunk_locked(img, c, ref);
+    } else {
+        memset(c->buf, 0, chunk_size(img));
+    }
+    c->state = CHUNK_CLEAN;
+    qemu_co_queue_restart_all(&c->waiters);
+}
+
+static void coroutine_fn prefetch_entry(void *opaque)
+{
+    CachedChunk *c = opaque;
+    S3chainImage *img = c->img;
+
+    qemu_co_mutex_lock(&img->lock);
+    fill_chunk_locked(img, c, false);
+    release_locked(img, c);
+    qemu_co_mutex_unlock(&img->lock);
+    bdrv_dec_in_flight(img->bs);
+}
+
+/*
+ * Whether the buffer has room for a chunk loaded ahead, made if need be
+ * by dropping a clean chunk that was read through: a sequential reader
+ * does not come back.  Read-ahead never waits for room, nor pushes out
+ * what is dirty or still to be read.
+ */
+static bool room_ahead_locked(S3chainImage *img)
+{
+    CachedChunk *c;
+
+    if (img->cached + chunk_size(img) <= img->buffer_size) {
+        return true;
+    }
+    QTAILQ_FOREACH(c, &img->lru, lru) {
+        uint64_t len = MIN(chunk_size(img), img->manifest->size -
+                                            c->index * chunk_size(img));
+
+        if (c->state == CHUNK_CLEAN && !c->users && c->consumed >= len) {
+            drop_chunk_locked(img, c);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Starts loading chunks @first to @last, while there is room for them */
+static void read_ahead_locked(S3chainImage *img, uint64_t first,
+                              uint64_t last)
+{
+    for (uint64_t index = first; index <= last; index++) {
+        CachedChunk *c;
+
+        if (g_hash_table_contains(img->cache, &index) ||
+            !s3chain_manifest_lookup(img->manifest, index)) {
+            continue;
+        }
+        if (!room_ahead_locked(img)) {
+            return;
+        }
+        c = new_chunk_locked(img, index);
+        if (!c) {
+            return;
+        }
+        trace_s3chain_chunk_readahead(img->key, index);
+        bdrv_inc_in_flight(img->bs);
+        aio_co_enter(bdrv_get_aio_context(img->bs),
+                     qemu_coroutine_create(prefetch_entry, c));
+    }
+}
+
+/* Whether this read continues the pattern of a sequential reader */
+static bool note_read_locked(S3chainImage *img, uint64_t offset,
+                             uint64_t bytes)
+{
+    uint64_t slack = 2 * chunk_size(img);
+
+    if (offset + slack >= img->last_end && offset <= img->last_end + slack) {
+        img->streak = MIN(img->streak + 1, SEQUENTIAL_STREAK);
+        img->last_end = MAX(offset + bytes, img->last_end);
+    } else {
+        img->streak = 0;
+        img->last_end = offset + bytes;
+    }
+    return img->streak >= SEQUENTIAL_STREAK;
+}
+
 /*
  * Returns chunk @index pinned and loaded, from the buffer or the bucket.
  * With @for_write, it is not being uploaded; with @overwrite, the caller
@@ -313,7 +487,6 @@ static int coroutine_fn get_chunk_locked(S3chainImage *img, uint64_t index,
                                          CachedChunk **chunk)
 {
     CachedChunk *c;
-    S3chainChunkRef *ref;
     int ret;
 
 retry:
@@ -344,28 +517,11 @@ retry:
         goto retry;
     }
 
-    c = g_new0(CachedChunk, 1);
-    c->index = index;
-    c->buf = qemu_try_blockalign(img->bs, chunk_size(img));
-    if (!c->buf) {
-        g_free(c);
+    c = new_chunk_locked(img, index);
+    if (!c) {
         return -ENOMEM;
     }
-    c->users = 1;
-    qemu_co_queue_init(&c->waiters);
-    g_hash_table_insert(img->cache, &c->index, c);
-    QTAILQ_INSERT_TAIL(&img->lru, c, lru);
-    img->cached += chunk_size(img);
-
-    ref = s3chain_manifest_lookup(img->manifest, index);
-    if (ref && !overwrite) {
-        c->state = CHUNK_LOADING;
-        c->ret = load_chunk_locked(img, c, ref);
-    } else {
-        memset(c->buf, 0, chunk_size(img));
-    }
-    c->state = CHUNK_CLEAN;
-    qemu_co_queue_restart_all(&c->waiters);
+    fill_chunk_locked(img, c, overwrite);
     if (c->ret < 0) {
         ret = c->ret;
         release_locked(img, c);
@@ -383,7 +539,19 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
 
     bytes = offset < img->manifest->size ?
             MIN(bytes, img->manifest->size - offset) : 0;
+    if (!bytes) {
+        return 0;
+    }
     qemu_co_mutex_lock(&img->lock);
+    if (img->readahead_chunks && note_read_locked(img, offset, bytes)) {
+        uint64_t first = offset / chunk_size(img);
+        uint64_t last = DIV_ROUND_UP(img->manifest->size, chunk_size(img)) - 1;
+
+        /* this read's own chunks first, so that they load in parallel */
+        read_ahead_locked(img, first,
+                          MIN(last, (offset + bytes - 1) / chunk_size(img) +
+                                    img->readahead_chunks));
+    }
     while (done < bytes) {
         uint64_t pos = offset + done;
         uint64_t index = pos / chunk_size(img);
@@ -400,6 +568,7 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
                 break;
             }
             qemu_iovec_from_buf(qiov, done, c->buf + in_chunk, n);
+            c->consumed += n;
             release_locked(img, c);
         }
         done += n;
@@ -774,7 +943,8 @@ static void coroutine_fn drop_lock(S3chainImage *img)
 
 static S3chainImage *image_new(BlockDriverState *bs, S3chainConn *conn,
                                const char *key, S3chainManifest *manifest,
-                               bool writable, uint64_t buffer_size)
+                               bool writable, uint64_t buffer_size,
+                               uint64_t readahead)
 {
     S3chainImage *img = g_new0(S3chainImage, 1);
 
@@ -786,6 +956,8 @@ static S3chainImage *image_new(BlockDriverState *bs, S3chainConn *conn,
     img->writable = writable;
     img->session = manifest->generation + 1;
     img->buffer_size = MAX(buffer_size, 2 * manifest->chunk_size);
+    img->readahead_chunks = readahead / manifest->chunk_size;
+    img->spare = g_ptr_array_new_with_free_func(qemu_vfree);
     img->superseded = g_ptr_array_new_with_free_func(g_free);
     qemu_co_mutex_init(&img->lock);
     img->cache = g_hash_table_new(g_int64_hash, g_int64_equal);
@@ -804,6 +976,7 @@ static void image_free(S3chainImage *img)
         chunk_free(c);
     }
     g_hash_table_destroy(img->cache);
+    g_ptr_array_unref(img->spare);
     g_ptr_array_unref(img->superseded);
     s3chain_manifest_free(img->manifest);
     g_free(img->key);
@@ -815,6 +988,7 @@ int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
                                        S3chainConn *conn, const char *key,
                                        uint64_t manifest_bytes, bool writable,
                                        uint64_t buffer_size,
+                                       uint64_t readahead,
                                        S3chainImage **image, Error **errp)
 {
     g_autofree char *json = g_malloc0(manifest_bytes + 1);
@@ -850,7 +1024,8 @@ int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
         error_free(local_err);
         return -EINVAL;
     }
-    img = image_new(bs, conn, key, manifest, writable, buffer_size);
+    img = image_new(bs, conn, key, manifest, writable, buffer_size,
+                    readahead);
     if (writable) {
         ret = take_lock(img, errp);
         if (ret < 0) {

@@ -222,7 +222,8 @@ static void coroutine_fn s3chain_open_entry(void *opaque)
     if (ret == 0 && chunked) {
         ret = s3chain_image_co_open(bs, s->conn, s->opts->key, s->size,
                                     oc->flags & BDRV_O_RDWR,
-                                    s->opts->buffer_size, &s->image,
+                                    s->opts->buffer_size,
+                                    s->opts->readahead, &s->image,
                                     oc->errp);
     }
     oc->ret = ret;

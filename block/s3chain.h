@@ -186,11 +186,15 @@ int coroutine_fn s3chain_reader_co_preadv(S3chainReader *reader,
 
 typedef struct S3chainImage S3chainImage;
 
-/* Opens the chunked image whose manifest, @key, is @manifest_bytes long */
+/*
+ * Opens the chunked image whose manifest, @key, is @manifest_bytes long.
+ * A sequential reader has up to @readahead bytes of chunks loaded ahead.
+ */
 int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
                                        S3chainConn *conn, const char *key,
                                        uint64_t manifest_bytes, bool writable,
                                        uint64_t buffer_size,
+                                       uint64_t readahead,
                                        S3chainImage **image, Error **errp);
 /* Commits what was written, releases the writer's lock and frees @img */
 void coroutine_fn s3chain_image_co_close(S3chainImage *img);
