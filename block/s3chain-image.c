@@ -11,8 +11,11 @@
  *
  * A sequential reader makes the chunks ahead of it load in the
  * background, up to readahead bytes, in the room the buffer has free.
- * Checksums are computed in the thread pool, so that hashing one chunk
- * overlaps the transfer of others instead of stalling the AioContext.
+ * A chunk's sums are computed in the thread pool, so that hashing one
+ * chunk overlaps the transfer of others instead of stalling the
+ * AioContext.  An upload carries its MD5 as Content-MD5, which the server
+ * checks; a load checks the CRC-32, four times cheaper than MD5, or the
+ * MD5 of a chunk stored before manifests had CRC-32s.
  *
  * One writer at a time: a writable open creates KEY.lock with a
  * create-only PUT, and close deletes it.
@@ -29,6 +32,7 @@
 #include "qemu/memalign.h"
 #include "crypto/hash.h"
 #include "block/thread-pool.h"
+#include <zlib.h>
 #include "s3chain.h"
 #include "trace.h"
 
@@ -110,30 +114,37 @@ static int md5_of(const uint8_t *buf, size_t len, uint8_t *md5)
     return 0;
 }
 
-typedef struct HashJob {
+typedef struct SumJob {
     const uint8_t *buf;
     size_t len;
-    uint8_t md5[16];
-} HashJob;
+    bool md5;
+    bool crc32;
+    S3chainChunkRef *sums;
+} SumJob;
 
-static int hash_job_run(void *opaque)
+static int sum_job_run(void *opaque)
 {
-    HashJob *job = opaque;
+    SumJob *job = opaque;
 
-    return md5_of(job->buf, job->len, job->md5);
+    if (job->crc32) {
+        job->sums->crc32 = crc32_z(0, job->buf, job->len);
+        job->sums->has_crc32 = true;
+    }
+    return job->md5 ? md5_of(job->buf, job->len, job->sums->md5) : 0;
 }
 
-/* md5_of() in a worker thread; @buf must not change until it returns */
-static int coroutine_fn co_md5_of(const uint8_t *buf, size_t len,
-                                  uint8_t *md5)
+/*
+ * Puts the MD5 and/or the CRC-32 of @buf into @sums, computed in a worker
+ * thread; @buf must not change until it returns.
+ */
+static int coroutine_fn co_sums_of(const uint8_t *buf, size_t len, bool md5,
+                                   bool crc32, S3chainChunkRef *sums)
 {
-    HashJob job = { .buf = buf, .len = len };
-    int ret = thread_pool_submit_co(hash_job_run, &job);
+    SumJob job = {
+        .buf = buf, .len = len, .md5 = md5, .crc32 = crc32, .sums = sums,
+    };
 
-    if (ret == 0) {
-        memcpy(md5, job.md5, sizeof(job.md5));
-    }
-    return ret;
+    return thread_pool_submit_co(sum_job_run, &job);
 }
 
 /* What happened to @req, for a message that names the object */
@@ -199,7 +210,7 @@ typedef struct Upload {
     char *tag;
     char *key;
     char *md5_b64;
-    uint8_t md5[16];
+    S3chainChunkRef sums;
     S3chainRequest req;
 } Upload;
 
@@ -241,11 +252,12 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
         if (!u->key) {
             continue;
         }
-        u->req.ret = co_md5_of(u->chunk->buf, chunk_size(img), u->md5);
+        u->req.ret = co_sums_of(u->chunk->buf, chunk_size(img), true, true,
+                                &u->sums);
         if (u->req.ret < 0) {
             continue;
         }
-        u->md5_b64 = base64_md5(u->md5);
+        u->md5_b64 = base64_md5(u->sums.md5);
         u->req = (S3chainRequest) {
             .method = "PUT",
             .key = u->key,
@@ -275,8 +287,9 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
                 ret = ret ? ret : u->req.ret;
             } else {
                 supersede_locked(img, u->chunk->index);
-                s3chain_manifest_set(img->manifest, u->chunk->index, u->tag,
-                                     u->md5);
+                u->sums.tag = u->tag;
+                s3chain_manifest_set(img->manifest, u->chunk->index,
+                                     &u->sums);
                 u->chunk->state = CHUNK_CLEAN;
             }
             qemu_co_queue_restart_all(&u->chunk->waiters);
@@ -327,7 +340,7 @@ static int coroutine_fn load_chunk_locked(S3chainImage *img, CachedChunk *c,
                                           S3chainChunkRef *ref)
 {
     g_autofree char *key = s3chain_chunk_key(img->key, c->index, ref->tag);
-    uint8_t want[16], got[16];
+    S3chainChunkRef want = *ref, got = { 0 };
     QEMUIOVector qiov;
     S3chainRequest req = {
         .method = "GET",
@@ -338,14 +351,15 @@ static int coroutine_fn load_chunk_locked(S3chainImage *img, CachedChunk *c,
     };
     int ret;
 
-    memcpy(want, ref->md5, sizeof(want));
     qemu_iovec_init_buf(&qiov, c->buf, chunk_size(img));
     qemu_co_mutex_unlock(&img->lock);
     ret = s3chain_co_request(img->conn, &req);
     if (ret < 0) {
         report_request_error(img, "read of", key, &req);
-    } else if (co_md5_of(c->buf, chunk_size(img), got) < 0 ||
-               memcmp(want, got, sizeof(got))) {
+    } else if (co_sums_of(c->buf, chunk_size(img), !want.has_crc32,
+                          want.has_crc32, &got) < 0 ||
+               (want.has_crc32 ? got.crc32 != want.crc32
+                               : memcmp(want.md5, got.md5, sizeof(got.md5)))) {
         trace_s3chain_chunk_corrupt(bucket(img), key);
         error_report("s3chain: chunk s3://%s/%s does not match its checksum "
                      "in the manifest; the image is damaged", bucket(img),

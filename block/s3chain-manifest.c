@@ -7,12 +7,13 @@
  * last committed manifest always names intact objects.  The manifest is
  * JSON:
  *
- *   {"format": "s3chain-chunked", "version": 1, "size": N,
+ *   {"format": "s3chain-chunked", "version": 2, "size": N,
  *    "chunk-size": C, "generation": G,
- *    "chunks": [[INDEX, "TAG", "MD5 hex"], ...]}
+ *    "chunks": [[INDEX, "TAG", "MD5 hex", "CRC-32 hex"], ...]}
  *
  * with chunks in ascending INDEX order.  Chunks that are not listed read
- * as zeroes.
+ * as zeroes.  Version 1 had no CRC-32; a chunk that a version 1 writer
+ * stored keeps its entry of three when a later writer commits.
  *
  * Copyright (c) 2026 The s3chain authors
  *
@@ -30,7 +31,7 @@
 #include "s3chain.h"
 
 #define MANIFEST_FORMAT "s3chain-chunked"
-#define MANIFEST_VERSION 1
+#define MANIFEST_VERSION 2
 
 static void chunk_ref_free(gpointer p)
 {
@@ -72,15 +73,14 @@ S3chainChunkRef *s3chain_manifest_lookup(S3chainManifest *m, uint64_t index)
 }
 
 void s3chain_manifest_set(S3chainManifest *m, uint64_t index,
-                          const char *tag, const uint8_t *md5)
+                          const S3chainChunkRef *ref)
 {
-    S3chainChunkRef *ref = g_new0(S3chainChunkRef, 1);
+    S3chainChunkRef *copy = g_memdup2(ref, sizeof(*ref));
     uint64_t *key = g_new(uint64_t, 1);
 
     *key = index;
-    ref->tag = g_strdup(tag);
-    memcpy(ref->md5, md5, sizeof(ref->md5));
-    g_tree_replace(m->chunks, key, ref);
+    copy->tag = g_strdup(ref->tag);
+    g_tree_replace(m->chunks, key, copy);
 }
 
 void s3chain_manifest_remove(S3chainManifest *m, uint64_t index)
@@ -104,6 +104,9 @@ static gboolean encode_chunk(gpointer key, gpointer value, gpointer opaque)
                            *(uint64_t *)key, ref->tag);
     for (int i = 0; i < sizeof(ref->md5); i++) {
         g_string_append_printf(out, "%02x", ref->md5[i]);
+    }
+    if (ref->has_crc32) {
+        g_string_append_printf(out, "\", \"%08" PRIx32, ref->crc32);
     }
     g_string_append(out, "\"]");
     return false;
@@ -137,6 +140,18 @@ static bool decode_md5(const char *hex, uint8_t *md5)
         }
         md5[i] = hi << 4 | lo;
     }
+    return true;
+}
+
+static bool decode_crc32(const char *hex, uint32_t *crc32)
+{
+    uint64_t value;
+
+    if (strlen(hex) != 8 || strspn(hex, "0123456789abcdef") != 8 ||
+        qemu_strtou64(hex, NULL, 16, &value) < 0) {
+        return false;
+    }
+    *crc32 = value;
     return true;
 }
 
@@ -180,9 +195,9 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
     if (!get_uint(d, "version", &version, errp)) {
         return NULL;
     }
-    if (version != MANIFEST_VERSION) {
+    if (version < 1 || version > MANIFEST_VERSION) {
         error_setg(errp, "manifest version %" PRIu64 " is not supported; "
-                   "this s3chain reads version %d", version,
+                   "this s3chain reads versions 1 to %d", version,
                    MANIFEST_VERSION);
         return NULL;
     }
@@ -207,23 +222,38 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
     m->generation = generation;
     QLIST_FOREACH_ENTRY(chunks, e) {
         QList *item = qobject_to(QList, qlist_entry_obj(e));
+        QObject *fields[4] = { NULL };
         QNum *index_num;
-        QString *tag, *md5_hex;
+        QString *tag, *md5_hex, *crc32_hex;
+        S3chainChunkRef ref = { 0 };
         uint64_t index;
-        uint8_t md5[16];
+        size_t n = 0;
 
-        if (!item || qlist_size(item) != 3) {
-            error_setg(errp, "manifest chunk entry is not [index, tag, md5]");
+        if (item) {
+            QListEntry *f;
+
+            QLIST_FOREACH_ENTRY(item, f) {
+                if (n < ARRAY_SIZE(fields)) {
+                    fields[n] = qlist_entry_obj(f);
+                }
+                n++;
+            }
+        }
+        if (n != 3 && (n != 4 || version < 2)) {
+            error_setg(errp, "manifest chunk entry is not [index, tag, md5%s]",
+                       version < 2 ? "" : ", crc32");
             return NULL;
         }
-        index_num = qobject_to(QNum, qlist_peek(item));
-        tag = qobject_to(QString, qlist_entry_obj(QTAILQ_NEXT(
-                             QTAILQ_FIRST(&item->head), next)));
-        md5_hex = qobject_to(QString, qlist_entry_obj(QTAILQ_LAST(
-                                 &item->head)));
+        index_num = qobject_to(QNum, fields[0]);
+        tag = qobject_to(QString, fields[1]);
+        md5_hex = qobject_to(QString, fields[2]);
+        crc32_hex = qobject_to(QString, fields[3]);
+        ref.has_crc32 = n == 4;
         if (!index_num || !qnum_get_try_uint(index_num, &index) || !tag ||
             !md5_hex || !is_valid_tag(qstring_get_str(tag)) ||
-            !decode_md5(qstring_get_str(md5_hex), md5)) {
+            !decode_md5(qstring_get_str(md5_hex), ref.md5) ||
+            (ref.has_crc32 && (!crc32_hex ||
+                !decode_crc32(qstring_get_str(crc32_hex), &ref.crc32)))) {
             error_setg(errp, "manifest chunk entry is malformed");
             return NULL;
         }
@@ -234,7 +264,8 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
             return NULL;
         }
         last = index;
-        s3chain_manifest_set(m, index, qstring_get_str(tag), md5);
+        ref.tag = (char *)qstring_get_str(tag);
+        s3chain_manifest_set(m, index, &ref);
     }
     return g_steal_pointer(&m);
 }

@@ -58,7 +58,9 @@ char *s3chain_build_url(const BlockdevOptionsS3chain *opts, const char *key);
 
 typedef struct S3chainChunkRef {
     char *tag;                  /* names the chunk's object */
-    uint8_t md5[16];
+    uint8_t md5[16];            /* as sent in Content-MD5: its ETag */
+    bool has_crc32;             /* version 1 manifests have no CRC-32 */
+    uint32_t crc32;             /* zlib's, checked on each load */
 } S3chainChunkRef;
 
 typedef struct S3chainManifest {
@@ -73,8 +75,9 @@ void s3chain_manifest_free(S3chainManifest *m);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(S3chainManifest, s3chain_manifest_free)
 gint s3chain_index_cmp(gconstpointer a, gconstpointer b, gpointer unused);
 S3chainChunkRef *s3chain_manifest_lookup(S3chainManifest *m, uint64_t index);
+/* Names the object of chunk @index: a copy of @ref */
 void s3chain_manifest_set(S3chainManifest *m, uint64_t index,
-                          const char *tag, const uint8_t *md5);
+                          const S3chainChunkRef *ref);
 void s3chain_manifest_remove(S3chainManifest *m, uint64_t index);
 char *s3chain_manifest_encode(const S3chainManifest *m);
 S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp);

@@ -2,6 +2,7 @@
 #include "s3chain.h"
 
 #include <string.h>
+#include <zlib.h>
 
 /* Deep checks read this many chunks at once */
 #define VERIFY_READERS 8
@@ -22,20 +23,15 @@ void s3c_manifest_free(S3cManifest *m)
     }
 }
 
-static bool is_md5(const char *s)
+static bool is_hex(const char *s, size_t len)
 {
-    if (!s || strlen(s) != 32) {
-        return false;
-    }
-    for (; *s; s++) {
-        if (!g_ascii_isxdigit(*s)) {
-            return false;
-        }
-    }
-    return true;
+    return s && strlen(s) == len && strspn(s, "0123456789abcdefABCDEF") == len;
 }
 
-/* docs/object-layout.rst: {"size", "chunk-size", "chunks": [[I, TAG, MD5]]} */
+/*
+ * docs/object-layout.rst: {"version", "size", "chunk-size",
+ * "chunks": [[INDEX, TAG, MD5, CRC32], ...]}, no CRC32 in version 1
+ */
 static S3cManifest *parse_manifest(const char *key, const char *text)
 {
     g_autoptr(S3cManifest) m = g_new0(S3cManifest, 1);
@@ -47,6 +43,7 @@ static S3cManifest *parse_manifest(const char *key, const char *text)
     m->size = s3c_json_int(doc, "size");
     m->chunk_size = s3c_json_int(doc, "chunk-size");
     if (!doc || g_strcmp0(s3c_json_str(doc, "format"), "s3chain-chunked") ||
+        s3c_json_int(doc, "version") < 1 || s3c_json_int(doc, "version") > 2 ||
         !m->chunk_size || (m->chunk_size & (m->chunk_size - 1)) ||
         !json_object_object_get_ex(doc, "chunks", &chunks) ||
         !json_object_is_type(chunks, json_type_array)) {
@@ -59,10 +56,12 @@ static S3cManifest *parse_manifest(const char *key, const char *text)
             json_object_array_get_idx(entry, 1));
         const char *md5 = json_object_get_string(
             json_object_array_get_idx(entry, 2));
+        const char *crc32 = json_object_get_string(
+            json_object_array_get_idx(entry, 3));
         S3cChunk *c;
 
         if (!json_object_is_type(entry, json_type_array) || !tag ||
-            !is_md5(md5)) {
+            !is_hex(md5, 32) || (crc32 && !is_hex(crc32, 8))) {
             json_object_put(doc);
             return NULL;
         }
@@ -71,6 +70,8 @@ static S3cManifest *parse_manifest(const char *key, const char *text)
         c->key = g_strdup_printf("%s.d/%016" G_GINT64_MODIFIER "x.%s", key,
                                  c->index, tag);
         c->md5 = g_ascii_strdown(md5, -1);
+        c->has_crc32 = crc32 != NULL;
+        c->crc32 = crc32 ? g_ascii_strtoull(crc32, NULL, 16) : 0;
         g_ptr_array_add(m->chunks, c);
     }
     json_object_put(doc);
@@ -149,6 +150,8 @@ static void read_chunk(gpointer data, gpointer opaque)
                                     c->key);
         }
     } else {
+        uint32_t crc32 = crc32_z(0, (const Bytef *)body->str, body->len);
+
         md5 = g_compute_checksum_for_data(G_CHECKSUM_MD5,
                                           (const guchar *)body->str,
                                           body->len);
@@ -156,6 +159,10 @@ static void read_chunk(gpointer data, gpointer opaque)
             fault = g_strdup_printf("s3://%s/%s: its bytes have MD5 %s, the "
                                     "manifest says %s", dc->repo->bucket,
                                     c->key, md5, c->md5);
+        } else if (c->has_crc32 && crc32 != c->crc32) {
+            fault = g_strdup_printf("s3://%s/%s: its bytes have CRC-32 %08x, "
+                                    "the manifest says %08x", dc->repo->bucket,
+                                    c->key, crc32, c->crc32);
         }
     }
     g_mutex_lock(&dc->lock);
@@ -168,7 +175,7 @@ static void read_chunk(gpointer data, gpointer opaque)
     g_mutex_unlock(&dc->lock);
 }
 
-/* Reads every chunk of @m and checks its MD5 */
+/* Reads every chunk of @m and checks its MD5 and CRC-32 */
 static bool read_all_chunks(const S3cRepo *repo, const S3cManifest *m,
                             GPtrArray *faults, GError **err)
 {

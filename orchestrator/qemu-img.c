@@ -80,12 +80,23 @@ static bool last_percent(const char *text, double *percent)
     return true;
 }
 
-static char *last_line(GString *text)
+/*
+ * The line that says why qemu-img failed: the driver's first report, which
+ * names the object and the cause, rather than the block layer's last line
+ * ("Could not read qcow2 header: Input/output error").
+ */
+static char *failure_line(GString *text)
 {
     g_auto(GStrv) lines = g_strsplit(g_strstrip(text->str), "\n", -1);
     guint n = g_strv_length(lines);
     const char *line = n ? lines[n - 1] : "";
 
+    for (guint i = 0; i < n; i++) {
+        if (g_str_has_prefix(lines[i], "qemu-img: s3chain: ")) {
+            line = lines[i];
+            break;
+        }
+    }
     if (g_str_has_prefix(line, "qemu-img: ")) {
         line += strlen("qemu-img: ");
     }
@@ -196,7 +207,7 @@ bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
         return false;
     }
     if (!WIFEXITED(status) || WEXITSTATUS(status)) {
-        g_autofree char *why = last_line(errors->len ? errors : out);
+        g_autofree char *why = failure_line(errors->len ? errors : out);
 
         g_set_error(err, S3C_ERROR,
                     strstr(errors->str, "damaged") ||

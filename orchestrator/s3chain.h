@@ -112,6 +112,8 @@ typedef struct S3cChunk {
     uint64_t index;
     char *key;
     char *md5;                  /* lower-case hex */
+    bool has_crc32;             /* manifests of version 1 have none */
+    uint32_t crc32;
 } S3cChunk;
 
 typedef struct S3cManifest {

@@ -342,6 +342,38 @@ class TestVerify(RestoreTestCase):
             self.chain.bucket.delete(key)
             self.damaged(key, point, 'vd1')
 
+    def test_manifest_checksum_wrong(self) -> None:
+        """A chunk is intact but its manifest's CRC-32 is not: only a deep
+        verify reads the bytes, and it names the chunk; a restore that
+        reads the chunk fails as damaged and leaves no target"""
+        point = self.chain.points[4]
+        key = self.chain.image(point, 'vd0')
+        chunk = self.chain.chunks(point, 'vd0')[0]
+        with self.put_back(key) as body:
+            manifest = json.loads(body)
+            entry = manifest['chunks'][0]
+            entry[3] = f'{int(entry[3], 16) ^ 1:08x}'
+            self.chain.bucket.client.put_object(
+                Bucket=self.chain.bucket.name, Key=key,
+                Body=json.dumps(manifest).encode(),
+                ContentType='application/vnd.s3chain.manifest+json')
+            self.assertTrue(self.verify()['intact'])
+            result = self.verify('--deep')
+            self.assertEqual(len(result['faults']), 1, result['faults'])
+            fault = result['faults'][0]
+            self.assertEqual(fault['object'],
+                             f's3://{self.chain.bucket.name}/{chunk}')
+            self.assertIn('CRC-32', fault['message'])
+            self.assertEqual((fault['backup'], fault['disk']), (point, 'vd0'))
+
+            target = os.path.join(self.dir, 'crc.raw')
+            run = self.s3chain('restore', '--backup', point,
+                               '--target', f'vd0={target}')
+            code, err = run.finish()
+            self.assertEqual(code, 11, err)
+            self.assertIn(chunk, err)
+            self.assertFalse(os.path.exists(target))
+
 
 class TestServe(RestoreTestCase):
     def serve(self, *args: str) -> Run:

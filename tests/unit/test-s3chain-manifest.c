@@ -10,10 +10,24 @@
 #include "qapi/error.h"
 #include "../../block/s3chain.h"
 
-static const uint8_t md5_a[16] = {
-    0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0x00, 0xb2, 0x04,
-    0xe9, 0x80, 0x09, 0x98, 0xec, 0xf8, 0x42, 0x7e,
+static const S3chainChunkRef ref_a = {
+    .md5 = {
+        0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0x00, 0xb2, 0x04,
+        0xe9, 0x80, 0x09, 0x98, 0xec, 0xf8, 0x42, 0x7e,
+    },
+    .has_crc32 = true,
+    .crc32 = 0x0a1b2c3d,
 };
+
+static void set(S3chainManifest *m, uint64_t index, const char *tag,
+                bool has_crc32)
+{
+    S3chainChunkRef ref = ref_a;
+
+    ref.tag = (char *)tag;
+    ref.has_crc32 = has_crc32;
+    s3chain_manifest_set(m, index, &ref);
+}
 
 static void test_round_trip(void)
 {
@@ -25,19 +39,20 @@ static void test_round_trip(void)
     S3chainChunkRef *ref;
 
     m->generation = 7;
-    s3chain_manifest_set(m, 10, "7.1", md5_a);
-    s3chain_manifest_set(m, 0, "3.2a", md5_a);
-    s3chain_manifest_set(m, 4, "5.1", md5_a);
-    s3chain_manifest_set(m, 4, "7.2", md5_a);
+    set(m, 10, "7.1", true);
+    set(m, 0, "3.2a", false);
+    set(m, 4, "5.1", true);
+    set(m, 4, "7.2", true);
     s3chain_manifest_remove(m, 9);
 
     json = s3chain_manifest_encode(m);
     g_assert_cmpstr(json, ==,
-        "{\"format\": \"s3chain-chunked\", \"version\": 1, "
+        "{\"format\": \"s3chain-chunked\", \"version\": 2, "
         "\"size\": 10485763, \"chunk-size\": 1048576, \"generation\": 7, "
         "\"chunks\": [[0, \"3.2a\", \"d41d8cd98f00b204e9800998ecf8427e\"], "
-        "[4, \"7.2\", \"d41d8cd98f00b204e9800998ecf8427e\"], "
-        "[10, \"7.1\", \"d41d8cd98f00b204e9800998ecf8427e\"]]}\n");
+        "[4, \"7.2\", \"d41d8cd98f00b204e9800998ecf8427e\", \"0a1b2c3d\"], "
+        "[10, \"7.1\", \"d41d8cd98f00b204e9800998ecf8427e\", "
+        "\"0a1b2c3d\"]]}\n");
 
     back = s3chain_manifest_decode(json, &error_abort);
     g_assert_cmpuint(back->size, ==, 10 * MiB + 3);
@@ -47,11 +62,30 @@ static void test_round_trip(void)
     ref = s3chain_manifest_lookup(back, 4);
     g_assert_nonnull(ref);
     g_assert_cmpstr(ref->tag, ==, "7.2");
-    g_assert_cmpmem(ref->md5, 16, md5_a, 16);
+    g_assert_cmpmem(ref->md5, 16, ref_a.md5, 16);
+    g_assert_true(ref->has_crc32);
+    g_assert_cmphex(ref->crc32, ==, 0x0a1b2c3d);
+    g_assert_false(s3chain_manifest_lookup(back, 0)->has_crc32);
     g_assert_null(s3chain_manifest_lookup(back, 5));
 
     again = s3chain_manifest_encode(back);
     g_assert_cmpstr(again, ==, json);
+}
+
+/* What a version 1 writer stored still reads */
+static void test_version_1(void)
+{
+    g_autoptr(S3chainManifest) m = s3chain_manifest_decode(
+        "{\"format\": \"s3chain-chunked\", \"version\": 1, "
+        "\"size\": 2097152, \"chunk-size\": 1048576, \"generation\": 3, "
+        "\"chunks\": [[1, \"2.1\", \"d41d8cd98f00b204e9800998ecf8427e\"]]}",
+        &error_abort);
+    S3chainChunkRef *ref = s3chain_manifest_lookup(m, 1);
+
+    g_assert_nonnull(ref);
+    g_assert_cmpstr(ref->tag, ==, "2.1");
+    g_assert_cmpmem(ref->md5, 16, ref_a.md5, 16);
+    g_assert_false(ref->has_crc32);
 }
 
 static void test_chunk_key(void)
@@ -79,12 +113,22 @@ static void decode_fails(const char *json, const char *message_part)
     "{\"format\": \"s3chain-chunked\", \"version\": " #version ", " \
     "\"size\": " #size ", \"chunk-size\": " #chunk ", \"generation\": 1, "
 #define MD5 "\"d41d8cd98f00b204e9800998ecf8427e\""
+#define CRC32 "\"0a1b2c3d\""
 
 static void test_damaged(void)
 {
     decode_fails("not json", "not a JSON object");
     decode_fails("{\"format\": \"qcow2\"}", "format is not s3chain-chunked");
-    decode_fails(HEAD(2, 100, 65536) "\"chunks\": []}", "version 2");
+    decode_fails(HEAD(3, 100, 65536) "\"chunks\": []}", "version 3");
+    decode_fails(HEAD(0, 100, 65536) "\"chunks\": []}", "version 0");
+    decode_fails(HEAD(1, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
+                 CRC32 "]]}", "not [index, tag, md5]");
+    decode_fails(HEAD(2, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
+                 CRC32 ", 1]]}", "not [index, tag, md5, crc32]");
+    decode_fails(HEAD(2, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
+                 "\"0a1b2c3\"]]}", "malformed");
+    decode_fails(HEAD(2, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
+                 "\"0A1B2C3D\"]]}", "malformed");
     decode_fails(HEAD(1, 100, 1000) "\"chunks\": []}", "chunk-size 1000");
     decode_fails(HEAD(1, 100, 65536) "\"chunks\": {}}", "no chunk list");
     decode_fails(HEAD(1, 100, 65536) "\"chunks\": [[0, \"1.1\"]]}",
@@ -103,6 +147,7 @@ int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/s3chain/manifest/round-trip", test_round_trip);
+    g_test_add_func("/s3chain/manifest/version-1", test_version_1);
     g_test_add_func("/s3chain/manifest/chunk-key", test_chunk_key);
     g_test_add_func("/s3chain/manifest/damaged", test_damaged);
     return g_test_run();
