@@ -446,6 +446,7 @@ typedef struct S3cRestoreDisk {
     uint64_t size;
     bool block_device;
     bool replaces;              /* an existing file, with --force */
+    bool direct;                /* the target takes O_DIRECT writes */
 } S3cRestoreDisk;
 
 typedef struct S3cRestorePlan {
