@@ -304,6 +304,37 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
 
 static void maybe_write_back_locked(S3chainImage *img);
 
+/* Whether a sequential reader is done with @c */
+static bool read_through(S3chainImage *img, CachedChunk *c)
+{
+    return c->consumed >= MIN(chunk_size(img), img->manifest->size -
+                                               c->index * chunk_size(img));
+}
+
+/*
+ * A clean chunk that nobody uses, to drop: one read through if there is
+ * one, since a sequential reader does not come back, else unless
+ * @only_read_through the least recently used.
+ */
+static CachedChunk *droppable_locked(S3chainImage *img,
+                                     bool only_read_through)
+{
+    CachedChunk *c, *victim = NULL;
+
+    QTAILQ_FOREACH(c, &img->lru, lru) {
+        if (c->state != CHUNK_CLEAN || c->users) {
+            continue;
+        }
+        if (read_through(img, c)) {
+            return c;
+        }
+        if (!victim && !only_read_through) {
+            victim = c;
+        }
+    }
+    return victim;
+}
+
 /*
  * Makes room for one more chunk in the buffer: drops a clean chunk, or
  * waits for the background uploads to clean some.
@@ -311,14 +342,9 @@ static void maybe_write_back_locked(S3chainImage *img);
 static int coroutine_fn make_room_locked(S3chainImage *img)
 {
     while (img->cached + chunk_size(img) > img->buffer_size) {
-        CachedChunk *c;
+        CachedChunk *c = droppable_locked(img, false);
         int ret;
 
-        QTAILQ_FOREACH(c, &img->lru, lru) {
-            if (c->state == CHUNK_CLEAN && !c->users) {
-                break;
-            }
-        }
         if (c) {
             drop_chunk_locked(img, c);
             continue;
@@ -438,16 +464,11 @@ static bool room_ahead_locked(S3chainImage *img)
     if (img->cached + chunk_size(img) <= img->buffer_size) {
         return true;
     }
-    QTAILQ_FOREACH(c, &img->lru, lru) {
-        uint64_t len = MIN(chunk_size(img), img->manifest->size -
-                                            c->index * chunk_size(img));
-
-        if (c->state == CHUNK_CLEAN && !c->users && c->consumed >= len) {
-            drop_chunk_locked(img, c);
-            return true;
-        }
+    c = droppable_locked(img, true);
+    if (c) {
+        drop_chunk_locked(img, c);
     }
-    return false;
+    return c != NULL;
 }
 
 /* Starts loading chunks @first to @last, while there is room for them */
@@ -970,7 +991,14 @@ static S3chainImage *image_new(BlockDriverState *bs, S3chainConn *conn,
     img->writable = writable;
     img->session = manifest->generation + 1;
     img->buffer_size = MAX(buffer_size, 2 * manifest->chunk_size);
-    img->readahead_chunks = readahead / manifest->chunk_size;
+    /*
+     * Most of the buffer is for the chunks that the reader's own requests
+     * in flight are reading: qemu-img convert -m 16 reads 32 MiB at once.
+     * Beyond an eighth, chunks loaded ahead pushed out chunks still being
+     * read, which then loaded twice (6% of a restore's GETs at a quarter).
+     */
+    img->readahead_chunks = MIN(readahead, img->buffer_size / 8) /
+                            manifest->chunk_size;
     img->spare = g_ptr_array_new_with_free_func(qemu_vfree);
     img->superseded = g_ptr_array_new_with_free_func(g_free);
     qemu_co_mutex_init(&img->lock);
