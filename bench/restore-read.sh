@@ -69,6 +69,7 @@ parallel_get() {
 # Each variant: "label|driver options|qemu-img convert options"
 variants=("s3chain convert (defaults)||"
           "s3chain convert -m 16||-m 16"
+          "s3chain convert -t none -m 16 -W (restore's)||-t none -m 16 -W"
           "s3chain convert, readahead=0|;readahead=0|"
           "s3chain convert, request-size=1M|;request-size=1048576|"
           "s3chain convert, request-size=8M|;request-size=8388608|"
