@@ -509,60 +509,35 @@ static void emit_started(Backup *b)
 /* Waits for every job to end; false if any failed or we were stopped */
 static bool wait_jobs(Backup *b, GError **err)
 {
-    int64_t job_start = g_get_monotonic_time();
+    g_autofree S3cJobProgress *jobs = g_new0(S3cJobProgress,
+                                             b->disks->len);
+    g_autoptr(GString) errors = g_string_new(NULL);
+    bool ok;
 
-    for (;;) {
-        json_object *jobs = s3c_qmp_execute(b->vm, "query-jobs", NULL, err);
-        uint64_t done = 0, total = 0;
-        guint concluded = 0;
-        GString *errors = g_string_new(NULL);
-
-        if (!jobs) {
-            g_string_free(errors, true);
-            return false;
-        }
-        for (guint i = 0; i < b->disks->len; i++) {
-            DiskBackup *d = g_ptr_array_index(b->disks, i);
-            json_object *job = s3c_json_find_id(jobs, d->job);
-            const char *error = job ? s3c_json_str(job, "error") : "vanished";
-
-            if (!job || !strcmp(s3c_json_str(job, "status"), "concluded")) {
-                concluded++;
-                if (!d->duration) {
-                    d->duration = (g_get_monotonic_time() - job_start) / 1e6;
-                }
-                if (error) {
-                    g_string_append_printf(errors, "%s%s: %s",
-                                           errors->len ? "; " : "",
-                                           d->disk->name, error);
-                }
-            }
-            if (job) {
-                d->bytes_copied = s3c_json_int(job, "total-progress");
-                done += s3c_json_int(job, "current-progress");
-                total += d->bytes_copied;
-            }
-        }
-        json_object_put(jobs);
-        s3c_output_progress(done, total);
-        if (concluded == b->disks->len) {
-            bool ok = !errors->len;
-
-            if (!ok) {
-                g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
-                            "the backup job failed: %s", errors->str);
-            }
-            g_string_free(errors, true);
-            return ok;
-        }
-        g_string_free(errors, true);
-        if (s3c_interrupted) {
-            g_set_error(err, S3C_ERROR, S3C_EXIT_INTERRUPTED,
-                        "interrupted by a signal; the backup was cancelled");
-            return false;
-        }
-        json_object_put(s3c_qmp_next_event(b->vm, POLL_MS));
+    for (guint i = 0; i < b->disks->len; i++) {
+        jobs[i].id = ((DiskBackup *)g_ptr_array_index(b->disks, i))->job;
     }
+    ok = s3c_jobs_follow(b->vm, jobs, b->disks->len, false,
+                         "interrupted by a signal; the backup was cancelled",
+                         err);
+    for (guint i = 0; i < b->disks->len; i++) {
+        DiskBackup *d = g_ptr_array_index(b->disks, i);
+
+        d->duration = jobs[i].seconds;
+        d->bytes_copied = jobs[i].total;
+        if (jobs[i].error) {
+            g_string_append_printf(errors, "%s%s: %s",
+                                   errors->len ? "; " : "", d->disk->name,
+                                   jobs[i].error);
+        }
+        g_free(jobs[i].error);
+    }
+    if (ok && errors->len) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
+                    "the backup job failed: %s", errors->str);
+        ok = false;
+    }
+    return ok;
 }
 
 /* Ends the exports at once, closing their images unfinished */

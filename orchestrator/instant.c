@@ -176,50 +176,30 @@ static bool start_copies(Instant *in, GError **err)
 /* Follows the copies to their end, reporting their progress */
 static bool wait_copies(Instant *in, GError **err)
 {
-    for (;;) {
-        json_object *jobs = s3c_qmp_execute(in->vm, "query-jobs", NULL, err);
-        uint64_t done = 0, total = 0;
-        int running = 0;
-        g_autofree char *error = NULL;
+    guint n = in->plan.disks->len;
+    g_autofree S3cJobProgress *jobs = g_new0(S3cJobProgress, n);
+    g_autoptr(GPtrArray) ids = g_ptr_array_new_with_free_func(g_free);
+    bool ok;
 
-        if (!jobs) {
-            return false;
-        }
-        for (guint i = 0; i < in->plan.disks->len; i++) {
-            S3cRestoreDisk *rd = g_ptr_array_index(in->plan.disks, i);
-            g_autofree char *id = stream_job(rd);
-            json_object *job = s3c_json_find_id(jobs, id);
-
-            if (!job) {
-                error = g_strdup_printf("the copy of disk %s vanished",
-                                        rd->name);
-                break;
-            }
-            done += s3c_json_int(job, "current-progress");
-            total += s3c_json_int(job, "total-progress");
-            if (s3c_json_str(job, "error")) {
-                error = g_strdup_printf("the copy of disk %s failed: %s",
-                                        rd->name, s3c_json_str(job, "error"));
-            } else if (strcmp(s3c_json_str(job, "status"), "concluded")) {
-                running++;
-            }
-        }
-        json_object_put(jobs);
-        if (error) {
-            g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT, "%s", error);
-            return false;
-        }
-        s3c_output_progress(running ? MIN(done, total - 1) : total, total);
-        if (!running) {
-            return true;
-        }
-        if (s3c_interrupted) {
-            g_set_error(err, S3C_ERROR, S3C_EXIT_INTERRUPTED,
-                        "interrupted before the copy ended");
-            return false;
-        }
-        json_object_put(s3c_qmp_next_event(in->vm, 500));
+    for (guint i = 0; i < n; i++) {
+        g_ptr_array_add(ids, stream_job(g_ptr_array_index(in->plan.disks,
+                                                          i)));
+        jobs[i].id = g_ptr_array_index(ids, i);
     }
+    ok = s3c_jobs_follow(in->vm, jobs, n, true,
+                         "interrupted before the copy ended", err);
+    for (guint i = 0; i < n; i++) {
+        S3cRestoreDisk *rd = g_ptr_array_index(in->plan.disks, i);
+
+        if (ok && jobs[i].error) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
+                        "the copy of disk %s failed: %s", rd->name,
+                        jobs[i].error);
+            ok = false;
+        }
+        g_free(jobs[i].error);
+    }
+    return ok;
 }
 
 static void end_copies(Instant *in, bool cancel)

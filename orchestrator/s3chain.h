@@ -214,6 +214,25 @@ json_object *s3c_json_seconds(double seconds);
 /* Waits for job @id (doing @what) to conclude, then dismisses it */
 bool s3c_job_wait(S3cQmp *qmp, const char *id, const char *what,
                   GError **err);
+/* One of the jobs that s3c_jobs_follow() follows */
+typedef struct S3cJobProgress {
+    const char *id;             /* set by the caller */
+    bool ended;                 /* concluded, or vanished */
+    char *error;                /* why it failed, once ended; the caller's */
+    double seconds;             /* from the start of the follow to its end */
+    uint64_t done;
+    uint64_t total;
+} S3cJobProgress;
+
+/*
+ * Follows @n jobs, reporting their summed progress, until each has ended
+ * or, with @stop_at_error, one has failed.  False only when QMP fails or a
+ * signal came (then with @interrupted as the message): the jobs' own
+ * errors are in @jobs, for the caller to word.
+ */
+bool s3c_jobs_follow(S3cQmp *qmp, S3cJobProgress *jobs, guint n,
+                     bool stop_at_error, const char *interrupted,
+                     GError **err);
 /* Starts job @id with @command and @args (taken) and waits for its end */
 bool s3c_job_run(S3cQmp *qmp, const char *command, json_object *args,
                  const char *id, GError **err);
