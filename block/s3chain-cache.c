@@ -52,8 +52,7 @@ struct S3chainReader {
     CoMutex lock;
     GHashTable *segments;       /* index -> Segment */
     QTAILQ_HEAD(, Segment) lru; /* least recently used first */
-    uint64_t last_end;
-    unsigned streak;
+    S3chainStreak streak;
     unsigned reported_errors;
 };
 
@@ -231,22 +230,17 @@ static int coroutine_fn read_direct(S3chainReader *r, uint64_t offset,
     return ret;
 }
 
-/* Whether this read continues the pattern of a sequential reader */
-static bool note_read_locked(S3chainReader *r, uint64_t offset,
-                             uint64_t bytes)
+bool s3chain_streak_note(S3chainStreak *s, uint64_t offset, uint64_t bytes,
+                         uint64_t slack)
 {
-    uint64_t slack = r->request_size * 2;
-
-    if (offset + slack >= r->last_end && offset <= r->last_end + slack) {
-        r->streak = MIN(r->streak + 1, SEQUENTIAL_STREAK);
+    if (offset + slack >= s->last_end && offset <= s->last_end + slack) {
+        s->reads = MIN(s->reads + 1, SEQUENTIAL_STREAK);
+        s->last_end = MAX(offset + bytes, s->last_end);
     } else {
-        r->streak = 0;
+        s->reads = 0;
+        s->last_end = offset + bytes;
     }
-    r->last_end = MAX(offset + bytes, r->last_end);
-    if (r->streak == 0) {
-        r->last_end = offset + bytes;
-    }
-    return r->streak >= SEQUENTIAL_STREAK;
+    return s->reads >= SEQUENTIAL_STREAK;
 }
 
 int coroutine_fn s3chain_reader_co_preadv(S3chainReader *r, uint64_t offset,
@@ -268,7 +262,8 @@ int coroutine_fn s3chain_reader_co_preadv(S3chainReader *r, uint64_t offset,
     segs = g_new0(Segment *, last - first + 1);
 
     qemu_co_mutex_lock(&r->lock);
-    sequential = note_read_locked(r, offset, bytes);
+    sequential = s3chain_streak_note(&r->streak, offset, bytes,
+                                     2 * r->request_size);
     for (uint64_t i = first; i <= last; i++) {
         Segment *seg = sequential ? get_segment_locked(r, i, false)
                                   : g_hash_table_lookup(r->segments, &i);

@@ -10,7 +10,8 @@
  * image with the next manifest.  All-zero chunks are never stored.
  *
  * A sequential reader makes the chunks ahead of it load in the
- * background, up to readahead bytes, in the room the buffer has free.
+ * background, up to readahead bytes but at most an eighth of the buffer,
+ * in the room the buffer has free.
  * A chunk's sums are computed in the thread pool, so that hashing one
  * chunk overlaps the transfer of others instead of stalling the
  * AioContext.  An upload carries its MD5 as Content-MD5, which the server
@@ -42,9 +43,6 @@ typedef enum ChunkState {
     CHUNK_DIRTY,
     CHUNK_UPLOADING,
 } ChunkState;
-
-/* Consecutive near-sequential reads before read-ahead starts */
-#define SEQUENTIAL_STREAK 3
 
 typedef struct CachedChunk {
     S3chainImage *img;
@@ -78,8 +76,7 @@ struct S3chainImage {
     QTAILQ_HEAD(, CachedChunk) lru;
     uint64_t cached;
     GPtrArray *spare;           /* buffers of dropped chunks, for reuse */
-    uint64_t last_end;          /* of the last read */
-    unsigned streak;            /* of near-sequential reads */
+    S3chainStreak streak;
     CoQueue room;
     bool writing_back;          /* between the high and low water marks */
     unsigned uploading;         /* background uploads in flight */
@@ -496,22 +493,6 @@ static void read_ahead_locked(S3chainImage *img, uint64_t first,
     }
 }
 
-/* Whether this read continues the pattern of a sequential reader */
-static bool note_read_locked(S3chainImage *img, uint64_t offset,
-                             uint64_t bytes)
-{
-    uint64_t slack = 2 * chunk_size(img);
-
-    if (offset + slack >= img->last_end && offset <= img->last_end + slack) {
-        img->streak = MIN(img->streak + 1, SEQUENTIAL_STREAK);
-        img->last_end = MAX(offset + bytes, img->last_end);
-    } else {
-        img->streak = 0;
-        img->last_end = offset + bytes;
-    }
-    return img->streak >= SEQUENTIAL_STREAK;
-}
-
 /*
  * Returns chunk @index pinned and loaded, from the buffer or the bucket.
  * With @for_write, it is not being uploaded; with @overwrite, the caller
@@ -578,7 +559,9 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
         return 0;
     }
     qemu_co_mutex_lock(&img->lock);
-    if (img->readahead_chunks && note_read_locked(img, offset, bytes)) {
+    if (img->readahead_chunks &&
+        s3chain_streak_note(&img->streak, offset, bytes,
+                            2 * chunk_size(img))) {
         uint64_t first = offset / chunk_size(img);
         uint64_t last = DIV_ROUND_UP(img->manifest->size, chunk_size(img)) - 1;
 

@@ -169,6 +169,19 @@ int coroutine_fn s3chain_co_request(S3chainConn *conn, S3chainRequest *req);
 
 /* s3chain-cache.c: ranged reads with read-ahead */
 
+/* Tells a sequential reader, for read-ahead */
+typedef struct S3chainStreak {
+    uint64_t last_end;          /* where the reads so far ended */
+    unsigned reads;             /* near-sequential ones in a row */
+} S3chainStreak;
+
+/*
+ * Notes a read of @bytes at @offset; true once it continues a run of
+ * reads that each start within @slack of where the ones before ended.
+ */
+bool s3chain_streak_note(S3chainStreak *s, uint64_t offset, uint64_t bytes,
+                         uint64_t slack);
+
 typedef struct S3chainReader S3chainReader;
 
 /*
