@@ -18,23 +18,15 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.environ.get('S3CHAIN_BUILD', os.path.join(REPO, 'build'))
-sys.path.insert(0, os.path.join(BUILD, 'qemu-src', 'python'))
-sys.path.insert(0, os.path.join(REPO, 'scripts'))
+from vmbench import (GiB, MiB, QEMU_IMG, QSD, REPO, S3CHAIN, dirty,
+                     start_vm)
 
 # pylint: disable=wrong-import-position
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 import s3obj  # noqa: E402
-from qemu.machine import QEMUMachine  # noqa: E402
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
 DATA = 512 * MiB        # what the disk holds before the backups
 DIRTY = 64 * MiB        # what changes between them
-S3CHAIN = os.path.join(BUILD, 'orchestrator', 's3chain')
-QSD = os.path.join(BUILD, 'qemu', 'storage-daemon', 'qemu-storage-daemon')
-QEMU_IMG = os.path.join(BUILD, 'qemu', 'qemu-img')
 
 
 class Bench:
@@ -60,28 +52,6 @@ class Bench:
             total += sum(o['Size'] for o in page.get('Contents', []))
         return total
 
-    def start_vm(self, disk):
-        self.vm = QEMUMachine(
-            '/usr/bin/qemu-system-x86_64',
-            args=['-nodefaults', '-display', 'none', '-accel', 'tcg',
-                  '-qmp', f'unix:{self.work}/vm.qmp,server=on,wait=off',
-                  '-device', 'virtio-scsi-pci,id=scsi0',
-                  '-blockdev', f'driver=raw,node-name=disk0,'
-                               f'file.driver=file,file.filename={disk}',
-                  '-device', 'scsi-hd,id=vd0,drive=disk0'],
-            base_temp_dir=self.work)
-        self.vm.launch()
-
-    def hmp(self, line):
-        out = self.vm.cmd('human-monitor-command', command_line=line)
-        assert 'failed' not in out and 'rror' not in out, out
-
-    def dirty(self, size):
-        rnd = random.Random(size)
-        for _ in range(DIRTY // MiB):
-            off = rnd.randrange(0, size // MiB) * MiB
-            self.hmp(f'qemu-io -d vd0 "write -P {rnd.randrange(1, 255)} '
-                     f'{off} 1M"')
 
     def start_sidecar(self):
         runtime = os.path.join(self.work, 'run')
@@ -155,7 +125,7 @@ class Bench:
             for i in range(DATA // (16 * MiB)):
                 f.seek(rnd.randrange(0, (size - 16 * MiB) // MiB) * MiB)
                 f.write(os.urandom(16 * MiB))
-        self.start_vm(disk)
+        self.vm = start_vm(self.work, disk, 'raw')
         runtime, qmp = self.start_sidecar()
         base = f'{self.prefix}/{size_gib}g'
         repo = f's3://{self.bucket}/{base}/s3chain'
@@ -165,7 +135,7 @@ class Bench:
             self.s3chain_backup(runtime, qmp, repo)
             self.restic(restic_repo, 'init')
             self.restic(restic_repo, 'backup', disk)
-            self.dirty(size)
+            dirty(self.vm, size, DIRTY, random.Random(size))
             # the OADP pipeline gets the same changes, in a bitmap of its own
             bitmap = [b['name'] for n in self.vm.cmd(
                 'query-named-block-nodes', flat=True)

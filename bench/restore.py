@@ -23,23 +23,16 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.environ.get('S3CHAIN_BUILD', os.path.join(REPO, 'build'))
-sys.path.insert(0, os.path.join(BUILD, 'qemu-src', 'python'))
-sys.path.insert(0, os.path.join(REPO, 'scripts'))
+from vmbench import (GiB, MiB, QEMU_BUILD, QEMU_IMG, QSD, REPO, S3CHAIN,
+                     dirty, start_vm)
 
 # pylint: disable=wrong-import-position
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 import s3obj  # noqa: E402
-from qemu.machine import QEMUMachine  # noqa: E402
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
 SIZE = 4 * GiB
 DIRTY = 64 * MiB
 INCREMENTALS = 10
-S3CHAIN = os.path.join(BUILD, 'orchestrator', 's3chain')
-QEMU_BUILD = os.path.join(BUILD, 'qemu')
 
 
 def median(values):
@@ -60,11 +53,10 @@ class Bench:
             os.environ, AWS_ACCESS_KEY_ID=self.env['AWS_ACCESS_KEY_ID'],
             AWS_SECRET_ACCESS_KEY=self.env['AWS_SECRET_ACCESS_KEY'],
             AWS_ENDPOINT_URL=self.env['S3CHAIN_ENDPOINT'],
-            S3CHAIN_QSD=os.path.join(QEMU_BUILD, 'storage-daemon',
-                                     'qemu-storage-daemon'),
+            S3CHAIN_QSD=QSD,
             S3CHAIN_SIDECAR=os.path.join(REPO, 'qsd-config',
                                          's3chain-sidecar'),
-            S3CHAIN_QEMU_IMG=os.path.join(QEMU_BUILD, 'qemu-img'))
+            S3CHAIN_QEMU_IMG=QEMU_IMG)
 
     def s3chain(self, *args):
         return subprocess.run([S3CHAIN, *args, '--repo', self.repo,
@@ -78,10 +70,6 @@ class Bench:
                            self.runtime, *args)
         return json.loads(out.stdout.splitlines()[-1])['backup']
 
-    def hmp(self, line):
-        out = self.vm.cmd('human-monitor-command', command_line=line)
-        assert 'failed' not in out and 'rror' not in out, out
-
     def setup(self):
         disk = os.path.join(self.work, 'disk.qcow2')
         self.disk = disk
@@ -93,29 +81,17 @@ class Bench:
                             Config=TransferConfig(
                                 multipart_chunksize=16 * MiB,
                                 max_concurrency=8))
-        subprocess.run([os.path.join(QEMU_BUILD, 'qemu-img'), 'convert',
-                        '-f', 'raw', '-O', 'qcow2', raw, disk], check=True)
+        subprocess.run([QEMU_IMG, 'convert', '-f', 'raw', '-O', 'qcow2',
+                        raw, disk], check=True)
         os.remove(raw)
-        self.vm = QEMUMachine(
-            '/usr/bin/qemu-system-x86_64',
-            args=['-nodefaults', '-display', 'none', '-accel', 'tcg',
-                  '-qmp', f'unix:{self.work}/vm.qmp,server=on,wait=off',
-                  '-device', 'virtio-scsi-pci,id=scsi0',
-                  '-blockdev', f'driver=qcow2,node-name=disk0,'
-                               f'file.driver=file,file.filename={disk}',
-                  '-device', 'scsi-hd,id=vd0,drive=disk0'],
-            base_temp_dir=self.work)
-        self.vm.launch()
+        self.vm = start_vm(self.work, disk, 'qcow2')
         self.first = self.backup()
 
     def make_chain(self):
         """10 incrementals on the first full, then a full of the same"""
         rnd = random.Random(4)
         for _ in range(INCREMENTALS):
-            for _ in range(DIRTY // MiB):
-                off = rnd.randrange(0, SIZE // MiB) * MiB
-                self.hmp(f'qemu-io -d vd0 "write -P {rnd.randrange(1, 255)} '
-                         f'{off} 1M"')
+            dirty(self.vm, SIZE, DIRTY, rnd)
             self.chain_top = self.backup()
         self.single_full = self.backup('--full')
         self.vm.shutdown()
