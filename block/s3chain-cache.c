@@ -231,16 +231,18 @@ static int coroutine_fn read_direct(S3chainReader *r, uint64_t offset,
 }
 
 bool s3chain_streak_note(S3chainStreak *s, uint64_t offset, uint64_t bytes,
-                         uint64_t slack)
+                         uint64_t slack, uint64_t min_bytes)
 {
     if (offset + slack >= s->last_end && offset <= s->last_end + slack) {
         s->reads = MIN(s->reads + 1, SEQUENTIAL_STREAK);
+        s->bytes = MIN(s->bytes + bytes, min_bytes);
         s->last_end = MAX(offset + bytes, s->last_end);
     } else {
         s->reads = 0;
+        s->bytes = bytes;
         s->last_end = offset + bytes;
     }
-    return s->reads >= SEQUENTIAL_STREAK;
+    return s->reads >= SEQUENTIAL_STREAK && s->bytes >= min_bytes;
 }
 
 int coroutine_fn s3chain_reader_co_preadv(S3chainReader *r, uint64_t offset,
@@ -263,7 +265,7 @@ int coroutine_fn s3chain_reader_co_preadv(S3chainReader *r, uint64_t offset,
 
     qemu_co_mutex_lock(&r->lock);
     sequential = s3chain_streak_note(&r->streak, offset, bytes,
-                                     2 * r->request_size);
+                                     2 * r->request_size, 0);
     for (uint64_t i = first; i <= last; i++) {
         Segment *seg = sequential ? get_segment_locked(r, i, false)
                                   : g_hash_table_lookup(r->segments, &i);

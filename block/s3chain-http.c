@@ -285,6 +285,7 @@ static size_t header_cb(char *data, size_t size, size_t nmemb, void *opaque)
         /* a new response, after a 100 Continue or a redirect */
         g_clear_pointer(&req->etag, g_free);
         g_clear_pointer(&req->content_type_received, g_free);
+        g_clear_pointer(&req->block_sums_received, g_free);
         req->object_size = 0;
         return len;
     }
@@ -299,6 +300,9 @@ static size_t header_cb(char *data, size_t size, size_t nmemb, void *opaque)
     } else if (!g_ascii_strcasecmp(line, "Content-Type")) {
         g_free(req->content_type_received);
         req->content_type_received = g_strdup(value);
+    } else if (!g_ascii_strcasecmp(line, S3CHAIN_BLOCK_SUMS_META)) {
+        g_free(req->block_sums_received);
+        req->block_sums_received = g_strdup(value);
     } else if (!g_ascii_strcasecmp(line, "Content-Range")) {
         const char *slash = strrchr(value, '/');
 
@@ -329,7 +333,7 @@ static struct curl_slist *signed_headers(S3chainRequest *req, Error **errp)
     g_autofree char *range = NULL;
     g_autofree char *path = g_strdup_printf("/%s/%s", set->bucket, req->key);
     const char *payload = req->body ? UNSIGNED_PAYLOAD : EMPTY_SHA256;
-    S3chainHeader headers[9];
+    S3chainHeader headers[10];
     size_t n = 0;
     struct curl_slist *list = NULL;
 
@@ -341,6 +345,10 @@ static struct curl_slist *signed_headers(S3chainRequest *req, Error **errp)
     }
     if (req->content_type) {
         headers[n++] = (S3chainHeader) { "Content-Type", req->content_type };
+    }
+    if (req->block_sums) {
+        headers[n++] = (S3chainHeader) { S3CHAIN_BLOCK_SUMS_META,
+                                         req->block_sums };
     }
     if (req->if_none_match) {
         headers[n++] = (S3chainHeader) { "If-None-Match", "*" };
@@ -690,6 +698,7 @@ void s3chain_request_cleanup(S3chainRequest *req)
     g_clear_pointer(&req->error_text, g_free);
     g_clear_pointer(&req->etag, g_free);
     g_clear_pointer(&req->content_type_received, g_free);
+    g_clear_pointer(&req->block_sums_received, g_free);
     if (req->error_body) {
         g_string_free(req->error_body, true);
         req->error_body = NULL;

@@ -9,14 +9,19 @@
  * dirty chunk is uploaded early to make room: it only becomes part of the
  * image with the next manifest.  All-zero chunks are never stored.
  *
- * A sequential reader makes the chunks ahead of it load in the
- * background, up to readahead bytes but at most an eighth of the buffer,
- * in the room the buffer has free.
+ * A read loads only the blocks of a chunk that it needs (see
+ * s3chain_block_size()), with a ranged GET per run of them: a chunk's
+ * object carries the CRC-32 of each block, which together must make up
+ * the chunk's CRC-32 in the manifest.  A sequential reader with few reads
+ * in flight makes whole chunks ahead of it load in the background, up to
+ * readahead bytes but at most an eighth of the buffer, in the room the
+ * buffer has free.
  * A chunk's sums are computed in the thread pool, so that hashing one
  * chunk overlaps the transfer of others instead of stalling the
  * AioContext.  An upload carries its MD5 as Content-MD5, which the server
- * checks; a load checks the CRC-32, four times cheaper than MD5, or the
- * MD5 of a chunk stored before manifests had CRC-32s.
+ * checks; a load checks CRC-32s, four times cheaper than MD5, or the MD5
+ * of a chunk stored before manifests had CRC-32s.  Chunks stored before
+ * their objects had block sums load whole.
  *
  * One writer at a time: a writable open creates KEY.lock with a
  * create-only PUT, and close deletes it.
@@ -30,6 +35,7 @@
 #include "qapi/error.h"
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
+#include "qemu/host-utils.h"
 #include "qemu/memalign.h"
 #include "crypto/hash.h"
 #include "block/thread-pool.h"
@@ -38,7 +44,6 @@
 #include "trace.h"
 
 typedef enum ChunkState {
-    CHUNK_LOADING,
     CHUNK_CLEAN,
     CHUNK_DIRTY,
     CHUNK_UPLOADING,
@@ -49,7 +54,9 @@ typedef struct CachedChunk {
     uint64_t index;
     uint8_t *buf;
     ChunkState state;
-    int ret;                    /* of its load; a failed chunk is dropped */
+    uint64_t valid;             /* blocks loaded, a bit each */
+    uint64_t loading;           /* blocks on their way */
+    int ret;                    /* of a load; a failed chunk is dropped */
     uint64_t consumed;          /* bytes read from it since it loaded */
     unsigned users;
     CoQueue waiters;
@@ -70,6 +77,7 @@ struct S3chainImage {
     GPtrArray *superseded;      /* keys to delete after the next commit */
     uint64_t buffer_size;
     uint64_t readahead_chunks;
+    uint64_t block_size;
 
     CoMutex lock;
     GHashTable *cache;          /* index -> CachedChunk */
@@ -86,6 +94,25 @@ struct S3chainImage {
 static uint64_t chunk_size(S3chainImage *img)
 {
     return img->manifest->chunk_size;
+}
+
+static unsigned blocks_per_chunk(S3chainImage *img)
+{
+    return chunk_size(img) / img->block_size;
+}
+
+static uint64_t all_blocks(S3chainImage *img)
+{
+    return MAKE_64BIT_MASK(0, blocks_per_chunk(img));
+}
+
+/* The blocks that hold bytes @offset to @offset + @bytes of a chunk */
+static uint64_t blocks_of(S3chainImage *img, uint64_t offset, uint64_t bytes)
+{
+    uint64_t first = offset / img->block_size;
+
+    return MAKE_64BIT_MASK(first, DIV_ROUND_UP(offset + bytes,
+                                               img->block_size) - first);
 }
 
 static const char *bucket(S3chainImage *img)
@@ -116,6 +143,8 @@ typedef struct SumJob {
     size_t len;
     bool md5;
     bool crc32;
+    size_t block_size;          /* with block_crcs: of its blocks */
+    uint32_t *block_crcs;
     S3chainChunkRef *sums;
 } SumJob;
 
@@ -123,7 +152,17 @@ static int sum_job_run(void *opaque)
 {
     SumJob *job = opaque;
 
-    if (job->crc32) {
+    if (job->block_crcs) {
+        uint32_t crc = 0;
+
+        for (size_t i = 0; i < job->len / job->block_size; i++) {
+            job->block_crcs[i] = crc32_z(0, job->buf + i * job->block_size,
+                                         job->block_size);
+            crc = crc32_combine(crc, job->block_crcs[i], job->block_size);
+        }
+        job->sums->crc32 = crc;
+        job->sums->has_crc32 = true;
+    } else if (job->crc32) {
         job->sums->crc32 = crc32_z(0, job->buf, job->len);
         job->sums->has_crc32 = true;
     }
@@ -131,17 +170,59 @@ static int sum_job_run(void *opaque)
 }
 
 /*
- * Puts the MD5 and/or the CRC-32 of @buf into @sums, computed in a worker
- * thread; @buf must not change until it returns.
+ * Puts the MD5 and/or the CRC-32 of @buf into @sums, and with
+ * @block_crcs the CRC-32 of each of its blocks of @block_size there,
+ * computed in a worker thread; @buf must not change until it returns.
  */
 static int coroutine_fn co_sums_of(const uint8_t *buf, size_t len, bool md5,
-                                   bool crc32, S3chainChunkRef *sums)
+                                   bool crc32, size_t block_size,
+                                   uint32_t *block_crcs,
+                                   S3chainChunkRef *sums)
 {
     SumJob job = {
-        .buf = buf, .len = len, .md5 = md5, .crc32 = crc32, .sums = sums,
+        .buf = buf, .len = len, .md5 = md5, .crc32 = crc32,
+        .block_size = block_size, .block_crcs = block_crcs, .sums = sums,
     };
 
     return thread_pool_submit_co(sum_job_run, &job);
+}
+
+static char *block_sums_hex(const uint32_t *crcs, unsigned n)
+{
+    GString *hex = g_string_sized_new(8 * n);
+
+    for (unsigned i = 0; i < n; i++) {
+        g_string_append_printf(hex, "%08" PRIx32, crcs[i]);
+    }
+    return g_string_free(hex, false);
+}
+
+/*
+ * Reads @n block sums from @hex, as S3CHAIN_BLOCK_SUMS_META holds them;
+ * they must make up @ref's CRC-32, which ties them to the manifest.
+ */
+static bool parse_block_sums(const char *hex, const S3chainChunkRef *ref,
+                             unsigned n, uint32_t *crcs)
+{
+    uint32_t whole = 0;
+
+    if (!hex || strlen(hex) != 8 * n) {
+        return false;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        char digits[9];
+        uint64_t value;
+
+        memcpy(digits, hex + 8 * i, 8);
+        digits[8] = '\0';
+        if (strspn(digits, "0123456789abcdef") != 8 ||
+            qemu_strtou64(digits, NULL, 16, &value) < 0) {
+            return false;
+        }
+        crcs[i] = value;
+        whole = crc32_combine(whole, crcs[i], ref->block_size);
+    }
+    return whole == ref->crc32;
 }
 
 /* What happened to @req, for a message that names the object */
@@ -207,6 +288,7 @@ typedef struct Upload {
     char *tag;
     char *key;
     char *md5_b64;
+    char *block_sums;
     S3chainChunkRef sums;
     S3chainRequest req;
 } Upload;
@@ -245,22 +327,26 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
     /* Each chunk is hashed while those before it are on the wire */
     for (size_t i = 0; i < n; i++) {
         Upload *u = &uploads[i];
+        uint32_t block_crcs[S3CHAIN_MAX_BLOCKS];
 
         if (!u->key) {
             continue;
         }
         u->req.ret = co_sums_of(u->chunk->buf, chunk_size(img), true, true,
-                                &u->sums);
+                                img->block_size, block_crcs, &u->sums);
         if (u->req.ret < 0) {
             continue;
         }
+        u->sums.block_size = img->block_size;
         u->md5_b64 = base64_md5(u->sums.md5);
+        u->block_sums = block_sums_hex(block_crcs, blocks_per_chunk(img));
         u->req = (S3chainRequest) {
             .method = "PUT",
             .key = u->key,
             .body = u->chunk->buf,
             .body_len = chunk_size(img),
             .content_md5 = u->md5_b64,
+            .block_sums = u->block_sums,
             .waiter = &waiter,
         };
         trace_s3chain_upload_chunk(img->key, u->chunk->index, u->tag);
@@ -295,6 +381,7 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
         g_free(u->tag);
         g_free(u->key);
         g_free(u->md5_b64);
+        g_free(u->block_sums);
     }
     return ret;
 }
@@ -359,42 +446,145 @@ static int coroutine_fn make_room_locked(S3chainImage *img)
     return 0;
 }
 
-static int coroutine_fn load_chunk_locked(S3chainImage *img, CachedChunk *c,
-                                          S3chainChunkRef *ref)
+/* Part of a chunk's object, loaded by one ranged GET */
+typedef struct BlockRun {
+    uint64_t first;             /* block */
+    uint64_t count;
+    QEMUIOVector qiov;
+    S3chainRequest req;
+} BlockRun;
+
+/*
+ * Whether @run of chunk @c, just loaded, holds what @ref says: a whole
+ * chunk is checked against the manifest's sum, part of one against the
+ * block sums that came with it, themselves checked against that sum.
+ */
+static bool coroutine_fn run_is_intact(S3chainImage *img, CachedChunk *c,
+                                       const S3chainChunkRef *ref,
+                                       BlockRun *run)
+{
+    uint8_t *start = c->buf + run->first * img->block_size;
+    uint64_t len = run->count * img->block_size;
+    uint32_t want[S3CHAIN_MAX_BLOCKS], got_blocks[S3CHAIN_MAX_BLOCKS];
+    S3chainChunkRef got = { 0 };
+
+    if (len == chunk_size(img)) {
+        return co_sums_of(start, len, !ref->has_crc32, ref->has_crc32, 0,
+                          NULL, &got) == 0 &&
+               (ref->has_crc32 ? got.crc32 == ref->crc32
+                               : !memcmp(ref->md5, got.md5, sizeof(got.md5)));
+    }
+    return parse_block_sums(run->req.block_sums_received, ref,
+                            blocks_per_chunk(img), want) &&
+           co_sums_of(start, len, false, false, img->block_size, got_blocks,
+                      &got) == 0 &&
+           !memcmp(want + run->first, got_blocks,
+                   run->count * sizeof(uint32_t));
+}
+
+/*
+ * Loads blocks @todo of pinned chunk @c, stored as @ref: a ranged GET per
+ * run of blocks, all in parallel.  Called and returns with img->lock
+ * held; the blocks are marked loading meanwhile.
+ */
+static int coroutine_fn load_blocks_locked(S3chainImage *img, CachedChunk *c,
+                                           const S3chainChunkRef *ref,
+                                           uint64_t todo)
 {
     g_autofree char *key = s3chain_chunk_key(img->key, c->index, ref->tag);
-    S3chainChunkRef want = *ref, got = { 0 };
-    QEMUIOVector qiov;
-    S3chainRequest req = {
-        .method = "GET",
-        .key = key,
-        .range_offset = 0,
-        .range_bytes = chunk_size(img),
-        .qiov = &qiov,
-    };
-    int ret;
+    BlockRun runs[S3CHAIN_MAX_BLOCKS / 2];
+    S3chainWaiter waiter = { 0 };
+    unsigned n = 0;
+    int ret = 0;
 
-    qemu_iovec_init_buf(&qiov, c->buf, chunk_size(img));
-    qemu_co_mutex_unlock(&img->lock);
-    ret = s3chain_co_request(img->conn, &req);
-    if (ret < 0) {
-        report_request_error(img, "read of", key, &req);
-    } else if (co_sums_of(c->buf, chunk_size(img), !want.has_crc32,
-                          want.has_crc32, &got) < 0 ||
-               (want.has_crc32 ? got.crc32 != want.crc32
-                               : memcmp(want.md5, got.md5, sizeof(got.md5)))) {
-        trace_s3chain_chunk_corrupt(bucket(img), key);
-        error_report("s3chain: chunk s3://%s/%s does not match its checksum "
-                     "in the manifest; the image is damaged", bucket(img),
-                     key);
-        ret = -EIO;
+    for (uint64_t rest = todo; rest; n++) {
+        BlockRun *run = &runs[n];
+
+        run->first = ctz64(rest);
+        run->count = cto64(rest >> run->first);
+        rest &= ~MAKE_64BIT_MASK(run->first, run->count);
+        qemu_iovec_init_buf(&run->qiov, c->buf + run->first * img->block_size,
+                            run->count * img->block_size);
+        run->req = (S3chainRequest) {
+            .method = "GET",
+            .key = key,
+            .range_offset = run->first * img->block_size,
+            .range_bytes = run->count * img->block_size,
+            .qiov = &run->qiov,
+            .waiter = &waiter,
+        };
     }
-    s3chain_request_cleanup(&req);
+    c->loading |= todo;
+    qemu_co_mutex_unlock(&img->lock);
+    for (unsigned i = 0; i < n; i++) {
+        s3chain_request_submit(img->conn, &runs[i].req);
+    }
+    s3chain_co_wait(img->conn, &waiter);
+    for (unsigned i = 0; i < n; i++) {
+        BlockRun *run = &runs[i];
+
+        if (run->req.ret < 0) {
+            if (!ret && run->req.ret != -ECANCELED) {
+                report_request_error(img, "read of", key, &run->req);
+            }
+            ret = ret ? ret : run->req.ret;
+        } else if (!ret && !run_is_intact(img, c, ref, run)) {
+            trace_s3chain_chunk_corrupt(bucket(img), key);
+            error_report("s3chain: chunk s3://%s/%s does not match its "
+                         "checksum in the manifest; the image is damaged",
+                         bucket(img), key);
+            ret = -EIO;
+        }
+        s3chain_request_cleanup(&run->req);
+    }
     qemu_co_mutex_lock(&img->lock);
+    c->loading &= ~todo;
+    if (ret < 0) {
+        c->ret = ret;
+    } else {
+        c->valid |= todo;
+    }
+    qemu_co_queue_restart_all(&c->waiters);
     return ret;
 }
 
-/* Adds chunk @index to the buffer, loading and pinned, in room made */
+/*
+ * Makes blocks @need of pinned chunk @c valid: loads those no one is
+ * loading yet, and waits for the others.  A chunk stored without block
+ * sums loads whole.
+ */
+static int coroutine_fn ensure_blocks_locked(S3chainImage *img,
+                                             CachedChunk *c, uint64_t need)
+{
+    S3chainChunkRef *stored = s3chain_manifest_lookup(img->manifest,
+                                                      c->index);
+    g_autofree char *tag = NULL;
+    S3chainChunkRef ref;
+
+    if (!(need & ~c->valid)) {
+        return c->ret;
+    }
+    /* only a chunk with an object has blocks that are not valid */
+    assert(stored);
+    /* a copy: a commit may replace the entry while the lock is dropped */
+    ref = *stored;
+    ref.tag = tag = g_strdup(stored->tag);
+    if (ref.block_size != img->block_size || !ref.has_crc32) {
+        need = all_blocks(img);
+    }
+    while (c->ret == 0 && (need & ~c->valid)) {
+        uint64_t todo = need & ~c->valid & ~c->loading;
+
+        if (todo) {
+            load_blocks_locked(img, c, &ref, todo);
+        } else {
+            qemu_co_queue_wait(&c->waiters, &img->lock);
+        }
+    }
+    return c->ret;
+}
+
+/* Adds chunk @index to the buffer, pinned and empty, in room made */
 static CachedChunk *new_chunk_locked(S3chainImage *img, uint64_t index)
 {
     CachedChunk *c;
@@ -412,7 +602,7 @@ static CachedChunk *new_chunk_locked(S3chainImage *img, uint64_t index)
     c->img = img;
     c->index = index;
     c->buf = buf;
-    c->state = CHUNK_LOADING;
+    c->state = CHUNK_CLEAN;
     c->users = 1;
     qemu_co_queue_init(&c->waiters);
     g_hash_table_insert(img->cache, &c->index, c);
@@ -421,28 +611,13 @@ static CachedChunk *new_chunk_locked(S3chainImage *img, uint64_t index)
     return c;
 }
 
-/* Loads new chunk @c from the bucket, or zeroes it if it has no object */
-static void coroutine_fn fill_chunk_locked(S3chainImage *img, CachedChunk *c,
-                                           bool overwrite)
-{
-    S3chainChunkRef *ref = s3chain_manifest_lookup(img->manifest, c->index);
-
-    if (ref && !overwrite) {
-        c->ret = load_chunk_locked(img, c, ref);
-    } else {
-        memset(c->buf, 0, chunk_size(img));
-    }
-    c->state = CHUNK_CLEAN;
-    qemu_co_queue_restart_all(&c->waiters);
-}
-
 static void coroutine_fn prefetch_entry(void *opaque)
 {
     CachedChunk *c = opaque;
     S3chainImage *img = c->img;
 
     qemu_co_mutex_lock(&img->lock);
-    fill_chunk_locked(img, c, false);
+    ensure_blocks_locked(img, c, all_blocks(img));
     release_locked(img, c);
     qemu_co_mutex_unlock(&img->lock);
     bdrv_dec_in_flight(img->bs);
@@ -494,13 +669,13 @@ static void read_ahead_locked(S3chainImage *img, uint64_t first,
 }
 
 /*
- * Returns chunk @index pinned and loaded, from the buffer or the bucket.
- * With @for_write, it is not being uploaded; with @overwrite, the caller
- * writes all of it, so it need not be loaded.
+ * Returns chunk @index pinned, with blocks @need loaded.  With @for_write,
+ * all of it is loaded and it is not being uploaded; with @overwrite, the
+ * caller writes all of it, so nothing is loaded.
  */
 static int coroutine_fn get_chunk_locked(S3chainImage *img, uint64_t index,
                                          bool for_write, bool overwrite,
-                                         CachedChunk **chunk)
+                                         uint64_t need, CachedChunk **chunk)
 {
     CachedChunk *c;
     int ret;
@@ -509,40 +684,43 @@ retry:
     c = g_hash_table_lookup(img->cache, &index);
     if (c) {
         c->users++;
-        while (c->state == CHUNK_LOADING ||
-               (for_write && c->state == CHUNK_UPLOADING)) {
-            qemu_co_queue_wait(&c->waiters, &img->lock);
-        }
-        if (c->ret < 0) {
-            ret = c->ret;
-            release_locked(img, c);
+    } else {
+        ret = make_room_locked(img);
+        if (ret < 0) {
             return ret;
         }
-        QTAILQ_REMOVE(&img->lru, c, lru);
-        QTAILQ_INSERT_TAIL(&img->lru, c, lru);
-        *chunk = c;
-        return 0;
+        if (g_hash_table_contains(img->cache, &index)) {
+            /* someone loaded it while we made room */
+            goto retry;
+        }
+        c = new_chunk_locked(img, index);
+        if (!c) {
+            return -ENOMEM;
+        }
+        if (overwrite || !s3chain_manifest_lookup(img->manifest, index)) {
+            memset(c->buf, 0, chunk_size(img));
+            c->valid = all_blocks(img);
+        }
     }
-
-    ret = make_room_locked(img);
-    if (ret < 0) {
-        return ret;
+    if (for_write) {
+        need = overwrite ? 0 : all_blocks(img);
     }
-    if (g_hash_table_contains(img->cache, &index)) {
-        /* someone loaded it while we made room */
-        goto retry;
-    }
-
-    c = new_chunk_locked(img, index);
-    if (!c) {
-        return -ENOMEM;
-    }
-    fill_chunk_locked(img, c, overwrite);
-    if (c->ret < 0) {
+    ret = ensure_blocks_locked(img, c, need);
+    /* a load in flight would land on what the caller writes */
+    while (ret == 0 && for_write &&
+           (c->state == CHUNK_UPLOADING || c->loading)) {
+        qemu_co_queue_wait(&c->waiters, &img->lock);
         ret = c->ret;
+    }
+    if (ret < 0) {
         release_locked(img, c);
         return ret;
     }
+    if (overwrite) {
+        c->valid = all_blocks(img);
+    }
+    QTAILQ_REMOVE(&img->lru, c, lru);
+    QTAILQ_INSERT_TAIL(&img->lru, c, lru);
     *chunk = c;
     return 0;
 }
@@ -551,6 +729,7 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
                                          uint64_t bytes, QEMUIOVector *qiov)
 {
     uint64_t done = 0;
+    bool sequential, whole;
     int ret = 0;
 
     bytes = offset < img->manifest->size ?
@@ -559,9 +738,9 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
         return 0;
     }
     qemu_co_mutex_lock(&img->lock);
-    if (img->readahead_chunks &&
-        s3chain_streak_note(&img->streak, offset, bytes,
-                            2 * chunk_size(img))) {
+    sequential = s3chain_streak_note(&img->streak, offset, bytes,
+                                     2 * chunk_size(img), chunk_size(img) / 4);
+    if (sequential && img->readahead_chunks) {
         uint64_t first = offset / chunk_size(img);
         uint64_t last = DIV_ROUND_UP(img->manifest->size, chunk_size(img)) - 1;
 
@@ -570,6 +749,13 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
                           MIN(last, (offset + bytes - 1) / chunk_size(img) +
                                     img->readahead_chunks));
     }
+    /*
+     * A request costs the server as much as a few hundred KiB of transfer:
+     * a sequential or large read loads whole chunks, the rest of which it
+     * is likely to read, and only a small random one (qcow2 metadata, a
+     * guest's own I/O) loads just the blocks it reads.
+     */
+    whole = sequential || bytes >= chunk_size(img) / 4;
     while (done < bytes) {
         uint64_t pos = offset + done;
         uint64_t index = pos / chunk_size(img);
@@ -581,7 +767,9 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
             !s3chain_manifest_lookup(img->manifest, index)) {
             qemu_iovec_memset(qiov, done, 0, n);
         } else {
-            ret = get_chunk_locked(img, index, false, false, &c);
+            ret = get_chunk_locked(img, index, false, false,
+                                   whole ? all_blocks(img)
+                                         : blocks_of(img, in_chunk, n), &c);
             if (ret < 0) {
                 break;
             }
@@ -704,7 +892,7 @@ static int coroutine_fn write_locked(S3chainImage *img, uint64_t offset,
             done += n;
             continue;
         }
-        ret = get_chunk_locked(img, index, true, whole, &c);
+        ret = get_chunk_locked(img, index, true, whole, 0, &c);
         if (ret < 0) {
             return ret;
         }
@@ -982,6 +1170,7 @@ static S3chainImage *image_new(BlockDriverState *bs, S3chainConn *conn,
      */
     img->readahead_chunks = MIN(readahead, img->buffer_size / 8) /
                             manifest->chunk_size;
+    img->block_size = s3chain_block_size(manifest->chunk_size);
     img->spare = g_ptr_array_new_with_free_func(qemu_vfree);
     img->superseded = g_ptr_array_new_with_free_func(g_free);
     qemu_co_mutex_init(&img->lock);

@@ -7,13 +7,15 @@
  * last committed manifest always names intact objects.  The manifest is
  * JSON:
  *
- *   {"format": "s3chain-chunked", "version": 2, "size": N,
+ *   {"format": "s3chain-chunked", "version": 3, "size": N,
  *    "chunk-size": C, "generation": G,
- *    "chunks": [[INDEX, "TAG", "MD5 hex", "CRC-32 hex"], ...]}
+ *    "chunks": [[INDEX, "TAG", "MD5 hex", "CRC-32 hex", BLOCK_SIZE], ...]}
  *
  * with chunks in ascending INDEX order.  Chunks that are not listed read
- * as zeroes.  Version 1 had no CRC-32; a chunk that a version 1 writer
- * stored keeps its entry of three when a later writer commits.
+ * as zeroes.  BLOCK_SIZE says that the chunk's object carries the CRC-32
+ * of each of its blocks of that size in S3CHAIN_BLOCK_SUMS_META.
+ * Version 1 had no CRC-32, version 2 no block sums; a chunk that an older
+ * writer stored keeps its shorter entry when a later writer commits.
  *
  * Copyright (c) 2026 The s3chain authors
  *
@@ -31,7 +33,7 @@
 #include "s3chain.h"
 
 #define MANIFEST_FORMAT "s3chain-chunked"
-#define MANIFEST_VERSION 2
+#define MANIFEST_VERSION 3
 
 static void chunk_ref_free(gpointer p)
 {
@@ -108,7 +110,11 @@ static gboolean encode_chunk(gpointer key, gpointer value, gpointer opaque)
     if (ref->has_crc32) {
         g_string_append_printf(out, "\", \"%08" PRIx32, ref->crc32);
     }
-    g_string_append(out, "\"]");
+    g_string_append_c(out, '"');
+    if (ref->block_size) {
+        g_string_append_printf(out, ", %" PRIu64, ref->block_size);
+    }
+    g_string_append_c(out, ']');
     return false;
 }
 
@@ -167,6 +173,15 @@ static bool get_uint(QDict *d, const char *name, uint64_t *value,
     return true;
 }
 
+/* A block size divides the chunk in at most S3CHAIN_MAX_BLOCKS */
+static bool is_valid_block_size(QNum *n, uint64_t chunk_size,
+                                uint64_t *block_size)
+{
+    return n && qnum_get_try_uint(n, block_size) &&
+           is_power_of_2(*block_size) && *block_size <= chunk_size &&
+           chunk_size / *block_size <= S3CHAIN_MAX_BLOCKS;
+}
+
 static bool is_valid_tag(const char *tag)
 {
     return *tag && strspn(tag, "0123456789abcdef.") == strlen(tag);
@@ -222,8 +237,8 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
     m->generation = generation;
     QLIST_FOREACH_ENTRY(chunks, e) {
         QList *item = qobject_to(QList, qlist_entry_obj(e));
-        QObject *fields[4] = { NULL };
-        QNum *index_num;
+        QObject *fields[5] = { NULL };
+        QNum *index_num, *block_size_num;
         QString *tag, *md5_hex, *crc32_hex;
         S3chainChunkRef ref = { 0 };
         uint64_t index;
@@ -239,21 +254,25 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
                 n++;
             }
         }
-        if (n != 3 && (n != 4 || version < 2)) {
+        if (n < 3 || n > MIN(version + 2, 5)) {
             error_setg(errp, "manifest chunk entry is not [index, tag, md5%s]",
-                       version < 2 ? "" : ", crc32");
+                       version < 2 ? "" : version < 3 ? ", crc32"
+                       : ", crc32, block-size");
             return NULL;
         }
         index_num = qobject_to(QNum, fields[0]);
         tag = qobject_to(QString, fields[1]);
         md5_hex = qobject_to(QString, fields[2]);
         crc32_hex = qobject_to(QString, fields[3]);
-        ref.has_crc32 = n == 4;
+        block_size_num = qobject_to(QNum, fields[4]);
+        ref.has_crc32 = n >= 4;
         if (!index_num || !qnum_get_try_uint(index_num, &index) || !tag ||
             !md5_hex || !is_valid_tag(qstring_get_str(tag)) ||
             !decode_md5(qstring_get_str(md5_hex), ref.md5) ||
             (ref.has_crc32 && (!crc32_hex ||
-                !decode_crc32(qstring_get_str(crc32_hex), &ref.crc32)))) {
+                !decode_crc32(qstring_get_str(crc32_hex), &ref.crc32))) ||
+            (n == 5 && !is_valid_block_size(block_size_num, chunk_size,
+                                            &ref.block_size))) {
             error_setg(errp, "manifest chunk entry is malformed");
             return NULL;
         }

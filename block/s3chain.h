@@ -38,6 +38,21 @@
 /* The Content-Type that marks a chunked image's manifest */
 #define S3CHAIN_MANIFEST_TYPE "application/vnd.s3chain.manifest+json"
 
+/*
+ * A chunk object's metadata holding the CRC-32 of each block of the chunk,
+ * 8 hex digits each, in order: what lets a reader load part of a chunk
+ * and still check what it got.
+ */
+#define S3CHAIN_BLOCK_SUMS_META "x-amz-meta-s3chain-block-crc32"
+#define S3CHAIN_MAX_BLOCKS 64
+#define S3CHAIN_MIN_BLOCK_SIZE (64 * KiB)
+
+/* The blocks of a chunk: a qcow2 cluster, or a 64th of the chunk */
+static inline uint64_t s3chain_block_size(uint64_t chunk_size)
+{
+    return MAX(S3CHAIN_MIN_BLOCK_SIZE, chunk_size / S3CHAIN_MAX_BLOCKS);
+}
+
 /* s3chain-url.c: the s3chain:// filename syntax */
 
 /*
@@ -61,6 +76,7 @@ typedef struct S3chainChunkRef {
     uint8_t md5[16];            /* as sent in Content-MD5: its ETag */
     bool has_crc32;             /* version 1 manifests have no CRC-32 */
     uint32_t crc32;             /* zlib's, checked on each load */
+    uint64_t block_size;        /* of its block sums; 0: it has none */
 } S3chainChunkRef;
 
 typedef struct S3chainManifest {
@@ -128,6 +144,7 @@ struct S3chainRequest {
     size_t body_len;
     const char *content_md5;    /* base64, checked by the server */
     const char *content_type;
+    const char *block_sums;     /* sent as S3CHAIN_BLOCK_SUMS_META */
     QEMUIOVector *qiov;         /* receives the body of a GET */
     size_t qiov_offset;
     S3chainWaiter *waiter;
@@ -139,6 +156,7 @@ struct S3chainRequest {
     char *error_text;           /* one line for the user */
     char *etag;
     char *content_type_received;
+    char *block_sums_received;
     uint64_t object_size;       /* from Content-Range or Content-Length */
     unsigned attempts;
 
@@ -173,14 +191,16 @@ int coroutine_fn s3chain_co_request(S3chainConn *conn, S3chainRequest *req);
 typedef struct S3chainStreak {
     uint64_t last_end;          /* where the reads so far ended */
     unsigned reads;             /* near-sequential ones in a row */
+    uint64_t bytes;             /* that they read */
 } S3chainStreak;
 
 /*
  * Notes a read of @bytes at @offset; true once it continues a run of
- * reads that each start within @slack of where the ones before ended.
+ * reads that each start within @slack of where the ones before ended,
+ * and that together read at least @min_bytes.
  */
 bool s3chain_streak_note(S3chainStreak *s, uint64_t offset, uint64_t bytes,
-                         uint64_t slack);
+                         uint64_t slack, uint64_t min_bytes);
 
 typedef struct S3chainReader S3chainReader;
 

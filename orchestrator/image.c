@@ -7,6 +7,9 @@
 /* Deep checks read this many chunks at once */
 #define VERIFY_READERS 8
 
+/* docs/object-layout.rst: the CRC-32 of each block of a chunk */
+#define BLOCK_SUMS_META "x-amz-meta-s3chain-block-crc32"
+
 static void chunk_free(S3cChunk *c)
 {
     g_free(c->key);
@@ -30,7 +33,8 @@ static bool is_hex(const char *s, size_t len)
 
 /*
  * docs/object-layout.rst: {"version", "size", "chunk-size",
- * "chunks": [[INDEX, TAG, MD5, CRC32], ...]}, no CRC32 in version 1
+ * "chunks": [[INDEX, TAG, MD5, CRC32, BLOCK_SIZE], ...]}, no CRC32 in
+ * version 1, no BLOCK_SIZE before version 3
  */
 static S3cManifest *parse_manifest(const char *key, const char *text)
 {
@@ -43,7 +47,7 @@ static S3cManifest *parse_manifest(const char *key, const char *text)
     m->size = s3c_json_int(doc, "size");
     m->chunk_size = s3c_json_int(doc, "chunk-size");
     if (!doc || g_strcmp0(s3c_json_str(doc, "format"), "s3chain-chunked") ||
-        s3c_json_int(doc, "version") < 1 || s3c_json_int(doc, "version") > 2 ||
+        s3c_json_int(doc, "version") < 1 || s3c_json_int(doc, "version") > 3 ||
         !m->chunk_size || (m->chunk_size & (m->chunk_size - 1)) ||
         !json_object_object_get_ex(doc, "chunks", &chunks) ||
         !json_object_is_type(chunks, json_type_array)) {
@@ -58,10 +62,15 @@ static S3cManifest *parse_manifest(const char *key, const char *text)
             json_object_array_get_idx(entry, 2));
         const char *crc32 = json_object_get_string(
             json_object_array_get_idx(entry, 3));
+        int64_t block_size = json_object_get_int64(
+            json_object_array_get_idx(entry, 4));
         S3cChunk *c;
 
         if (!json_object_is_type(entry, json_type_array) || !tag ||
-            !is_hex(md5, 32) || (crc32 && !is_hex(crc32, 8))) {
+            !is_hex(md5, 32) || (crc32 && !is_hex(crc32, 8)) ||
+            block_size < 0 || (block_size && (!crc32 ||
+                (block_size & (block_size - 1)) ||
+                block_size > (int64_t)m->chunk_size))) {
             json_object_put(doc);
             return NULL;
         }
@@ -72,6 +81,7 @@ static S3cManifest *parse_manifest(const char *key, const char *text)
         c->md5 = g_ascii_strdown(md5, -1);
         c->has_crc32 = crc32 != NULL;
         c->crc32 = crc32 ? g_ascii_strtoull(crc32, NULL, 16) : 0;
+        c->block_size = block_size;
         g_ptr_array_add(m->chunks, c);
     }
     json_object_put(doc);
@@ -128,6 +138,18 @@ bool s3c_image_stored_bytes(const S3cRepo *repo, const char *key,
     return m != NULL;
 }
 
+/* What BLOCK_SUMS_META must hold for @body cut in blocks of @block_size */
+static char *block_sums_of(const GString *body, uint64_t block_size)
+{
+    GString *hex = g_string_new(NULL);
+
+    for (size_t at = 0; at < body->len; at += block_size) {
+        g_string_append_printf(hex, "%08lx", crc32_z(
+            0, (const Bytef *)body->str + at, MIN(block_size, body->len - at)));
+    }
+    return g_string_free(hex, false);
+}
+
 typedef struct DeepCheck {
     const S3cRepo *repo;
     GMutex lock;
@@ -142,9 +164,11 @@ static void read_chunk(gpointer data, gpointer opaque)
     g_autoptr(GString) body = NULL;
     g_autoptr(GError) local = NULL;
     g_autofree char *md5 = NULL;
+    g_autofree char *block_sums = NULL;
     char *fault = NULL;
 
-    if (!s3c_s3_get(dc->repo, c->key, &body, &local)) {
+    if (!s3c_s3_get_meta(dc->repo, c->key, BLOCK_SUMS_META, &body,
+                         &block_sums, &local)) {
         if (!local) {
             fault = g_strdup_printf("s3://%s/%s: missing", dc->repo->bucket,
                                     c->key);
@@ -163,6 +187,16 @@ static void read_chunk(gpointer data, gpointer opaque)
             fault = g_strdup_printf("s3://%s/%s: its bytes have CRC-32 %08x, "
                                     "the manifest says %08x", dc->repo->bucket,
                                     c->key, crc32, c->crc32);
+        } else if (c->block_size) {
+            g_autofree char *want = block_sums_of(body, c->block_size);
+
+            if (g_strcmp0(block_sums, want)) {
+                fault = g_strdup_printf("s3://%s/%s: its block sums (%s) are "
+                                        "not those of its bytes",
+                                        dc->repo->bucket, c->key,
+                                        block_sums ? "metadata "
+                                        BLOCK_SUMS_META : "none");
+            }
         }
     }
     g_mutex_lock(&dc->lock);

@@ -19,6 +19,8 @@ typedef struct S3Request {
     const char *data;
     size_t len;
     bool create_only;
+    const char *meta;           /* a header of the response to keep */
+    char **meta_value;          /* where to, NULL if it has none */
 } S3Request;
 
 typedef struct S3Response {
@@ -32,6 +34,21 @@ static size_t collect(char *ptr, size_t size, size_t nmemb, void *opaque)
 {
     g_string_append_len(opaque, ptr, size * nmemb);
     return size * nmemb;
+}
+
+static size_t keep_meta(char *ptr, size_t size, size_t nmemb, void *opaque)
+{
+    const S3Request *req = opaque;
+    size_t len = size * nmemb;
+    size_t name_len = strlen(req->meta);
+
+    if (len > name_len + 1 && ptr[name_len] == ':' &&
+        !g_ascii_strncasecmp(ptr, req->meta, name_len)) {
+        g_free(*req->meta_value);
+        *req->meta_value = g_strstrip(g_strndup(ptr + name_len + 1,
+                                                len - name_len - 1));
+    }
+    return len;
 }
 
 static char *endpoint_host(const char *endpoint)
@@ -105,6 +122,11 @@ static bool perform(const S3cRepo *repo, const S3Request *req,
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, list);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, resp->body);
+    if (req->meta) {
+        g_clear_pointer(req->meta_value, g_free);
+        curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, keep_meta);
+        curl_easy_setopt(curl, CURLOPT_HEADERDATA, req);
+    }
     curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, resp->curl_error);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)S3_TIMEOUT_S);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
@@ -216,7 +238,15 @@ static bool unexpected(const S3cRepo *repo, const S3Request *req, long status,
 bool s3c_s3_get(const S3cRepo *repo, const char *key, GString **body,
                 GError **err)
 {
-    const S3Request req = { .method = "GET", .key = key };
+    return s3c_s3_get_meta(repo, key, NULL, body, NULL, err);
+}
+
+bool s3c_s3_get_meta(const S3cRepo *repo, const char *key, const char *meta,
+                     GString **body, char **meta_value, GError **err)
+{
+    const S3Request req = {
+        .method = "GET", .key = key, .meta = meta, .meta_value = meta_value,
+    };
     g_autoptr(GString) out = g_string_new(NULL);
     long status = request(repo, &req, out, err);
 

@@ -83,6 +83,9 @@ json_object *s3c_repo_location(const S3cRepo *repo, const char *key,
  */
 bool s3c_s3_get(const S3cRepo *repo, const char *key, GString **body,
                 GError **err);
+/* Also returns the response's header @meta in *@meta_value, or NULL */
+bool s3c_s3_get_meta(const S3cRepo *repo, const char *key, const char *meta,
+                     GString **body, char **meta_value, GError **err);
 /* PUTs @data at @key; with @create_only, fails with EEXIST-like
  * S3C_EXIT_LOCKED if the object exists already */
 bool s3c_s3_put(const S3cRepo *repo, const char *key, const char *data,
@@ -114,6 +117,7 @@ typedef struct S3cChunk {
     char *md5;                  /* lower-case hex */
     bool has_crc32;             /* manifests of version 1 have none */
     uint32_t crc32;
+    uint64_t block_size;        /* of the object's block sums, or 0 */
 } S3cChunk;
 
 typedef struct S3cManifest {

@@ -318,7 +318,8 @@ class TestVerify(RestoreTestCase):
             yield body
         finally:
             bucket.client.put_object(Bucket=bucket.name, Key=key, Body=body,
-                                     ContentType=ctype)
+                                     ContentType=ctype,
+                                     Metadata=got['Metadata'])
 
     def test_chunk_deleted(self) -> None:
         point = self.chain.points[2]
@@ -369,6 +370,40 @@ class TestVerify(RestoreTestCase):
             target = os.path.join(self.dir, 'crc.raw')
             run = self.s3chain('restore', '--backup', point,
                                '--target', f'vd0={target}')
+            code, err = run.finish()
+            self.assertEqual(code, 11, err)
+            self.assertIn(chunk, err)
+            self.assertFalse(os.path.exists(target))
+
+
+    def test_block_sums_wrong(self) -> None:
+        """A chunk is intact but the block sums its object carries are not:
+        a deep verify names it; a read of part of it fails as damaged, so
+        a restore, whose first read is the image's header, leaves no
+        target"""
+        point = self.chain.points[2]
+        chunk = self.chain.chunks(point, 'vd1')[0]
+        bucket = self.chain.bucket
+        with self.put_back(chunk) as body:
+            meta = bucket.client.head_object(Bucket=bucket.name,
+                                             Key=chunk)['Metadata']
+            sums = meta['s3chain-block-crc32']
+            self.assertEqual(len(sums) % 8, 0, sums)
+            sums = f'{int(sums[:8], 16) ^ 1:08x}' + sums[8:]
+            bucket.client.put_object(Bucket=bucket.name, Key=chunk,
+                                     Body=body,
+                                     Metadata={'s3chain-block-crc32': sums})
+            self.assertTrue(self.verify()['intact'])
+            result = self.verify('--deep')
+            self.assertEqual(len(result['faults']), 1, result['faults'])
+            fault = result['faults'][0]
+            self.assertEqual(fault['object'], f's3://{bucket.name}/{chunk}')
+            self.assertIn('block sums', fault['message'])
+            self.assertEqual((fault['backup'], fault['disk']), (point, 'vd1'))
+
+            target = os.path.join(self.dir, 'sums.raw')
+            run = self.s3chain('restore', '--backup', point,
+                               '--target', f'vd1={target}')
             code, err = run.finish()
             self.assertEqual(code, 11, err)
             self.assertIn(chunk, err)

@@ -20,12 +20,13 @@ static const S3chainChunkRef ref_a = {
 };
 
 static void set(S3chainManifest *m, uint64_t index, const char *tag,
-                bool has_crc32)
+                bool has_crc32, uint64_t block_size)
 {
     S3chainChunkRef ref = ref_a;
 
     ref.tag = (char *)tag;
     ref.has_crc32 = has_crc32;
+    ref.block_size = block_size;
     s3chain_manifest_set(m, index, &ref);
 }
 
@@ -39,18 +40,19 @@ static void test_round_trip(void)
     S3chainChunkRef *ref;
 
     m->generation = 7;
-    set(m, 10, "7.1", true);
-    set(m, 0, "3.2a", false);
-    set(m, 4, "5.1", true);
-    set(m, 4, "7.2", true);
+    set(m, 10, "7.1", true, 0);
+    set(m, 0, "3.2a", false, 0);
+    set(m, 4, "5.1", true, 0);
+    set(m, 4, "7.2", true, 64 * KiB);
     s3chain_manifest_remove(m, 9);
 
     json = s3chain_manifest_encode(m);
     g_assert_cmpstr(json, ==,
-        "{\"format\": \"s3chain-chunked\", \"version\": 2, "
+        "{\"format\": \"s3chain-chunked\", \"version\": 3, "
         "\"size\": 10485763, \"chunk-size\": 1048576, \"generation\": 7, "
         "\"chunks\": [[0, \"3.2a\", \"d41d8cd98f00b204e9800998ecf8427e\"], "
-        "[4, \"7.2\", \"d41d8cd98f00b204e9800998ecf8427e\", \"0a1b2c3d\"], "
+        "[4, \"7.2\", \"d41d8cd98f00b204e9800998ecf8427e\", \"0a1b2c3d\", "
+        "65536], "
         "[10, \"7.1\", \"d41d8cd98f00b204e9800998ecf8427e\", "
         "\"0a1b2c3d\"]]}\n");
 
@@ -65,6 +67,8 @@ static void test_round_trip(void)
     g_assert_cmpmem(ref->md5, 16, ref_a.md5, 16);
     g_assert_true(ref->has_crc32);
     g_assert_cmphex(ref->crc32, ==, 0x0a1b2c3d);
+    g_assert_cmpuint(ref->block_size, ==, 64 * KiB);
+    g_assert_cmpuint(s3chain_manifest_lookup(back, 10)->block_size, ==, 0);
     g_assert_false(s3chain_manifest_lookup(back, 0)->has_crc32);
     g_assert_null(s3chain_manifest_lookup(back, 5));
 
@@ -119,12 +123,24 @@ static void test_damaged(void)
 {
     decode_fails("not json", "not a JSON object");
     decode_fails("{\"format\": \"qcow2\"}", "format is not s3chain-chunked");
-    decode_fails(HEAD(3, 100, 65536) "\"chunks\": []}", "version 3");
+    decode_fails(HEAD(4, 100, 65536) "\"chunks\": []}", "version 4");
     decode_fails(HEAD(0, 100, 65536) "\"chunks\": []}", "version 0");
     decode_fails(HEAD(1, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
                  CRC32 "]]}", "not [index, tag, md5]");
     decode_fails(HEAD(2, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
-                 CRC32 ", 1]]}", "not [index, tag, md5, crc32]");
+                 CRC32 ", 65536]]}", "not [index, tag, md5, crc32]");
+    decode_fails(HEAD(3, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
+                 CRC32 ", 65536, 1]]}", "not [index, tag, md5, crc32, "
+                 "block-size]");
+    /* blocks must divide the chunk, in at most 64 */
+    decode_fails(HEAD(3, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
+                 CRC32 ", 131072]]}", "malformed");
+    decode_fails(HEAD(3, 100, 1048576) "\"chunks\": [[0, \"1.1\", " MD5
+                 ", " CRC32 ", 12288]]}", "malformed");
+    decode_fails(HEAD(3, 100, 1048576) "\"chunks\": [[0, \"1.1\", " MD5
+                 ", " CRC32 ", 8192]]}", "malformed");
+    decode_fails(HEAD(3, 100, 1048576) "\"chunks\": [[0, \"1.1\", " MD5
+                 ", " CRC32 ", \"65536\"]]}", "malformed");
     decode_fails(HEAD(2, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
                  "\"0a1b2c3\"]]}", "malformed");
     decode_fails(HEAD(2, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
