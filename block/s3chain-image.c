@@ -751,11 +751,13 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
     }
     /*
      * A request costs the server as much as a few hundred KiB of transfer:
-     * a sequential or large read loads whole chunks, the rest of which it
-     * is likely to read, and only a small random one (qcow2 metadata, a
-     * guest's own I/O) loads just the blocks it reads.
+     * a read of more than a block loads whole chunks, the rest of which
+     * its reader is likely to want (qemu-img convert reads a qcow2 in
+     * pieces that are out of order but cover its chunks), and only a
+     * small random one (qcow2 metadata, a guest's own I/O) loads just the
+     * blocks it reads.
      */
-    whole = sequential || bytes >= chunk_size(img) / 4;
+    whole = sequential || bytes > img->block_size;
     while (done < bytes) {
         uint64_t pos = offset + done;
         uint64_t index = pos / chunk_size(img);
