@@ -209,7 +209,10 @@ static bool classify_locked(S3chainRequest *req, CURLcode result)
     g_clear_pointer(&req->error_text, g_free);
 
     if (result == CURLE_OK && req->status >= 200 && req->status < 300) {
-        if (req->qiov && req->received != req->range_bytes) {
+        if (req->qiov && req->received != req->range_bytes &&
+            !(req->may_end_early && req->object_size &&
+              req->received == MIN(req->range_bytes,
+                                   req->object_size - req->range_offset))) {
             req->error_text = g_strdup_printf(
                 "short read: %zu of %" PRIu64 " bytes", req->received,
                 req->range_bytes);

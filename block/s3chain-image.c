@@ -1202,7 +1202,9 @@ static void image_free(S3chainImage *img)
 
 int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
                                        S3chainConn *conn, const char *key,
-                                       uint64_t manifest_bytes, bool writable,
+                                       uint64_t manifest_bytes,
+                                       const char *etag, const char *head,
+                                       uint64_t head_len, bool writable,
                                        uint64_t buffer_size,
                                        uint64_t readahead,
                                        S3chainImage **image, Error **errp)
@@ -1212,17 +1214,24 @@ int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
     S3chainImage *img;
     QEMUIOVector qiov;
     Error *local_err = NULL;
+    /* the rest of the same manifest, not of one committed meanwhile */
     S3chainRequest req = {
         .method = "GET",
         .key = key,
-        .range_offset = 0,
-        .range_bytes = manifest_bytes,
+        .range_offset = head_len,
+        .range_bytes = manifest_bytes - head_len,
+        .if_match = etag,
         .qiov = &qiov,
     };
-    int ret;
+    int ret = 0;
 
-    qemu_iovec_init_buf(&qiov, json, manifest_bytes);
-    ret = manifest_bytes ? s3chain_co_request(conn, &req) : -EINVAL;
+    memcpy(json, head, head_len);
+    qemu_iovec_init_buf(&qiov, json + head_len, manifest_bytes - head_len);
+    if (!manifest_bytes) {
+        ret = -EINVAL;
+    } else if (head_len < manifest_bytes) {
+        ret = s3chain_co_request(conn, &req);
+    }
     if (ret < 0) {
         error_setg(errp, "s3chain: cannot read the manifest s3://%s/%s: %s",
                    s3chain_conn_settings(conn)->bucket, key,

@@ -168,23 +168,29 @@ fail:
     return false;
 }
 
-/* Reads byte 0 of the object: its size, ETag and kind, in one request */
+/*
+ * Reads the start of the object: its size, ETag and kind in one request,
+ * and with them a manifest whole unless it is long.  Returns in *@head
+ * what it read, @head_len bytes.
+ */
 static int coroutine_fn s3chain_co_probe(BlockDriverState *bs, bool *chunked,
+                                         char **head, uint64_t *head_len,
                                          Error **errp)
 {
     BDRVS3chainState *s = bs->opaque;
-    uint8_t byte;
+    g_autofree char *buf = g_malloc(S3CHAIN_PROBE_BYTES);
     QEMUIOVector qiov;
     S3chainRequest req = {
         .method = "GET",
         .key = s->opts->key,
         .range_offset = 0,
-        .range_bytes = 1,
+        .range_bytes = S3CHAIN_PROBE_BYTES,
+        .may_end_early = true,
         .qiov = &qiov,
     };
     int ret;
 
-    qemu_iovec_init_buf(&qiov, &byte, 1);
+    qemu_iovec_init_buf(&qiov, buf, S3CHAIN_PROBE_BYTES);
     ret = s3chain_co_request(s->conn, &req);
     if (ret == -EINVAL && req.status == 416) {
         /* An empty object has no byte 0 */
@@ -205,6 +211,8 @@ static int coroutine_fn s3chain_co_probe(BlockDriverState *bs, bool *chunked,
         }
         *chunked = req.content_type_received &&
                    !strcmp(req.content_type_received, S3CHAIN_MANIFEST_TYPE);
+        *head_len = MIN(s->size, S3CHAIN_PROBE_BYTES);
+        *head = g_steal_pointer(&buf);
     }
     s3chain_request_cleanup(&req);
     return ret;
@@ -215,12 +223,15 @@ static void coroutine_fn s3chain_open_entry(void *opaque)
     S3chainOpenCo *oc = opaque;
     BlockDriverState *bs = oc->bs;
     BDRVS3chainState *s = bs->opaque;
+    g_autofree char *head = NULL;
+    uint64_t head_len = 0;
     bool chunked = false;
     int ret;
 
-    ret = s3chain_co_probe(bs, &chunked, oc->errp);
+    ret = s3chain_co_probe(bs, &chunked, &head, &head_len, oc->errp);
     if (ret == 0 && chunked) {
         ret = s3chain_image_co_open(bs, s->conn, s->opts->key, s->size,
+                                    s->etag, head, head_len,
                                     oc->flags & BDRV_O_RDWR,
                                     s->opts->buffer_size,
                                     s->opts->readahead, &s->image,

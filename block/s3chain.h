@@ -34,6 +34,8 @@
 #define S3CHAIN_MIN_CHUNK_SIZE (64 * KiB)
 #define S3CHAIN_MAX_CHUNK_SIZE (256 * MiB)
 #define S3CHAIN_DEFAULT_BUFFER_SIZE (64 * MiB)
+/* An open reads this much of an object first: all of most manifests */
+#define S3CHAIN_PROBE_BYTES (64 * KiB)
 
 /* The Content-Type that marks a chunked image's manifest */
 #define S3CHAIN_MANIFEST_TYPE "application/vnd.s3chain.manifest+json"
@@ -138,6 +140,7 @@ struct S3chainRequest {
     const char *key;
     uint64_t range_offset;
     uint64_t range_bytes;       /* 0: the whole object */
+    bool may_end_early;         /* the object may end within the range */
     const char *if_match;       /* ETag the object must still have */
     bool if_none_match;         /* create only: fail if the key exists */
     const void *body;           /* what a PUT sends */
@@ -223,12 +226,15 @@ int coroutine_fn s3chain_reader_co_preadv(S3chainReader *reader,
 typedef struct S3chainImage S3chainImage;
 
 /*
- * Opens the chunked image whose manifest, @key, is @manifest_bytes long.
+ * Opens the chunked image whose manifest, @key, is @manifest_bytes long
+ * with ETag @etag, and starts with the @head_len bytes at @head.
  * A sequential reader has up to @readahead bytes of chunks loaded ahead.
  */
 int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
                                        S3chainConn *conn, const char *key,
-                                       uint64_t manifest_bytes, bool writable,
+                                       uint64_t manifest_bytes,
+                                       const char *etag, const char *head,
+                                       uint64_t head_len, bool writable,
                                        uint64_t buffer_size,
                                        uint64_t readahead,
                                        S3chainImage **image, Error **errp);
