@@ -312,6 +312,14 @@ bool s3c_sidecar_add_point(S3cSidecar *sc, const S3cRepo *repo,
 bool s3c_sidecar_add_overlay(S3cSidecar *sc, const char *node,
                              const char *backing, const char *path,
                              uint64_t size, GError **err);
+/*
+ * The same in the bucket: a new s3chain image @key of @repo, whose qcow2
+ * names @backing_name as its backing file, so that it opens on its own
+ */
+bool s3c_sidecar_add_bucket_overlay(S3cSidecar *sc, const S3cRepo *repo,
+                                    const char *node, const char *backing,
+                                    const char *key, const char *backing_name,
+                                    uint64_t size, GError **err);
 void s3c_sidecar_del_node(S3cSidecar *sc, const char *node);
 /* Closes what s3c_sidecar_add_overlay opened; the file stays */
 void s3c_sidecar_del_overlay(S3cSidecar *sc, const char *node);
@@ -522,7 +530,7 @@ typedef struct S3cServeOptions {
     const char *disk;
     const char *listen;         /* unix:PATH or tcp:HOST:PORT */
     bool writable;
-    const char *overlay;        /* a local overlay file to keep */
+    const char *overlay;        /* a local file or s3://BUCKET/KEY, kept */
     const char *sidecar_qmp;
     const char *runtime_dir;
     bool json;

@@ -17,9 +17,54 @@ typedef struct Serve {
     bool sidecar_open;
     const char *disk;
     char *overlay;              /* a local overlay file, when writable */
+    S3cRepo overlay_repo;       /* or one in this bucket: the repo's own */
+    char *overlay_bucket;       /* settings but the bucket */
+    char *overlay_key;
     bool own_overlay;           /* transient: removed at the end */
     bool point_added, overlay_added, exported;
 } Serve;
+
+/*
+ * An overlay in a bucket: a new key, on the repository's endpoint and
+ * credentials, outside the repository so that the backups never change
+ */
+static bool check_bucket_overlay(Serve *s, GError **err)
+{
+    const S3cRepo *repo = &s->point.repo;
+    const char *url = s->opts->overlay;
+    const char *slash = strchr(url + strlen("s3://"), '/');
+    g_autoptr(GString) body = NULL;
+    g_autoptr(GError) local = NULL;
+
+    if (!slash || slash == url + strlen("s3://") || !slash[1] ||
+        g_str_has_suffix(url, "/")) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "--overlay %s is not s3://BUCKET/KEY", url);
+        return false;
+    }
+    s->overlay_bucket = g_strndup(url + strlen("s3://"),
+                                  slash - url - strlen("s3://"));
+    s->overlay_key = g_strdup(slash + 1);
+    if (!strcmp(s->overlay_bucket, repo->bucket) &&
+        g_str_has_prefix(s->overlay_key, repo->prefix)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "overlay %s is inside the repository s3://%s/%s; give a "
+                    "key outside it", url, repo->bucket, repo->prefix);
+        return false;
+    }
+    s->overlay_repo = *repo;
+    s->overlay_repo.bucket = s->overlay_bucket;
+    if (s3c_s3_get(&s->overlay_repo, s->overlay_key, &body, &local)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_TARGET,
+                    "overlay %s exists; give a new key", url);
+        return false;
+    }
+    if (local) {
+        g_propagate_error(err, g_steal_pointer(&local));
+        return false;
+    }
+    return true;
+}
 
 static bool check_overlay(Serve *s, GError **err)
 {
@@ -27,6 +72,9 @@ static bool check_overlay(Serve *s, GError **err)
 
     if (!opts->writable) {
         return true;
+    }
+    if (opts->overlay && g_str_has_prefix(opts->overlay, "s3://")) {
+        return check_bucket_overlay(s, err);
     }
     if (opts->overlay) {
         s->overlay = g_strdup(opts->overlay);
@@ -57,8 +105,8 @@ static json_object *ready_event(Serve *s, json_object *entry)
             s3c_json_int(entry, "virtual-size")),
         "uri", json_object_new_string(uri),
         "writable", json_object_new_boolean(s->opts->writable),
-        "overlay", s->overlay && !s->own_overlay
-            ? json_object_new_string(s->overlay) : NULL, NULL);
+        "overlay", (s->overlay && !s->own_overlay) || s->overlay_key
+            ? json_object_new_string(s->opts->overlay) : NULL, NULL);
 }
 
 static bool start(Serve *s, GError **err)
@@ -90,7 +138,18 @@ static bool start(Serve *s, GError **err)
         return false;
     }
     s->point_added = true;
-    if (s->overlay) {
+    if (s->overlay_key) {
+        g_autofree char *backing_name = s3c_qemu_img_filename(
+            &s->point.repo, s3c_json_str(entry, "image"), false);
+
+        s->overlay_added = true;
+        if (!s3c_sidecar_add_bucket_overlay(
+                &s->sidecar, &s->overlay_repo, OVERLAY_NODE, POINT_NODE,
+                s->overlay_key, backing_name,
+                s3c_json_int(entry, "virtual-size"), err)) {
+            return false;
+        }
+    } else if (s->overlay) {
         s->overlay_added = true;
         if (!s3c_sidecar_add_overlay(&s->sidecar, OVERLAY_NODE, POINT_NODE,
                                      s->overlay,
@@ -100,7 +159,7 @@ static bool start(Serve *s, GError **err)
         }
     }
     if (!s3c_sidecar_export(&s->sidecar, s->disk,
-                            s->overlay ? OVERLAY_NODE : POINT_NODE,
+                            s->overlay_added ? OVERLAY_NODE : POINT_NODE,
                             opts->writable, err)) {
         return false;
     }
@@ -163,6 +222,8 @@ int s3c_serve(const S3cServeOptions *opts, GError **err)
             "disk", json_object_new_string(s.disk), NULL));
     }
     g_free(s.overlay);
+    g_free(s.overlay_bucket);
+    g_free(s.overlay_key);
     s3c_point_clear(&s.point);
     return ok ? S3C_EXIT_OK : (*err)->code;
 }

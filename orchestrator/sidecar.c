@@ -239,14 +239,17 @@ static bool run(S3cSidecar *sc, const char *command, json_object *args,
     return s3c_qmp_run(sc->qmp, command, args, err);
 }
 
-bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
-                            S3cTarget *t, GError **err)
+/*
+ * Creates the s3chain image @key, empty, and opens it as node @node with
+ * @extra options; returns the node's options (a reference) or NULL
+ */
+static json_object *add_bucket_file(S3cSidecar *sc, const S3cRepo *repo,
+                                    const char *key, const char *node,
+                                    json_object *extra, GError **err)
 {
-    g_autofree char *file = file_node(t);
-    g_autofree char *job = g_strdup_printf("%s-create", t->export_name);
-    json_object *file_opts = s3c_repo_location(repo, t->key, sc->secret_id,
+    g_autofree char *job = g_strdup_printf("%s-create", node);
+    json_object *file_opts = s3c_repo_location(repo, key, sc->secret_id,
                                                sc->token_secret_id);
-    json_object *qcow2;
 
     if (!s3c_job_run(sc->qmp, "blockdev-create", s3c_json_obj(
                          "job-id", json_object_new_string(job),
@@ -256,24 +259,41 @@ bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
                              "size", json_object_new_int64(0), NULL),
                          NULL), job, err)) {
         json_object_put(file_opts);
-        return false;
+        json_object_put(extra);
+        return NULL;
     }
     json_object_object_add(file_opts, "driver",
                            json_object_new_string("s3chain"));
     json_object_object_add(file_opts, "node-name",
-                           json_object_new_string(file));
-    json_object_object_add(file_opts, "buffer-size",
-                           json_object_new_int64(t->buffer_size));
+                           json_object_new_string(node));
+    json_object_object_foreach(extra, k, v) {
+        json_object_object_add(file_opts, k, json_object_get(v));
+    }
+    json_object_put(extra);
+    if (!run(sc, "blockdev-add", json_object_get(file_opts), err)) {
+        json_object_put(file_opts);
+        return NULL;
+    }
+    return file_opts;
+}
+
+bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
+                            S3cTarget *t, GError **err)
+{
+    g_autofree char *file = file_node(t);
+    g_autofree char *job = g_strdup_printf("%s-create", t->export_name);
+    json_object *qcow2;
+
     /*
      * qcow2 flushes its file for each new L2 table, and a flush of an
      * s3chain image is a commit; a backup image is worth nothing until
      * the backup ends, so it commits once, then
      */
-    json_object_object_add(file_opts, "cache", s3c_json_obj(
-                               "no-flush", json_object_new_boolean(true),
-                               NULL));
-    t->file_options = json_object_get(file_opts);
-    if (!run(sc, "blockdev-add", file_opts, err)) {
+    t->file_options = add_bucket_file(sc, repo, t->key, file, s3c_json_obj(
+        "buffer-size", json_object_new_int64(t->buffer_size),
+        "cache", s3c_json_obj("no-flush", json_object_new_boolean(true),
+                              NULL), NULL), err);
+    if (!t->file_options) {
         return false;
     }
 
@@ -363,6 +383,34 @@ bool s3c_sidecar_add_point(S3cSidecar *sc, const S3cRepo *repo,
                    "file", file, NULL), err);
 }
 
+/* Formats @file as a qcow2 over node @backing and opens it as @node */
+static bool add_overlay_qcow2(S3cSidecar *sc, const char *node,
+                              const char *file, const char *backing,
+                              const char *backing_name, uint64_t size,
+                              GError **err)
+{
+    g_autofree char *job = g_strdup_printf("%s-create", node);
+    json_object *qcow2 = s3c_json_obj(
+        "driver", json_object_new_string("qcow2"),
+        "file", json_object_new_string(file),
+        "size", json_object_new_int64(size), NULL);
+
+    if (backing_name) {
+        json_object_object_add(qcow2, "backing-file",
+                               json_object_new_string(backing_name));
+        json_object_object_add(qcow2, "backing-fmt",
+                               json_object_new_string("qcow2"));
+    }
+    return s3c_job_run(sc->qmp, "blockdev-create", s3c_json_obj(
+                           "job-id", json_object_new_string(job),
+                           "options", qcow2, NULL), job, err) &&
+           run(sc, "blockdev-add", s3c_json_obj(
+                   "node-name", json_object_new_string(node),
+                   "driver", json_object_new_string("qcow2"),
+                   "file", json_object_new_string(file),
+                   "backing", json_object_new_string(backing), NULL), err);
+}
+
 bool s3c_sidecar_add_overlay(S3cSidecar *sc, const char *node,
                              const char *backing, const char *path,
                              uint64_t size, GError **err)
@@ -381,18 +429,22 @@ bool s3c_sidecar_add_overlay(S3cSidecar *sc, const char *node,
                    "node-name", json_object_new_string(file),
                    "driver", json_object_new_string("file"),
                    "filename", json_object_new_string(path), NULL), err) &&
-           s3c_job_run(sc->qmp, "blockdev-create", s3c_json_obj(
-                           "job-id", json_object_new_string(job),
-                           "options", s3c_json_obj(
-                               "driver", json_object_new_string("qcow2"),
-                               "file", json_object_new_string(file),
-                               "size", json_object_new_int64(size), NULL),
-                           NULL), job, err) &&
-           run(sc, "blockdev-add", s3c_json_obj(
-                   "node-name", json_object_new_string(node),
-                   "driver", json_object_new_string("qcow2"),
-                   "file", json_object_new_string(file),
-                   "backing", json_object_new_string(backing), NULL), err);
+           add_overlay_qcow2(sc, node, file, backing, NULL, size, err);
+}
+
+bool s3c_sidecar_add_bucket_overlay(S3cSidecar *sc, const S3cRepo *repo,
+                                    const char *node, const char *backing,
+                                    const char *key, const char *backing_name,
+                                    uint64_t size, GError **err)
+{
+    g_autofree char *file = g_strdup_printf("%s-file", node);
+    json_object *file_opts = add_bucket_file(sc, repo, key, file,
+                                             json_object_new_object(), err);
+
+    json_object_put(file_opts);
+    return file_opts &&
+           add_overlay_qcow2(sc, node, file, backing, backing_name, size,
+                             err);
 }
 
 void s3c_sidecar_del_node(S3cSidecar *sc, const char *node)

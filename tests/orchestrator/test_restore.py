@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import unittest
@@ -429,6 +430,26 @@ class TestServe(RestoreTestCase):
         code, err = run.finish()
         self.assertEqual(code, 0, err)
 
+    def write_through_serve(self, point: str, disk: str, overlay: str,
+                            pattern: int, offset: int, length: int) -> bytes:
+        """Serves @disk at @point writable on @overlay, where a VM writes
+        @pattern over @length bytes at @offset and reads them back; returns
+        the disk as written"""
+        run = self.serve('--backup', point, '--disk', disk, '--writable',
+                         '--overlay', overlay)
+        sock = os.path.join(self.dir, 'serve.sock')
+        m = self.start_vm(disk, f'driver=nbd,node-name=d0,server.type=unix,'
+                                f'server.path={sock},export={disk}')
+        out = m.cmd('human-monitor-command', command_line=(
+            f'qemu-io -d {disk} "write -P {pattern} {offset} {length}"'))
+        self.assertNotIn('rror', out)
+        expected = bytearray(self.chain.expected[point][disk])
+        expected[offset:offset + length] = bytes([pattern]) * length
+        self.assertBytes(self.vm_reads(m), bytes(expected),
+                         f'the served {disk} after the write')
+        self.stop(run)
+        return bytes(expected)
+
     def test_a_vm_reads_the_served_point(self) -> None:
         point = self.chain.points[3]
         run = self.serve('--backup', point, '--disk', 'vd0')
@@ -440,23 +461,80 @@ class TestServe(RestoreTestCase):
                          'the served vd0')
         self.stop(run)
 
+    def test_writable_overlay_in_bucket(self) -> None:
+        """--overlay s3://BUCKET/KEY: the guest's writes go to a new image
+        in the bucket, outside the repository; it stays after serving and
+        opens on its own over the backup, which never changes"""
+        point = self.chain.points[2]
+        bucket = self.chain.bucket
+        scratch = f'{bucket.prefix}-scratch/'
+        key = f'{scratch}vd0.qcow2'
+        overlay = f's3://{bucket.name}/{key}'
+        self.addCleanup(lambda: [
+            bucket.delete(o['Key']) for o in bucket.client.list_objects_v2(
+                Bucket=bucket.name, Prefix=scratch).get('Contents', [])])
+        before = bucket.objects()
+        sock = os.path.join(self.dir, 'serve.sock')
+
+        def refused(where: str, code: int, word: str) -> None:
+            run = self.s3chain('serve', '--listen', f'unix:{sock}',
+                               '--runtime-dir', os.path.join(self.dir, 'run'),
+                               '--backup', point, '--disk', 'vd0',
+                               '--writable', '--overlay', where)
+            got, err = run.finish()
+            self.assertEqual(got, code, err)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            self.assertIn(word, err)
+
+        refused(f's3://{bucket.name}/{bucket.prefix}/vd0.qcow2', 2,
+                'inside the repository')
+        refused(f's3://{bucket.name}', 2, 's3://BUCKET/KEY')
+
+        expected = self.write_through_serve(point, 'vd0', overlay, 0x6b,
+                                            5 * MiB, MiB)
+        self.assertEqual(bucket.objects(), before)
+
+        secret = os.path.join(self.dir, 'secret')
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, 'w') as f:
+            f.write(bucket.env['AWS_SECRET_ACCESS_KEY'])
+        host = bucket.endpoint.split('://', 1)[1]
+        raw = os.path.join(self.dir, 'overlay.raw')
+        subprocess.run([QEMU_IMG, 'convert', '--object',
+                        f'secret,id=s3chain-key,file={secret}', '-O', 'raw',
+                        f's3chain://{host};tls=off;access-key-id='
+                        f'{bucket.env["AWS_ACCESS_KEY_ID"]};'
+                        f'key-secret=s3chain-key/{bucket.name}/{key}', raw],
+                       check=True)
+        with open(raw, 'rb') as f:
+            self.assertBytes(f.read(), expected,
+                             'the overlay opened on its own')
+        refused(overlay, 10, 'exists')
+
+    def test_served_over_tcp(self) -> None:
+        """--listen tcp:HOST:PORT: the ready line's nbd:// URI is where a
+        VM reads the point"""
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            port = s.getsockname()[1]
+        point = self.chain.points[1]
+        run = self.s3chain('serve', '--listen', f'tcp:127.0.0.1:{port}',
+                           '--runtime-dir', os.path.join(self.dir, 'run'),
+                           '--backup', point, '--disk', 'vd1')
+        ready = run.wait_event('ready')
+        self.assertEqual(ready['uri'], f'nbd://127.0.0.1:{port}/vd1')
+        m = self.start_vm('vd1', f'driver=nbd,node-name=d0,server.type=inet,'
+                                 f'server.host=127.0.0.1,server.port={port},'
+                                 f'export=vd1,read-only=on')
+        self.assertBytes(self.vm_reads(m), self.chain.expected[point]['vd1'],
+                         'vd1 served over TCP')
+        self.stop(run)
+
     def test_writable_leaves_the_backup_unchanged(self) -> None:
         point = self.chain.points[4]
         before = self.chain.bucket.objects()
         overlay = os.path.join(self.dir, 'overlay.qcow2')
-        run = self.serve('--backup', point, '--disk', 'vd1', '--writable',
-                         '--overlay', overlay)
-        sock = os.path.join(self.dir, 'serve.sock')
-        m = self.start_vm('vd1', f'driver=nbd,node-name=d0,server.type=unix,'
-                                 f'server.path={sock},export=vd1')
-        out = m.cmd('human-monitor-command',
-                    command_line='qemu-io -d vd1 "write -P 0x5a 1M 2M"')
-        self.assertNotIn('rror', out)
-        expected = bytearray(self.chain.expected[point]['vd1'])
-        expected[MiB:3 * MiB] = b'\x5a' * (2 * MiB)
-        self.assertBytes(self.vm_reads(m), bytes(expected),
-                         'the served vd1 after the write')
-        self.stop(run)
+        self.write_through_serve(point, 'vd1', overlay, 0x5a, MiB, 2 * MiB)
 
         self.assertTrue(os.path.exists(overlay))
         self.assertEqual(self.chain.bucket.objects(), before)
