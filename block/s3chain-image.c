@@ -9,13 +9,13 @@
  * dirty chunk is uploaded early to make room: it only becomes part of the
  * image with the next manifest.  All-zero chunks are never stored.
  *
- * A read loads only the blocks of a chunk that it needs (see
- * s3chain_block_size()), with a ranged GET per run of them: a chunk's
- * object carries the CRC-32 of each block, which together must make up
- * the chunk's CRC-32 in the manifest.  A sequential reader with few reads
- * in flight makes whole chunks ahead of it load in the background, up to
- * readahead bytes but at most an eighth of the buffer, in the room the
- * buffer has free.
+ * A small random read, of at most one block (see s3chain_block_size()),
+ * loads only the blocks it needs with a ranged GET: a chunk's object
+ * carries the CRC-32 of each block, which together must make up the
+ * chunk's CRC-32 in the manifest.  Other reads load whole chunks, and a
+ * sequential reader makes whole chunks ahead of it load in the
+ * background, up to readahead bytes but at most an eighth of the buffer,
+ * in the room the buffer has free.
  * A chunk's sums are computed in the thread pool, so that hashing one
  * chunk overlaps the transfer of others instead of stalling the
  * AioContext.  An upload carries its MD5 as Content-MD5, which the server
