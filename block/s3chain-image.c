@@ -151,19 +151,21 @@ typedef struct SumJob {
 static int sum_job_run(void *opaque)
 {
     SumJob *job = opaque;
+    uint32_t crc = 0;
 
     if (job->block_crcs) {
-        uint32_t crc = 0;
-
         for (size_t i = 0; i < job->len / job->block_size; i++) {
             job->block_crcs[i] = crc32_z(0, job->buf + i * job->block_size,
                                          job->block_size);
-            crc = crc32_combine(crc, job->block_crcs[i], job->block_size);
+            if (job->crc32) {
+                crc = crc32_combine(crc, job->block_crcs[i], job->block_size);
+            }
         }
-        job->sums->crc32 = crc;
-        job->sums->has_crc32 = true;
     } else if (job->crc32) {
-        job->sums->crc32 = crc32_z(0, job->buf, job->len);
+        crc = crc32_z(0, job->buf, job->len);
+    }
+    if (job->crc32) {
+        job->sums->crc32 = crc;
         job->sums->has_crc32 = true;
     }
     return job->md5 ? md5_of(job->buf, job->len, job->sums->md5) : 0;
@@ -210,16 +212,12 @@ static bool parse_block_sums(const char *hex, const S3chainChunkRef *ref,
         return false;
     }
     for (unsigned i = 0; i < n; i++) {
-        char digits[9];
-        uint64_t value;
+        char digits[9] = { 0 };
 
         memcpy(digits, hex + 8 * i, 8);
-        digits[8] = '\0';
-        if (strspn(digits, "0123456789abcdef") != 8 ||
-            qemu_strtou64(digits, NULL, 16, &value) < 0) {
+        if (!s3chain_crc32_from_hex(digits, &crcs[i])) {
             return false;
         }
-        crcs[i] = value;
         whole = crc32_combine(whole, crcs[i], ref->block_size);
     }
     return whole == ref->crc32;

@@ -149,7 +149,7 @@ static bool decode_md5(const char *hex, uint8_t *md5)
     return true;
 }
 
-static bool decode_crc32(const char *hex, uint32_t *crc32)
+bool s3chain_crc32_from_hex(const char *hex, uint32_t *crc32)
 {
     uint64_t value;
 
@@ -270,7 +270,8 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
             !md5_hex || !is_valid_tag(qstring_get_str(tag)) ||
             !decode_md5(qstring_get_str(md5_hex), ref.md5) ||
             (ref.has_crc32 && (!crc32_hex ||
-                !decode_crc32(qstring_get_str(crc32_hex), &ref.crc32))) ||
+                !s3chain_crc32_from_hex(qstring_get_str(crc32_hex),
+                                        &ref.crc32))) ||
             (n == 5 && !is_valid_block_size(block_size_num, chunk_size,
                                             &ref.block_size))) {
             error_setg(errp, "manifest chunk entry is malformed");

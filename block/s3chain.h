@@ -98,6 +98,8 @@ void s3chain_manifest_set(S3chainManifest *m, uint64_t index,
                           const S3chainChunkRef *ref);
 void s3chain_manifest_remove(S3chainManifest *m, uint64_t index);
 char *s3chain_manifest_encode(const S3chainManifest *m);
+/* Reads a CRC-32 written as the manifest writes it: 8 lower-case hex */
+bool s3chain_crc32_from_hex(const char *hex, uint32_t *crc32);
 S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp);
 /* The object key of chunk @index of image @image_key, upload @tag */
 char *s3chain_chunk_key(const char *image_key, uint64_t index,
