@@ -344,6 +344,28 @@ class TestVerify(RestoreTestCase):
             self.chain.bucket.delete(key)
             self.damaged(key, point, 'vd1')
 
+    def only_deep_finds(self, chunk: str, point: str, disk: str,
+                        what: str) -> None:
+        """A quick verify passes; a deep one finds one fault, in @chunk of
+        @disk at @point, naming @what; a restore of @disk at @point exits
+        11 naming @chunk and leaves no target"""
+        self.assertTrue(self.verify()['intact'])
+        result = self.verify('--deep')
+        self.assertEqual(len(result['faults']), 1, result['faults'])
+        fault = result['faults'][0]
+        self.assertEqual(fault['object'],
+                         f's3://{self.chain.bucket.name}/{chunk}')
+        self.assertIn(what, fault['message'])
+        self.assertEqual((fault['backup'], fault['disk']), (point, disk))
+
+        target = os.path.join(self.dir, f'{disk}.raw')
+        run = self.s3chain('restore', '--backup', point,
+                           '--target', f'{disk}={target}')
+        code, err = run.finish()
+        self.assertEqual(code, 11, err)
+        self.assertIn(chunk, err)
+        self.assertFalse(os.path.exists(target))
+
     def test_manifest_checksum_wrong(self) -> None:
         """A chunk is intact but its manifest's CRC-32 is not: only a deep
         verify reads the bytes, and it names the chunk; a restore that
@@ -359,23 +381,7 @@ class TestVerify(RestoreTestCase):
                 Bucket=self.chain.bucket.name, Key=key,
                 Body=json.dumps(manifest).encode(),
                 ContentType='application/vnd.s3chain.manifest+json')
-            self.assertTrue(self.verify()['intact'])
-            result = self.verify('--deep')
-            self.assertEqual(len(result['faults']), 1, result['faults'])
-            fault = result['faults'][0]
-            self.assertEqual(fault['object'],
-                             f's3://{self.chain.bucket.name}/{chunk}')
-            self.assertIn('CRC-32', fault['message'])
-            self.assertEqual((fault['backup'], fault['disk']), (point, 'vd0'))
-
-            target = os.path.join(self.dir, 'crc.raw')
-            run = self.s3chain('restore', '--backup', point,
-                               '--target', f'vd0={target}')
-            code, err = run.finish()
-            self.assertEqual(code, 11, err)
-            self.assertIn(chunk, err)
-            self.assertFalse(os.path.exists(target))
-
+            self.only_deep_finds(chunk, point, 'vd0', 'CRC-32')
 
     def test_block_sums_wrong(self) -> None:
         """A chunk is intact but the block sums its object carries are not:
@@ -394,21 +400,7 @@ class TestVerify(RestoreTestCase):
             bucket.client.put_object(Bucket=bucket.name, Key=chunk,
                                      Body=body,
                                      Metadata={'s3chain-block-crc32': sums})
-            self.assertTrue(self.verify()['intact'])
-            result = self.verify('--deep')
-            self.assertEqual(len(result['faults']), 1, result['faults'])
-            fault = result['faults'][0]
-            self.assertEqual(fault['object'], f's3://{bucket.name}/{chunk}')
-            self.assertIn('block sums', fault['message'])
-            self.assertEqual((fault['backup'], fault['disk']), (point, 'vd1'))
-
-            target = os.path.join(self.dir, 'sums.raw')
-            run = self.s3chain('restore', '--backup', point,
-                               '--target', f'vd1={target}')
-            code, err = run.finish()
-            self.assertEqual(code, 11, err)
-            self.assertIn(chunk, err)
-            self.assertFalse(os.path.exists(target))
+            self.only_deep_finds(chunk, point, 'vd1', 'block sums')
 
 
 class TestServe(RestoreTestCase):
