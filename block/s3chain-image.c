@@ -15,7 +15,9 @@
  * chunk's CRC-32 in the manifest.  Other reads load whole chunks, and a
  * sequential reader makes whole chunks ahead of it load in the
  * background, up to readahead bytes but at most an eighth of the buffer,
- * in the room the buffer has free.
+ * in the room the buffer has free.  With a read plan (s3chain-plan.c),
+ * a read that the plan foresaw loads the blocks that the plan has for
+ * its chunk, and other reads load just their blocks.
  * A chunk's sums are computed in the thread pool, so that hashing one
  * chunk overlaps the transfer of others instead of stalling the
  * AioContext.  An upload carries its MD5 as Content-MD5, which the server
@@ -78,6 +80,7 @@ struct S3chainImage {
     uint64_t buffer_size;
     uint64_t readahead_chunks;
     uint64_t block_size;
+    uint64_t *planned;          /* per chunk, blocks of the read plan */
 
     CoMutex lock;
     GHashTable *cache;          /* index -> CachedChunk */
@@ -106,13 +109,39 @@ static uint64_t all_blocks(S3chainImage *img)
     return MAKE_64BIT_MASK(0, blocks_per_chunk(img));
 }
 
-/* The blocks that hold bytes @offset to @offset + @bytes of a chunk */
-static uint64_t blocks_of(S3chainImage *img, uint64_t offset, uint64_t bytes)
+/* The blocks of chunk @index that its reader will read, as far as known */
+static uint64_t planned_blocks(S3chainImage *img, uint64_t index)
 {
-    uint64_t first = offset / img->block_size;
+    return img->planned ? img->planned[index] : all_blocks(img);
+}
 
-    return MAKE_64BIT_MASK(first, DIV_ROUND_UP(offset + bytes,
-                                               img->block_size) - first);
+/*
+ * @todo with the gaps between its runs that are at most
+ * S3CHAIN_BRIDGED_GAP long, and @fillable, filled in
+ */
+static uint64_t bridge_gaps(S3chainImage *img, uint64_t todo,
+                            uint64_t fillable)
+{
+    unsigned longest = S3CHAIN_BRIDGED_GAP / img->block_size;
+    uint64_t bridged = todo;
+
+    while (todo) {
+        unsigned start = ctz64(todo);
+        unsigned end = start + cto64(todo >> start);
+        unsigned next;
+        uint64_t gap;
+
+        todo = end < 64 ? todo & ~MAKE_64BIT_MASK(0, end) : 0;
+        if (!todo) {
+            break;
+        }
+        next = ctz64(todo);
+        gap = MAKE_64BIT_MASK(end, next - end);
+        if (next - end <= longest && (gap & fillable) == gap) {
+            bridged |= gap;
+        }
+    }
+    return bridged;
 }
 
 static const char *bucket(S3chainImage *img)
@@ -386,11 +415,14 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
 
 static void maybe_write_back_locked(S3chainImage *img);
 
-/* Whether a sequential reader is done with @c */
+/* Whether a sequential reader, or the one a plan foresaw, is done with @c */
 static bool read_through(S3chainImage *img, CachedChunk *c)
 {
-    return c->consumed >= MIN(chunk_size(img), img->manifest->size -
-                                               c->index * chunk_size(img));
+    uint64_t expected = img->planned ?
+        ctpop64(img->planned[c->index]) * img->block_size : chunk_size(img);
+
+    return c->consumed >= MIN(expected, img->manifest->size -
+                                        c->index * chunk_size(img));
 }
 
 /*
@@ -574,6 +606,7 @@ static int coroutine_fn ensure_blocks_locked(S3chainImage *img,
         uint64_t todo = need & ~c->valid & ~c->loading;
 
         if (todo) {
+            todo = bridge_gaps(img, todo, ~(c->valid | c->loading));
             load_blocks_locked(img, c, &ref, todo);
         } else {
             qemu_co_queue_wait(&c->waiters, &img->lock);
@@ -615,7 +648,7 @@ static void coroutine_fn prefetch_entry(void *opaque)
     S3chainImage *img = c->img;
 
     qemu_co_mutex_lock(&img->lock);
-    ensure_blocks_locked(img, c, all_blocks(img));
+    ensure_blocks_locked(img, c, planned_blocks(img, c->index));
     release_locked(img, c);
     qemu_co_mutex_unlock(&img->lock);
     bdrv_dec_in_flight(img->bs);
@@ -649,7 +682,8 @@ static void read_ahead_locked(S3chainImage *img, uint64_t first,
         CachedChunk *c;
 
         if (g_hash_table_contains(img->cache, &index) ||
-            !s3chain_manifest_lookup(img->manifest, index)) {
+            !s3chain_manifest_lookup(img->manifest, index) ||
+            !planned_blocks(img, index)) {
             continue;
         }
         if (!room_ahead_locked(img)) {
@@ -723,6 +757,21 @@ retry:
     return 0;
 }
 
+/*
+ * The blocks of chunk @index to load for a read of @bytes at @in_chunk:
+ * with a plan, those it has for the chunk if it foresaw the read.
+ */
+static uint64_t blocks_to_load(S3chainImage *img, uint64_t index,
+                               uint64_t in_chunk, uint64_t bytes, bool whole)
+{
+    uint64_t need = s3chain_blocks_of(img->block_size, in_chunk, bytes);
+
+    if (!img->planned) {
+        return whole ? all_blocks(img) : need;
+    }
+    return need & img->planned[index] ? need | img->planned[index] : need;
+}
+
 int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
                                          uint64_t bytes, QEMUIOVector *qiov)
 {
@@ -768,8 +817,8 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
             qemu_iovec_memset(qiov, done, 0, n);
         } else {
             ret = get_chunk_locked(img, index, false, false,
-                                   whole ? all_blocks(img)
-                                         : blocks_of(img, in_chunk, n), &c);
+                                   blocks_to_load(img, index, in_chunk, n,
+                                                  whole), &c);
             if (ret < 0) {
                 break;
             }
@@ -1193,6 +1242,7 @@ static void image_free(S3chainImage *img)
     g_ptr_array_unref(img->spare);
     g_ptr_array_unref(img->superseded);
     s3chain_manifest_free(img->manifest);
+    g_free(img->planned);
     g_free(img->key);
     g_free(img->lock_key);
     g_free(img);
@@ -1259,6 +1309,21 @@ int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
     trace_s3chain_image_open(key, manifest->size, manifest->chunk_size,
                              manifest->generation, writable);
     *image = img;
+    return 0;
+}
+
+int s3chain_image_plan_reads(S3chainImage *img, const char *path,
+                             Error **errp)
+{
+    uint64_t *planned = s3chain_read_plan_load(path, img->manifest->size,
+                                               chunk_size(img),
+                                               img->block_size, errp);
+
+    if (!planned) {
+        return -EINVAL;
+    }
+    g_free(img->planned);
+    img->planned = planned;
     return 0;
 }
 

@@ -237,6 +237,13 @@ static void coroutine_fn s3chain_open_entry(void *opaque)
                                     s->opts->readahead, &s->image,
                                     oc->errp);
     }
+    if (ret == 0 && s->image && s->opts->x_read_plan) {
+        ret = s3chain_image_plan_reads(s->image, s->opts->x_read_plan,
+                                       oc->errp);
+        if (ret < 0) {
+            s3chain_image_co_close(g_steal_pointer(&s->image));
+        }
+    }
     oc->ret = ret;
 }
 
@@ -299,6 +306,12 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
     s->opts = s3chain_visit_options(options, errp);
     if (!s->opts) {
         return -EINVAL;
+    }
+    if (s->opts->x_read_plan && (flags & BDRV_O_RDWR)) {
+        error_setg(errp, "s3chain: x-read-plan is for read-only opens; "
+                   "open the image read-only");
+        ret = -EINVAL;
+        goto fail;
     }
     s->conn = s3chain_connect(s->opts, bdrv_get_aio_context(bs), errp);
     if (!s->conn) {

@@ -9,6 +9,7 @@
 #ifndef BLOCK_S3CHAIN_H
 #define BLOCK_S3CHAIN_H
 
+#include "qemu/bitops.h"
 #include "qemu/coroutine.h"
 #include "qemu/units.h"
 #include "qemu/iov.h"
@@ -54,6 +55,22 @@ static inline uint64_t s3chain_block_size(uint64_t chunk_size)
 {
     return MAX(S3CHAIN_MIN_BLOCK_SIZE, chunk_size / S3CHAIN_MAX_BLOCKS);
 }
+
+/* The blocks, a bit each, that hold bytes @offset to @offset + @bytes */
+static inline uint64_t s3chain_blocks_of(uint64_t block_size,
+                                         uint64_t offset, uint64_t bytes)
+{
+    uint64_t first = offset / block_size;
+
+    return MAKE_64BIT_MASK(first,
+                           DIV_ROUND_UP(offset + bytes, block_size) - first);
+}
+
+/*
+ * A gap this long between two runs of blocks to load is loaded too: a
+ * request costs the server about what a few hundred KiB of transfer do.
+ */
+#define S3CHAIN_BRIDGED_GAP (256 * KiB)
 
 /* s3chain-url.c: the s3chain:// filename syntax */
 
@@ -104,6 +121,17 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp);
 /* The object key of chunk @index of image @image_key, upload @tag */
 char *s3chain_chunk_key(const char *image_key, uint64_t index,
                         const char *tag);
+
+/* s3chain-plan.c: the byte ranges a reader says it will read */
+
+/*
+ * Reads the read plan @path, "OFFSET LENGTH" lines of byte ranges of an
+ * image of @size bytes, into the blocks (s3chain_blocks_of()) that they
+ * touch of each chunk: an array with a mask per chunk.
+ */
+uint64_t *s3chain_read_plan_load(const char *path, uint64_t size,
+                                 uint64_t chunk_size, uint64_t block_size,
+                                 Error **errp);
 
 /* s3chain-http.c: requests to the bucket over libcurl's multi interface */
 
@@ -256,6 +284,12 @@ int coroutine_fn s3chain_image_co_block_status(S3chainImage *img,
                                                uint64_t offset,
                                                uint64_t bytes,
                                                int64_t *pnum);
+/*
+ * Has chunks load only the blocks that the ranges in the read plan @path
+ * touch, when a read falls in them (see s3chain-plan.c)
+ */
+int s3chain_image_plan_reads(S3chainImage *img, const char *path,
+                             Error **errp);
 uint64_t s3chain_image_size(S3chainImage *img);
 uint64_t s3chain_image_stored_bytes(S3chainImage *img);
 

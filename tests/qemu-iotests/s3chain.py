@@ -76,6 +76,14 @@ class S3Server:
         params = ''.join(f';{k}={v}' for k, v in opts.items())
         return f's3chain://{host}{params}/{self.bucket}/{self.prefix}{name}'
 
+    def options(self, name: str, **options: str) -> Dict[str, str]:
+        """The s3chain node options of object `name`, for what a URL
+        cannot carry"""
+        return {'driver': 's3chain', 'endpoint': self.endpoint,
+                'bucket': self.bucket, 'key': self.prefix + name,
+                'access-key-id': self.env['AWS_ACCESS_KEY_ID'],
+                'key-secret': SECRET_ID, **options}
+
     def upload(self, path: str, name: str) -> None:
         self.client.upload_file(path, self.bucket, self.prefix + name)
 
