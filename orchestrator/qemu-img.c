@@ -13,15 +13,14 @@
 #define SECRET_ID "s3chain-key"
 #define TOKEN_SECRET_ID "s3chain-token"
 
-char *s3c_qemu_img_filename(const S3cRepo *repo, const char *key,
-                            bool alone)
+/* The options of image @key, a qcow2 on s3chain */
+static json_object *image_options(const S3cRepo *repo, const char *key)
 {
     json_object *opts = s3c_json_obj(
         "driver", json_object_new_string("qcow2"),
         "file", s3c_json_obj("driver", json_object_new_string("s3chain"),
                              NULL), NULL);
     json_object *file, *loc;
-    char *name;
 
     json_object_object_get_ex(opts, "file", &file);
     loc = s3c_repo_location(repo, key, SECRET_ID, TOKEN_SECRET_ID);
@@ -29,14 +28,55 @@ char *s3c_qemu_img_filename(const S3cRepo *repo, const char *key,
         json_object_object_add(file, k, json_object_get(v));
     }
     json_object_put(loc);
+    return opts;
+}
+
+/* "json:" and @opts, which it drops */
+static char *json_filename(json_object *opts)
+{
+    char *name = g_strconcat("json:", json_object_to_json_string_ext(
+                                 opts, JSON_C_TO_STRING_PLAIN |
+                                 JSON_C_TO_STRING_NOSLASHESCAPE), NULL);
+
+    json_object_put(opts);
+    return name;
+}
+
+char *s3c_qemu_img_filename(const S3cRepo *repo, const char *key,
+                            bool alone)
+{
+    json_object *opts = image_options(repo, key);
+
     if (alone) {
         json_object_object_add(opts, "backing", NULL);
     }
-    name = g_strconcat("json:", json_object_to_json_string_ext(
-                           opts, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE),
-                       NULL);
-    json_object_put(opts);
-    return name;
+    return json_filename(opts);
+}
+
+/*
+ * The backing images keep the options that their child's header names
+ * them with; only their plans are added, at "backing.file", under
+ * "backing.backing.file" and so on.
+ */
+char *s3c_qemu_img_planned_filename(const S3cRepo *repo, const char *key,
+                                    GPtrArray *plans)
+{
+    json_object *opts = image_options(repo, key);
+    json_object *level = opts, *file;
+
+    for (guint depth = 0; depth < plans->len; depth++) {
+        if (depth) {
+            json_object *backing = s3c_json_obj(
+                "file", json_object_new_object(), NULL);
+
+            json_object_object_add(level, "backing", backing);
+            level = backing;
+        }
+        json_object_object_get_ex(level, "file", &file);
+        json_object_object_add(file, "x-read-plan", json_object_new_string(
+                                   g_ptr_array_index(plans, depth)));
+    }
+    return json_filename(opts);
 }
 
 /*

@@ -164,8 +164,9 @@ static void on_percent(double percent, void *opaque)
 
 static bool convert(Restore *r, S3cRestoreDisk *rd, GError **err)
 {
-    g_autofree char *source = s3c_qemu_img_filename(
-        &r->plan.point.repo, s3c_json_str(rd->entry, "image"), false);
+    const char *image = s3c_json_str(rd->entry, "image");
+    S3cReadPlans plans;
+    g_autofree char *source = NULL;
     const char *format = r->plan.opts->format ? r->plan.opts->format : "raw";
     g_autofree char *cluster = g_strdup_printf(
         "cluster_size=%" G_GINT64_FORMAT,
@@ -176,6 +177,7 @@ static bool convert(Restore *r, S3cRestoreDisk *rd, GError **err)
         "-t", rd->direct ? "none" : "writeback",
     };
     int n = 9;
+    bool ok;
 
     if (rd->block_device) {
         args[n++] = "-n";
@@ -184,10 +186,18 @@ static bool convert(Restore *r, S3cRestoreDisk *rd, GError **err)
         args[n++] = "-o";
         args[n++] = cluster;
     }
+    if (!s3c_read_plans_make(&r->plan.point.repo, image, &plans, err)) {
+        g_prefix_error(err, "restoring disk %s: ", rd->name);
+        return false;
+    }
+    source = s3c_qemu_img_planned_filename(&r->plan.point.repo, image,
+                                           plans.files);
     args[n++] = source;
     args[n++] = rd->target;
     r->current_size = rd->size;
-    if (!s3c_qemu_img(&r->plan.point.repo, args, on_percent, r, NULL, err)) {
+    ok = s3c_qemu_img(&r->plan.point.repo, args, on_percent, r, NULL, err);
+    s3c_read_plans_clear(&plans);
+    if (!ok) {
         if (!rd->block_device) {
             unlink(rd->target);
         }

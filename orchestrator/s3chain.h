@@ -157,6 +157,12 @@ typedef void (*S3cPercentFn)(double percent, void *opaque);
 char *s3c_qemu_img_filename(const S3cRepo *repo, const char *key,
                             bool alone);
 /*
+ * The same, with each image of the chain given the read plan in @plans
+ * at its depth (0: @key's)
+ */
+char *s3c_qemu_img_planned_filename(const S3cRepo *repo, const char *key,
+                                    GPtrArray *plans);
+/*
  * Runs qemu-img with @args (its subcommand first, NULL-terminated), the
  * repository's secrets given as objects read from pipes.  Its stdout
  * goes to @output when not NULL; a failure's message is its last line.
@@ -164,6 +170,23 @@ char *s3c_qemu_img_filename(const S3cRepo *repo, const char *key,
 bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
                   S3cPercentFn on_percent, void *opaque, GString *output,
                   GError **err);
+
+/* plan.c: what a copy of a backup's chain reads of each image */
+
+typedef struct S3cReadPlans {
+    char *dir;                  /* private, removed by the clear */
+    GPtrArray *files;           /* the plan of each depth of the chain */
+} S3cReadPlans;
+
+/*
+ * Maps the chain of image @key with qemu-img map, and writes for each of
+ * its images the plan of the ranges that a copy of the chain reads there
+ * (block/s3chain-plan.c reads them): a chunk of a backup under later
+ * ones then loads without what those shadow.
+ */
+bool s3c_read_plans_make(const S3cRepo *repo, const char *key,
+                         S3cReadPlans *plans, GError **err);
+void s3c_read_plans_clear(S3cReadPlans *plans);
 
 /* qmp.c: a QMP connection, behind an interface a libvirt one can take */
 

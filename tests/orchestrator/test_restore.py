@@ -228,6 +228,82 @@ class TestRestore(RestoreTestCase):
                              'vd1 before the fourth backup')
 
 
+    def test_chain_fetches_only_what_shows(self) -> None:
+        """A restore of the chain's last point fetches none of what the
+        incrementals above the full backup rewrote (3M-4M, 8M-10M,
+        64M-67M of vd0), and less of the full than it stores"""
+        last, full = self.chain.points[-1], self.chain.points[0]
+        traces = os.path.join(self.dir, 'traces')
+        os.mkdir(traces)
+        wrapper = os.path.join(self.dir, 'qemu-img')
+        with open(wrapper, 'w', encoding='utf-8') as f:
+            f.write(f'#!/bin/sh\nexec {QEMU_IMG} -T enable=s3chain_request,'
+                    f'file={traces}/"$1".$$ "$@"\n')
+        os.chmod(wrapper, 0o755)
+        target = os.path.join(self.dir, 'vd0.raw')
+        run = self.s3chain('restore', '--backup', last, '--target',
+                           f'vd0={target}', env=dict(self.chain.env,
+                                                     S3CHAIN_QEMU_IMG=wrapper))
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        with open(target, 'rb') as f:
+            self.assertBytes(f.read(), self.chain.expected[last]['vd0'],
+                             'the restored disk')
+
+        image = self.chain.image(full, 'vd0')
+        manifest = json.loads(self.chain.bucket.client.get_object(
+            Bucket=self.chain.bucket.name, Key=image)['Body'].read())
+        chunk = manifest['chunk-size']
+        fetched = []
+        [convert] = [n for n in os.listdir(traces) if n.startswith('convert')]
+        with open(os.path.join(traces, convert), encoding='utf-8') as f:
+            for line in f:
+                words = line.split()
+                if 'GET' in words and f'/{image}.d/' in line:
+                    index = int(words[words.index('GET') + 1]
+                                .rsplit('/', 1)[1].split('.')[0], 16)
+                    start, length = map(int, words[-3].split('+'))
+                    fetched.append((index * chunk + start, length))
+        stored = sum(o['Size'] for o in self.chain.bucket.client
+                     .list_objects_v2(Bucket=self.chain.bucket.name,
+                                      Prefix=image + '.d/')['Contents'])
+        self.assertLess(sum(n for _, n in fetched), stored - 6 * MiB)
+
+        host = self.host_extents(image)
+        for start, end in ((3 * MiB, 4 * MiB), (8 * MiB, 10 * MiB),
+                           (64 * MiB, 67 * MiB)):
+            for guest, length, offset in host:
+                lo, hi = max(start, guest), min(end, guest + length)
+                if lo >= hi:
+                    continue
+                shadowed = (offset + lo - guest, offset + hi - guest)
+                for f_start, f_len in fetched:
+                    self.assertFalse(
+                        f_start < shadowed[1] and
+                        shadowed[0] < f_start + f_len,
+                        f'guest bytes {lo}-{hi} of the full backup, '
+                        f'rewritten above it, were fetched')
+
+    def host_extents(self, image: str) -> List[tuple]:
+        """(guest offset, length, host offset) of the data of @image"""
+        bucket = self.chain.bucket
+        secret = os.path.join(self.dir, 'secret')
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, 'w') as f:
+            f.write(bucket.env['AWS_SECRET_ACCESS_KEY'])
+        name = 'json:' + json.dumps({
+            'driver': 'qcow2', 'backing': None,
+            'file': {'driver': 's3chain', 'endpoint': bucket.endpoint,
+                     'bucket': bucket.name, 'key': image,
+                     'access-key-id': bucket.env['AWS_ACCESS_KEY_ID'],
+                     'key-secret': 's3chain-key'}})
+        out = subprocess.run([QEMU_IMG, 'map', '--output=json', '--object',
+                              f'secret,id=s3chain-key,file={secret}', name],
+                             check=True, capture_output=True, text=True)
+        return [(e['start'], e['length'], e['offset'])
+                for e in json.loads(out.stdout) if e['data']]
+
+
 class TestList(RestoreTestCase):
     def test_json_matches_the_backups(self) -> None:
         run = self.ok('list')
