@@ -138,16 +138,30 @@ bool s3c_image_stored_bytes(const S3cRepo *repo, const char *key,
     return m != NULL;
 }
 
-/* What BLOCK_SUMS_META must hold for @body cut in blocks of @block_size */
-static char *block_sums_of(const GString *body, uint64_t block_size)
+/*
+ * The CRC-32 of @body, and with a @block_size, in *@block_sums, what
+ * BLOCK_SUMS_META must hold for it: the whole's is combined from the
+ * blocks', not computed twice.
+ */
+static uint32_t crc32_of(const GString *body, uint64_t block_size,
+                         char **block_sums)
 {
-    GString *hex = g_string_new(NULL);
+    GString *hex;
+    uint32_t crc32 = 0;
 
-    for (size_t at = 0; at < body->len; at += block_size) {
-        g_string_append_printf(hex, "%08lx", crc32_z(
-            0, (const Bytef *)body->str + at, MIN(block_size, body->len - at)));
+    if (!block_size) {
+        return crc32_z(0, (const Bytef *)body->str, body->len);
     }
-    return g_string_free(hex, false);
+    hex = g_string_new(NULL);
+    for (size_t at = 0; at < body->len; at += block_size) {
+        size_t len = MIN(block_size, body->len - at);
+        uint32_t block = crc32_z(0, (const Bytef *)body->str + at, len);
+
+        g_string_append_printf(hex, "%08" PRIx32, block);
+        crc32 = crc32_combine(crc32, block, len);
+    }
+    *block_sums = g_string_free(hex, false);
+    return crc32;
 }
 
 typedef struct DeepCheck {
@@ -174,7 +188,8 @@ static void read_chunk(gpointer data, gpointer opaque)
                                     c->key);
         }
     } else {
-        uint32_t crc32 = crc32_z(0, (const Bytef *)body->str, body->len);
+        g_autofree char *want = NULL;
+        uint32_t crc32 = crc32_of(body, c->block_size, &want);
 
         md5 = g_compute_checksum_for_data(G_CHECKSUM_MD5,
                                           (const guchar *)body->str,
@@ -187,16 +202,12 @@ static void read_chunk(gpointer data, gpointer opaque)
             fault = g_strdup_printf("s3://%s/%s: its bytes have CRC-32 %08x, "
                                     "the manifest says %08x", dc->repo->bucket,
                                     c->key, crc32, c->crc32);
-        } else if (c->block_size) {
-            g_autofree char *want = block_sums_of(body, c->block_size);
-
-            if (g_strcmp0(block_sums, want)) {
-                fault = g_strdup_printf("s3://%s/%s: its block sums (%s) are "
-                                        "not those of its bytes",
-                                        dc->repo->bucket, c->key,
-                                        block_sums ? "metadata "
-                                        BLOCK_SUMS_META : "none");
-            }
+        } else if (c->block_size && g_strcmp0(block_sums, want)) {
+            fault = g_strdup_printf("s3://%s/%s: its block sums (%s) are "
+                                    "not those of its bytes",
+                                    dc->repo->bucket, c->key,
+                                    block_sums ? "metadata "
+                                    BLOCK_SUMS_META : "none");
         }
     }
     g_mutex_lock(&dc->lock);
