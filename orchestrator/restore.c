@@ -67,24 +67,31 @@ static bool add_target(S3cRestorePlan *r, const char *spec, GError **err)
 static bool takes_direct_io(const S3cRestoreDisk *rd)
 {
     g_autofree char *probe = NULL;
+    bool direct;
     int fd;
 
     if (rd->block_device) {
-        fd = open(rd->target, O_WRONLY | O_DIRECT | O_CLOEXEC);
+        fd = open(rd->target, O_WRONLY | O_CLOEXEC);
     } else {
         g_autofree char *dir = g_path_get_dirname(rd->target);
 
         probe = g_build_filename(dir, ".s3chain-direct-XXXXXX", NULL);
-        fd = g_mkstemp_full(probe, O_WRONLY | O_DIRECT | O_CLOEXEC, 0600);
+        fd = g_mkstemp_full(probe, O_WRONLY | O_CLOEXEC, 0600);
     }
     if (fd < 0) {
         return false;
     }
+    /*
+     * Asked of an open file, not by open(O_DIRECT): a file system that
+     * refuses it there has already created the probe, and the failed
+     * open would leave it behind.
+     */
+    direct = fcntl(fd, F_SETFL, O_DIRECT) == 0;
     close(fd);
     if (probe) {
         unlink(probe);
     }
-    return true;
+    return direct;
 }
 
 /* Refuses a target that would not hold the disk or would lose a file */

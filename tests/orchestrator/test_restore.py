@@ -227,6 +227,29 @@ class TestRestore(RestoreTestCase):
                              self.chain.expected[self.chain.points[2]]['vd1'],
                              'vd1 before the fourth backup')
 
+    def test_target_without_direct_io(self) -> None:
+        """On a file system that refuses O_DIRECT (ramfs), the restore
+        writes through the page cache, flushed, and is exact"""
+        mnt = os.path.join(self.dir, 'ramfs')
+        os.mkdir(mnt)
+        if subprocess.run(['mount', '-t', 'ramfs', 'ramfs', mnt],
+                          capture_output=True).returncode:
+            self.skipTest('cannot mount a ramfs here')
+        try:
+            path, probe = (os.path.join(mnt, n) for n in ('vd1.raw', 'p'))
+            with self.assertRaises(OSError):
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT |
+                                 os.O_DIRECT))
+            if os.path.exists(probe):
+                os.remove(probe)
+            point = self.chain.points[-2]
+            self.ok('restore', '--backup', point, '--target', f'vd1={path}')
+            with open(path, 'rb') as f:
+                self.assertBytes(f.read(), self.chain.expected[point]['vd1'],
+                                 'vd1 restored onto ramfs')
+            self.assertEqual(os.listdir(mnt), ['vd1.raw'])
+        finally:
+            subprocess.run(['umount', mnt], check=True)
 
     def test_chain_fetches_only_what_shows(self) -> None:
         """A restore of the chain's last point fetches none of what the
