@@ -12,19 +12,24 @@ if [ -z "${S3CHAIN_SKIP_DEPS:-}" ]; then
 fi
 "$REPO/scripts/prepare-qemu.sh"
 
-if [ ! -f "$QEMU_BUILD/build.ninja" ]; then
+# --enable-fuse: qemu-storage-daemon's FUSE export shows a served
+# backup as a file (docs/restore.rst, file-level restore)
+configure_flags=(
+    --python=/usr/bin/python3
+    --target-list=x86_64-softmmu
+    --enable-tools --enable-curl --enable-gnutls --enable-fuse
+    --disable-docs --disable-install-blobs
+    --disable-gtk --disable-sdl --disable-opengl --disable-spice
+    --disable-vnc --disable-xen --disable-user
+    --enable-werror
+)
+# a build configured with other flags is configured again
+flags_stamp=$QEMU_BUILD/s3chain-configure-flags
+if [ ! -f "$QEMU_BUILD/build.ninja" ] ||
+   [ "$(cat "$flags_stamp" 2>/dev/null)" != "${configure_flags[*]}" ]; then
     mkdir -p "$QEMU_BUILD"
-    (
-        cd "$QEMU_BUILD"
-        "$QEMU_SRC/configure" \
-            --python=/usr/bin/python3 \
-            --target-list=x86_64-softmmu \
-            --enable-tools --enable-curl --enable-gnutls \
-            --disable-docs --disable-install-blobs \
-            --disable-gtk --disable-sdl --disable-opengl --disable-spice \
-            --disable-vnc --disable-xen --disable-user \
-            --enable-werror
-    )
+    (cd "$QEMU_BUILD" && "$QEMU_SRC/configure" "${configure_flags[@]}")
+    echo "${configure_flags[*]}" >"$flags_stamp"
 fi
 ninja -C "$QEMU_BUILD"
 

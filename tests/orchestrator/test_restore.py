@@ -15,11 +15,12 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 import unittest
 from typing import Dict, List, Optional
 
-from harness import (DISKS, MiB, QEMU_IMG, S3CHAIN, STOCK_QEMU, Bucket,
-                     QEMUMachine, Run, VM, command_env)
+from harness import (DISKS, MiB, QEMU_IMG, QSD, S3CHAIN, STOCK_QEMU,
+                     Bucket, QEMUMachine, Run, VM, command_env)
 
 # what the guest writes before each backup after the full one
 WRITES = [
@@ -550,6 +551,63 @@ class TestServe(RestoreTestCase):
                                  f'read-only=on')
         self.assertBytes(self.vm_reads(m), self.chain.expected[point]['vd0'],
                          'the served vd0')
+        self.stop(run)
+
+    def test_files_from_a_mounted_backup(self) -> None:
+        """File-level restore as docs/restore.rst has it without the nbd
+        kernel module: the served backup of a disk with an ext4 file
+        system, shown as a file by qemu-storage-daemon's FUSE export and
+        loop-mounted, gives back the files the disk held"""
+        if not os.path.exists('/dev/fuse') or not shutil.which('mkfs.ext4'):
+            self.skipTest('needs /dev/fuse and mkfs.ext4')
+        src = os.path.join(self.dir, 'files')
+        os.makedirs(os.path.join(src, 'etc'))
+        files = {'etc/hostname': b'vm-with-files\n',
+                 'data.bin': os.urandom(3 * MiB + 123)}
+        for name, body in files.items():
+            with open(os.path.join(src, name), 'wb') as f:
+                f.write(body)
+        raw, disk = (os.path.join(self.dir, n) for n in ('fs.raw', 'fs.qcow2'))
+        subprocess.run(['mkfs.ext4', '-q', '-d', src, '-F', raw, '64M'],
+                       check=True, capture_output=True)
+        subprocess.run([QEMU_IMG, 'convert', '-f', 'raw', '-O', 'qcow2', raw,
+                        disk], check=True)
+        qmp = os.path.join(self.dir, 'fsvm.qmp')
+        vm = self.start_vm('vd0', f'driver=qcow2,node-name=d0,file.driver='
+                                  f'file,file.filename={disk}', qmp=qmp)
+        backup = self.s3chain('backup', '--vm', 'fsvm', '--qmp', qmp,
+                              '--runtime-dir', os.path.join(self.dir, 'run'))
+        code, err = backup.finish()
+        self.assertEqual(code, 0, err)
+        vm.shutdown()
+        self.machines.remove(vm)
+
+        run = self.serve('--vm', 'fsvm', '--disk', 'vd0')
+        sock = os.path.join(self.dir, 'serve.sock')
+        view, mnt = (os.path.join(self.dir, n) for n in ('vd0.raw', 'mnt'))
+        open(view, 'wb').close()
+        os.mkdir(mnt)
+        qsd = subprocess.Popen([
+            QSD, '--blockdev', f'driver=nbd,node-name=vd0,server.type=unix,'
+                               f'server.path={sock},export=vd0,read-only=on',
+            '--export', f'type=fuse,id=file,node-name=vd0,'
+                        f'mountpoint={view}'])
+        try:
+            for _ in range(100):
+                if os.stat(view).st_size == 64 * MiB:
+                    break
+                time.sleep(0.1)
+            self.assertEqual(os.stat(view).st_size, 64 * MiB)
+            subprocess.run(['mount', '-o', 'loop,ro', view, mnt], check=True)
+            try:
+                for name, body in files.items():
+                    with open(os.path.join(mnt, name), 'rb') as f:
+                        self.assertEqual(f.read(), body, name)
+            finally:
+                subprocess.run(['umount', mnt], check=True)
+        finally:
+            qsd.terminate()
+            qsd.wait()
         self.stop(run)
 
     def test_writable_overlay_in_bucket(self) -> None:
