@@ -1312,12 +1312,13 @@ int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
     return 0;
 }
 
-int s3chain_image_plan_reads(S3chainImage *img, const char *path,
-                             Error **errp)
+int s3chain_image_plan_reads(S3chainImage *img, const char *text,
+                             const char *path, Error **errp)
 {
-    uint64_t *planned = s3chain_read_plan_load(path, img->manifest->size,
-                                               chunk_size(img),
-                                               img->block_size, errp);
+    uint64_t *planned = s3chain_read_plan_parse(text, path,
+                                                img->manifest->size,
+                                                chunk_size(img),
+                                                img->block_size, errp);
 
     if (!planned) {
         return -EINVAL;

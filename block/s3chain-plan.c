@@ -19,22 +19,14 @@
 #include "qemu/cutils.h"
 #include "s3chain.h"
 
-uint64_t *s3chain_read_plan_load(const char *path, uint64_t size,
-                                 uint64_t chunk_size, uint64_t block_size,
-                                 Error **errp)
+uint64_t *s3chain_read_plan_parse(const char *text, const char *path,
+                                  uint64_t size, uint64_t chunk_size,
+                                  uint64_t block_size, Error **errp)
 {
-    g_autofree char *text = NULL;
-    g_autoptr(GError) gerr = NULL;
-    g_auto(GStrv) lines = NULL;
+    g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
     g_autofree uint64_t *planned =
         g_new0(uint64_t, DIV_ROUND_UP(size, chunk_size));
 
-    if (!g_file_get_contents(path, &text, NULL, &gerr)) {
-        error_setg(errp, "s3chain: cannot read the read plan: %s",
-                   gerr->message);
-        return NULL;
-    }
-    lines = g_strsplit(text, "\n", -1);
     for (unsigned i = 0; lines[i]; i++) {
         const char *end;
         uint64_t offset, bytes;

@@ -40,6 +40,7 @@ typedef struct BDRVS3chainState {
 typedef struct S3chainOpenCo {
     BlockDriverState *bs;
     int flags;
+    const char *read_plan;      /* the text of x-read-plan's file */
     Error **errp;
     int ret;
 } S3chainOpenCo;
@@ -237,9 +238,9 @@ static void coroutine_fn s3chain_open_entry(void *opaque)
                                     s->opts->readahead, &s->image,
                                     oc->errp);
     }
-    if (ret == 0 && s->image && s->opts->x_read_plan) {
-        ret = s3chain_image_plan_reads(s->image, s->opts->x_read_plan,
-                                       oc->errp);
+    if (ret == 0 && s->image && oc->read_plan) {
+        ret = s3chain_image_plan_reads(s->image, oc->read_plan,
+                                       s->opts->x_read_plan, oc->errp);
         if (ret < 0) {
             s3chain_image_co_close(g_steal_pointer(&s->image));
         }
@@ -301,17 +302,30 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
         .errp = errp,
         .ret = -EINPROGRESS,
     };
+    g_autofree char *read_plan = NULL;
     int ret;
 
     s->opts = s3chain_visit_options(options, errp);
     if (!s->opts) {
         return -EINVAL;
     }
-    if (s->opts->x_read_plan && (flags & BDRV_O_RDWR)) {
-        error_setg(errp, "s3chain: x-read-plan is for read-only opens; "
-                   "open the image read-only");
-        ret = -EINVAL;
-        goto fail;
+    if (s->opts->x_read_plan) {
+        g_autoptr(GError) gerr = NULL;
+
+        if (flags & BDRV_O_RDWR) {
+            error_setg(errp, "s3chain: x-read-plan is for read-only opens; "
+                       "open the image read-only");
+            ret = -EINVAL;
+            goto fail;
+        }
+        if (!g_file_get_contents(s->opts->x_read_plan, &read_plan, NULL,
+                                 &gerr)) {
+            error_setg(errp, "s3chain: cannot read the read plan: %s",
+                       gerr->message);
+            ret = -EINVAL;
+            goto fail;
+        }
+        oc.read_plan = read_plan;
     }
     s->conn = s3chain_connect(s->opts, bdrv_get_aio_context(bs), errp);
     if (!s->conn) {

@@ -125,13 +125,14 @@ char *s3chain_chunk_key(const char *image_key, uint64_t index,
 /* s3chain-plan.c: the byte ranges a reader says it will read */
 
 /*
- * Reads the read plan @path, "OFFSET LENGTH" lines of byte ranges of an
- * image of @size bytes, into the blocks (s3chain_blocks_of()) that they
- * touch of each chunk: an array with a mask per chunk.
+ * Parses @text, the read plan from file @path: "OFFSET LENGTH" lines of
+ * byte ranges of an image of @size bytes, into the blocks
+ * (s3chain_blocks_of()) that they touch of each chunk, an array with a
+ * mask per chunk.
  */
-uint64_t *s3chain_read_plan_load(const char *path, uint64_t size,
-                                 uint64_t chunk_size, uint64_t block_size,
-                                 Error **errp);
+uint64_t *s3chain_read_plan_parse(const char *text, const char *path,
+                                  uint64_t size, uint64_t chunk_size,
+                                  uint64_t block_size, Error **errp);
 
 /* s3chain-http.c: requests to the bucket over libcurl's multi interface */
 
@@ -285,11 +286,12 @@ int coroutine_fn s3chain_image_co_block_status(S3chainImage *img,
                                                uint64_t bytes,
                                                int64_t *pnum);
 /*
- * Has chunks load only the blocks that the ranges in the read plan @path
- * touch, when a read falls in them (see s3chain-plan.c)
+ * Has chunks load only the blocks that the ranges of read plan @text,
+ * read from file @path, touch, when a read falls in them
+ * (see s3chain-plan.c)
  */
-int s3chain_image_plan_reads(S3chainImage *img, const char *path,
-                             Error **errp);
+int s3chain_image_plan_reads(S3chainImage *img, const char *text,
+                             const char *path, Error **errp);
 uint64_t s3chain_image_size(S3chainImage *img);
 uint64_t s3chain_image_stored_bytes(S3chainImage *img);
 

@@ -85,7 +85,8 @@ def apply_unit(tree):
          "  'test-s3chain-sigv4': [crypto, '../../block/s3chain-sigv4.c'],\n"
          "  'test-s3chain-url': [crypto, '../../block/s3chain-url.c',\n"
          "                       '../../block/s3chain-sigv4.c'],\n"
-         "  'test-s3chain-manifest': ['../../block/s3chain-manifest.c'],\n")
+         "  'test-s3chain-manifest': ['../../block/s3chain-manifest.c'],\n"
+         "  'test-s3chain-plan': ['../../block/s3chain-plan.c'],\n")
 
 
 def apply_docs(tree):

@@ -73,7 +73,8 @@ commit <<'MSG'
 tests/unit: test s3chain's request signing and URL syntax
 
 test-s3chain-manifest checks the manifest codec of chunked images and
-its refusals of damaged manifests.  test-s3chain-sigv4 checks the signer
+its refusals of damaged manifests, test-s3chain-plan the parser of read
+plans (x-read-plan).  test-s3chain-sigv4 checks the signer
 against S3's own examples from its
 API reference, and against AWS's SigV4 test suite where that is present:
 the suite is Apache-2.0, so it is kept outside QEMU's tree, and the test

@@ -33,7 +33,8 @@ env_file=$("$REPO/scripts/s3-server.sh" start) || {
 unit_tests() {
     local log=$BUILD/unit-tests.log
     meson test -C "$QEMU_BUILD" --no-rebuild --print-errorlogs \
-        test-s3chain-sigv4 test-s3chain-url test-s3chain-manifest 2>&1 |
+        test-s3chain-sigv4 test-s3chain-url test-s3chain-manifest \
+        test-s3chain-plan 2>&1 |
         tee "$log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
     # AWS's suite must have run, not been skipped
