@@ -66,7 +66,7 @@ bool s3c_read_plans_make(const S3cRepo *repo, const char *key,
 
     plans->dir = g_dir_make_tmp("s3chain-plan-XXXXXX", &local);
     if (!plans->dir) {
-        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
                     "cannot make a directory for read plans: %s; set "
                     "TMPDIR to a writable directory", local->message);
         return false;

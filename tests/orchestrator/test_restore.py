@@ -752,6 +752,11 @@ class TestBadInput(RestoreTestCase):
         self.assertIn('nosuchvm', err)
         self.assertEqual(os.listdir(self.dir), [])
 
+    def test_temporary_directory_unwritable(self) -> None:
+        self.refused('restore', [self.target(), self.target('vd1')], 2,
+                     ['read plans', 'set TMPDIR to a writable directory'],
+                     env=dict(self.chain.env, TMPDIR='/nonexistent'))
+
     def test_unknown_backup(self) -> None:
         self.refused('restore', ['--backup', '20200101T000000Z-0000',
                                  self.target()], 4,
