@@ -12,6 +12,9 @@ against the local radosgw:
 - time to first read of a served backup: from starting `s3chain serve`
   to its ready line, and to the first 4 KiB read over NBD, for the
   11-image chain and the single full.
+- the requests of one restore of each, the chain and the single full,
+  from the driver's trace (s3chain_request): GETs and bytes asked for,
+  of the chain's map and of the copy; stable where times are noisy.
 
 Runs of the variants being compared are interleaved; medians reported.
 Usage: restore.py ENV_FILE WORKDIR PREFIX RUNS
@@ -58,10 +61,10 @@ class Bench:
                                          's3chain-sidecar'),
             S3CHAIN_QEMU_IMG=QEMU_IMG)
 
-    def s3chain(self, *args):
+    def s3chain(self, *args, env=None):
         return subprocess.run([S3CHAIN, *args, '--repo', self.repo,
                                '--json', '--progress', 'none'],
-                              env=self.proc_env, check=True,
+                              env=env or self.proc_env, check=True,
                               capture_output=True, text=True)
 
     def backup(self, *args):
@@ -106,6 +109,36 @@ class Bench:
         took = time.monotonic() - start
         os.remove(target)
         return took
+
+    def requests(self, point):
+        """GETs and bytes asked for by each qemu-img run of a restore of
+        @point (map, convert), from the driver's trace"""
+        traces = os.path.join(self.work, 'traces')
+        os.makedirs(traces)
+        wrapper = os.path.join(self.work, 'qemu-img-traced')
+        with open(wrapper, 'w', encoding='utf-8') as f:
+            f.write(f'#!/bin/sh\nexec {QEMU_IMG} -T enable=s3chain_request,'
+                    f'file={traces}/"$1".$$ "$@"\n')
+        os.chmod(wrapper, 0o700)
+        target = os.path.join(self.work, 'restored.raw')
+        self.s3chain('restore', '--vm', 'bench', '--backup', point,
+                     '--target', f'vd0={target}',
+                     env=dict(self.proc_env, S3CHAIN_QEMU_IMG=wrapper))
+        os.remove(target)
+        counts = {}
+        for name in os.listdir(traces):
+            gets = sizes = 0
+            with open(os.path.join(traces, name), encoding='utf-8') as f:
+                for line in f:
+                    words = line.split()
+                    if 'GET' in words:
+                        gets += 1
+                        sizes += int(words[-3].split('+')[1])
+            counts[name.split('.')[0]] = (gets, sizes)
+            os.remove(os.path.join(traces, name))
+        os.rmdir(traces)
+        os.remove(wrapper)
+        return counts
 
     def parallel_get(self, parts, out_dir):
         url = subprocess.run(
@@ -177,9 +210,11 @@ class Bench:
             for what in ('chain', 'full'):
                 point = self.chain_top if what == 'chain' else self.single_full
                 first[what].append(self.first_read(point))
+        requests = {'chain': self.requests(self.chain_top),
+                    'full': self.requests(self.single_full)}
         return results, {k: median(v) for k, v in chain.items()}, {
             k: (median([a for a, _ in v]), median([b for _, b in v]))
-            for k, v in first.items()}
+            for k, v in first.items()}, requests
 
 
 def main():
@@ -187,7 +222,7 @@ def main():
     os.environ['S3CHAIN_BENCH_ENV'] = env_file
     runs = int(runs)
     bench = Bench(env_file, work, prefix)
-    throughput, chain, first = bench.run(runs)
+    throughput, chain, first, requests = bench.run(runs)
     gb = SIZE / 1e6
     print(f'# restore: a 4 GiB disk of random data; {runs} interleaved runs,'
           ' medians')
@@ -210,6 +245,13 @@ def main():
     for key, name in (('full', 'single full backup'),
                       ('chain', 'full + 10 incrementals')):
         print(f'{name:<46} {first[key][0]:8.2f} {first[key][1]:8.2f}')
+    print('\nrequests of one restore, traced (bytes: the ranges asked for)')
+    print(f'{"what":<46} {"GETs":>8} {"MB":>8}')
+    for key, name in (('full', 'single full backup'),
+                      ('chain', 'full + 10 incrementals')):
+        for step in ('map', 'convert'):
+            gets, sizes = requests[key][step]
+            print(f'{name + ": " + step:<46} {gets:8d} {sizes / 1e6:8.1f}')
     print('\nratio = the better baseline\'s seconds / these seconds '
           '(above 1: faster than the baseline)')
 
