@@ -36,21 +36,6 @@ static size_t collect(char *ptr, size_t size, size_t nmemb, void *opaque)
     return size * nmemb;
 }
 
-static size_t keep_meta(char *ptr, size_t size, size_t nmemb, void *opaque)
-{
-    const S3Request *req = opaque;
-    size_t len = size * nmemb;
-    size_t name_len = strlen(req->meta);
-
-    if (len > name_len + 1 && ptr[name_len] == ':' &&
-        !g_ascii_strncasecmp(ptr, req->meta, name_len)) {
-        g_free(*req->meta_value);
-        *req->meta_value = g_strstrip(g_strndup(ptr + name_len + 1,
-                                                len - name_len - 1));
-    }
-    return len;
-}
-
 static char *endpoint_host(const char *endpoint)
 {
     return g_strdup(strstr(endpoint, "://") + 3);
@@ -122,11 +107,6 @@ static bool perform(const S3cRepo *repo, const S3Request *req,
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, list);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, resp->body);
-    if (req->meta) {
-        g_clear_pointer(req->meta_value, g_free);
-        curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, keep_meta);
-        curl_easy_setopt(curl, CURLOPT_HEADERDATA, req);
-    }
     curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, resp->curl_error);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)S3_TIMEOUT_S);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
@@ -148,6 +128,15 @@ static bool perform(const S3cRepo *repo, const S3Request *req,
     resp->curl_code = curl_easy_perform(curl);
     resp->status = 0;
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &resp->status);
+    if (req->meta) {
+        struct curl_header *meta;
+
+        g_clear_pointer(req->meta_value, g_free);
+        if (curl_easy_header(curl, req->meta, 0, CURLH_HEADER, -1,
+                             &meta) == CURLHE_OK) {
+            *req->meta_value = g_strdup(meta->value);
+        }
+    }
     curl_easy_cleanup(curl);
     curl_slist_free_all(list);
     return resp->curl_code == CURLE_OK;
