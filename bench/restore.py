@@ -32,6 +32,7 @@ from vmbench import (GiB, MiB, QEMU_BUILD, QEMU_IMG, QSD, REPO, S3CHAIN,
 # pylint: disable=wrong-import-position
 from boto3.s3.transfer import TransferConfig  # noqa: E402
 import s3obj  # noqa: E402
+from request_trace import gets, traced_qemu_img  # noqa: E402
 
 SIZE = 4 * GiB
 DIRTY = 64 * MiB
@@ -113,13 +114,7 @@ class Bench:
     def requests(self, point):
         """GETs and bytes asked for by each qemu-img run of a restore of
         @point (map, convert), from the driver's trace"""
-        traces = os.path.join(self.work, 'traces')
-        os.makedirs(traces)
-        wrapper = os.path.join(self.work, 'qemu-img-traced')
-        with open(wrapper, 'w', encoding='utf-8') as f:
-            f.write(f'#!/bin/sh\nexec {QEMU_IMG} -T enable=s3chain_request,'
-                    f'file={traces}/"$1".$$ "$@"\n')
-        os.chmod(wrapper, 0o700)
+        wrapper, traces = traced_qemu_img(QEMU_IMG, self.work)
         target = os.path.join(self.work, 'restored.raw')
         self.s3chain('restore', '--vm', 'bench', '--backup', point,
                      '--target', f'vd0={target}',
@@ -127,14 +122,9 @@ class Bench:
         os.remove(target)
         counts = {}
         for name in os.listdir(traces):
-            gets = sizes = 0
-            with open(os.path.join(traces, name), encoding='utf-8') as f:
-                for line in f:
-                    words = line.split()
-                    if 'GET' in words:
-                        gets += 1
-                        sizes += int(words[-3].split('+')[1])
-            counts[name.split('.')[0]] = (gets, sizes)
+            requests = gets(os.path.join(traces, name))
+            counts[name.split('.')[0]] = (len(requests),
+                                          sum(n for _, _, n in requests))
             os.remove(os.path.join(traces, name))
         os.rmdir(traces)
         os.remove(wrapper)

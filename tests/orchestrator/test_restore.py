@@ -21,6 +21,8 @@ from typing import Dict, List, Optional
 
 from harness import (DISKS, MiB, QEMU_IMG, QSD, S3CHAIN, STOCK_QEMU,
                      Bucket, QEMUMachine, Run, VM, command_env)
+# harness puts scripts/ on the path
+from request_trace import gets, traced_qemu_img  # noqa: E402
 
 # what the guest writes before each backup after the full one
 WRITES = [
@@ -257,13 +259,7 @@ class TestRestore(RestoreTestCase):
         incrementals above the full backup rewrote (3M-4M, 8M-10M,
         64M-67M of vd0), and less of the full than it stores"""
         last, full = self.chain.points[-1], self.chain.points[0]
-        traces = os.path.join(self.dir, 'traces')
-        os.mkdir(traces)
-        wrapper = os.path.join(self.dir, 'qemu-img')
-        with open(wrapper, 'w', encoding='utf-8') as f:
-            f.write(f'#!/bin/sh\nexec {QEMU_IMG} -T enable=s3chain_request,'
-                    f'file={traces}/"$1".$$ "$@"\n')
-        os.chmod(wrapper, 0o755)
+        wrapper, traces = traced_qemu_img(QEMU_IMG, self.dir)
         target = os.path.join(self.dir, 'vd0.raw')
         run = self.s3chain('restore', '--backup', last, '--target',
                            f'vd0={target}', env=dict(self.chain.env,
@@ -278,16 +274,12 @@ class TestRestore(RestoreTestCase):
         manifest = json.loads(self.chain.bucket.client.get_object(
             Bucket=self.chain.bucket.name, Key=image)['Body'].read())
         chunk = manifest['chunk-size']
-        fetched = []
         [convert] = [n for n in os.listdir(traces) if n.startswith('convert')]
-        with open(os.path.join(traces, convert), encoding='utf-8') as f:
-            for line in f:
-                words = line.split()
-                if 'GET' in words and f'/{image}.d/' in line:
-                    index = int(words[words.index('GET') + 1]
-                                .rsplit('/', 1)[1].split('.')[0], 16)
-                    start, length = map(int, words[-3].split('+'))
-                    fetched.append((index * chunk + start, length))
+        fetched = [
+            (int(url.rsplit('/', 1)[1].split('.')[0], 16) * chunk + start,
+             length)
+            for url, start, length in gets(os.path.join(traces, convert))
+            if f'/{image}.d/' in url]
         stored = sum(o['Size'] for o in self.chain.bucket.client
                      .list_objects_v2(Bucket=self.chain.bucket.name,
                                       Prefix=image + '.d/')['Contents'])
