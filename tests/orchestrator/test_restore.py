@@ -112,6 +112,15 @@ class RestoreTestCase(unittest.TestCase):
             self.fail(f'{what} differs from the disk at its instant, first '
                       f'at byte {first}')
 
+    def secret_object(self) -> List[str]:
+        """qemu-img's options for the bucket's secret key as QEMU secret
+        s3chain-key, in a 0600 file of the test's directory"""
+        secret = os.path.join(self.dir, 'secret')
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, 'w') as f:
+            f.write(self.chain.bucket.env['AWS_SECRET_ACCESS_KEY'])
+        return ['--object', f'secret,id=s3chain-key,file={secret}']
+
     def read_image(self, path: str, fmt: str) -> bytes:
         raw = os.path.join(self.dir, 'read.raw')
         subprocess.run([QEMU_IMG, 'convert', '-U', '-f', fmt, '-O', 'raw',
@@ -303,18 +312,14 @@ class TestRestore(RestoreTestCase):
     def host_extents(self, image: str) -> List[tuple]:
         """(guest offset, length, host offset) of the data of @image"""
         bucket = self.chain.bucket
-        secret = os.path.join(self.dir, 'secret')
-        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, 'w') as f:
-            f.write(bucket.env['AWS_SECRET_ACCESS_KEY'])
         name = 'json:' + json.dumps({
             'driver': 'qcow2', 'backing': None,
             'file': {'driver': 's3chain', 'endpoint': bucket.endpoint,
                      'bucket': bucket.name, 'key': image,
                      'access-key-id': bucket.env['AWS_ACCESS_KEY_ID'],
                      'key-secret': 's3chain-key'}})
-        out = subprocess.run([QEMU_IMG, 'map', '--output=json', '--object',
-                              f'secret,id=s3chain-key,file={secret}', name],
+        out = subprocess.run([QEMU_IMG, 'map', '--output=json',
+                              *self.secret_object(), name],
                              check=True, capture_output=True, text=True)
         return [(e['start'], e['length'], e['offset'])
                 for e in json.loads(out.stdout) if e['data']]
@@ -635,15 +640,10 @@ class TestServe(RestoreTestCase):
                                             5 * MiB, MiB)
         self.assertEqual(bucket.objects(), before)
 
-        secret = os.path.join(self.dir, 'secret')
-        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, 'w') as f:
-            f.write(bucket.env['AWS_SECRET_ACCESS_KEY'])
         host = bucket.endpoint.split('://', 1)[1]
         raw = os.path.join(self.dir, 'overlay.raw')
-        subprocess.run([QEMU_IMG, 'convert', '--object',
-                        f'secret,id=s3chain-key,file={secret}', '-O', 'raw',
-                        f's3chain://{host};tls=off;access-key-id='
+        subprocess.run([QEMU_IMG, 'convert', *self.secret_object(), '-O',
+                        'raw', f's3chain://{host};tls=off;access-key-id='
                         f'{bucket.env["AWS_ACCESS_KEY_ID"]};'
                         f'key-secret=s3chain-key/{bucket.name}/{key}', raw],
                        check=True)
