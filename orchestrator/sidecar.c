@@ -5,11 +5,14 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #define SIDECAR_START_TIMEOUT_MS 15000
+/* in the runtime directory: what a sidecar the command started says */
+#define SIDECAR_LOG "sidecar.log"
 
 /* Where the sidecar's start script is when none is named */
 static char *sidecar_program(void)
@@ -35,15 +38,29 @@ static char *sidecar_program(void)
     return g_strdup("s3chain-sidecar");
 }
 
+/*
+ * In the sidecar, before it runs: a sidecar whose command was killed
+ * goes with it at once, instead of uploading images that no catalog
+ * will name
+ */
+static void die_with_parent(gpointer unused)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
 static bool start_sidecar(S3cSidecar *sc, GError **err)
 {
     const char *qmp_path = sc->own_qmp;
     g_autofree char *program = sidecar_program();
+    g_autofree char *log_path = g_build_filename(sc->runtime_dir,
+                                                 SIDECAR_LOG, NULL);
     g_auto(GStrv) envp = g_get_environ();
     char *argv[] = { program, NULL };
     g_autoptr(GError) spawn_err = NULL;
     int64_t deadline = g_get_monotonic_time() +
                        SIDECAR_START_TIMEOUT_MS * 1000LL;
+    int log_fd;
+    bool spawned;
 
     envp = g_environ_setenv(envp, "S3CHAIN_RUNTIME_DIR", sc->runtime_dir,
                             true);
@@ -52,9 +69,22 @@ static bool start_sidecar(S3cSidecar *sc, GError **err)
     envp = g_environ_unsetenv(envp, "AWS_SECRET_ACCESS_KEY");
     envp = g_environ_unsetenv(envp, "AWS_SESSION_TOKEN");
     unlink(qmp_path);
-    if (!g_spawn_async(NULL, argv, envp,
-                       G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH,
-                       NULL, NULL, &sc->pid, &spawn_err)) {
+    /* its output is not ours: stdout carries the command's JSON lines */
+    log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (log_fd < 0) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "cannot write the sidecar's log %s: %s", log_path,
+                    g_strerror(errno));
+        return false;
+    }
+    spawned = g_spawn_async_with_fds(NULL, argv, envp,
+                                     G_SPAWN_DO_NOT_REAP_CHILD |
+                                     G_SPAWN_SEARCH_PATH |
+                                     G_SPAWN_STDIN_FROM_DEV_NULL,
+                                     die_with_parent, NULL, &sc->pid, -1,
+                                     log_fd, log_fd, &spawn_err);
+    close(log_fd);
+    if (!spawned) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
                     "cannot start the sidecar %s: %s; set S3CHAIN_SIDECAR "
                     "or give --sidecar-qmp", program, spawn_err->message);

@@ -346,14 +346,19 @@ class TestSecrets(BackupTestCase):
             log = f.read()
         self.assertIn('blockdev-create', log)
         self.assertIn('object-add', log)
+        # what the sidecar said goes to its log, not to the command's output
+        with open(os.path.join(self.runtime, 'sidecar.log'),
+                  encoding='utf-8') as f:
+            sidecar_log = f.read()
         for where, text in (('a command line', '\n'.join(cmdlines)),
                             ('the output', run.stdout + err),
-                            ("the sidecar's QMP log", log)):
+                            ("the sidecar's QMP log", log),
+                            ("the sidecar's log", sidecar_log)):
             self.assertNotIn(secret, text, f'the secret is in {where}')
         # the secret files were removed as soon as the sidecar read them
         left = [f for f in os.listdir(self.runtime)
                 if os.path.isfile(os.path.join(self.runtime, f))]
-        self.assertEqual(left, [])
+        self.assertEqual(left, ['sidecar.log'])
 
 
 if __name__ == '__main__':
