@@ -63,12 +63,22 @@ static const char main_help[] =
 static const char backup_help[] =
 "Usage: s3chain backup --vm NAME --qmp SOCKET --repo s3://BUCKET[/PREFIX]\n"
 "                      [OPTION]...\n"
+"       s3chain backup --libvirt DOMAIN [--connect URI]\n"
+"                      --repo s3://BUCKET[/PREFIX] [OPTION]...\n"
 "Back up the disks of a running VM into an S3 bucket: the first backup of\n"
 "a disk is full, the next ones incremental, streamed through a\n"
-"qemu-storage-daemon sidecar with no temporary disk.\n"
+"qemu-storage-daemon sidecar: from a plain QEMU over its QMP socket with\n"
+"no temporary disk, or from a libvirt domain through libvirt's backup API\n"
+"(pull mode, with a scratch file per disk; docs/libvirt.rst).\n"
 "\n"
-"  --vm NAME             the VM's name in the repository\n"
+"  --vm NAME             the VM's name in the repository (with --libvirt,\n"
+"                        the domain's name unless given)\n"
 "  --qmp SOCKET          the VM's QMP unix socket\n"
+"  --libvirt DOMAIN      a running libvirt domain instead\n"
+"  --connect URI         libvirt's URI (default: libvirt's default)\n"
+"  --scratch-dir DIR     where libvirt keeps what the guest rewrites\n"
+"                        during the backup (/var/tmp); it must have room\n"
+"                        for the disks' size\n"
 "  --sidecar-qmp SOCKET  a running qemu-storage-daemon sidecar; without\n"
 "                        it, one is started (S3CHAIN_SIDECAR names it)\n"
 "  --runtime-dir DIR     sockets and transient secret files (default\n"
@@ -88,6 +98,8 @@ static const char backup_help[] =
 static const char restore_help[] =
 "Usage: s3chain restore --vm NAME --repo s3://BUCKET[/PREFIX]\n"
 "                       --target [DISK=]PATH... [OPTION]...\n"
+"       s3chain restore --libvirt DOMAIN --repo s3://BUCKET[/PREFIX]\n"
+"                       [OPTION]...\n"
 "Write a backup's disks, streamed from the bucket, onto new files or\n"
 "block devices, bit for bit as they were at the backup's instant.\n"
 "\n"
@@ -100,6 +112,10 @@ static const char restore_help[] =
 "                        file, or a block device at least as large\n"
 "  --format FORMAT       raw (default) or qcow2: one sparse qcow2 file\n"
 "  --force               overwrite target files that exist\n"
+"  --libvirt DOMAIN      onto the disks of this shut-off libvirt domain,\n"
+"                        each in its own format, replacing them only once\n"
+"                        the restore is whole (--vm defaults to DOMAIN)\n"
+"  --connect URI         libvirt's URI\n"
 "\n"
 "Instant restore (docs/restore.rst):\n"
 "  --instant             create each target as a qcow2 file backed by the\n"
@@ -176,6 +192,7 @@ enum {
     OPT_BREAK_LOCK, OPT_PROGRESS, OPT_JSON, OPT_BACKUP, OPT_BEFORE,
     OPT_TARGET, OPT_FORMAT, OPT_FORCE, OPT_INSTANT, OPT_VM_WAIT,
     OPT_COPY_SPEED, OPT_DEEP, OPT_LISTEN, OPT_WRITABLE, OPT_OVERLAY,
+    OPT_LIBVIRT, OPT_CONNECT, OPT_SCRATCH_DIR,
 };
 
 typedef struct OptionSpec {
@@ -202,6 +219,9 @@ static const OptionSpec option_specs[] = {
     ARG("sidecar-qmp", OPT_SIDECAR_QMP, CMD_BACKUP | CMD_RESTORE | CMD_SERVE),
     ARG("runtime-dir", OPT_RUNTIME_DIR, CMD_BACKUP | CMD_RESTORE | CMD_SERVE),
     ARG("guest-agent", OPT_GUEST_AGENT, CMD_BACKUP),
+    ARG("libvirt", OPT_LIBVIRT, CMD_BACKUP | CMD_RESTORE),
+    ARG("connect", OPT_CONNECT, CMD_BACKUP | CMD_RESTORE),
+    ARG("scratch-dir", OPT_SCRATCH_DIR, CMD_BACKUP),
     ARG("disk", OPT_DISK, CMD_BACKUP | CMD_SERVE),
     FLAG("full", OPT_FULL, CMD_BACKUP),
     ARG("chain-limit", OPT_CHAIN_LIMIT, CMD_BACKUP),
@@ -228,6 +248,7 @@ typedef struct Args {
     S3cRepoOptions repo;
     const char *vm, *qmp, *sidecar_qmp, *runtime_dir, *guest_agent;
     const char *backup, *before, *format, *listen, *overlay;
+    const char *libvirt, *connect, *scratch_dir;
     GPtrArray *disks, *targets;
     bool full, break_lock, json, force, instant, deep, writable;
     int64_t chain_limit, cbw_timeout, buffer_size, lock_stale, vm_wait;
@@ -316,10 +337,25 @@ static bool run_backup(Args *a, GError **err)
         .chain_limit = a->chain_limit, .cbw_timeout = a->cbw_timeout,
         .buffer_size = a->buffer_size, .lock_stale_after = a->lock_stale,
         .break_lock = a->break_lock, .json = a->json,
+        .libvirt_domain = a->libvirt, .libvirt_uri = a->connect,
+        .scratch_dir = a->scratch_dir,
     };
 
-    if (!a->vm || !a->qmp || !a->repo.url) {
-        return usage_error(err, "backup needs --vm, --qmp and --repo");
+    if (a->libvirt && (a->qmp || a->guest_agent)) {
+        return usage_error(err, "--libvirt takes the place of --qmp and "
+                           "--guest-agent: libvirt owns the domain's QEMU "
+                           "and its agent");
+    }
+    if ((a->connect || a->scratch_dir) && !a->libvirt) {
+        return usage_error(err, "--connect and --scratch-dir go with "
+                           "--libvirt");
+    }
+    if (a->libvirt && !a->vm) {
+        opts.vm = a->libvirt;
+    }
+    if (!opts.vm || !(a->qmp || a->libvirt) || !a->repo.url) {
+        return usage_error(err, "backup needs --vm, --qmp and --repo, or "
+                           "--libvirt and --repo");
     }
     opts.disks = strv_or_null(a->disks);
     return s3c_backup(&opts, err) == S3C_EXIT_OK;
@@ -334,10 +370,24 @@ static bool run_restore(Args *a, GError **err)
         .instant = a->instant, .vm_qmp = a->qmp,
         .sidecar_qmp = a->sidecar_qmp, .runtime_dir = a->runtime_dir,
         .vm_wait = a->vm_wait, .copy_speed = a->copy_speed,
+        .libvirt_domain = a->libvirt, .libvirt_uri = a->connect,
     };
 
-    if (!a->vm || !a->repo.url || !a->targets->len) {
-        return usage_error(err, "restore needs --vm, --repo and --target");
+    if (a->libvirt && (a->targets->len || a->instant || a->format)) {
+        return usage_error(err, "--libvirt restores onto the domain's own "
+                           "disks, in their formats: it takes no --target, "
+                           "--format or --instant");
+    }
+    if (a->connect && !a->libvirt) {
+        return usage_error(err, "--connect goes with --libvirt");
+    }
+    if (a->libvirt && !a->vm) {
+        opts.point.vm = a->libvirt;
+    }
+    if (!opts.point.vm || !a->repo.url ||
+        !(a->targets->len || a->libvirt)) {
+        return usage_error(err, "restore needs --vm, --repo and --target, "
+                           "or --libvirt and --repo");
     }
     if (a->backup && a->before) {
         return usage_error(err, "give --backup or --before, not both");
@@ -434,6 +484,9 @@ static bool parse_option(Args *a, int id, const char *name, GError **err)
     case OPT_SIDECAR_QMP: a->sidecar_qmp = optarg; break;
     case OPT_RUNTIME_DIR: a->runtime_dir = optarg; break;
     case OPT_GUEST_AGENT: a->guest_agent = optarg; break;
+    case OPT_LIBVIRT: a->libvirt = optarg; break;
+    case OPT_CONNECT: a->connect = optarg; break;
+    case OPT_SCRATCH_DIR: a->scratch_dir = optarg; break;
     case OPT_DISK: g_ptr_array_add(a->disks, optarg); break;
     case OPT_TARGET: g_ptr_array_add(a->targets, optarg); break;
     case OPT_FULL: a->full = true; break;

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -20,7 +21,18 @@ typedef struct Restore {
 static void restore_disk_free(S3cRestoreDisk *rd)
 {
     g_free(rd->target);
+    g_free(rd->format);
     g_free(rd);
+}
+
+static const char *disk_format(const S3cRestorePlan *r,
+                               const S3cRestoreDisk *rd)
+{
+    if (r->opts->instant) {
+        return "qcow2";
+    }
+    return rd->format ? rd->format : r->opts->format ? r->opts->format
+                                                     : "raw";
 }
 
 /* "DISK=PATH", or "PATH" when the backup has one disk */
@@ -53,6 +65,50 @@ static bool add_target(S3cRestorePlan *r, const char *spec, GError **err)
     }
     g_ptr_array_add(r->disks, rd);
     r->total += rd->size;
+    return true;
+}
+
+/*
+ * Each disk of the backup onto the disk of the same name of the shut-off
+ * domain, in that disk's format; asking for it is asking to replace them
+ */
+static bool add_domain_targets(S3cRestorePlan *r, GError **err)
+{
+    const char *domain = r->opts->libvirt_domain;
+    g_autoptr(GPtrArray) disks = s3c_libvirt_offline_disks(
+        r->opts->libvirt_uri, domain, err);
+    json_object *list;
+
+    if (!disks) {
+        return false;
+    }
+    json_object_object_get_ex(r->point.backup, "disks", &list);
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        const char *name = s3c_json_str(json_object_array_get_idx(list, i),
+                                        "name");
+        S3cDisk *disk = NULL;
+        g_autofree char *spec = NULL;
+        S3cRestoreDisk *rd;
+
+        for (guint j = 0; j < disks->len && !disk; j++) {
+            S3cDisk *d = g_ptr_array_index(disks, j);
+
+            disk = !g_strcmp0(d->name, name) && d->path ? d : NULL;
+        }
+        if (!disk) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_NOT_FOUND,
+                        "domain %s has no disk %s of backup %s to restore "
+                        "onto; give --target %s=PATH instead", domain,
+                        name, r->point.id, name);
+            return false;
+        }
+        spec = g_strdup_printf("%s=%s", name, disk->path);
+        if (!add_target(r, spec, err)) {
+            return false;
+        }
+        rd = g_ptr_array_index(r->disks, r->disks->len - 1);
+        rd->format = g_strdup(disk->format);
+    }
     return true;
 }
 
@@ -119,7 +175,7 @@ static bool check_target(S3cRestorePlan *r, S3cRestoreDisk *rd, GError **err)
         return true;
     }
     if (S_ISREG(st.st_mode)) {
-        if (!r->opts->force) {
+        if (!r->opts->force && !r->opts->libvirt_domain) {
             g_set_error(err, S3C_ERROR, S3C_EXIT_TARGET,
                         "%s exists; give --force to overwrite it with disk "
                         "%s", rd->target, rd->name);
@@ -134,10 +190,10 @@ static bool check_target(S3cRestorePlan *r, S3cRestoreDisk *rd, GError **err)
                     r->opts->instant ? "" : " nor a block device");
         return false;
     }
-    if (r->opts->format && strcmp(r->opts->format, "raw")) {
+    if (strcmp(disk_format(r, rd), "raw")) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
                     "%s is a block device: disk %s goes there raw, not %s",
-                    rd->target, rd->name, r->opts->format);
+                    rd->target, rd->name, disk_format(r, rd));
         return false;
     }
     fd = open(rd->target, O_RDONLY | O_CLOEXEC);
@@ -169,12 +225,40 @@ static void on_percent(double percent, void *opaque)
                         r->plan.total);
 }
 
+/* Puts @partial in @target's place, with @target's owner and mode */
+static bool replace_file(const char *partial, const char *target,
+                         GError **err)
+{
+    struct stat st;
+
+    if (stat(target, &st) == 0) {
+        /* best effort: libvirt, for one, gives images its owner again */
+        if (chown(partial, st.st_uid, st.st_gid) < 0 ||
+            chmod(partial, st.st_mode & 07777) < 0) {
+            s3c_output_info("%s keeps the restore's owner and mode",
+                            target);
+        }
+    }
+    if (rename(partial, target) < 0) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_TARGET,
+                    "cannot move %s over %s: %s", partial, target,
+                    g_strerror(errno));
+        return false;
+    }
+    return true;
+}
+
 static bool convert(Restore *r, S3cRestoreDisk *rd, GError **err)
 {
     const char *image = s3c_json_str(rd->entry, "image");
     S3cReadPlans plans;
     g_autofree char *source = NULL;
-    const char *format = r->plan.opts->format ? r->plan.opts->format : "raw";
+    const char *format = disk_format(&r->plan, rd);
+    /* a file it replaces stays whole until the new one is */
+    g_autofree char *partial = rd->replaces
+                               ? g_strconcat(rd->target, ".s3chain-partial",
+                                             NULL) : NULL;
+    const char *written = partial ? partial : rd->target;
     g_autofree char *cluster = g_strdup_printf(
         "cluster_size=%" G_GINT64_FORMAT,
         s3c_json_int(rd->entry, "cluster-size"));
@@ -200,13 +284,14 @@ static bool convert(Restore *r, S3cRestoreDisk *rd, GError **err)
     source = s3c_qemu_img_planned_filename(&r->plan.point.repo, image,
                                            plans.files);
     args[n++] = source;
-    args[n++] = rd->target;
+    args[n++] = written;
     r->current_size = rd->size;
-    ok = s3c_qemu_img(&r->plan.point.repo, args, on_percent, r, NULL, err);
+    ok = s3c_qemu_img(&r->plan.point.repo, args, on_percent, r, NULL, err) &&
+         (!partial || replace_file(partial, rd->target, err));
     s3c_read_plans_clear(&plans);
     if (!ok) {
         if (!rd->block_device) {
-            unlink(rd->target);
+            unlink(written);
         }
         g_prefix_error(err, "restoring disk %s to %s%s: ", rd->name,
                        rd->target, rd->block_device ? " (now incomplete)"
@@ -227,9 +312,7 @@ static json_object *disks_json(const S3cRestorePlan *r)
         json_object_array_add(out, s3c_json_obj(
             "name", json_object_new_string(rd->name),
             "target", json_object_new_string(rd->target),
-            "format", json_object_new_string(
-                r->opts->instant ? "qcow2" : r->opts->format ?
-                r->opts->format : "raw"),
+            "format", json_object_new_string(disk_format(r, rd)),
             "virtual-size", json_object_new_int64(rd->size), NULL));
     }
     return out;
@@ -255,10 +338,13 @@ bool s3c_restore_plan(S3cRestorePlan *r, const S3cRestoreOptions *opts,
     if (!s3c_point_open(&r->point, &opts->point, err)) {
         return false;
     }
-    for (int i = 0; opts->targets[i]; i++) {
+    for (int i = 0; opts->targets && opts->targets[i]; i++) {
         if (!add_target(r, opts->targets[i], err)) {
             return false;
         }
+    }
+    if (opts->libvirt_domain && !add_domain_targets(r, err)) {
+        return false;
     }
     for (guint i = 0; i < r->disks->len; i++) {
         S3cRestoreDisk *rd = g_ptr_array_index(r->disks, i);
@@ -299,6 +385,10 @@ int s3c_restore(const S3cRestoreOptions *opts, GError **err)
     }
     for (guint i = 0; ok && i < r.plan.disks->len; i++) {
         ok = convert(&r, g_ptr_array_index(r.plan.disks, i), err);
+    }
+    if (ok && opts->libvirt_domain) {
+        s3c_libvirt_forget_checkpoints(opts->libvirt_uri,
+                                       opts->libvirt_domain);
     }
     if (ok && opts->json) {
         s3c_output_result(s3c_restore_event(&r.plan, "result"));

@@ -236,6 +236,22 @@ bool s3c_json_bool(json_object *obj, const char *name);
 /* A duration, to the millisecond */
 json_object *s3c_json_seconds(double seconds);
 
+/* xml.c: libvirt's XML, read into a tree */
+
+typedef struct S3cXml S3cXml;
+
+/* Parses @doc; a fault is named with @what ("domain vm1's XML") */
+S3cXml *s3c_xml_parse(const char *doc, const char *what, GError **err);
+void s3c_xml_free(S3cXml *node);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(S3cXml, s3c_xml_free)
+const char *s3c_xml_attr(const S3cXml *node, const char *name);
+/* Its text, "" when it has none; NULL for no node */
+const char *s3c_xml_text(const S3cXml *node);
+/* The first descendant at @path ("devices/disk"), or NULL */
+S3cXml *s3c_xml_find(const S3cXml *node, const char *path);
+/* The children of @node named @name, in order (the array is the caller's) */
+GPtrArray *s3c_xml_children(const S3cXml *node, const char *name);
+
 /* jobs.c: following QMP jobs to their end */
 
 /* Waits for job @id (doing @what) to conclude, then dismisses it */
@@ -268,6 +284,7 @@ bool s3c_job_run(S3cQmp *qmp, const char *command, json_object *args,
 
 typedef struct S3cBitmap {
     char *name;
+    char *broken;               /* why it can't be used, or NULL */
     uint32_t granularity;
     bool persistent;
     bool inconsistent;
@@ -283,11 +300,17 @@ typedef struct S3cDisk {
     char *serial;               /* "" without one */
     uint64_t size;
     GPtrArray *bitmaps;         /* of S3cBitmap, on node */
+    char *no_checkpoint;        /* why none can be kept here, or NULL */
+    char *path;                 /* its file or device, where known */
 } S3cDisk;
 
+/* An S3cDisk with no bitmaps yet */
+S3cDisk *s3c_disk_new(void);
 /* Lists the VM's writable disks */
 GPtrArray *s3c_vm_disks(S3cQmp *vm, GError **err);
 const S3cBitmap *s3c_disk_bitmap(const S3cDisk *disk, const char *name);
+/* For S3cDisk.bitmaps */
+void s3c_bitmap_free(gpointer bitmap);
 void s3c_disk_free(S3cDisk *disk);
 
 /* sidecar.c: qemu-storage-daemon, which writes the images */
@@ -428,12 +451,16 @@ void s3c_output_result(json_object *obj);
 void s3c_output_progress(uint64_t done, uint64_t total);
 void s3c_output_info(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
-/* backup.c */
+/* backup.c: one backup of a VM's disks, whichever source they come from */
 
 typedef struct S3cBackupOptions {
     S3cRepoOptions repo;
     const char *vm;
+    /* the source: a QMP socket (push mode), or a libvirt domain */
     const char *vm_qmp;
+    const char *libvirt_domain;
+    const char *libvirt_uri;    /* NULL for libvirt's default */
+    const char *scratch_dir;    /* libvirt's pull-mode scratch files */
     const char *sidecar_qmp;
     const char *runtime_dir;
     const char *guest_agent;
@@ -448,6 +475,114 @@ typedef struct S3cBackupOptions {
 } S3cBackupOptions;
 
 int s3c_backup(const S3cBackupOptions *opts, GError **err);
+
+/* One disk of a backup: what backup.c decided, and how it went */
+typedef struct S3cDiskBackup {
+    S3cDisk *disk;
+    bool incremental;
+    char *reason;
+    char *parent;               /* backup id of the parent image */
+    char *old_bitmap;           /* the last checkpoint's, when usable */
+    uint32_t granularity;
+    S3cTarget target;           /* its new image, exported by the sidecar */
+    bool target_added;
+    uint64_t bytes_copied;      /* what the source went through */
+    uint64_t bytes_stored;      /* what the image's chunks hold */
+    double duration;
+} S3cDiskBackup;
+
+/* What a source sees of the backup it serves */
+typedef struct S3cBackupRun {
+    const S3cBackupOptions *opts;
+    S3cSidecar *sidecar;
+    GPtrArray *disks;           /* of S3cDiskBackup */
+    GPtrArray *all_disks;       /* of S3cDisk: the VM's, backed up or not */
+    const char *id;
+    const char *checkpoint;     /* the new checkpoint's (bitmap's) name */
+    char *instant;              /* ISO 8601, UTC: set by the source */
+    /* what the source kept on the host's disk at its peak, if it did */
+    bool has_scratch;
+    uint64_t scratch_bytes;
+} S3cBackupRun;
+
+/* Now, as the catalog records a backup's instant */
+char *s3c_backup_now(void);
+/* Ends the sidecar's exports at once, closing their images unfinished */
+void s3c_backup_drop_targets(S3cBackupRun *run);
+
+/*
+ * sources: where a backup's data comes from.  A source lists the VM's
+ * disks and their checkpoints (as bitmaps named after them), takes the
+ * backup's instant, and moves each disk's data into its target export;
+ * backup.c decides, names, commits and catalogs around it.
+ */
+typedef struct S3cSource S3cSource;
+
+typedef struct S3cSourceOps {
+    /* The VM's writable disks (S3cDisk), with the checkpoints on each */
+    GPtrArray *(*disks)(S3cSource *src, GError **err);
+    /*
+     * Checks, before anything is written, what the backup will need of
+     * the host (may be NULL)
+     */
+    bool (*prepare)(S3cSource *src, S3cBackupRun *run, GError **err);
+    /* Takes the instant (run->instant) and starts moving the data */
+    bool (*start)(S3cSource *src, S3cBackupRun *run, GError **err);
+    /* Waits until every disk's data is in its target, with progress */
+    bool (*copy)(S3cSource *src, S3cBackupRun *run, GError **err);
+    /* Lets go of the targets and gives the VM back as it was */
+    bool (*finish)(S3cSource *src, S3cBackupRun *run, GError **err);
+    /* After the catalog holds the backup: drops older checkpoints */
+    void (*committed)(S3cSource *src, S3cBackupRun *run);
+    /* After a failure anywhere: undoes, keeping every change for later */
+    void (*abandon)(S3cSource *src, S3cBackupRun *run);
+    void (*free)(S3cSource *src);
+} S3cSourceOps;
+
+struct S3cSource {
+    const S3cSourceOps *ops;
+};
+
+/* source-qmp.c: push mode over the VM's own QMP socket */
+S3cSource *s3c_source_qmp_new(const S3cBackupOptions *opts);
+
+/* source-libvirt.c: libvirt's backup API, pull mode */
+S3cSource *s3c_source_libvirt_new(const S3cBackupOptions *opts,
+                                  GError **err);
+/*
+ * The disks (S3cDisk, with their paths and formats) of a libvirt domain
+ * that is shut off, for a restore onto them; a running one is refused
+ */
+GPtrArray *s3c_libvirt_offline_disks(const char *uri, const char *domain,
+                                     GError **err);
+/*
+ * After a restore onto the domain's disks: its s3chain checkpoints are
+ * forgotten, for the bitmaps they name went with the old images
+ */
+void s3c_libvirt_forget_checkpoints(const char *uri, const char *domain);
+
+/* pull.c: copying changed extents from one NBD export into another */
+
+typedef struct S3cPullDisk {
+    const char *name;           /* for messages */
+    const char *source_socket;  /* the VM's export at the instant */
+    const char *source_export;
+    const char *dirty_context;  /* qemu:dirty-bitmap:..., NULL for full */
+    const char *target_socket;  /* the sidecar's export of the image */
+    const char *target_export;
+    uint64_t bytes_total;       /* set by the map */
+    uint64_t bytes_done;
+    double seconds;
+} S3cPullDisk;
+
+/*
+ * Copies what each disk's source holds (with @dirty_context, only what
+ * it marks dirty) into its target: data as writes, zeroes as
+ * write-zeroes, many requests in flight on both sides, at most
+ * @memory bytes of data in flight.
+ */
+bool s3c_pull_copy(S3cPullDisk *disks, guint n, uint64_t memory,
+                   GError **err);
 
 /* point.c: the backup that restore and serve read back */
 
@@ -482,6 +617,8 @@ typedef struct S3cRestoreOptions {
     S3cPointOptions point;
     char **targets;             /* "DISK=PATH" or "PATH" */
     const char *format;         /* raw (NULL) or qcow2 */
+    const char *libvirt_domain; /* or onto this shut-off domain's disks */
+    const char *libvirt_uri;
     bool force;
     bool json;
     /* instant restore */
@@ -500,6 +637,7 @@ typedef struct S3cRestoreDisk {
     uint64_t size;
     bool block_device;
     bool replaces;              /* an existing file, with --force */
+    char *format;               /* its own, else the options' */
     bool direct;                /* the target takes O_DIRECT writes */
 } S3cRestoreDisk;
 

@@ -3,11 +3,12 @@
 
 #include <string.h>
 
-static void bitmap_free(gpointer p)
+void s3c_bitmap_free(gpointer p)
 {
     S3cBitmap *b = p;
 
     g_free(b->name);
+    g_free(b->broken);
     g_free(b);
 }
 
@@ -18,8 +19,18 @@ void s3c_disk_free(S3cDisk *disk)
     g_free(disk->node);
     g_free(disk->format);
     g_free(disk->serial);
+    g_free(disk->no_checkpoint);
+    g_free(disk->path);
     g_ptr_array_unref(disk->bitmaps);
     g_free(disk);
+}
+
+S3cDisk *s3c_disk_new(void)
+{
+    S3cDisk *disk = g_new0(S3cDisk, 1);
+
+    disk->bitmaps = g_ptr_array_new_with_free_func(s3c_bitmap_free);
+    return disk;
 }
 
 const S3cBitmap *s3c_disk_bitmap(const S3cDisk *disk, const char *name)
@@ -110,13 +121,12 @@ GPtrArray *s3c_vm_disks(S3cQmp *vm, GError **err)
             s3c_json_bool(inserted, "ro")) {
             continue;
         }
-        disk = g_new0(S3cDisk, 1);
+        disk = s3c_disk_new();
         disk->qdev = g_strdup(qdev);
         disk->name = device_id(qdev);
         disk->node = g_strdup(s3c_json_str(inserted, "node-name"));
         disk->format = g_strdup(s3c_json_str(inserted, "drv"));
         disk->serial = serial_of(vm, qdev);
-        disk->bitmaps = g_ptr_array_new_with_free_func(bitmap_free);
         if (json_object_object_get_ex(inserted, "image", &image)) {
             disk->size = s3c_json_int(image, "virtual-size");
         }

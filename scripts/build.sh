@@ -37,3 +37,5 @@ if [ ! -f "$BUILD/orchestrator/build.ninja" ]; then
     meson setup "$BUILD/orchestrator" "$REPO" >/dev/null
 fi
 ninja -C "$BUILD/orchestrator"
+# the tests' tiny Linux guest (tests/guest/writer.c and Debian's kernel)
+"$REPO/scripts/guest.py" >/dev/null

@@ -35,11 +35,14 @@ build_pkgs=(
     python3 python3-venv python3-setuptools
     libglib2.0-dev libpixman-1-dev libfdt-dev zlib1g-dev
     libcurl4-openssl-dev libjson-c-dev libgnutls28-dev libfuse3-dev
-    flex bison dpkg-dev
+    libnbd-dev flex bison dpkg-dev
 )
 # qemu-system-x86 10.0 is the stock VM of the tests: the VM's QEMU is
-# never ours
-backports_pkgs=(meson python3-pycotap qemu-system-x86)
+# never ours.  libvirt 11.3 matches it: the libvirt source builds against
+# libvirt-dev, and its tests run a real libvirtd
+backports_pkgs=(meson python3-pycotap qemu-system-x86
+                libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu
+                libvirt-clients)
 ceph_pkgs=(ceph-mon ceph-osd ceph-base ceph-common radosgw)
 # fuse3 and e2fsprogs: a served backup mounted through a FUSE export
 test_pkgs=(python3-boto3 jq xxd psmisc procps fuse3 e2fsprogs)

@@ -242,7 +242,48 @@ class Run:
         return [e for e in self.events if e.get('event') == 'result'][-1]
 
 
-class BackupTestCase(unittest.TestCase):
+class CommandRuns:
+    """Runs of `s3chain backup` with the arguments of the class's args()"""
+
+    def start(self, *extra: str, env: Optional[Dict[str, str]] = None) -> Run:
+        return Run(self.args(*extra), env or self.env())
+
+    def backup(self, *extra: str) -> dict:
+        run = self.start(*extra)
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        return run.result()
+
+
+class BucketFaults:
+    """Faults of the bucket and the sidecar mid-backup, for every source:
+    the class's fault(strike, *extra) runs a backup that strike() hits and
+    checks what follows"""
+
+    def test_radosgw_stopped(self) -> None:
+        def strike(_run) -> None:
+            self.bucket.radosgw('stop')
+            time.sleep(6)
+            self.bucket.radosgw('start')
+        self.assertEqual(self.fault(strike), 8)
+
+    def test_sidecar_killed(self) -> None:
+        sidecar = subprocess.Popen([SIDECAR], env=self.env(
+            S3CHAIN_RUNTIME_DIR=self.runtime))
+        qmp = os.path.join(self.runtime, 'qsd.qmp')
+        while not os.path.exists(qmp):
+            time.sleep(0.05)
+
+        def strike(_run) -> None:
+            sidecar.kill()
+            sidecar.wait()
+        try:
+            self.assertEqual(self.fault(strike, '--sidecar-qmp', qmp), 8)
+        finally:
+            sidecar.kill()
+
+
+class BackupTestCase(CommandRuns, unittest.TestCase):
     def setUp(self) -> None:
         self.bucket = Bucket()
         self.dir = tempfile.mkdtemp(prefix='s3chain-test-', dir='/tmp')
@@ -261,15 +302,6 @@ class BackupTestCase(unittest.TestCase):
         return ['backup', '--vm', 'vm1', '--qmp', self.vm.qmp_socket,
                 '--repo', self.bucket.repo, '--runtime-dir', self.runtime,
                 '--json', *extra]
-
-    def start(self, *extra: str, env: Optional[Dict[str, str]] = None) -> Run:
-        return Run(self.args(*extra), env or self.env())
-
-    def backup(self, *extra: str) -> dict:
-        run = self.start(*extra)
-        code, err = run.finish()
-        self.assertEqual(code, 0, err)
-        return run.result()
 
     def restore(self, backup_id: str, disk: str) -> bytes:
         """The disk at backup @backup_id, read through s3chain"""

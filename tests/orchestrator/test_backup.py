@@ -15,7 +15,7 @@ import threading
 import time
 import unittest
 
-from harness import BackupTestCase, GuestWriter, QSD, Run, SIDECAR
+from harness import BackupTestCase, BucketFaults, GuestWriter, QSD, Run
 
 CBW_TIMEOUT = 3
 # a write may wait for the sidecar up to cbw-timeout, plus the time HMP
@@ -118,7 +118,7 @@ class TestFallbacks(BackupTestCase):
         self.assertRestores(inc['backup'], 'vd1', self.vm.disk_bytes('vd1'))
 
 
-class TestFaults(BackupTestCase):
+class TestFaults(BucketFaults, BackupTestCase):
     """Each fault strikes mid-backup while the guest keeps writing"""
 
     def fault(self, strike, *extra: str, env=None) -> int:
@@ -162,28 +162,6 @@ class TestFaults(BackupTestCase):
             self.assertRestores(after['backup'], disk,
                                 self.vm.disk_bytes(disk))
         return code
-
-    def test_radosgw_stopped(self) -> None:
-        def strike(_run) -> None:
-            self.bucket.radosgw('stop')
-            time.sleep(6)
-            self.bucket.radosgw('start')
-        self.assertEqual(self.fault(strike), 8)
-
-    def test_sidecar_killed(self) -> None:
-        sidecar = subprocess.Popen([SIDECAR], env=self.env(
-            S3CHAIN_RUNTIME_DIR=self.runtime))
-        qmp = os.path.join(self.runtime, 'qsd.qmp')
-        while not os.path.exists(qmp):
-            time.sleep(0.05)
-
-        def strike(_run) -> None:
-            sidecar.kill()
-            sidecar.wait()
-        try:
-            self.assertEqual(self.fault(strike, '--sidecar-qmp', qmp), 8)
-        finally:
-            sidecar.kill()
 
     def test_job_cancelled(self) -> None:
         def strike(_run) -> None:
