@@ -12,6 +12,8 @@ Usage: bench/backup-resources.py ENV_FILE QEMU_BUILD_DIR [BUFFER_MIB]
 Prints one line of results; bench/backup-resources.sh runs it.
 """
 
+# SPDX-License-Identifier: GPL-2.0-or-later
+
 import json
 import os
 import subprocess

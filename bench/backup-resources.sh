@@ -3,6 +3,8 @@
 # buffer setting, and bytes written to local disk (the target is 0).
 # Usage: bench/backup-resources.sh [BUFFER_MIB...]   (default: 64 256)
 # Needs scripts/build.sh done; writes bench/results/backup-resources.txt.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 . "$(dirname "$0")/../scripts/common.sh"
 

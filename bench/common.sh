@@ -1,6 +1,8 @@
 # Setup shared by the benchmarks; sourced with BENCH set to their name.
 # Starts the local S3 server, loads its env file, makes a work directory
 # with the secret in a 0600 file, and cleans both up on exit.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 # shellcheck shell=bash
 . "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 

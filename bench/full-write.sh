@@ -8,6 +8,8 @@
 # Usage: bench/full-write.sh [RUNS]   (default 3; medians are reported)
 # Needs scripts/build.sh done; starts the local S3 server if needed.
 # Writes the table to bench/results/full-write.txt.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 runs=${1:-3}
 BENCH=full-write

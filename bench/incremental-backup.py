@@ -11,6 +11,8 @@ disk sizes, three ways in the same run and against the same radosgw:
 Reports wall time, bytes uploaded, local temporary bytes and the sidecar's
 peak RSS.  Usage: incremental-backup.py ENV_FILE WORKDIR PREFIX SIZE_GIB...
 """
+
+# SPDX-License-Identifier: GPL-2.0-or-later
 import json
 import os
 import random

@@ -8,6 +8,8 @@
 # Usage: bench/incremental-backup.sh [SIZE_GIB...]   (default 2 8 32)
 # Needs scripts/build.sh done; installs restic; starts the S3 server.
 # Writes the table to bench/results/incremental-backup.txt.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 BENCH=incremental-backup
 . "$(dirname "$0")/common.sh"

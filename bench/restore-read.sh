@@ -9,6 +9,8 @@
 # that writeback of the previous output weighs on none of them.
 # Needs scripts/build.sh done; starts the local S3 server if needed.
 # Prints a table and writes it to bench/results/restore-read.txt.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 runs=${1:-5}
 BENCH=restore-read

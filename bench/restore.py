@@ -19,6 +19,8 @@ against the local radosgw:
 Runs of the variants being compared are interleaved; medians reported.
 Usage: restore.py ENV_FILE WORKDIR PREFIX RUNS
 """
+
+# SPDX-License-Identifier: GPL-2.0-or-later
 import json
 import os
 import random

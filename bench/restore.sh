@@ -8,6 +8,8 @@
 # start the server first with S3CHAIN_S3_STORE=bluestore S3CHAIN_S3_BYTES=40G
 # (memstore holds ~2.3x the stored bytes in RAM, more than 24 GiB).
 # Writes the table to bench/results/restore.txt.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 runs=${1:-3}
 BENCH=restore

@@ -1,6 +1,8 @@
 """What the benchmarks that drive a VM share: the build's paths, QEMU's
 python package on the import path, a stock qemu-system with one scsi-hd
 disk (vd0), and a guest that writes through HMP's qemu-io."""
+
+# SPDX-License-Identifier: GPL-2.0-or-later
 import os
 import sys
 

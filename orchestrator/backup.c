@@ -1,4 +1,10 @@
-/* backup.c: one full or incremental backup of a VM's disks, any source */
+/*
+ * backup.c: one full or incremental backup of a VM's disks, any source
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <string.h>

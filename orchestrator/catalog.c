@@ -1,4 +1,10 @@
-/* catalog.c: a VM's backups and its lock, in the bucket (docs/catalog.rst) */
+/*
+ * catalog.c: a VM's backups and its lock, in the bucket (docs/catalog.rst)
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <errno.h>

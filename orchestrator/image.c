@@ -1,4 +1,10 @@
-/* image.c: what the command reads of s3chain images: manifests and chunks */
+/*
+ * image.c: what the command reads of s3chain images: manifests and chunks
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <string.h>

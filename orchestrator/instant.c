@@ -1,4 +1,10 @@
-/* instant.c: a VM runs at once on a backup while its QEMU copies it home */
+/*
+ * instant.c: a VM runs at once on a backup while its QEMU copies it home
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <stdlib.h>

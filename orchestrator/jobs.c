@@ -1,4 +1,10 @@
-/* jobs.c: following QMP jobs to their end */
+/*
+ * jobs.c: following QMP jobs to their end
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <string.h>

@@ -1,4 +1,10 @@
-/* json.c: building and reading json-c objects tersely */
+/*
+ * json.c: building and reading json-c objects tersely
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <stdarg.h>

@@ -1,4 +1,10 @@
-/* list.c: a repository's VMs, backups and disks, as a table or as JSON */
+/*
+ * list.c: a repository's VMs, backups and disks, as a table or as JSON
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <stdio.h>

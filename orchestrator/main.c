@@ -1,4 +1,10 @@
-/* main.c: the s3chain command line: subcommands, options and exit codes */
+/*
+ * main.c: the s3chain command line: subcommands, options and exit codes
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <curl/curl.h>

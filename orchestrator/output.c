@@ -1,4 +1,10 @@
-/* output.c: progress for people (a bar) and for controllers (JSON lines) */
+/*
+ * output.c: progress for people (a bar) and for controllers (JSON lines)
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <stdarg.h>

@@ -1,4 +1,10 @@
-/* plan.c: what a copy of a backup's chain reads of each image, as read plans */
+/*
+ * plan.c: what a copy of a backup's chain reads of each image, as read plans
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <string.h>

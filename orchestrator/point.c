@@ -1,4 +1,10 @@
-/* point.c: one backup of a VM to read back, its disks' chains checked */
+/*
+ * point.c: one backup of a VM to read back, its disks' chains checked
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <string.h>

@@ -1,4 +1,10 @@
-/* qemu-compat.c: glib behind the QEMU APIs that the driver's signer uses */
+/*
+ * qemu-compat.c: glib behind the QEMU APIs that the driver's signer uses
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "crypto/hash.h"

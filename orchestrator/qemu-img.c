@@ -1,4 +1,10 @@
-/* qemu-img.c: runs qemu-img on the bucket's images, secrets through pipes */
+/*
+ * qemu-img.c: runs qemu-img on the bucket's images, secrets through pipes
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <errno.h>

@@ -1,4 +1,10 @@
-/* qmp.c: QMP over a unix socket, for the VM, the sidecar and guest agents */
+/*
+ * qmp.c: QMP over a unix socket, for the VM, the sidecar and guest agents
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <errno.h>

@@ -1,4 +1,10 @@
-/* repo.c: the repository URL, its endpoint and the credentials for it */
+/*
+ * repo.c: the repository URL, its endpoint and the credentials for it
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <errno.h>

@@ -1,4 +1,10 @@
-/* restore.c: a backup's disks streamed from the bucket onto files or devices */
+/*
+ * restore.c: a backup's disks streamed from the bucket onto files or devices
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #define _GNU_SOURCE             /* O_DIRECT */
 #include "s3chain.h"
 

@@ -1,4 +1,10 @@
-/* s3.c: the S3 requests the command makes itself, signed as the driver does */
+/*
+ * s3.c: the S3 requests the command makes itself, signed as the driver does
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 #include "qemu/osdep.h"
 #include "qapi/error.h"

@@ -1,4 +1,10 @@
-/* serve.c: a backup's disk exported over NBD by the sidecar, read-only or not */
+/*
+ * serve.c: a backup's disk exported over NBD by the sidecar, read-only or not
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <errno.h>

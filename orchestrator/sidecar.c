@@ -1,4 +1,10 @@
-/* sidecar.c: qemu-storage-daemon, which writes each backup into the bucket */
+/*
+ * sidecar.c: qemu-storage-daemon, which writes each backup into the bucket
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <errno.h>

@@ -2,6 +2,10 @@
  * source-qmp.c: push mode over a plain QEMU's QMP socket: the fleecing
  * graph, its copy-before-write target the backup image in the sidecar,
  * and one grouped transaction of backup jobs
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "s3chain.h"
 

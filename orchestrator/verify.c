@@ -1,4 +1,10 @@
-/* verify.c: checks that backups are whole, naming each broken object */
+/*
+ * verify.c: checks that backups are whole, naming each broken object
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <stdio.h>

@@ -1,4 +1,10 @@
-/* vm.c: the VM's writable disks and their dirty bitmaps, from QMP */
+/*
+ * vm.c: the VM's writable disks and their dirty bitmaps, from QMP
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #include "s3chain.h"
 
 #include <string.h>

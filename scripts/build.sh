@@ -4,6 +4,8 @@
 # unit tests out of tree in build/qemu, then the s3chain command in
 # build/orchestrator.  Rerunning it after editing block/ or orchestrator/
 # recompiles only what changed.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 

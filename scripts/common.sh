@@ -1,4 +1,6 @@
 # Paths and names shared by s3chain's scripts; sourced, not run.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 # shellcheck shell=bash
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

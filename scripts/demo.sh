@@ -5,6 +5,8 @@
 # backup with `s3chain backup`, write more, run an incremental one, list
 # and verify them, then restore both points from the bucket with
 # `s3chain restore` and prove them bit-exact.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 

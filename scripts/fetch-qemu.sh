@@ -6,6 +6,8 @@
 # The tarball is cached in $S3CHAIN_CACHE (default /var/cache/s3chain).
 # DESTDIR gets one commit, "v10.0.2", with fixed dates so that the patch
 # series generated against it is byte-for-byte reproducible.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 
 QEMU_TARBALL=qemu_10.0.2+ds.orig.tar.xz

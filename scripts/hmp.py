@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Runs HMP command lines on a QEMU through its QMP socket: the demo's
 "guest", writing to the VM's disks with qemu-io."""
+
+# SPDX-License-Identifier: GPL-2.0-or-later
 import json
 import socket
 import sys

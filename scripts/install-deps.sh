@@ -3,6 +3,8 @@
 #
 # Adds deb-src and bookworm-backports entries when they are missing, because
 # QEMU 10.0.2's source and the meson it needs only live in backports.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 
 SOURCES=/etc/apt/sources.list.d/s3chain.sources

@@ -4,6 +4,8 @@
 # answers; it writes the marker $STATE_DIR/started only when it started
 # it, so that "stop" stops only what "start" started.
 #   scripts/libvirtd.sh start|stop|restart|running
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 
 STATE_DIR=${S3CHAIN_LIBVIRTD_STATE:-/run/s3chain-libvirtd}

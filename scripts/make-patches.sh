@@ -2,6 +2,8 @@
 # Regenerates patches/, the QEMU 10.0.2 series, from block/, tests/ and
 # qemu-glue/.  With --check, fails if patches/ differs from what it would
 # write (CI runs that).  Never edit patches/ by hand.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 

@@ -2,6 +2,8 @@
 # Makes build/qemu-src: the pinned QEMU source with patches/ applied, and
 # our driver and test files linked in, so that editing them needs no new
 # tree and no reconfigure.  The tree is made anew when patches/ changes.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 

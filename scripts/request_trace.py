@@ -2,6 +2,8 @@
 the benchmarks: a qemu-img wrapper (S3CHAIN_QEMU_IMG) that enables the
 driver's s3chain_request trace, and a reader of what it traced."""
 
+# SPDX-License-Identifier: GPL-2.0-or-later
+
 import os
 from typing import List, Tuple
 

@@ -4,6 +4,8 @@
 # checks (staleness, checkpatch), the iotests against the server and the
 # tests of the s3chain command.
 # Ends with "N passed, N failed" and exits non-zero if anything failed.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
 

@@ -18,6 +18,8 @@
 #
 # The env file (mode 0600) has S3CHAIN_ENDPOINT, S3CHAIN_BUCKET,
 # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and S3CHAIN_S3_CTL.
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 
 DIR=${S3CHAIN_S3_DIR:-/tmp/s3chain-s3}

@@ -9,6 +9,8 @@
 ENV_FILE is the one scripts/s3-server.sh writes.
 """
 
+# SPDX-License-Identifier: GPL-2.0-or-later
+
 import sys
 
 import boto3

@@ -1,4 +1,8 @@
-/* QEMU's hash API, backed by glib's GChecksum, for the s3chain command */
+/*
+ * QEMU's hash API, backed by glib's GChecksum, for the s3chain command
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #ifndef S3CHAIN_COMPAT_HASH_H
 #define S3CHAIN_COMPAT_HASH_H
 

@@ -1,4 +1,8 @@
-/* QEMU's HMAC API, backed by glib's GHmac, for the s3chain command */
+/*
+ * QEMU's HMAC API, backed by glib's GHmac, for the s3chain command
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #ifndef S3CHAIN_COMPAT_HMAC_H
 #define S3CHAIN_COMPAT_HMAC_H
 

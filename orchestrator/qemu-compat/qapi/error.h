@@ -1,4 +1,8 @@
-/* QEMU's Error API as the s3chain command provides it: a GError inside */
+/*
+ * QEMU's Error API as the s3chain command provides it: a GError inside
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
 #ifndef S3CHAIN_COMPAT_ERROR_H
 #define S3CHAIN_COMPAT_ERROR_H
 

@@ -1,6 +1,8 @@
 /*
  * The part of QEMU's osdep.h that block/s3chain-sigv4.c needs, so that
  * the s3chain command compiles the driver's signer unchanged.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #ifndef S3CHAIN_COMPAT_OSDEP_H
 #define S3CHAIN_COMPAT_OSDEP_H
