@@ -131,6 +131,11 @@ class TestLibvirtChain(LibvirtTestCase):
         inc2 = self.backup()
         self.assertEqual(inc2['disks'][0]['parent'], inc1['backup'])
 
+        # the scratch held what the guest rewrote meanwhile, at most the
+        # disks' size
+        for point in (full, inc1, inc2):
+            self.assertLessEqual(point['scratch-bytes'],
+                                 sum(d[1] for d in DISKS.values()))
         # an incremental copies what changed, not the disk
         self.assertGreater(full['disks'][0]['bytes-copied'], 40 * 2**20)
         self.assertLess(inc1['disks'][0]['bytes-copied'], 24 * 2**20)
