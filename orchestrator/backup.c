@@ -53,8 +53,11 @@ static void decide(Backup *b, S3cDiskBackup *d)
     json_object *last = s3c_catalog_last_disk(&b->cat, d->disk->name,
                                               &last_backup);
     const char *last_id = last ? s3c_json_str(last_backup, "id") : NULL;
-    g_autofree char *old = last ? g_strconcat(BITMAP_PREFIX, last_id, NULL)
-                                : NULL;
+    const char *named = last ? s3c_json_str(last, "checkpoint") : NULL;
+    /* the checkpoint the catalog names for the disk, as catalogs do */
+    g_autofree char *old = named ? g_strdup(named)
+                           : last ? g_strconcat(BITMAP_PREFIX, last_id, NULL)
+                                  : NULL;
     const S3cBitmap *bitmap = old ? s3c_disk_bitmap(d->disk, old) : NULL;
     const char *serial = last ? s3c_json_str(last, "serial") : NULL;
     int length;
