@@ -20,31 +20,20 @@ import subprocess
 import sys
 import time
 
-from vmbench import (GiB, MiB, QEMU_IMG, QSD, REPO, S3CHAIN, dirty,
+from vmbench import (GiB, MiB, QEMU_IMG, REPO, S3CHAIN, BucketBench, dirty,
                      start_vm)
 
 # pylint: disable=wrong-import-position
 from boto3.s3.transfer import TransferConfig  # noqa: E402
-import s3obj  # noqa: E402
 
 DATA = 512 * MiB        # what the disk holds before the backups
 DIRTY = 64 * MiB        # what changes between them
 
 
-class Bench:
+class Bench(BucketBench):
     def __init__(self, env_file, work, prefix):
-        self.env = s3obj.load_env(env_file)
-        self.work = work
-        self.prefix = prefix
-        self.s3 = s3obj.client(self.env)
-        self.bucket = self.env['S3CHAIN_BUCKET']
-        self.proc_env = dict(os.environ,
-                             AWS_ACCESS_KEY_ID=self.env['AWS_ACCESS_KEY_ID'],
-                             AWS_SECRET_ACCESS_KEY=self.env[
-                                 'AWS_SECRET_ACCESS_KEY'],
-                             AWS_ENDPOINT_URL=self.env['S3CHAIN_ENDPOINT'],
-                             RESTIC_PASSWORD='bench-only',
-                             S3CHAIN_QSD=QSD)
+        super().__init__(env_file, work, prefix,
+                         RESTIC_PASSWORD='bench-only')
 
     def stored(self, prefix):
         total = 0

@@ -31,11 +31,11 @@ import sys
 import time
 import uuid
 
-from vmbench import GiB, MiB, QEMU_IMG, QSD, REPO, S3CHAIN, start_vm
+from vmbench import (GiB, MiB, QEMU_IMG, REPO, S3CHAIN, BucketBench,
+                     start_vm)
 
 # pylint: disable=wrong-import-position
 from boto3.s3.transfer import TransferConfig  # noqa: E402
-import s3obj  # noqa: E402
 
 SIZE = 4 * GiB          # the disk
 DATA = 1536 * MiB       # what it holds before the backups
@@ -47,26 +47,9 @@ def virsh(*args):
                    stdout=subprocess.DEVNULL)
 
 
-def du(path):
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    return total
-
-
-class Bench:
+class Bench(BucketBench):
     def __init__(self, env_file, work, prefix):
-        self.env = s3obj.load_env(env_file)
-        self.work = work
-        self.prefix = prefix
-        self.s3 = s3obj.client(self.env)
-        self.bucket = self.env['S3CHAIN_BUCKET']
-        self.proc_env = dict(os.environ,
-                             AWS_ACCESS_KEY_ID=self.env['AWS_ACCESS_KEY_ID'],
-                             AWS_SECRET_ACCESS_KEY=self.env[
-                                 'AWS_SECRET_ACCESS_KEY'],
-                             AWS_ENDPOINT_URL=self.env['S3CHAIN_ENDPOINT'],
-                             S3CHAIN_QSD=QSD)
+        super().__init__(env_file, work, prefix)
         self.runtime = os.path.join(work, 'run')
         self.sidecar = None
         self.vm = None

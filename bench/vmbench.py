@@ -1,6 +1,7 @@
 """What the benchmarks that drive a VM share: the build's paths, QEMU's
-python package on the import path, a stock qemu-system with one scsi-hd
-disk (vd0), and a guest that writes through HMP's qemu-io."""
+python package on the import path, the bucket and the processes'
+environment, a stock qemu-system with one scsi-hd disk (vd0), and a guest
+that writes through HMP's qemu-io."""
 
 # SPDX-License-Identifier: GPL-2.0-or-later
 import os
@@ -13,6 +14,7 @@ sys.path.insert(0, os.path.join(REPO, 'scripts'))
 
 # pylint: disable=wrong-import-position
 from qemu.machine import QEMUMachine  # noqa: E402
+import s3obj  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -20,6 +22,25 @@ S3CHAIN = os.path.join(BUILD, 'orchestrator', 's3chain')
 QEMU_BUILD = os.path.join(BUILD, 'qemu')
 QEMU_IMG = os.path.join(QEMU_BUILD, 'qemu-img')
 QSD = os.path.join(QEMU_BUILD, 'storage-daemon', 'qemu-storage-daemon')
+
+
+class BucketBench:
+    """A benchmark against the local radosgw: its env file's settings, an
+    S3 client, the bucket, and the environment of the processes it runs
+    (the bucket's keys, our qemu-storage-daemon, and @extra_env)"""
+
+    def __init__(self, env_file, work, prefix, **extra_env):
+        self.env = s3obj.load_env(env_file)
+        self.work = work
+        self.prefix = prefix
+        self.s3 = s3obj.client(self.env)
+        self.bucket = self.env['S3CHAIN_BUCKET']
+        self.proc_env = dict(os.environ,
+                             AWS_ACCESS_KEY_ID=self.env['AWS_ACCESS_KEY_ID'],
+                             AWS_SECRET_ACCESS_KEY=self.env[
+                                 'AWS_SECRET_ACCESS_KEY'],
+                             AWS_ENDPOINT_URL=self.env['S3CHAIN_ENDPOINT'],
+                             S3CHAIN_QSD=QSD, **extra_env)
 
 
 def start_vm(work, disk, fmt):
