@@ -254,6 +254,19 @@ class CommandRuns:
         self.assertEqual(code, 0, err)
         return run.result()
 
+    def run_refused(self, argv: List[str], code: int, env=None,
+                    words=()) -> str:
+        """A run that must fail with @code in one line naming @words"""
+        run = Run(argv, env or self.env())
+        got, err = run.finish()
+        self.assertEqual(got, code, err)
+        lines = [line for line in err.splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, err)
+        for word in words:
+            self.assertIn(word, err)
+        self.assertEqual(run.events[-1]['exit-code'], code)
+        return err
+
 
 class BucketFaults:
     """Faults of the bucket and the sidecar mid-backup, for every source:

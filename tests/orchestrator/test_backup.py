@@ -15,7 +15,7 @@ import threading
 import time
 import unittest
 
-from harness import BackupTestCase, BucketFaults, GuestWriter, QSD, Run
+from harness import BackupTestCase, BucketFaults, GuestWriter, QSD
 
 CBW_TIMEOUT = 3
 # a write may wait for the sidecar up to cbw-timeout, plus the time HMP
@@ -188,16 +188,9 @@ class TestBadInput(BackupTestCase):
         argv = self.args(*args)
         if repo:
             argv[argv.index('--repo') + 1] = repo
-        run = Run(argv, env or self.env())
-        got, err = run.finish()
-        self.assertEqual(got, code, err)
-        lines = [line for line in err.splitlines() if line.strip()]
-        self.assertEqual(len(lines), 1, err)
-        for word in words:
-            self.assertIn(word, err)
+        err = self.run_refused(argv, code, env=env, words=words)
         self.assertEqual(objects(), before)
         self.assertEqual(self.vm.graph(), graph)
-        self.assertEqual(run.events[-1]['exit-code'], code)
         return err
 
     def test_wrong_credentials(self) -> None:
