@@ -696,10 +696,7 @@ static void read_scratch_use(LibvirtSource *s)
     virTypedParamsFree(params, nparams);
 }
 
-/*
- * Ends libvirt's backup job: QEMU drops the export and the scratch, whose
- * size at that moment is its peak
- */
+/* Ends libvirt's backup job: QEMU drops the export and the scratch */
 static bool end_job(LibvirtSource *s, GError **err)
 {
     g_autofree char *why = NULL;
@@ -710,7 +707,6 @@ static bool end_job(LibvirtSource *s, GError **err)
     if (!reconnect(s, err)) {
         return false;
     }
-    read_scratch_use(s);
     if (virDomainAbortJob(s->dom) < 0) {
         virErrorPtr e = virGetLastError();
 
@@ -730,8 +726,12 @@ static bool end_job(LibvirtSource *s, GError **err)
 static bool libvirt_finish(S3cSource *src, S3cBackupRun *run, GError **err)
 {
     LibvirtSource *s = libvirt_source(src);
-    bool ok = end_job(s, err);
+    bool ok;
 
+    if (reconnect(s, err)) {
+        read_scratch_use(s);
+    }
+    ok = end_job(s, err);
     remove_dir(s->work_dir);
     return ok;
 }
