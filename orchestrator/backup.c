@@ -32,6 +32,7 @@ static void disk_backup_free(gpointer p)
     g_free(d->reason);
     g_free(d->parent);
     g_free(d->old_bitmap);
+    g_free(d->checkpoint);
     g_free(d->target.key);
     g_free(d->target.backing);
     g_free(d->target.export_name);
@@ -53,9 +54,14 @@ static void decide(Backup *b, S3cDiskBackup *d)
     json_object *last = s3c_catalog_last_disk(&b->cat, d->disk->name,
                                               &last_backup);
     const char *last_id = last ? s3c_json_str(last_backup, "id") : NULL;
-    const char *named = last ? s3c_json_str(last, "checkpoint") : NULL;
-    /* the checkpoint the catalog names for the disk, as catalogs do */
-    g_autofree char *old = named ? g_strdup(named)
+    json_object *named = NULL;
+    bool has_named = last && json_object_object_get_ex(last, "checkpoint",
+                                                       &named);
+    /*
+     * The checkpoint the catalog names for the disk; catalogs older than
+     * the field named it after the backup
+     */
+    g_autofree char *old = has_named ? g_strdup(json_object_get_string(named))
                            : last ? g_strconcat(BITMAP_PREFIX, last_id, NULL)
                                   : NULL;
     const S3cBitmap *bitmap = old ? s3c_disk_bitmap(d->disk, old) : NULL;
@@ -95,6 +101,12 @@ static void decide(Backup *b, S3cDiskBackup *d)
     }
     if (d->disk->no_checkpoint) {
         d->reason = g_strdup(d->disk->no_checkpoint);
+        return;
+    }
+    if (!old) {
+        d->reason = g_strdup_printf("backup %s left no checkpoint to follow "
+                                    "(it read the disk of a shut-off VM "
+                                    "that had none)", last_id);
         return;
     }
     if (!bitmap) {
@@ -142,6 +154,7 @@ static bool select_disks(Backup *b, GError **err)
             S3cDiskBackup *d = g_new0(S3cDiskBackup, 1);
 
             d->disk = disk;
+            d->checkpoint = g_strdup(b->run.checkpoint);
             g_ptr_array_add(b->run.disks, d);
         }
     }
@@ -275,7 +288,8 @@ static json_object *catalog_entry(Backup *b)
                                                           : "full"),
             "reason", json_object_new_string(d->reason),
             "parent", d->parent ? json_object_new_string(d->parent) : NULL,
-            "checkpoint", json_object_new_string(b->run.checkpoint),
+            "checkpoint", d->checkpoint ? json_object_new_string(d->checkpoint)
+                                        : NULL,
             "image", json_object_new_string(d->target.key),
             "virtual-size", json_object_new_int64(d->disk->size),
             "cluster-size", json_object_new_int64(d->granularity),
@@ -291,6 +305,7 @@ static json_object *catalog_entry(Backup *b)
                                                        : "full"),
         "source", json_object_new_string(b->run.opts->libvirt_domain
                                          ? "libvirt" : "qmp"),
+        "offline", json_object_new_boolean(b->run.offline),
         "duration", s3c_json_seconds(
             (g_get_monotonic_time() - b->start_us) / 1e6),
         "disks", disks, NULL);

@@ -86,7 +86,7 @@ static bool serve_points(Instant *in, GError **err)
             return false;
         }
         g_ptr_array_add(in->nodes, node);
-        if (!s3c_sidecar_export(&in->sidecar, node, node, false, err) ||
+        if (!s3c_sidecar_export(&in->sidecar, node, node, false, NULL, err) ||
             !create_target(in, rd, err)) {
             return false;
         }

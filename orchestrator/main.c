@@ -80,7 +80,7 @@ static const char backup_help[] =
 "  --vm NAME             the VM's name in the repository (with --libvirt,\n"
 "                        the domain's name unless given)\n"
 "  --qmp SOCKET          the VM's QMP unix socket\n"
-"  --libvirt DOMAIN      a running libvirt domain instead\n"
+"  --libvirt DOMAIN      a libvirt domain instead (shut off: its images)\n"
 "  --connect URI         libvirt's URI (default: libvirt's default)\n"
 "  --scratch-dir DIR     where libvirt keeps what the guest rewrites\n"
 "                        during the backup (/var/tmp); it must have room\n"

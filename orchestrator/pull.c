@@ -83,17 +83,31 @@ static bool nbd_failed(GError **err, int code, const char *fmt, ...)
 
 /* Says so when @h's peer went away, in words a user acts on */
 static bool nbd_gone(struct nbd_handle *h, GError **err, int code,
-                     const char *disk, const char *peer)
+                     const char *disk, const char *peer, const char *why)
 {
     if (nbd_aio_is_closed(h) != 1 && nbd_aio_is_dead(h) != 1) {
         return false;
     }
     g_set_error(err, S3C_ERROR, code,
-                "disk %s: %s closed its NBD connection mid-backup%s", disk,
-                peer, code == S3C_EXIT_VM_UNREACHABLE
-                      ? " (the domain stopped, or its backup job ended)"
-                      : " (the sidecar stopped)");
+                "disk %s: %s closed its NBD connection mid-backup (%s)", disk,
+                peer, why);
     return true;
+}
+
+/* The source's end, as nbd_gone words it */
+static bool source_gone(Copy *c, GError **err)
+{
+    return nbd_gone(c->source, err, c->disk->source_error, c->disk->name,
+                    c->disk->source_peer,
+                    c->disk->source_error == S3C_EXIT_VM_UNREACHABLE
+                    ? "the domain stopped, or its backup job ended"
+                    : "the sidecar stopped");
+}
+
+static bool target_gone(Copy *c, GError **err)
+{
+    return nbd_gone(c->target, err, S3C_EXIT_TRANSIENT, c->disk->name,
+                    "the sidecar", "the sidecar stopped");
 }
 
 /* A failure to reach it is exit code @code */
@@ -155,9 +169,8 @@ static int map_extents(void *opaque, const char *context, uint64_t offset,
  * The runs of [@from, @to) whose flags in @context match: adjacent ones
  * merged, the last clipped at @to
  */
-static bool walk(struct nbd_handle *h, const char *context, uint32_t mask,
-                 uint32_t want, uint64_t from, uint64_t to, GArray *out,
-                 GError **err)
+static bool walk(Copy *c, const char *context, uint32_t mask, uint32_t want,
+                 uint64_t from, uint64_t to, GArray *out, GError **err)
 {
     MapWalk w = {
         .context = context, .flags_mask = mask, .flags_want = want,
@@ -169,18 +182,20 @@ static bool walk(struct nbd_handle *h, const char *context, uint32_t mask,
     while (ok && at < to) {
         w.reached = at;
         g_array_set_size(w.runs, 0);
-        if (nbd_block_status(h, MIN(to - at, MAP_STEP), at,
+        if (nbd_block_status(c->source, MIN(to - at, MAP_STEP), at,
                              (nbd_extent_callback) {
                                  .callback = map_extents, .user_data = &w },
                              0) < 0) {
-            ok = nbd_failed(err, S3C_EXIT_VM_UNREACHABLE,
-                            "mapping %s at %" G_GUINT64_FORMAT, context, at);
+            ok = nbd_failed(err, c->disk->source_error,
+                            "disk %s: mapping %s at %" G_GUINT64_FORMAT,
+                            c->disk->name, context, at);
             break;
         }
         if (w.reached <= at) {
             g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
-                        "the VM's NBD server answered no extent of %s at %"
-                        G_GUINT64_FORMAT, context, at);
+                        "disk %s: %s answered no extent of %s at %"
+                        G_GUINT64_FORMAT, c->disk->name, c->disk->source_peer,
+                        context, at);
             ok = false;
             break;
         }
@@ -218,15 +233,15 @@ static bool map_disk(Copy *c, GError **err)
     g_autoptr(GArray) dirty = g_array_new(false, false, sizeof(Extent));
 
     if (size < 0) {
-        return nbd_failed(err, S3C_EXIT_VM_UNREACHABLE, "disk %s", d->name);
+        return nbd_failed(err, d->source_error, "disk %s", d->name);
     }
     if (!d->dirty_context) {
-        if (!walk(c->source, BASE_ALLOCATION,
+        if (!walk(c, BASE_ALLOCATION,
                   LIBNBD_STATE_HOLE | LIBNBD_STATE_ZERO, 0, 0, size,
                   c->extents, err)) {
             return false;
         }
-    } else if (!walk(c->source, d->dirty_context, DIRTY_FLAG, DIRTY_FLAG, 0,
+    } else if (!walk(c, d->dirty_context, DIRTY_FLAG, DIRTY_FLAG, 0,
                      size, dirty, err)) {
         return false;
     }
@@ -235,7 +250,7 @@ static bool map_disk(Copy *c, GError **err)
         g_autoptr(GArray) zeroes = g_array_new(false, false, sizeof(Extent));
         uint64_t at = run.offset;
 
-        if (!walk(c->source, BASE_ALLOCATION, LIBNBD_STATE_ZERO,
+        if (!walk(c, BASE_ALLOCATION, LIBNBD_STATE_ZERO,
                   LIBNBD_STATE_ZERO, run.offset, run.offset + run.length,
                   zeroes, err)) {
             return false;
@@ -311,10 +326,10 @@ static bool poll_both(Copy *c, int timeout_ms, GError **err)
             rc = nbd_aio_notify_write(handles[i]);
         }
         if (rc < 0) {
-            int code = i ? S3C_EXIT_TRANSIENT : S3C_EXIT_VM_UNREACHABLE;
-            const char *peer = i ? "the sidecar" : "the VM";
+            int code = i ? S3C_EXIT_TRANSIENT : c->disk->source_error;
+            const char *peer = i ? "the sidecar" : c->disk->source_peer;
 
-            return nbd_gone(handles[i], err, code, c->disk->name, peer) ||
+            return (i ? target_gone(c, err) : source_gone(c, err)) ||
                    nbd_failed(err, code, "disk %s: %s's NBD connection",
                               c->disk->name, peer);
         }
@@ -350,14 +365,12 @@ static bool piece_advance(Copy *c, Piece *p, GError **err)
                                    .user_data = p }, 0);
     }
     if (cookie < 0) {
-        int code = reading ? S3C_EXIT_VM_UNREACHABLE : S3C_EXIT_TRANSIENT;
+        int code = reading ? c->disk->source_error : S3C_EXIT_TRANSIENT;
 
-        return nbd_gone(reading ? c->source : c->target, err, code,
-                        c->disk->name, reading ? "the VM" : "the sidecar") ||
+        return (reading ? source_gone(c, err) : target_gone(c, err)) ||
                nbd_failed(err, code, "disk %s at %" G_GUINT64_FORMAT ": %s",
                           c->disk->name, p->offset,
-                          reading ? "reading the VM's export"
-                                  : "writing the image");
+                          reading ? "reading its source" : "writing the image");
     }
     p->state = p->state == PIECE_READ || p->zero ? PIECE_WRITING
                                                   : PIECE_READING;
@@ -395,10 +408,10 @@ static bool copy_disk(Copy *c, guint pieces, Progress *progress,
 
             if (p->error) {
                 g_set_error(err, S3C_ERROR, p->state == PIECE_READ
-                            ? S3C_EXIT_VM_UNREACHABLE : S3C_EXIT_TRANSIENT,
+                            ? c->disk->source_error : S3C_EXIT_TRANSIENT,
                             "disk %s: %s at %" G_GUINT64_FORMAT " failed: %s",
                             c->disk->name, p->state == PIECE_READ
-                            ? "reading the VM's export" : "writing the image",
+                            ? "reading its source" : "writing the image",
                             p->offset, g_strerror(p->error));
                 ok = false;
                 break;
@@ -484,10 +497,15 @@ bool s3c_pull_copy(S3cPullDisk *disks, guint n, uint64_t memory,
         };
 
         c->disk = &disks[i];
+        if (!c->disk->source_peer) {
+            c->disk->source_peer = "the VM";
+            c->disk->source_error = S3C_EXIT_VM_UNREACHABLE;
+        }
         c->extents = g_array_new(false, false, sizeof(Extent));
         c->source = connect_export(disks[i].source_socket,
-                                   disks[i].source_export, contexts, "the VM",
-                                   S3C_EXIT_VM_UNREACHABLE, err);
+                                   disks[i].source_export, contexts,
+                                   c->disk->source_peer,
+                                   c->disk->source_error, err);
         c->target = c->source
                     ? connect_export(disks[i].target_socket,
                                      disks[i].target_export, NULL,

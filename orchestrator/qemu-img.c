@@ -167,13 +167,15 @@ bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
     program = program && *program ? program : "qemu-img";
     g_ptr_array_add(argv, (char *)program);
     g_ptr_array_add(argv, (char *)args[0]);
-    source_fds[nfds++] = secret_pipe(repo->secret_access_key, err);
-    if (source_fds[0] < 0) {
-        return false;
+    if (repo) {
+        source_fds[nfds++] = secret_pipe(repo->secret_access_key, err);
+        if (source_fds[0] < 0) {
+            return false;
+        }
+        g_ptr_array_add(argv, "--object");
+        g_ptr_array_add(argv, "secret,id=" SECRET_ID ",file=/dev/fd/3");
     }
-    g_ptr_array_add(argv, "--object");
-    g_ptr_array_add(argv, "secret,id=" SECRET_ID ",file=/dev/fd/3");
-    if (repo->session_token) {
+    if (repo && repo->session_token) {
         source_fds[nfds++] = secret_pipe(repo->session_token, err);
         if (source_fds[1] < 0) {
             close(source_fds[0]);

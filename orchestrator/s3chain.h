@@ -164,7 +164,8 @@ char *s3c_qemu_img_planned_filename(const S3cRepo *repo, const char *key,
                                     GPtrArray *plans);
 /*
  * Runs qemu-img with @args (its subcommand first, NULL-terminated), the
- * repository's secrets given as objects read from pipes.  Its stdout
+ * repository's secrets (unless @repo is NULL: local images alone) given
+ * as objects read from pipes.  Its stdout
  * goes to @output when not NULL; a failure's message is its last line.
  */
 bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
@@ -351,6 +352,14 @@ bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
                       const S3cRepo *repo, GError **err);
 /* The NBD URI of export @export */
 char *s3c_sidecar_nbd_uri(const S3cSidecar *sc, const char *export);
+/*
+ * Opens the local image at @path (a file or block device in @format,
+ * with its backing chain) read-only as node @node, without locking out
+ * a writer
+ */
+bool s3c_sidecar_add_image(S3cSidecar *sc, const char *node,
+                           const char *path, const char *format,
+                           GError **err);
 /* Opens image @key and its parents read-only as node @node */
 bool s3c_sidecar_add_point(S3cSidecar *sc, const S3cRepo *repo,
                            const char *key, const char *node, GError **err);
@@ -369,8 +378,9 @@ bool s3c_sidecar_add_bucket_overlay(S3cSidecar *sc, const S3cRepo *repo,
 void s3c_sidecar_del_node(S3cSidecar *sc, const char *node);
 /* Closes what s3c_sidecar_add_overlay opened; the file stays */
 void s3c_sidecar_del_overlay(S3cSidecar *sc, const char *node);
+/* Exports node @node as @name, with dirty bitmap @bitmap (or NULL) */
 bool s3c_sidecar_export(S3cSidecar *sc, const char *name, const char *node,
-                        bool writable, GError **err);
+                        bool writable, const char *bitmap, GError **err);
 /* Ends export @name (@hard: cutting its clients off) and waits for it */
 bool s3c_sidecar_unexport(S3cSidecar *sc, const char *name, bool hard,
                           GError **err);
@@ -483,6 +493,11 @@ typedef struct S3cDiskBackup {
     char *reason;
     char *parent;               /* backup id of the parent image */
     char *old_bitmap;           /* the last checkpoint's, when usable */
+    /*
+     * The checkpoint the catalog names for the next incremental: the
+     * run's new one, unless the source sets another (or NULL for none)
+     */
+    char *checkpoint;
     uint32_t granularity;
     S3cTarget target;           /* its new image, exported by the sidecar */
     bool target_added;
@@ -500,6 +515,7 @@ typedef struct S3cBackupRun {
     const char *id;
     const char *checkpoint;     /* the new checkpoint's (bitmap's) name */
     char *instant;              /* ISO 8601, UTC: set by the source */
+    bool offline;               /* the VM was shut off: set by the source */
     /* what the source kept on the host's disk at its peak, if it did */
     bool has_scratch;
     uint64_t scratch_bytes;
@@ -567,6 +583,8 @@ typedef struct S3cPullDisk {
     const char *name;           /* for messages */
     const char *source_socket;  /* the VM's export at the instant */
     const char *source_export;
+    const char *source_peer;    /* who serves it ("the VM"), for messages */
+    int source_error;           /* the exit code of a failure to read it */
     const char *dirty_context;  /* qemu:dirty-bitmap:..., NULL for full */
     const char *target_socket;  /* the sidecar's export of the image */
     const char *target_export;
@@ -583,6 +601,26 @@ typedef struct S3cPullDisk {
  */
 bool s3c_pull_copy(S3cPullDisk *disks, guint n, uint64_t memory,
                    GError **err);
+
+/* offline.c: the disks of a shut-off VM, read from their images */
+
+/* The bitmaps (S3cBitmap) that @disk's image at disk->path keeps */
+GPtrArray *s3c_offline_bitmaps(const S3cDisk *disk, GError **err);
+
+typedef struct S3cOfflineRead S3cOfflineRead;
+
+/*
+ * Opens each disk's image of @run in the sidecar, read-only and without
+ * locking the VM out, and exports it with the bitmap of an incremental
+ */
+S3cOfflineRead *s3c_offline_open(S3cBackupRun *run, GError **err);
+/* Where the copier reads disk @i of the run */
+void s3c_offline_pull_source(S3cOfflineRead *r, guint i, S3cPullDisk *pull);
+/*
+ * Ends the exports and frees @r.  With @err, fails when an image file
+ * changed since it was opened: what was read may mix two instants.
+ */
+bool s3c_offline_close(S3cOfflineRead *r, GError **err);
 
 /* point.c: the backup that restore and serve read back */
 

@@ -166,7 +166,7 @@ static bool start(Serve *s, GError **err)
     }
     if (!s3c_sidecar_export(&s->sidecar, s->disk,
                             s->overlay_added ? OVERLAY_NODE : POINT_NODE,
-                            opts->writable, err)) {
+                            opts->writable, NULL, err)) {
         return false;
     }
     s->exported = true;

@@ -356,11 +356,12 @@ bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
         return false;
     }
 
-    return s3c_sidecar_export(sc, t->export_name, t->export_name, true, err);
+    return s3c_sidecar_export(sc, t->export_name, t->export_name, true, NULL,
+                              err);
 }
 
 bool s3c_sidecar_export(S3cSidecar *sc, const char *name, const char *node,
-                        bool writable, GError **err)
+                        bool writable, const char *bitmap, GError **err)
 {
     json_object *export = s3c_json_obj(
         "type", json_object_new_string("nbd"),
@@ -368,6 +369,13 @@ bool s3c_sidecar_export(S3cSidecar *sc, const char *name, const char *node,
         "node-name", json_object_new_string(node),
         "name", json_object_new_string(name),
         "writable", json_object_new_boolean(writable), NULL);
+
+    if (bitmap) {
+        json_object *bitmaps = json_object_new_array();
+
+        json_object_array_add(bitmaps, json_object_new_string(bitmap));
+        json_object_object_add(export, "bitmaps", bitmaps);
+    }
 
     if (sc->iothread) {
         json_object_object_add(export, "iothread",
@@ -402,6 +410,30 @@ bool s3c_sidecar_unexport(S3cSidecar *sc, const char *name, bool hard,
     g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
                 "the sidecar did not end export %s", name);
     return false;
+}
+
+bool s3c_sidecar_add_image(S3cSidecar *sc, const char *node,
+                           const char *path, const char *format,
+                           GError **err)
+{
+    struct stat st;
+    bool device = stat(path, &st) == 0 && S_ISBLK(st.st_mode);
+
+    /*
+     * Shared: reading must never keep the VM that owns the image from
+     * starting, so its writes are not locked out; the caller finds out
+     * whether the image changed while it was read
+     */
+    return run(sc, "blockdev-add", s3c_json_obj(
+                   "node-name", json_object_new_string(node),
+                   "driver", json_object_new_string(format),
+                   "read-only", json_object_new_boolean(true),
+                   "force-share", json_object_new_boolean(true),
+                   "file", s3c_json_obj(
+                       "driver", json_object_new_string(
+                           device ? "host_device" : "file"),
+                       "filename", json_object_new_string(path), NULL),
+                   NULL), err);
 }
 
 bool s3c_sidecar_add_point(S3cSidecar *sc, const S3cRepo *repo,

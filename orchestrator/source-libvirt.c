@@ -1,9 +1,11 @@
 /*
- * source-libvirt.c: a running libvirt domain, through libvirt's own
- * backup API in pull mode: checkpoints hold the bitmaps, QEMU's NBD
- * server exports each disk at the backup's instant, and pull.c copies
- * what changed into the sidecar.  Nothing goes to QEMU behind libvirt's
- * back, so the domain is never tainted.
+ * source-libvirt.c: a libvirt domain.  A running one goes through
+ * libvirt's own backup API in pull mode: checkpoints hold the bitmaps,
+ * QEMU's NBD server exports each disk at the backup's instant, and
+ * pull.c copies what changed into the sidecar.  Nothing goes to QEMU
+ * behind libvirt's back, so the domain is never tainted.  A shut-off
+ * one's images are read directly (offline.c), with the bitmaps that
+ * libvirt's checkpoints left in them.
  *
  * Copyright (c) 2026 The s3chain authors
  *
@@ -42,6 +44,8 @@ typedef struct LibvirtSource {
     gid_t qemu_gid;
     GPtrArray *checkpoints;     /* names of ours that exist now */
     S3cBackupRun *run;
+    bool offline;               /* the domain is shut off */
+    S3cOfflineRead *read;       /* then its images, exported */
     char *work_dir;             /* scratch files and the NBD socket */
     char *socket;
     bool frozen;
@@ -196,16 +200,43 @@ static S3cDisk *find_disk(GPtrArray *disks, const char *name)
 }
 
 /*
- * Our checkpoints, as bitmaps of the disks they cover.  libvirt checks
- * the bitmaps in the images when asked for their sizes: a checkpoint
- * whose bitmap is gone or broken (the VM crashed, the image was swapped)
- * is marked so, for backup.c to say why it takes a full backup.
+ * What the image of a shut-off domain's disk says of checkpoint @name's
+ * bitmap (@image: the bitmaps in it), into @bitmap
+ */
+static void read_image_bitmap(const S3cDisk *disk, GPtrArray *image,
+                              const char *name, S3cBitmap *bitmap)
+{
+    for (guint i = 0; image && i < image->len; i++) {
+        const S3cBitmap *b = g_ptr_array_index(image, i);
+
+        if (!strcmp(b->name, name)) {
+            bitmap->granularity = b->granularity;
+            bitmap->inconsistent = b->inconsistent;
+            bitmap->recording = b->recording;
+            return;
+        }
+    }
+    bitmap->broken = g_strdup_printf("its bitmap is not in image %s",
+                                     disk->path);
+}
+
+/*
+ * Our checkpoints, oldest first, as bitmaps of the disks they cover.
+ * libvirt checks the bitmaps in a running domain's images when asked for
+ * their sizes; a shut-off domain's images are asked directly.  A
+ * checkpoint whose bitmap is gone or broken (the VM crashed, the image
+ * was swapped) is marked so, for backup.c to say why it takes a full
+ * backup.
  */
 static bool add_checkpoints(LibvirtSource *s, GPtrArray *disks,
                             GError **err)
 {
     virDomainCheckpointPtr *list = NULL;
-    int n = virDomainListAllCheckpoints(s->dom, &list, 0);
+    int n = virDomainListAllCheckpoints(
+        s->dom, &list, VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL);
+    g_autoptr(GHashTable) images = g_hash_table_new_full(
+        g_direct_hash, g_direct_equal, NULL,
+        (GDestroyNotify)g_ptr_array_unref);
     bool ok = true;
 
     if (n < 0) {
@@ -231,9 +262,9 @@ static bool add_checkpoints(LibvirtSource *s, GPtrArray *disks,
                 continue;
             }
             g_free(xml);
-            xml = virDomainCheckpointGetXMLDesc(
+            xml = s->offline ? NULL : virDomainCheckpointGetXMLDesc(
                 list[i], VIR_DOMAIN_CHECKPOINT_XML_SIZE);
-            if (!xml) {
+            if (!xml && !s->offline) {
                 virErrorPtr e = virGetLastError();
 
                 broken = g_strdup(e && e->message ? e->message
@@ -255,6 +286,19 @@ static bool add_checkpoints(LibvirtSource *s, GPtrArray *disks,
                 bitmap->persistent = true;
                 bitmap->recording = true;
                 g_ptr_array_add(disk->bitmaps, bitmap);
+                if (s->offline && !broken) {
+                    GPtrArray *image = g_hash_table_lookup(images, disk);
+
+                    if (!image) {
+                        image = s3c_offline_bitmaps(disk, err);
+                        if (!image) {
+                            ok = false;
+                            break;
+                        }
+                        g_hash_table_insert(images, disk, image);
+                    }
+                    read_image_bitmap(disk, image, name, bitmap);
+                }
             }
         }
     }
@@ -281,6 +325,17 @@ static S3cDisk *disk_of(LibvirtSource *s, const S3cXml *d, GError **err)
                     s->opts->libvirt_domain);
         return NULL;
     }
+    if (!path) {
+        path = s3c_xml_attr(source, "dev");
+    }
+    if (s->offline && (!path || !g_path_is_absolute(path))) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "disk %s of shut-off domain %s is not a local file or "
+                    "block device, and s3chain reaches a shut-off domain's "
+                    "disks only so (a running one's go through libvirt)",
+                    target, s->opts->libvirt_domain);
+        return NULL;
+    }
     if (virDomainGetBlockInfo(s->dom, target, &info, 0) < 0) {
         libvirt_failed(err, S3C_EXIT_VM_UNREACHABLE,
                        "the size of domain %s's disk %s",
@@ -293,7 +348,7 @@ static S3cDisk *disk_of(LibvirtSource *s, const S3cXml *d, GError **err)
     disk->format = g_strdup(format ? format : "raw");
     disk->serial = g_strdup(serial ? serial : "");
     disk->size = info.capacity;
-    disk->path = g_strdup(path ? path : s3c_xml_attr(source, "dev"));
+    disk->path = g_strdup(path);
     if (strcmp(disk->format, "qcow2")) {
         disk->no_checkpoint = g_strdup_printf(
             "libvirt keeps checkpoints only in qcow2 images, and disk %s "
@@ -415,23 +470,48 @@ static GPtrArray *libvirt_disks(S3cSource *src, GError **err)
                        s->opts->libvirt_domain);
         return NULL;
     }
-    if (!active) {
-        g_set_error(err, S3C_ERROR, S3C_EXIT_VM_UNREACHABLE,
-                    "domain %s is not running; s3chain backs up running "
-                    "domains through libvirt (start it, or copy its images "
-                    "while it is off)", s->opts->libvirt_domain);
-        return NULL;
-    }
+    s->offline = !active;
     g_ptr_array_set_size(s->checkpoints, 0);
     /* before the checkpoints are looked at: a job keeps their bitmaps */
-    if (!end_leftover_job(s, err)) {
+    if (active && !end_leftover_job(s, err)) {
         return NULL;
     }
-    disks = domain_disks(s, 0, err);
+    disks = domain_disks(s, active ? 0 : VIR_DOMAIN_XML_INACTIVE, err);
     if (!disks || !add_checkpoints(s, disks, err)) {
         return NULL;
     }
     return g_steal_pointer(&disks);
+}
+
+/*
+ * The newest of our checkpoints whose bitmap in the disk's image records:
+ * as nothing writes a shut-off domain's disks, it covers every change
+ * after this backup too, and the next backup of the disk follows it
+ */
+static char *newest_usable_checkpoint(const S3cDisk *disk)
+{
+    for (guint i = disk->bitmaps->len; i-- > 0;) {
+        const S3cBitmap *b = g_ptr_array_index(disk->bitmaps, i);
+
+        if (!b->broken && !b->inconsistent && b->recording) {
+            return g_strdup(b->name);
+        }
+    }
+    return NULL;
+}
+
+/* libvirt creates no checkpoint of a shut-off domain */
+static void prepare_offline(LibvirtSource *s, S3cBackupRun *run)
+{
+    run->offline = true;
+    for (guint i = 0; i < run->disks->len; i++) {
+        S3cDiskBackup *d = g_ptr_array_index(run->disks, i);
+
+        g_free(d->checkpoint);
+        d->checkpoint = newest_usable_checkpoint(d->disk);
+    }
+    s3c_output_info("domain %s is shut off: reading its disk images "
+                    "directly", s->opts->libvirt_domain);
 }
 
 /*
@@ -450,6 +530,10 @@ static bool libvirt_prepare(S3cSource *src, S3cBackupRun *run, GError **err)
     uint64_t avail;
 
     s->run = run;
+    if (s->offline) {
+        prepare_offline(s, run);
+        return true;
+    }
     for (guint i = 0; i < run->disks->len; i++) {
         worst += ((S3cDiskBackup *)g_ptr_array_index(run->disks, i))
                  ->disk->size;
@@ -623,6 +707,11 @@ static bool libvirt_start(S3cSource *src, S3cBackupRun *run, GError **err)
     g_autofree char *checkpoint = NULL;
     int rc;
 
+    if (s->offline) {
+        run->instant = s3c_backup_now();
+        s->read = s3c_offline_open(run, err);
+        return s->read != NULL;
+    }
     backup = backup_xml(s, run->all_disks);
     checkpoint = checkpoint_xml(s, run->all_disks);
     freeze(s);
@@ -663,6 +752,9 @@ static bool libvirt_copy(S3cSource *src, S3cBackupRun *run, GError **err)
             .target_socket = run->sidecar->nbd_socket,
             .target_export = d->target.export_name,
         };
+        if (s->offline) {
+            s3c_offline_pull_source(s->read, i, &pulls[i]);
+        }
     }
     ok = s3c_pull_copy(pulls, run->disks->len, run->opts->buffer_size, err);
     for (guint i = 0; i < run->disks->len; i++) {
@@ -723,11 +815,41 @@ static bool end_job(LibvirtSource *s, GError **err)
     return true;
 }
 
+/*
+ * The images were read while nothing wrote them: no file changed, and
+ * the domain is still off (the times of a block device tell nothing)
+ */
+static bool finish_offline(LibvirtSource *s, GError **err)
+{
+    g_autoptr(GError) changed = NULL;
+    bool unchanged = s3c_offline_close(g_steal_pointer(&s->read), &changed);
+
+    if (!reconnect(s, err)) {
+        return false;
+    }
+    if (virDomainIsActive(s->dom) != 0) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
+                    "domain %s started while its shut-off disks were read; "
+                    "the backup was abandoned: run it again (a running "
+                    "domain is backed up through libvirt's backup job)",
+                    s->opts->libvirt_domain);
+        return false;
+    }
+    if (!unchanged) {
+        g_propagate_error(err, g_steal_pointer(&changed));
+        return false;
+    }
+    return true;
+}
+
 static bool libvirt_finish(S3cSource *src, S3cBackupRun *run, GError **err)
 {
     LibvirtSource *s = libvirt_source(src);
     bool ok;
 
+    if (s->offline) {
+        return finish_offline(s, err);
+    }
     if (reconnect(s, err)) {
         read_scratch_use(s);
     }
@@ -798,6 +920,9 @@ static void libvirt_abandon(S3cSource *src, S3cBackupRun *run)
     LibvirtSource *s = libvirt_source(src);
     g_autoptr(GError) local = NULL;
 
+    if (s->read) {
+        s3c_offline_close(g_steal_pointer(&s->read), NULL);
+    }
     thaw(s);
     if (!end_job(s, &local)) {
         g_printerr("s3chain: warning: %s; the next backup ends it\n",
@@ -881,6 +1006,7 @@ GPtrArray *s3c_libvirt_offline_disks(const char *uri, const char *domain,
                     "onto its disks (or restore to other files with "
                     "--target)", domain);
     } else {
+        s->offline = true;
         disks = domain_disks(s, VIR_DOMAIN_XML_INACTIVE, err);
     }
     libvirt_free(src);

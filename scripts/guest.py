@@ -2,7 +2,8 @@
 # Builds the tests' tiny Linux guest into build/guest/: Debian's cloud
 # kernel (unpacked from its package, never installed on the host) and an
 # initramfs whose init is tests/guest/writer.c, built static, beside the
-# virtio modules it loads.  Prints the directory.
+# modules it loads and the guest agent of s3chain's QEMU build (qemu-ga,
+# with the host's libraries it links).  Prints the directory.
 #
 # Copyright (c) 2026 The s3chain authors
 #
@@ -11,6 +12,7 @@
 import glob
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,9 +20,11 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get('S3CHAIN_BUILD', os.path.join(REPO, 'build'))
 OUT = os.path.join(BUILD, 'guest')
+QEMU_GA = os.path.join(BUILD, 'qemu', 'qga', 'qemu-ga')
 WRITER = os.path.join(REPO, 'tests', 'guest', 'writer.c')
 MODULES = ['virtio', 'virtio_ring', 'virtio_pci_legacy_dev',
-           'virtio_pci_modern_dev', 'virtio_pci', 'virtio_blk']
+           'virtio_pci_modern_dev', 'virtio_pci', 'virtio_blk', 'evdev',
+           'button', 'virtio_console']
 
 
 def kernel_package() -> str:
@@ -52,10 +56,35 @@ def newc(entries) -> bytes:
     return bytes(out)
 
 
+def agent_entries() -> list:
+    """qemu-ga at /bin/qemu-ga, and the libraries ldd finds for it"""
+    if not os.path.exists(QEMU_GA):
+        sys.exit(f'guest.py: no {QEMU_GA}; build QEMU first '
+                 '(scripts/build.sh)')
+    out = subprocess.run(['ldd', QEMU_GA], check=True, capture_output=True,
+                         text=True).stdout
+    libs = re.findall(r'(/\S+) \(0x', out)
+    entries, dirs = [], {'bin'}
+    for lib in libs:
+        parts = lib.strip('/').split('/')
+        for i in range(1, len(parts)):
+            dirs.add('/'.join(parts[:i]))
+    for d in sorted(dirs):
+        entries.append((d, 0o40755, b''))
+    for path, name in [(QEMU_GA, 'bin/qemu-ga')] + \
+            [(lib, lib.strip('/')) for lib in libs]:
+        with open(os.path.realpath(path), 'rb') as f:
+            entries.append((name, 0o100755, f.read()))
+    return entries
+
+
 def main() -> None:
     package = kernel_package()
+    agent = agent_entries()
     with open(WRITER, 'rb') as f:
-        stamp = package + hashlib.sha256(f.read()).hexdigest()
+        stamp = (package + ' '.join(MODULES) +
+                 hashlib.sha256(f.read()).hexdigest() +
+                 hashlib.sha256(b''.join(e[2] for e in agent)).hexdigest())
     stamp_file = os.path.join(OUT, 'stamp')
     if os.path.exists(stamp_file) and open(stamp_file).read() == stamp:
         print(OUT)
@@ -82,6 +111,7 @@ def main() -> None:
                          recursive=True)[0]
         with open(path, 'rb') as f:
             entries.append((f'modules/{module}.ko', 0o100644, f.read()))
+    entries += agent
     with open(os.path.join(OUT, 'initramfs.img'), 'wb') as f:
         f.write(newc(entries))
     shutil.rmtree(work)

@@ -1,8 +1,9 @@
 # Real parts for the tests of s3chain's libvirt source: libvirtd (started
 # without systemd when it isn't running, and stopped only then), a TCG
-# domain with a qcow2 and a raw disk, and its tiny Linux guest
-# (tests/guest/writer.c) writing records that the tests replay to know
-# each disk's exact bytes at any backup's instant.
+# domain with a qcow2 and a raw disk and a guest agent channel, and its
+# tiny Linux guest (tests/guest/writer.c, with qemu-ga) writing records
+# that the tests replay to know each disk's exact bytes at any backup's
+# instant.
 #
 # Copyright (c) 2026 The s3chain authors
 #
@@ -10,6 +11,7 @@
 
 import os
 import re
+import signal
 import struct
 import subprocess
 import time
@@ -140,6 +142,9 @@ class Domain:
     <initrd>{self.initrd}</initrd>
     <cmdline>console=ttyS0 quiet s3w.start={self.start_seq} s3w.delay=5</cmdline>
   </os>
+  <features>
+    <acpi/>
+  </features>
   <on_poweroff>destroy</on_poweroff>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>{disks}
@@ -147,6 +152,9 @@ class Domain:
       <source path='{self.console}' append='on'/>
       <target port='0'/>
     </serial>
+    <channel type='unix'>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
     <memballoon model='none'/>
   </devices>
 </domain>
@@ -159,15 +167,20 @@ class Domain:
         virsh('define', path)
 
     def start(self) -> None:
-        """Boots the domain and waits until its guest writes"""
+        """Boots the domain and waits until its guest writes and its agent
+        answers (libvirt drops the agent's connection event when a backup
+        job is running, as on a host where backups start at boot)"""
         seen = self.console_text().count('s3w: writing from')
         virsh('start', self.name)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if self.console_text().count('s3w: writing from') > seen:
+            if (self.console_text().count('s3w: writing from') > seen and
+                    "guest_agent.0' state='connected'" in
+                    virsh('dumpxml', self.name)):
                 return
             time.sleep(0.2)
-        raise AssertionError('the guest did not start writing: ' +
+        raise AssertionError('the guest did not start writing, or its agent '
+                             'did not connect: ' +
                              self.console_text()[-2000:])
 
     def console_text(self) -> str:
@@ -189,14 +202,38 @@ class Domain:
     def destroy(self) -> None:
         virsh('destroy', self.name, check=False)
 
-    def restart(self) -> None:
-        """Off and on again: the guest's records go on from the disks'"""
-        self.destroy()
+    def wait_shut_off(self, what: str) -> None:
+        deadline = time.monotonic() + 120
+        while virsh('domstate', self.name).strip() != 'shut off':
+            if time.monotonic() > deadline:
+                raise AssertionError(f'the domain outlived {what}: ' +
+                                     self.console_text()[-2000:])
+            time.sleep(0.2)
+
+    def shutdown(self) -> None:
+        """A clean shutdown: the guest powers off at the power button"""
+        virsh('shutdown', '--mode', 'acpi', self.name)
+        self.wait_shut_off('the power button')
+        assert 'powering off' in self.console_text()
+
+    def kill(self) -> None:
+        """A crash: its QEMU killed"""
+        with open(f'/run/libvirt/qemu/{self.name}.pid') as f:
+            os.kill(int(f.read().strip()), signal.SIGKILL)
+        self.wait_shut_off('SIGKILL of its QEMU')
+
+    def start_again(self) -> None:
+        """Starts it once more: the guest's records go on from its disks'"""
         images = self.images_now()
         self.base = images
         self.start_seq = last_record(images, self.start_seq) + 1000000
         self.define()
         self.start()
+
+    def restart(self) -> None:
+        """Off and on again: the guest's records go on from the disks'"""
+        self.destroy()
+        self.start_again()
 
     def images_now(self) -> Dict[str, bytes]:
         """The disks' bytes, read from their files (the domain is off)"""
@@ -209,6 +246,20 @@ class Domain:
                 out[name] = f.read()
             os.remove(raw)
         return out
+
+    def freezes(self) -> Tuple[int, int]:
+        """How many freezes its guest agent did, and how many thaws"""
+        text = self.console_text()
+        return (text.count('"execute":"guest-fsfreeze-freeze"'),
+                text.count('logging re-enabled due to filesystem unfreeze'))
+
+    def frozen(self) -> str:
+        """Why its agent refuses to list filesystems, as a frozen one
+        does: '' when it answers"""
+        res = subprocess.run(['virsh', '-q', '-c', URI, 'domfsinfo',
+                              self.name], capture_output=True, text=True,
+                             timeout=60)
+        return res.stderr.strip() if res.returncode else ''
 
     def checkpoints(self) -> List[str]:
         return sorted(virsh('checkpoint-list', self.name, '--name').split())

@@ -80,20 +80,29 @@ class LibvirtTestCase(CommandRuns, unittest.TestCase):
             os.remove(path)
         return out
 
-    def assertExact(self, result: dict) -> int:
-        """Both disks are the guest's at one instant; its last record"""
-        images = self.restored(result['backup'])
-        upto = last_record(images, self.dom.start_seq)
-        expected = replay(self.dom.base, self.dom.start_seq, upto)
+    def assertSameDisks(self, result: dict, images: Dict[str, bytes],
+                        expected: Dict[str, bytes], what: str) -> None:
         for disk in DISKS:
             self.assertEqual(len(images[disk]), len(expected[disk]))
             if images[disk] != expected[disk]:
                 first = next(i for i in range(len(expected[disk]))
                              if images[disk][i] != expected[disk][i])
-                self.fail(f'backup {result["backup"]} of {disk} is not the '
-                          f'guest\'s disk after record {upto}: first '
-                          f'difference at byte {first}')
+                self.fail(f'backup {result["backup"]} of {disk} is not '
+                          f'{what}: first difference at byte {first}')
+
+    def assertExact(self, result: dict) -> int:
+        """Both disks are the guest's at one instant; its last record"""
+        images = self.restored(result['backup'])
+        upto = last_record(images, self.dom.start_seq)
+        expected = replay(self.dom.base, self.dom.start_seq, upto)
+        self.assertSameDisks(result, images, expected,
+                             f'the guest\'s disk after record {upto}')
         return upto
+
+    def assertImages(self, result: dict, images: Dict[str, bytes]) -> None:
+        """The backup restores to the shut-off domain's images"""
+        self.assertSameDisks(result, self.restored(result['backup']), images,
+                             'the shut-off domain\'s image')
 
     def assertGuestWrites(self) -> None:
         """The guest goes on writing, and no write of it failed"""
@@ -104,6 +113,9 @@ class LibvirtTestCase(CommandRuns, unittest.TestCase):
                             'the guest stopped writing')
             time.sleep(0.5)
         self.assertEqual(self.dom.write_failures(), [])
+
+    def assertThawed(self) -> None:
+        self.assertEqual(self.dom.frozen(), '')
 
     def assertUntainted(self) -> None:
         log = self.dom.log()
@@ -155,6 +167,10 @@ class TestLibvirtChain(LibvirtTestCase):
         self.assertUntainted()
         self.assertEqual(self.dom.checkpoints(), ['s3chain-' + inc2['backup']])
         self.assertNoScratchLeft()
+        # each backup froze the guest's filesystems through its agent,
+        # then thawed them
+        self.assertEqual(self.dom.freezes(), (3, 3))
+        self.assertThawed()
         self.assertGuestWrites()
         catalog = self.bucket.catalog(self.dom.name)
         self.assertEqual([b['source'] for b in catalog['backups']],
@@ -206,6 +222,7 @@ class TestLibvirtFaults(BucketFaults, LibvirtTestCase):
         if virsh('domstate', self.dom.name).strip() != 'running':
             self.dom.restart()
         self.assertGuestWrites()
+        self.assertThawed()
 
         after = self.backup()
         if self.dom.start_seq == 1:
@@ -259,6 +276,94 @@ class TestLibvirtFaults(BucketFaults, LibvirtTestCase):
         self.fault(strike)
 
 
+class TestLibvirtShutOff(LibvirtTestCase):
+    """A shut-off domain's images, read directly"""
+
+    def test_incremental_after_a_clean_shutdown(self) -> None:
+        online = self.backup()
+        time.sleep(1)
+        self.dom.shutdown()
+        images = self.dom.images_now()
+        checkpoints = self.dom.checkpoints()
+        off = self.backup()
+        self.assertEqual(self.types(off)['vda'][0], 'incremental')
+        self.assertIn('s3chain-' + online['backup'], self.types(off)['vda'][1])
+        self.assertEqual(off['disks'][0]['parent'], online['backup'])
+        self.assertEqual(self.types(off)['vdb'][0], 'full')
+        # what changed since the checkpoint, not the disk
+        self.assertLess(off['disks'][0]['bytes-copied'], 24 * 2**20)
+        self.assertNotIn('scratch-bytes', off)
+        # both points restore exactly; the shut-off one is the images
+        self.assertImages(off, images)
+        self.assertExact(online)
+        # libvirt makes no checkpoint of a shut-off domain: the backup
+        # names the one whose bitmap goes on recording for the next
+        self.assertEqual(self.dom.checkpoints(), checkpoints)
+        entry = self.bucket.catalog(self.dom.name)['backups'][-1]
+        self.assertTrue(entry['offline'])
+        self.assertEqual({d['name']: d['checkpoint'] for d in entry['disks']},
+                         {'vda': 's3chain-' + online['backup'], 'vdb': None})
+
+        # running again, the domain's next backup follows on from it
+        self.dom.start_again()
+        after = self.backup()
+        self.assertEqual(self.types(after)['vda'][0], 'incremental')
+        self.assertEqual(after['disks'][0]['parent'], off['backup'])
+        self.assertExact(after)
+        self.assertEqual(self.dom.checkpoints(), ['s3chain-' + after['backup']])
+        self.assertUntainted()
+        self.assertNoScratchLeft()
+
+    def full_backup(self, images: Dict[str, bytes], why: str) -> None:
+        """The shut-off domain's next backup: its qcow2 disk full for
+        reason @why, both disks its images"""
+        result = self.backup()
+        self.assertEqual(self.types(result)['vda'][0], 'full')
+        self.assertIn(why, self.types(result)['vda'][1])
+        self.assertImages(result, images)
+
+    def test_without_checkpoints(self) -> None:
+        self.dom.destroy()
+        images = self.dom.images_now()
+        self.full_backup(images, 'first backup of this disk')
+        # no checkpoint of ours was there to follow
+        self.full_backup(images, 'no checkpoint')
+
+    def test_after_a_crash(self) -> None:
+        """QEMU killed: a bitmap it left in use can't be trusted"""
+        self.backup()
+        # the checkpoint's bitmap is stored in the image at the shutdown,
+        # and marked in use at the next start
+        self.dom.shutdown()
+        self.dom.start_again()
+        self.dom.kill()
+        self.full_backup(self.dom.images_now(), 'inconsistent')
+
+    def test_domain_started_during_the_backup(self) -> None:
+        """The start is not held up; the backup gives up cleanly"""
+        self.backup()
+        self.dom.shutdown()
+        catalog = self.bucket.catalog(self.dom.name)
+        run = self.start('--buffer-size', '4M')
+        run.wait_started()
+        # held still mid-read, so that the start surely meets it
+        run.proc.send_signal(signal.SIGSTOP)
+        try:
+            self.dom.start_again()
+            self.assertGuestWrites()
+        finally:
+            run.proc.send_signal(signal.SIGCONT)
+        code, err = run.finish()
+        self.assertEqual(code, 8, err)
+        self.assertIn('started', err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertEqual(self.bucket.catalog(self.dom.name), catalog)
+        after = self.backup()
+        self.assertEqual(self.types(after)['vda'][0], 'incremental')
+        self.assertExact(after)
+        self.assertUntainted()
+
+
 class TestLibvirtRestore(LibvirtTestCase):
     def test_onto_the_domains_disks(self) -> None:
         full = self.backup()
@@ -306,9 +411,22 @@ class TestLibvirtBadInput(LibvirtTestCase):
         self.refused(self.args('--qmp', '/tmp/x.qmp'), 2,
                      words=('--libvirt',))
 
-    def test_domain_not_running(self) -> None:
+    def test_shut_off_domain_with_a_network_disk(self) -> None:
         self.dom.destroy()
-        self.refused(self.args(), 3, words=('not running',))
+        xml = self.dom.xml().replace(
+            f"<disk type='file' device='disk'>\n"
+            f"      <driver name='qemu' type='raw'/>\n"
+            f"      <source file='{self.dom.paths['vdb']}'/>",
+            "<disk type='network' device='disk'>\n"
+            "      <driver name='qemu' type='raw'/>\n"
+            "      <source protocol='nbd' name='x'><host transport='unix' "
+            "socket='/nonexistent/nbd.sock'/></source>")
+        self.assertIn('/nonexistent/nbd.sock', xml)
+        path = os.path.join(self.dir, 'network.xml')
+        with open(path, 'w') as f:
+            f.write(xml)
+        virsh('define', path)
+        self.refused(self.args(), 2, words=('vdb', 'not a local file'))
 
     def test_scratch_without_room(self) -> None:
         small = os.path.join(self.dir, 'small')
