@@ -850,9 +850,11 @@ static bool libvirt_finish(S3cSource *src, S3cBackupRun *run, GError **err)
     if (s->offline) {
         return finish_offline(s, err);
     }
-    if (reconnect(s, err)) {
-        read_scratch_use(s);
+    /* a libvirtd gone for good leaves the job to abandon() */
+    if (!reconnect(s, err)) {
+        return false;
     }
+    read_scratch_use(s);
     ok = end_job(s, err);
     remove_dir(s->work_dir);
     return ok;
