@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,13 +37,302 @@ static bool valid_name(const char *name)
     return true;
 }
 
+/* An ISO 8601 time; UTC unless it says otherwise */
+static GDateTime *parse_time(const char *text)
+{
+    g_autoptr(GTimeZone) utc = g_time_zone_new_utc();
+
+    return text ? g_date_time_new_from_iso8601(text, utc) : NULL;
+}
+
+/* What one catalog may make the command hold */
+#define MAX_BACKUPS 100000
+#define MAX_DISKS 256
+#define MAX_KEY 1024
+#define MIN_CLUSTER 512
+#define MAX_CLUSTER (2 * 1024 * 1024)
+
+/* A fault of the catalog at @where: damaged, named, with what to do */
+static bool damaged(GError **err, const char *where, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
+
+static bool damaged(GError **err, const char *where, const char *fmt, ...)
+{
+    va_list ap;
+    g_autofree char *what = NULL;
+
+    va_start(ap, fmt);
+    what = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
+                "%s: %s (the catalog is damaged: put back a good copy of "
+                "it, docs/catalog.rst)", where, what);
+    return false;
+}
+
+/* Field @name of @obj, of @type; absent is NULL, unless @required */
+static bool field(json_object *obj, const char *name, json_type type,
+                  bool required, bool nullable, json_object **value,
+                  GError **err, const char *where, const char *whose)
+{
+    json_object *v = NULL;
+    bool present = json_object_object_get_ex(obj, name, &v);
+
+    *value = v;
+    if (!present && !required) {
+        return true;
+    }
+    if (!present) {
+        return damaged(err, where, "%s has no \"%s\"", whose, name);
+    }
+    if (json_object_is_type(v, type) || (nullable && !v) ||
+        (type == json_type_double && json_object_is_type(v, json_type_int))) {
+        return true;
+    }
+    return damaged(err, where, "\"%s\" of %s is %s, not %s%s", name, whose,
+                   json_type_to_name(json_object_get_type(v)),
+                   json_type_to_name(type), nullable ? " or null" : "");
+}
+
+/* An integer field within [@min, @max] */
+static bool int_field(json_object *obj, const char *name, bool required,
+                      int64_t min, int64_t max, GError **err,
+                      const char *where, const char *whose)
+{
+    json_object *v;
+    int64_t n;
+
+    if (!field(obj, name, json_type_int, required, false, &v, err, where,
+               whose)) {
+        return false;
+    }
+    n = v ? json_object_get_int64(v) : min;
+    if (n < min || n > max) {
+        return damaged(err, where, "\"%s\" of %s is %" G_GINT64_FORMAT
+                       ", out of range", name, whose, n);
+    }
+    return true;
+}
+
+/* Optional fields that only say things: right type if there */
+static bool informative_fields(json_object *obj, const char *const *names,
+                               json_type type, GError **err,
+                               const char *where, const char *whose)
+{
+    json_object *v;
+
+    for (; *names; names++) {
+        if (!field(obj, *names, type, false, false, &v, err, where, whose)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * One disk of backup @id.  A parent must be an earlier backup holding
+ * the disk (@earlier, by id), so no chain can loop.
+ */
+static bool check_disk(const S3cCatalog *cat, json_object *d, const char *id,
+                       GHashTable *earlier, GHashTable *names, GError **err,
+                       const char *where)
+{
+    g_autofree char *whose = g_strdup_printf("a disk of backup %s", id);
+    json_object *name, *type, *parent, *image, *v;
+    const char *type_name;
+    g_autofree char *key = NULL;
+    int64_t cluster;
+
+    if (!json_object_is_type(d, json_type_object)) {
+        return damaged(err, where, "%s is not an object", whose);
+    }
+    if (!field(d, "name", json_type_string, true, false, &name, err, where,
+               whose)) {
+        return false;
+    }
+    g_free(whose);
+    whose = g_strdup_printf("disk %s of backup %s",
+                            json_object_get_string(name), id);
+    if (!valid_name(json_object_get_string(name)) ||
+        !g_hash_table_add(names, (char *)json_object_get_string(name))) {
+        return damaged(err, where, "%s is not a valid, unique name", whose);
+    }
+    if (!field(d, "type", json_type_string, true, false, &type, err, where,
+               whose) ||
+        !field(d, "parent", json_type_string, false, true, &parent, err,
+               where, whose) ||
+        !field(d, "image", json_type_string, true, false, &image, err, where,
+               whose) ||
+        !field(d, "checkpoint", json_type_string, false, true, &v, err,
+               where, whose) ||
+        !int_field(d, "virtual-size", true, 1, INT64_MAX / 2, err, where,
+                   whose) ||
+        !int_field(d, "cluster-size", true, MIN_CLUSTER, MAX_CLUSTER, err,
+                   where, whose) ||
+        !int_field(d, "bytes-copied", false, 0, INT64_MAX, err, where,
+                   whose) ||
+        !int_field(d, "bytes-stored", false, 0, INT64_MAX, err, where,
+                   whose) ||
+        !informative_fields(d, (const char *const[]){ "node", "serial",
+                                                      "reason", NULL },
+                            json_type_string, err, where, whose) ||
+        !informative_fields(d, (const char *const[]){ "duration", NULL },
+                            json_type_double, err, where, whose)) {
+        return false;
+    }
+    cluster = s3c_json_int(d, "cluster-size");
+    if (cluster & (cluster - 1)) {
+        return damaged(err, where, "\"cluster-size\" of %s is not a power "
+                       "of two", whose);
+    }
+    type_name = json_object_get_string(type);
+    if (strcmp(type_name, "full") && strcmp(type_name, "incremental")) {
+        return damaged(err, where, "\"type\" of %s is neither full nor "
+                       "incremental", whose);
+    }
+    if (!strcmp(type_name, "full") != !parent) {
+        return damaged(err, where, "%s is %s %s a parent", whose, type_name,
+                       parent ? "with" : "without");
+    }
+    if (parent) {
+        json_object *p = g_hash_table_lookup(earlier,
+                                             json_object_get_string(parent));
+
+        if (!p || !s3c_backup_disk(p, json_object_get_string(name))) {
+            return damaged(err, where, "the parent %s of %s is no earlier "
+                           "backup of that disk",
+                           json_object_get_string(parent), whose);
+        }
+    }
+    key = s3c_catalog_image_key(cat, json_object_get_string(name), id);
+    if (strcmp(json_object_get_string(image), key)) {
+        return damaged(err, where, "the image of %s is not %s", whose, key);
+    }
+    return true;
+}
+
+static bool check_backup(const S3cCatalog *cat, json_object *b, size_t index,
+                         GHashTable *earlier, GError **err, const char *where)
+{
+    g_autofree char *whose = g_strdup_printf("backup #%zu", index + 1);
+    g_autoptr(GHashTable) names = g_hash_table_new(g_str_hash, g_str_equal);
+    g_autoptr(GDateTime) instant = NULL;
+    json_object *id, *at, *disks, *v;
+    size_t n;
+
+    if (!json_object_is_type(b, json_type_object)) {
+        return damaged(err, where, "%s is not an object", whose);
+    }
+    if (!field(b, "id", json_type_string, true, false, &id, err, where,
+               whose)) {
+        return false;
+    }
+    if (!valid_name(json_object_get_string(id)) ||
+        g_hash_table_contains(earlier, json_object_get_string(id))) {
+        return damaged(err, where, "the id of %s is not a valid, unique name",
+                       whose);
+    }
+    g_free(whose);
+    whose = g_strdup_printf("backup %s", json_object_get_string(id));
+    if (!field(b, "time", json_type_string, true, false, &at, err, where,
+               whose) ||
+        !field(b, "disks", json_type_array, true, false, &disks, err, where,
+               whose) ||
+        !field(b, "offline", json_type_boolean, false, false, &v, err, where,
+               whose) ||
+        !int_field(b, "scratch-bytes", false, 0, INT64_MAX, err, where,
+                   whose) ||
+        !informative_fields(b, (const char *const[]){ "completed", "type",
+                                                      "source", NULL },
+                            json_type_string, err, where, whose) ||
+        !informative_fields(b, (const char *const[]){ "duration", NULL },
+                            json_type_double, err, where, whose)) {
+        return false;
+    }
+    instant = parse_time(json_object_get_string(at));
+    if (!instant) {
+        return damaged(err, where, "the time of %s is not an ISO 8601 time",
+                       whose);
+    }
+    n = json_object_array_length(disks);
+    if (!n || n > MAX_DISKS) {
+        return damaged(err, where, "%s has %zu disks", whose, n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!check_disk(cat, json_object_array_get_idx(disks, i),
+                        json_object_get_string(id), earlier, names, err,
+                        where)) {
+            return false;
+        }
+    }
+    g_hash_table_insert(earlier, (char *)json_object_get_string(id), b);
+    return true;
+}
+
+/*
+ * Everything the command reads of a catalog, checked once as it loads,
+ * so that no reader meets a wrong type, a loop or an absurd size
+ */
+static bool check_catalog(const S3cCatalog *cat, const char *where,
+                          GError **err)
+{
+    g_autoptr(GHashTable) earlier = g_hash_table_new(g_str_hash,
+                                                     g_str_equal);
+    json_object *v, *backups;
+    int64_t format;
+    size_t n;
+
+    if (!json_object_is_type(cat->doc, json_type_object)) {
+        return damaged(err, where, "it is not a JSON object");
+    }
+    if (!field(cat->doc, "format", json_type_int, true, false, &v, err,
+               where, "the catalog")) {
+        return false;
+    }
+    format = json_object_get_int64(v);
+    if (format > S3C_CATALOG_FORMAT) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                    "%s is of catalog format %" G_GINT64_FORMAT ", newer "
+                    "than this s3chain reads (%d): use a newer s3chain",
+                    where, format, S3C_CATALOG_FORMAT);
+        return false;
+    }
+    if (format != S3C_CATALOG_FORMAT) {
+        return damaged(err, where, "its format is %" G_GINT64_FORMAT, format);
+    }
+    if (!field(cat->doc, "vm", json_type_string, true, false, &v, err, where,
+               "the catalog")) {
+        return false;
+    }
+    if (strcmp(json_object_get_string(v), cat->vm)) {
+        return damaged(err, where, "it is the catalog of VM %s",
+                       json_object_get_string(v));
+    }
+    if (!field(cat->doc, "backups", json_type_array, true, false, &backups,
+               err, where, "the catalog")) {
+        return false;
+    }
+    n = json_object_array_length(backups);
+    if (n > MAX_BACKUPS) {
+        return damaged(err, where, "it holds %zu backups, more than %d", n,
+                       MAX_BACKUPS);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!check_backup(cat, json_object_array_get_idx(backups, i), i,
+                          earlier, err, where)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 bool s3c_catalog_load(S3cCatalog *cat, const S3cRepo *repo, const char *vm,
                       GError **err)
 {
     g_autofree char *key = NULL;
     g_autoptr(GString) body = NULL;
     g_autoptr(GError) local = NULL;
-    json_object *backups;
+    g_autofree char *where = NULL;
 
     memset(cat, 0, sizeof(*cat));
     if (!valid_name(vm)) {
@@ -65,16 +355,12 @@ bool s3c_catalog_load(S3cCatalog *cat, const S3cRepo *repo, const char *vm,
             "backups", json_object_new_array(), NULL);
         return true;
     }
+    where = g_strdup_printf("s3://%s/%s", repo->bucket, key);
     cat->doc = json_tokener_parse(body->str);
-    if (!cat->doc || s3c_json_int(cat->doc, "format") != S3C_CATALOG_FORMAT ||
-        !json_object_object_get_ex(cat->doc, "backups", &backups) ||
-        !json_object_is_type(backups, json_type_array)) {
-        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
-                    "s3://%s/%s is not an s3chain catalog of format %d",
-                    repo->bucket, key, S3C_CATALOG_FORMAT);
-        return false;
+    if (!cat->doc) {
+        return damaged(err, where, "it is not JSON");
     }
-    return true;
+    return check_catalog(cat, where, err);
 }
 
 bool s3c_catalog_save(S3cCatalog *cat, const S3cRepo *repo, GError **err)
@@ -150,14 +436,6 @@ static json_object *find_backup(const S3cCatalog *cat, const char *id)
     return NULL;
 }
 
-/* An ISO 8601 time; UTC unless it says otherwise */
-static GDateTime *parse_time(const char *text)
-{
-    g_autoptr(GTimeZone) utc = g_time_zone_new_utc();
-
-    return text ? g_date_time_new_from_iso8601(text, utc) : NULL;
-}
-
 json_object *s3c_catalog_pick(const S3cCatalog *cat, const char *which,
                               const char *before, GError **err)
 {
@@ -204,6 +482,7 @@ json_object *s3c_catalog_pick(const S3cCatalog *cat, const char *which,
     return found;
 }
 
+/* A parent is always an earlier backup (check_catalog), so walks end */
 GPtrArray *s3c_catalog_chain(const S3cCatalog *cat, const char *disk,
                              const char *id, GError **err)
 {
@@ -219,12 +498,6 @@ GPtrArray *s3c_catalog_chain(const S3cCatalog *cat, const char *disk,
                         "the chain of disk %s is broken: backup %s names "
                         "parent %s, which the catalog of VM %s does not "
                         "hold for that disk", disk, child, id, cat->vm);
-            return NULL;
-        }
-        if (chain->len > json_object_array_length(
-                s3c_catalog_backups(cat))) {
-            g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
-                        "the chain of disk %s loops at backup %s", disk, id);
             return NULL;
         }
         g_ptr_array_add(chain, d);

@@ -163,6 +163,15 @@ static bool verify_vm(Verify *v, const char *vm, GError **err)
     g_autoptr(GHashTable) wanted = g_hash_table_new(g_str_hash, g_str_equal);
     bool ok = s3c_catalog_load(&cat, &v->repo, vm, err);
 
+    if (!ok && (*err)->code == S3C_EXIT_DAMAGED) {
+        /* a fault like any other, keeping every backup of the VM back */
+        Fault *f = add_fault(v, &cat, NULL, NULL, g_strdup((*err)->message));
+
+        g_ptr_array_add(f->affected, g_strdup("all"));
+        g_clear_error(err);
+        s3c_catalog_clear(&cat);
+        return true;
+    }
     backups = ok ? s3c_catalog_backups(&cat) : NULL;
     if (ok && v->opts->vm && !json_object_array_length(backups)) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_NOT_FOUND,
@@ -229,8 +238,8 @@ static json_object *fault_json(const Fault *f)
     }
     return s3c_json_obj(
         "vm", json_object_new_string(f->vm),
-        "backup", json_object_new_string(f->backup),
-        "disk", json_object_new_string(f->disk),
+        "backup", f->backup ? json_object_new_string(f->backup) : NULL,
+        "disk", f->disk ? json_object_new_string(f->disk) : NULL,
         "object", g_str_has_prefix(f->message, "s3://") && colon ?
             json_object_new_string_len(f->message, colon - f->message)
             : NULL,
@@ -253,8 +262,9 @@ static void report(Verify *v)
             json_object_array_add(faults, fault_json(f));
         } else {
             printf("BROKEN  VM %s, backup %s, disk %s: %s\n"
-                   "        cannot restore: %s\n", f->vm, f->backup,
-                   f->disk, f->message, *affected ? affected : "-");
+                   "        cannot restore: %s\n", f->vm,
+                   f->backup ? f->backup : "-", f->disk ? f->disk : "-",
+                   f->message, *affected ? affected : "-");
         }
     }
     if (v->opts->json) {

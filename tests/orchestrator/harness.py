@@ -89,6 +89,10 @@ class Bucket:
             return None
         return json.loads(body.read())
 
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.name,
+                                      Key=key)['Body'].read()
+
     def put(self, key: str, body: bytes) -> None:
         self.client.put_object(Bucket=self.name, Key=key, Body=body)
 

@@ -1,0 +1,223 @@
+# Hostile catalogs: `list`, `verify` and `restore` against catalogs that
+# other tools, people or bit rot left in the bucket (wrong types, loops,
+# absurd values, a newer format), on the real radosgw with the real
+# binary.  Each must end in its exit code and one line naming the object
+# and the field: never an abort, a crash, a hang or "(null)".
+#
+# Copyright (c) 2026 The s3chain authors
+#
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+from typing import Callable, Dict, List
+
+from harness import S3CHAIN, Bucket, command_env
+
+VM = 'vm1'
+IDS = ['20261130T100000Z-0001', '20261130T110000Z-0002',
+       '20261130T120000Z-0003']
+# no command may take longer than this on a catalog of three backups
+TIMEOUT = 60
+
+
+def good_catalog(prefix: str) -> dict:
+    """A full and two incrementals of one disk, as backup writes them"""
+    backups = []
+    for i, backup_id in enumerate(IDS):
+        backups.append({
+            'id': backup_id,
+            'time': f'2026-11-30T1{i}:00:00.000000Z',
+            'completed': f'2026-11-30T1{i}:00:05Z',
+            'type': 'incremental' if i else 'full',
+            'source': 'qmp',
+            'offline': False,
+            'duration': 5.0,
+            'disks': [{
+                'name': 'vd0',
+                'node': 'disk0',
+                'serial': '',
+                'type': 'incremental' if i else 'full',
+                'reason': 'first backup of this disk',
+                'parent': IDS[i - 1] if i else None,
+                'checkpoint': f's3chain-{backup_id}',
+                'image': f'{prefix}/s3chain/vms/{VM}/disks/vd0/'
+                         f'{backup_id}.qcow2',
+                'virtual-size': 64 << 20,
+                'cluster-size': 65536,
+                'bytes-copied': 1 << 20,
+                'bytes-stored': 1 << 20,
+                'duration': 1.5,
+            }],
+        })
+    return {'format': 1, 'vm': VM, 'backups': backups}
+
+
+def disk(cat: dict, index: int) -> dict:
+    return cat['backups'][index]['disks'][0]
+
+
+def setter(path: Callable[[dict], dict], name: str, value) -> Callable:
+    def mutate(cat: dict) -> None:
+        path(cat)[name] = value
+    return mutate
+
+
+def dropper(path: Callable[[dict], dict], name: str) -> Callable:
+    def mutate(cat: dict) -> None:
+        del path(cat)[name]
+    return mutate
+
+
+def top(cat: dict) -> dict:
+    return cat
+
+
+def backup1(cat: dict) -> dict:
+    return cat['backups'][1]
+
+
+def disk1(cat: dict) -> dict:
+    return disk(cat, 1)
+
+
+def loop(cat: dict) -> None:
+    """The full names its own child as parent: a chain with no end"""
+    disk(cat, 0)['type'] = 'incremental'
+    disk(cat, 0)['parent'] = IDS[2]
+
+
+def duplicate_id(cat: dict) -> None:
+    cat['backups'][2]['id'] = IDS[1]
+
+
+def other_vms_image(cat: dict) -> None:
+    disk(cat, 1)['image'] = disk(cat, 1)['image'].replace(f'/{VM}/', '/vm2/')
+
+
+# name: (how the catalog is spoiled, or its raw body; exit code; words the
+# one line must hold)
+CASES: Dict[str, tuple] = {
+    'not JSON': (b'{"format": 1, "backups": [', 11, ['not JSON']),
+    'an array': (b'[]', 11, ['not a JSON object']),
+    'a newer format': (setter(top, 'format', 2), 1, ['format 2', 'newer']),
+    'format as a string': (setter(top, 'format', '1'), 11, ['"format"']),
+    'no backups': (dropper(top, 'backups'), 11, ['"backups"']),
+    'backups an object': (setter(top, 'backups', {}), 11, ['"backups"']),
+    'another VM\'s': (setter(top, 'vm', 'vm2'), 11, ['vm2']),
+    'a backup a number': (lambda c: c['backups'].append(7), 11,
+                          ['backup #4', 'not an object']),
+    'an id a number': (setter(backup1, 'id', 12), 11, ['"id"']),
+    'an id with a slash': (setter(backup1, 'id', '../x'), 11, ['id']),
+    'a duplicate id': (duplicate_id, 11, ['unique']),
+    'a time that is none': (setter(backup1, 'time', 'yesterday'), 11,
+                            ['time', IDS[1]]),
+    'disks a string': (setter(backup1, 'disks', 'vd0'), 11, ['"disks"']),
+    'no disks': (setter(backup1, 'disks', []), 11, ['0 disks']),
+    'a disk null': (lambda c: c['backups'][1]['disks'].__setitem__(0, None),
+                    11, ['not an object']),
+    'a disk without a name': (dropper(disk1, 'name'), 11, ['"name"']),
+    'a disk name null': (setter(disk1, 'name', None), 11, ['"name"']),
+    'a size as a string': (setter(disk1, 'virtual-size', '64M'), 11,
+                           ['"virtual-size"']),
+    'a negative size': (setter(disk1, 'virtual-size', -1), 11,
+                        ['"virtual-size"', 'out of range']),
+    'a cluster size of 3': (setter(disk1, 'cluster-size', 3), 11,
+                            ['"cluster-size"']),
+    'a huge cluster size': (setter(disk1, 'cluster-size', 1 << 40), 11,
+                            ['"cluster-size"']),
+    'a type of neither': (setter(disk1, 'type', 'differential'), 11,
+                          ['"type"']),
+    'a parent that is not there': (setter(disk1, 'parent', 'nope'), 11,
+                                   ['parent nope']),
+    'a parent that is later': (setter(disk1, 'parent', IDS[2]), 11,
+                               ['parent']),
+    'a parent loop': (loop, 11, ['parent']),
+    'a parent a number': (setter(disk1, 'parent', 5), 11, ['"parent"']),
+    'an incremental without a parent': (setter(disk1, 'parent', None), 11,
+                                        ['without a parent']),
+    'an image of another VM': (other_vms_image, 11, ['image']),
+    'an image a list': (setter(disk1, 'image', ['x']), 11, ['"image"']),
+    'offline a string': (setter(backup1, 'offline', 'no'), 11,
+                         ['"offline"']),
+    'a checkpoint a number': (setter(disk1, 'checkpoint', 1), 11,
+                              ['"checkpoint"']),
+}
+
+
+class TestHostileCatalogs(unittest.TestCase):
+    def setUp(self) -> None:
+        self.bucket = Bucket()
+        self.dir = tempfile.mkdtemp(prefix='s3chain-cat-', dir='/tmp')
+        self.key = f'{self.bucket.prefix}/s3chain/vms/{VM}/catalog.json'
+
+    def tearDown(self) -> None:
+        self.bucket.cleanup()
+        subprocess.run(['rm', '-rf', self.dir], check=True)
+
+    def put(self, spoil) -> bytes:
+        if isinstance(spoil, bytes):
+            body = spoil
+        else:
+            cat = good_catalog(self.bucket.prefix)
+            spoil(cat)
+            body = json.dumps(cat).encode()
+        self.bucket.put(self.key, body)
+        return body
+
+    def run_command(self, args: List[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([S3CHAIN] + args + ['--repo', self.bucket.repo],
+                              env=command_env(self.bucket), text=True,
+                              capture_output=True, timeout=TIMEOUT)
+
+    def commands(self) -> Dict[str, List[str]]:
+        target = os.path.join(self.dir, 'vd0.raw')
+        return {
+            'list': ['list', '--vm', VM],
+            'verify': ['verify', '--vm', VM, '--json'],
+            'restore': ['restore', '--vm', VM, '--target', target],
+        }
+
+    def test_the_good_catalog_lists(self) -> None:
+        """The cases below spoil a catalog that is good"""
+        self.put(lambda cat: None)
+        res = self.run_command(['list', '--vm', VM, '--json'])
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertEqual(len(json.loads(res.stdout)['vms'][0]['backups']), 3)
+
+    def test_hostile_catalogs(self) -> None:
+        for case, (spoil, code, words) in CASES.items():
+            body = self.put(spoil)
+            for command, args in self.commands().items():
+                with self.subTest(case=case, command=command):
+                    res = self.run_command(args)
+                    self.assertEqual(res.returncode, code, res.stderr)
+                    lines = res.stderr.strip().splitlines()
+                    self.assertEqual(len(lines), 1, res.stderr)
+                    self.assertNotIn('(null)', res.stderr + res.stdout)
+                    said = res.stderr
+                    if command == 'verify' and code == 11:
+                        # a fault among the others, named as they are
+                        result = [json.loads(line) for line in
+                                  res.stdout.splitlines()
+                                  if '"result"' in line][0]
+                        fault = result['faults'][0]
+                        self.assertEqual(fault['affected'], ['all'])
+                        self.assertEqual(fault['object'],
+                                         f's3://{self.bucket.name}/'
+                                         f'{self.key}')
+                        said = fault['message']
+                    else:
+                        self.assertIn(self.key, said)
+                    for word in words:
+                        self.assertIn(word, said)
+            # nothing was written: not the catalog, not a target
+            self.assertEqual(self.bucket.get(self.key), body, case)
+            self.assertEqual(os.listdir(self.dir), [], case)
+
+
+if __name__ == '__main__':
+    unittest.main()
