@@ -57,14 +57,16 @@ static const char main_help[] =
 "no temporary disk, and read any backup back.\n"
 "\n"
 "Commands:\n"
-"  backup    back up the disks of a running VM\n"
+"  backup    back up the disks of a VM (running, or a shut-off libvirt\n"
+"            domain)\n"
 "  restore   write a backup's disks onto files or block devices, or run\n"
 "            a VM from it at once while it is copied (--instant)\n"
 "  list      the VMs, disks and backups in a repository\n"
 "  verify    check that backups are whole and intact\n"
 "  serve     export a backup's disk over NBD\n"
 "\n"
-"s3chain COMMAND --help describes each.\n";
+"s3chain COMMAND --help describes each; s3chain --version says which\n"
+"s3chain this is.\n";
 
 static const char backup_help[] =
 "Usage: s3chain backup --vm NAME --qmp SOCKET --repo s3://BUCKET[/PREFIX]\n"
@@ -602,6 +604,10 @@ int main(int argc, char **argv)
     const Command *cmd = NULL;
     int ret;
 
+    if (argc == 2 && !strcmp(argv[1], "--version")) {
+        printf("s3chain %s\n", S3CHAIN_VERSION);
+        return S3C_EXIT_OK;
+    }
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         fputs(main_help, argc < 2 ? stderr : stdout);
         return argc < 2 ? S3C_EXIT_USAGE : S3C_EXIT_OK;

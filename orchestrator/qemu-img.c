@@ -158,6 +158,7 @@ bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
     g_autoptr(GString) out = g_string_new(NULL);
     g_autoptr(GString) errors = g_string_new(NULL);
     g_autoptr(GError) spawn_err = NULL;
+    g_auto(GStrv) envp = s3c_child_environ();
     int source_fds[2] = { -1, -1 };
     const int target_fds[2] = { 3, 4 };
     int nfds = 0, out_fd = -1, err_fd = -1, status = 0;
@@ -190,7 +191,8 @@ bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
     g_ptr_array_add(argv, NULL);
 
     if (!g_spawn_async_with_pipes_and_fds(
-            NULL, (const char *const *)argv->pdata, NULL,
+            NULL, (const char *const *)argv->pdata,
+            (const char *const *)envp,
             G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, NULL, NULL,
             -1, -1, -1, source_fds, target_fds, nfds, &pid, NULL, &out_fd,
             &err_fd, &spawn_err)) {

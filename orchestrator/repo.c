@@ -140,6 +140,14 @@ bool s3c_repo_init(S3cRepo *repo, const S3cRepoOptions *opts, GError **err)
     return load_credentials(repo, opts, err);
 }
 
+char **s3c_child_environ(void)
+{
+    char **envp = g_get_environ();
+
+    envp = g_environ_unsetenv(envp, "AWS_SECRET_ACCESS_KEY");
+    return g_environ_unsetenv(envp, "AWS_SESSION_TOKEN");
+}
+
 void s3c_repo_clear(S3cRepo *repo)
 {
     g_free(repo->endpoint);

@@ -49,8 +49,15 @@ static bool add_target(S3cRestorePlan *r, const char *spec, GError **err)
     g_autofree char *name = eq && (!slash || eq < slash)
                             ? g_strndup(spec, eq - spec) : NULL;
     S3cRestoreDisk *rd;
-    json_object *d = s3c_point_disk(&r->point, name, err);
+    json_object *d;
 
+    if (!*(name ? eq + 1 : spec)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "--target %s names no file or device: give "
+                    "DISK=PATH", spec);
+        return false;
+    }
+    d = s3c_point_disk(&r->point, name, err);
     if (!d) {
         return false;
     }

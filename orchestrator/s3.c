@@ -177,6 +177,17 @@ static long request(const S3cRepo *repo, const S3Request *req,
     for (int attempt = 1;; attempt++) {
         bool done = perform(repo, req, &resp);
 
+        if (done && (resp.status == 501 || resp.status == 505)) {
+            /* what the server can't do, it won't do on a second try */
+            code = error_code(body);
+            g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                        "%s s3://%s/%s: %s does not support this request "
+                        "(HTTP %ld %s)%s", req->method, repo->bucket, what,
+                        repo->endpoint, resp.status, code,
+                        req->create_only ? "; s3chain's lock needs "
+                        "conditional writes (If-None-Match)" : "");
+            return 0;
+        }
         if (done && resp.status < 500) {
             break;
         }
@@ -312,6 +323,7 @@ typedef struct ListPage {
     GPtrArray *objects;
     GPtrArray *prefixes;
     S3cObject *object;          /* inside <Contents> */
+    bool is_listing;            /* the root is <ListBucketResult> */
     bool in_prefixes;
     bool truncated;
     char *next_token;
@@ -323,7 +335,9 @@ static void list_start(GMarkupParseContext *ctx, const char *name,
 {
     ListPage *page = opaque;
 
-    if (!strcmp(name, "Contents")) {
+    if (!g_markup_parse_context_get_element_stack(ctx)->next) {
+        page->is_listing = !strcmp(name, "ListBucketResult");
+    } else if (!strcmp(name, "Contents")) {
         page->object = g_new0(S3cObject, 1);
     } else if (!strcmp(name, "CommonPrefixes")) {
         page->in_prefixes = true;
@@ -412,6 +426,7 @@ bool s3c_s3_list(const S3cRepo *repo, const char *prefix, bool delimited,
             break;
         }
         page.truncated = false;
+        page.is_listing = false;
         g_clear_pointer(&page.next_token, g_free);
         ctx = g_markup_parse_context_new(&parser, 0, &page, NULL);
         if (!g_markup_parse_context_parse(ctx, out->str, out->len, NULL) ||
@@ -420,6 +435,15 @@ bool s3c_s3_list(const S3cRepo *repo, const char *prefix, bool delimited,
                         "listing s3://%s/%s: %s sent no valid XML",
                         repo->bucket, prefix, repo->endpoint);
             g_clear_pointer(&page.object, s3c_object_free);
+            ok = false;
+            break;
+        }
+        if (!page.is_listing) {
+            /* a web server's page is no empty repository */
+            g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                        "listing s3://%s/%s: %s answered with no S3 "
+                        "ListBucketResult; is it an S3 endpoint?",
+                        repo->bucket, prefix, repo->endpoint);
             ok = false;
             break;
         }

@@ -68,6 +68,11 @@ typedef struct S3cRepoOptions {
 bool s3c_repo_init(S3cRepo *repo, const S3cRepoOptions *opts, GError **err);
 void s3c_repo_clear(S3cRepo *repo);
 /*
+ * The environment for a process the command starts: its own, without the
+ * secret credentials, which a child gets as QEMU secret objects if at all
+ */
+char **s3c_child_environ(void);
+/*
  * The options of an s3chain node for image @key, its secret access key
  * (and session token, when there is one) in QEMU secret objects
  */

@@ -60,7 +60,7 @@ static bool start_sidecar(S3cSidecar *sc, GError **err)
     g_autofree char *program = sidecar_program();
     g_autofree char *log_path = g_build_filename(sc->runtime_dir,
                                                  SIDECAR_LOG, NULL);
-    g_auto(GStrv) envp = g_get_environ();
+    g_auto(GStrv) envp = s3c_child_environ();
     char *argv[] = { program, NULL };
     g_autoptr(GError) spawn_err = NULL;
     int64_t deadline = g_get_monotonic_time() +
@@ -71,9 +71,6 @@ static bool start_sidecar(S3cSidecar *sc, GError **err)
     envp = g_environ_setenv(envp, "S3CHAIN_RUNTIME_DIR", sc->runtime_dir,
                             true);
     envp = g_environ_setenv(envp, "S3CHAIN_SIDECAR_QMP", qmp_path, true);
-    /* the sidecar needs no credentials in its environment */
-    envp = g_environ_unsetenv(envp, "AWS_SECRET_ACCESS_KEY");
-    envp = g_environ_unsetenv(envp, "AWS_SESSION_TOKEN");
     unlink(qmp_path);
     /* its output is not ours: stdout carries the command's JSON lines */
     log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);

@@ -69,7 +69,8 @@ command_tests() {
         S3CHAIN_TEST_ENV=$env_file S3CHAIN_BUILD=$BUILD \
         S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
             "$QEMU_BUILD/pyvenv/bin/python3" -W ignore::ResourceWarning \
-            -m unittest -v test_backup test_restore test_catalog test_libvirt
+            -m unittest -v test_backup test_restore test_catalog \
+            test_endpoints test_libvirt
     )
 }
 

@@ -182,6 +182,28 @@ class TestRestore(RestoreTestCase):
                                      f'{disk} at {point}')
                 os.remove(path)
 
+    def test_children_get_no_credentials(self) -> None:
+        """qemu-img gets the key as a secret object, not in its
+        environment"""
+        envs = os.path.join(self.dir, 'envs')
+        wrapper = os.path.join(self.dir, 'qemu-img')
+        with open(wrapper, 'w') as f:
+            f.write(f'#!/bin/sh\nenv >> {envs}\nexec {QEMU_IMG} "$@"\n')
+        os.chmod(wrapper, 0o755)
+        target = os.path.join(self.dir, 'vd0.raw')
+        run = self.s3chain('restore', '--target', f'vd0={target}',
+                           env=dict(self.chain.env, S3CHAIN_QEMU_IMG=wrapper))
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        with open(target, 'rb') as f:
+            self.assertBytes(f.read(), self.chain.expected[
+                self.chain.points[-1]]['vd0'], 'vd0 at the last point')
+        with open(envs) as f:
+            seen = f.read()
+        self.assertIn('S3CHAIN_QEMU_IMG=', seen)
+        self.assertNotIn('AWS_SECRET_ACCESS_KEY', seen)
+        self.assertNotIn(self.chain.env['AWS_SECRET_ACCESS_KEY'], seen)
+
     def test_every_point_to_qcow2(self) -> None:
         for point in self.chain.points:
             for disk in DISKS:
@@ -753,6 +775,15 @@ class TestBadInput(RestoreTestCase):
         self.refused('restore', ['--backup', '20200101T000000Z-0000',
                                  self.target()], 4,
                      words=('20200101T000000Z-0000',))
+
+    def test_version(self) -> None:
+        res = subprocess.run([S3CHAIN, '--version'], capture_output=True,
+                             text=True, check=True)
+        self.assertRegex(res.stdout, r'^s3chain \d+\.\d+\.\d+\n$')
+
+    def test_target_without_a_path(self) -> None:
+        self.refused('restore', ['--target=vd0='], 2,
+                     words=('vd0=', 'DISK=PATH'))
 
     def test_unknown_disk(self) -> None:
         self.refused('restore', [self.target('vdx')], 4,
