@@ -277,7 +277,7 @@ static int report(GError *err)
 {
     int code = err->domain == S3C_ERROR ? err->code : S3C_EXIT_INTERNAL;
 
-    fprintf(stderr, "s3chain: %s\n", err->message);
+    g_printerr("s3chain: %s\n", err->message);
     if (json_wanted) {
         s3c_output_result(s3c_json_obj(
             "event", json_object_new_string("error"),

@@ -14,17 +14,35 @@
 
 static S3cOutputMode output_mode;
 static int64_t last_progress;
+static int64_t first_progress;  /* when the bar began, for its rate */
+static bool bar_open;           /* the bar is stderr's unfinished line */
+static uint64_t last_done;      /* what the bar showed last */
+
+/* What comes after the bar starts a line of its own */
+static void end_bar_line(void)
+{
+    if (bar_open) {
+        fputc('\n', stderr);
+        bar_open = false;
+    }
+}
+
+/* g_printerr's warnings and errors, after the bar */
+static void print_after_bar(const char *text)
+{
+    end_bar_line();
+    fputs(text, stderr);
+}
 
 void s3c_output_init(S3cOutputMode mode)
 {
     output_mode = mode;
+    g_set_printerr_handler(print_after_bar);
 }
 
 void s3c_output_result(json_object *obj)
 {
-    if (output_mode == S3C_OUTPUT_BAR) {
-        fputc('\n', stderr);
-    }
+    end_bar_line();
     printf("%s\n", json_object_to_json_string_ext(
                obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
     fflush(stdout);
@@ -44,6 +62,9 @@ void s3c_output_progress(uint64_t done, uint64_t total)
     int64_t now = g_get_monotonic_time();
     bool final = done == total;
 
+    if (!first_progress) {
+        first_progress = now;
+    }
     if (!final && now - last_progress < PROGRESS_INTERVAL_US) {
         return;
     }
@@ -58,11 +79,29 @@ void s3c_output_progress(uint64_t done, uint64_t total)
         int filled = total ? (int)(width * done / total) : width;
         g_autofree char *bar = g_strnfill(filled, '#');
         g_autofree char *rest = g_strnfill(width - filled, '.');
+        double seconds = (now - first_progress) / 1e6;
+        double rate = seconds > 0 ? done / seconds : 0;
+        int64_t left = rate > 0 ? (int64_t)((total - done) / rate) : -1;
+        int64_t took = (int64_t)seconds;
+        g_autofree char *when =
+            final ? g_strdup_printf("in %" G_GINT64_FORMAT ":%02d",
+                                    took / 60, (int)(took % 60))
+            : left < 0 ? g_strdup("--:-- left")
+            : g_strdup_printf("%" G_GINT64_FORMAT ":%02d left", left / 60,
+                              (int)(left % 60));
 
+        if (final && !bar_open && last_done == total) {
+            return;             /* told already */
+        }
         fprintf(stderr, "\r[%s%s] %3d%% %" G_GUINT64_FORMAT "/%"
-                G_GUINT64_FORMAT " MiB", bar, rest,
+                G_GUINT64_FORMAT " MiB  %.1f MiB/s  %s  ", bar, rest,
                 total ? (int)(100 * done / total) : 100, done >> 20,
-                total >> 20);
+                total >> 20, rate / (1024 * 1024), when);
+        bar_open = true;
+        last_done = done;
+        if (final) {
+            end_bar_line();
+        }
         fflush(stderr);
     }
 }
@@ -74,6 +113,7 @@ void s3c_output_info(const char *fmt, ...)
     if (output_mode != S3C_OUTPUT_BAR) {
         return;
     }
+    end_bar_line();
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);

@@ -204,6 +204,23 @@ class TestRestore(RestoreTestCase):
         self.assertNotIn('AWS_SECRET_ACCESS_KEY', seen)
         self.assertNotIn(self.chain.env['AWS_SECRET_ACCESS_KEY'], seen)
 
+    def test_progress_bar(self) -> None:
+        """For people: rate, time left, and a line of its own"""
+        target = os.path.join(self.dir, 'vd0.raw')
+        run = Run(['restore', '--vm', 'vm1', '--repo', self.chain.bucket.repo,
+                   '--progress', 'bar', '--target', f'vd0={target}'],
+                  self.chain.env)
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        # (text mode reads the bar's carriage returns as line ends)
+        lines = err.splitlines()
+        bars = [line for line in lines if line.startswith('[')]
+        self.assertTrue(bars, err)
+        self.assertRegex(bars[-1], r'^\[#{40}\] 100% 128/128 MiB  [\d.]+ '
+                         r'MiB/s  in \d+:\d\d  $')
+        self.assertIn(f'backup {self.chain.points[-1]} of VM vm1 restored',
+                      lines)
+
     def test_every_point_to_qcow2(self) -> None:
         for point in self.chain.points:
             for disk in DISKS:
