@@ -175,6 +175,9 @@ static const char *hint_for(long status, const char *code)
         return "check the bucket and key";
     case 412:
         return "a precondition failed: the object changed, or exists";
+    case 501:
+    case 505:
+        return "the server does not implement this request";
     default:
         return "see the server's logs";
     }
@@ -192,6 +195,9 @@ static int errno_for_status(long status)
         return -ESTALE;
     case 416:
         return -EINVAL;
+    case 501:
+    case 505:
+        return -ENOTSUP;
     default:
         return -EIO;
     }
@@ -243,7 +249,10 @@ static bool classify_locked(S3chainRequest *req, CURLcode result)
         "HTTP %ld%s%s: %s", req->status,
         req->error_code ? " " : "", req->error_code ? req->error_code : "",
         hint_for(req->status, req->error_code));
-    return req->status >= 500 || req->status == 429 || req->status == 408;
+    /* what the server does not implement, it won't on a second try */
+    return (req->status >= 500 && req->status != 501 &&
+            req->status != 505) ||
+           req->status == 429 || req->status == 408;
 }
 
 static size_t write_cb(char *data, size_t size, size_t nmemb, void *opaque)

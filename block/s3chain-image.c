@@ -1353,6 +1353,18 @@ int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
     int ret;
 
     ret = put_manifest(conn, key, manifest, true, &req);
+    if (req.status == 501) {
+        /* no conditional PUT (OpenStack Swift's s3api): look, then put */
+        s3chain_request_cleanup(&req);
+        req = (S3chainRequest) { .method = "HEAD", .key = key };
+        ret = s3chain_co_request(conn, &req);
+        if (req.status == 404) {
+            s3chain_request_cleanup(&req);
+            ret = put_manifest(conn, key, manifest, false, &req);
+        } else if (ret == 0) {
+            req.status = 412;
+        }
+    }
     if (req.status == 412) {
         error_setg(errp, "s3chain: s3://%s/%s already exists; s3chain never "
                    "overwrites an image: delete it first, or choose another "

@@ -10,14 +10,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BITMAP_PREFIX "s3chain-"
 #define DEFAULT_GRANULARITY (64 * 1024)
 
 typedef struct Backup {
     S3cBackupRun run;
     S3cRepo repo;
     S3cCatalog cat;
-    bool locked;
+    S3cLease *lease;            /* held from prepare() to the end */
     S3cSource *source;
     S3cSidecar sidecar;
     bool sidecar_open;
@@ -54,16 +53,7 @@ static void decide(Backup *b, S3cDiskBackup *d)
     json_object *last = s3c_catalog_last_disk(&b->cat, d->disk->name,
                                               &last_backup);
     const char *last_id = last ? s3c_json_str(last_backup, "id") : NULL;
-    json_object *named = NULL;
-    bool has_named = last && json_object_object_get_ex(last, "checkpoint",
-                                                       &named);
-    /*
-     * The checkpoint the catalog names for the disk; catalogs older than
-     * the field named it after the backup
-     */
-    g_autofree char *old = has_named ? g_strdup(json_object_get_string(named))
-                           : last ? g_strconcat(BITMAP_PREFIX, last_id, NULL)
-                                  : NULL;
+    g_autofree char *old = s3c_catalog_checkpoint(&b->cat, d->disk->name);
     const S3cBitmap *bitmap = old ? s3c_disk_bitmap(d->disk, old) : NULL;
     const char *serial = last ? s3c_json_str(last, "serial") : NULL;
     int length;
@@ -111,7 +101,8 @@ static void decide(Backup *b, S3cDiskBackup *d)
     }
     if (!bitmap) {
         d->reason = g_strdup_printf("bitmap %s of the last checkpoint is "
-                                    "missing on node %s", old, d->disk->node);
+                                    "missing on node %s", old,
+                                    d->disk->format_node);
         return;
     }
     if (bitmap->broken) {
@@ -141,7 +132,7 @@ static bool select_disks(Backup *b, GError **err)
 {
     char *const *names = b->run.opts->disks;
 
-    b->run.all_disks = b->source->ops->disks(b->source, err);
+    b->run.all_disks = b->source->ops->disks(b->source, &b->run, err);
     if (!b->run.all_disks) {
         return false;
     }
@@ -363,11 +354,10 @@ static bool prepare(Backup *b, GError **err)
      * Before the source looks at the VM: a VM's QMP socket serves one
      * client, and libvirt runs one backup job per domain
      */
-    if (!s3c_lock_acquire(&b->repo, &b->cat, opts->lock_stale_after,
-                          opts->break_lock, err)) {
+    b->lease = s3c_lease_acquire(&b->repo, &b->cat, &opts->lock, err);
+    if (!b->lease) {
         return false;
     }
-    b->locked = true;
     if (!select_disks(b, err)) {
         return false;
     }
@@ -420,6 +410,10 @@ static bool finish(Backup *b, GError **err)
                     "interrupted by a signal; the backup was cancelled");
         return false;
     }
+    /* a command that may have lost the VM to another commits nothing */
+    if (!s3c_lease_check(b->lease, err)) {
+        return false;
+    }
     entry = catalog_entry(b);
     s3c_catalog_append(&b->cat, json_object_get(entry));
     if (!s3c_catalog_save(&b->cat, &b->repo, err)) {
@@ -442,10 +436,11 @@ int s3c_backup(const S3cBackupOptions *opts, GError **err)
     g_autofree char *stamp = utc_now("%Y%m%dT%H%M%SZ");
     g_autofree char *id = g_strdup_printf("%s-%04x", stamp,
                                           g_random_int_range(0, 0x10000));
-    g_autofree char *checkpoint = g_strconcat(BITMAP_PREFIX, id, NULL);
+    g_autofree char *checkpoint = g_strconcat(S3C_CHECKPOINT_PREFIX, id, NULL);
     bool ok;
 
     b.run.id = id;
+    b.run.catalog = &b.cat;
     b.run.checkpoint = checkpoint;
     b.run.sidecar = &b.sidecar;
     /* a source that can't be reached is told before anything is locked */
@@ -462,8 +457,8 @@ int s3c_backup(const S3cBackupOptions *opts, GError **err)
     if (b.sidecar_open) {
         s3c_sidecar_close(&b.sidecar);
     }
-    if (b.locked) {
-        s3c_lock_release(&b.repo, &b.cat);
+    if (b.lease) {
+        s3c_lease_release(b.lease);
     }
     if (b.source) {
         b.source->ops->free(b.source);

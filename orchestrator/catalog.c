@@ -19,11 +19,6 @@ static char *catalog_key(const S3cCatalog *cat)
     return g_strconcat(cat->dir, "catalog.json", NULL);
 }
 
-static char *lock_key(const S3cCatalog *cat)
-{
-    return g_strconcat(cat->dir, "lock", NULL);
-}
-
 static bool valid_name(const char *name)
 {
     if (!*name || strlen(name) > 128 || name[0] == '.') {
@@ -333,6 +328,7 @@ bool s3c_catalog_load(S3cCatalog *cat, const S3cRepo *repo, const char *vm,
     g_autoptr(GString) body = NULL;
     g_autoptr(GError) local = NULL;
     g_autofree char *where = NULL;
+    g_auto(S3cStamp) stamp = S3C_STAMP_INIT;
 
     memset(cat, 0, sizeof(*cat));
     if (!valid_name(vm)) {
@@ -344,7 +340,7 @@ bool s3c_catalog_load(S3cCatalog *cat, const S3cRepo *repo, const char *vm,
     cat->vm = g_strdup(vm);
     cat->dir = g_strdup_printf("%ss3chain/vms/%s/", repo->prefix, vm);
     key = catalog_key(cat);
-    if (!s3c_s3_get(repo, key, &body, &local)) {
+    if (!s3c_s3_get_stamped(repo, key, &body, &stamp, &local)) {
         if (local) {
             g_propagate_error(err, g_steal_pointer(&local));
             return false;
@@ -356,6 +352,7 @@ bool s3c_catalog_load(S3cCatalog *cat, const S3cRepo *repo, const char *vm,
         return true;
     }
     where = g_strdup_printf("s3://%s/%s", repo->bucket, key);
+    cat->etag = g_steal_pointer(&stamp.etag);
     cat->doc = json_tokener_parse(body->str);
     if (!cat->doc) {
         return damaged(err, where, "it is not JSON");
@@ -368,14 +365,34 @@ bool s3c_catalog_save(S3cCatalog *cat, const S3cRepo *repo, GError **err)
     g_autofree char *key = catalog_key(cat);
     const char *text = json_object_to_json_string_ext(
         cat->doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED);
+    g_auto(S3cStamp) stamp = S3C_STAMP_INIT;
 
-    return s3c_s3_put(repo, key, text, strlen(text), false, err);
+    /* the version read, or none: the lock's lease is not all we trust */
+    switch (s3c_s3_put_if(repo, key, text, strlen(text),
+                          cat->etag ? cat->etag : "*", &stamp, err)) {
+    case S3C_PUT_DONE:
+        g_free(cat->etag);
+        cat->etag = g_steal_pointer(&stamp.etag);
+        return true;
+    case S3C_PUT_PRECONDITION_FAILED:
+        g_set_error(err, S3C_ERROR, S3C_EXIT_LOCKED,
+                    "s3://%s/%s changed since this command read it: "
+                    "another command wrote it meanwhile; nothing was "
+                    "committed, run again", repo->bucket, key);
+        return false;
+    case S3C_PUT_UNCONDITIONAL_ONLY:
+        /* the lock alone keeps writers apart on such a server */
+        return s3c_s3_put(repo, key, text, strlen(text), err);
+    default:
+        return false;
+    }
 }
 
 void s3c_catalog_clear(S3cCatalog *cat)
 {
     g_free(cat->vm);
     g_free(cat->dir);
+    g_free(cat->etag);
     json_object_put(cat->doc);
     memset(cat, 0, sizeof(*cat));
 }
@@ -405,7 +422,7 @@ json_object *s3c_backup_disk(json_object *backup, const char *disk)
     return NULL;
 }
 
-json_object *s3c_catalog_last_disk(S3cCatalog *cat, const char *disk,
+json_object *s3c_catalog_last_disk(const S3cCatalog *cat, const char *disk,
                                    json_object **backup)
 {
     json_object *backups = s3c_catalog_backups(cat);
@@ -422,7 +439,24 @@ json_object *s3c_catalog_last_disk(S3cCatalog *cat, const char *disk,
     return NULL;
 }
 
-static json_object *find_backup(const S3cCatalog *cat, const char *id)
+char *s3c_catalog_checkpoint(const S3cCatalog *cat, const char *disk)
+{
+    json_object *backup = NULL;
+    json_object *last = s3c_catalog_last_disk(cat, disk, &backup);
+    json_object *named;
+
+    if (!last) {
+        return NULL;
+    }
+    /* catalogs older than the field named it after the backup */
+    if (!json_object_object_get_ex(last, "checkpoint", &named)) {
+        return g_strconcat(S3C_CHECKPOINT_PREFIX, s3c_json_str(backup, "id"),
+                           NULL);
+    }
+    return g_strdup(json_object_get_string(named));
+}
+
+json_object *s3c_catalog_find(const S3cCatalog *cat, const char *id)
 {
     json_object *backups = s3c_catalog_backups(cat);
 
@@ -451,7 +485,7 @@ json_object *s3c_catalog_pick(const S3cCatalog *cat, const char *which,
         return NULL;
     }
     if (!before) {
-        found = strcmp(which, "latest") ? find_backup(cat, which)
+        found = strcmp(which, "latest") ? s3c_catalog_find(cat, which)
                 : json_object_array_get_idx(backups, n - 1);
         if (!found) {
             g_set_error(err, S3C_ERROR, S3C_EXIT_NOT_FOUND,
@@ -490,7 +524,7 @@ GPtrArray *s3c_catalog_chain(const S3cCatalog *cat, const char *disk,
     const char *child = NULL;
 
     while (id) {
-        json_object *b = find_backup(cat, id);
+        json_object *b = s3c_catalog_find(cat, id);
         json_object *d = b ? s3c_backup_disk(b, disk) : NULL;
 
         if (!d) {
@@ -512,9 +546,9 @@ int s3c_catalog_chain_length(const S3cCatalog *cat, const char *disk,
 {
     int length = 0;
 
-    for (json_object *b = find_backup(cat, id), *d;
+    for (json_object *b = s3c_catalog_find(cat, id), *d;
          b && (d = s3c_backup_disk(b, disk));
-         b = find_backup(cat, s3c_json_str(d, "parent"))) {
+         b = s3c_catalog_find(cat, s3c_json_str(d, "parent"))) {
         length++;
     }
     return length;
@@ -536,84 +570,4 @@ char *s3c_catalog_image_key(const S3cCatalog *cat, const char *disk,
     g_autofree char *name = s3c_catalog_image_name(id);
 
     return g_strdup_printf("%sdisks/%s/%s", cat->dir, disk, name);
-}
-
-/* A lock's holder that is gone for sure: a process of this host that died */
-static bool holder_is_dead(json_object *lock)
-{
-    const char *host = s3c_json_str(lock, "host");
-    int64_t pid = s3c_json_int(lock, "pid");
-
-    return host && !strcmp(host, g_get_host_name()) && pid > 0 &&
-           kill(pid, 0) < 0 && errno == ESRCH;
-}
-
-static bool lock_is_too_old(json_object *lock, int64_t stale_after)
-{
-    return time(NULL) - s3c_json_int(lock, "since") > stale_after;
-}
-
-bool s3c_lock_acquire(const S3cRepo *repo, const S3cCatalog *cat,
-                      int64_t stale_after, bool break_stale, GError **err)
-{
-    g_autofree char *key = lock_key(cat);
-    json_object *me = s3c_json_obj(
-        "host", json_object_new_string(g_get_host_name()),
-        "pid", json_object_new_int64(getpid()),
-        "since", json_object_new_int64(time(NULL)), NULL);
-    const char *text = json_object_to_json_string(me);
-    g_autoptr(GString) held = NULL;
-    json_object *holder = NULL;
-    bool ok = false;
-
-    for (int attempt = 0; attempt < 2 && !ok; attempt++) {
-        g_autoptr(GError) local = NULL;
-
-        if (s3c_s3_put(repo, key, text, strlen(text), true, &local)) {
-            ok = true;
-            break;
-        }
-        if (local->code != S3C_EXIT_LOCKED) {
-            g_propagate_error(err, g_steal_pointer(&local));
-            break;
-        }
-        g_clear_error(&local);
-        if (held) {
-            g_string_free(held, true);
-        }
-        json_object_put(holder);
-        holder = NULL;
-        if (!s3c_s3_get(repo, key, &held, &local) && local) {
-            g_propagate_error(err, g_steal_pointer(&local));
-            break;
-        }
-        holder = held ? json_tokener_parse(held->str) : NULL;
-        if (held && !(holder && (holder_is_dead(holder) ||
-                                 (break_stale &&
-                                  lock_is_too_old(holder, stale_after))))) {
-            g_set_error(err, S3C_ERROR, S3C_EXIT_LOCKED,
-                        "VM %s is locked by another s3chain command (%s); "
-                        "wait for it, or if it is gone and the lock older "
-                        "than --lock-stale, run again with --break-stale-lock",
-                        cat->vm, held->str);
-            break;
-        }
-        if (held && !s3c_s3_delete(repo, key, err)) {
-            break;
-        }
-    }
-    json_object_put(holder);
-    json_object_put(me);
-    return ok;
-}
-
-void s3c_lock_release(const S3cRepo *repo, const S3cCatalog *cat)
-{
-    g_autofree char *key = lock_key(cat);
-    g_autoptr(GError) local = NULL;
-
-    if (!s3c_s3_delete(repo, key, &local)) {
-        g_printerr("s3chain: warning: could not remove the lock s3://%s/%s: "
-                   "%s\n", repo->bucket, key, local->message);
-    }
 }

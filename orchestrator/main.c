@@ -18,6 +18,7 @@
 #define DEFAULT_CBW_TIMEOUT 10
 #define DEFAULT_BUFFER_SIZE (64 * 1024 * 1024)
 #define DEFAULT_LOCK_STALE (24 * 3600)
+#define DEFAULT_LEASE 60
 #define DEFAULT_VM_WAIT 600
 #define DEFAULT_RUNTIME_DIR "/run/s3chain"
 
@@ -99,8 +100,10 @@ static const char backup_help[] =
 "  --cbw-timeout SEC     longest a guest write waits for the backup (10);\n"
 "                        past it the backup fails, never the write\n"
 "  --buffer-size BYTES   the sidecar's write-back buffer per disk (64M)\n"
-"  --lock-stale SEC      a lock older than this is stale (86400)\n"
-"  --break-stale-lock    break a stale lock instead of failing\n"
+"  --lease SEC           the VM's lock holds this long unrenewed (60); a\n"
+"                        lock whose lease ran out is taken over\n"
+"  --lock-stale SEC      with --break-stale-lock: break a lock without a\n"
+"  --break-stale-lock    lease (of s3chain 0.2) older than SEC (86400)\n"
 "\n";
 
 static const char restore_help[] =
@@ -197,8 +200,8 @@ enum {
     OPT_CREDENTIALS, OPT_PROFILE, OPT_CAFILE, OPT_NO_VERIFY_TLS,
     OPT_SIDECAR_QMP, OPT_RUNTIME_DIR, OPT_GUEST_AGENT, OPT_DISK, OPT_FULL,
     OPT_CHAIN_LIMIT, OPT_CBW_TIMEOUT, OPT_BUFFER_SIZE, OPT_LOCK_STALE,
-    OPT_BREAK_LOCK, OPT_PROGRESS, OPT_JSON, OPT_BACKUP, OPT_BEFORE,
-    OPT_TARGET, OPT_FORMAT, OPT_FORCE, OPT_INSTANT, OPT_VM_WAIT,
+    OPT_LEASE, OPT_BREAK_LOCK, OPT_PROGRESS, OPT_JSON, OPT_BACKUP,
+    OPT_BEFORE, OPT_TARGET, OPT_FORMAT, OPT_FORCE, OPT_INSTANT, OPT_VM_WAIT,
     OPT_COPY_SPEED, OPT_DEEP, OPT_LISTEN, OPT_WRITABLE, OPT_OVERLAY,
     OPT_LIBVIRT, OPT_CONNECT, OPT_SCRATCH_DIR,
 };
@@ -236,6 +239,7 @@ static const OptionSpec option_specs[] = {
     ARG("cbw-timeout", OPT_CBW_TIMEOUT, CMD_BACKUP),
     ARG("buffer-size", OPT_BUFFER_SIZE, CMD_BACKUP),
     ARG("lock-stale", OPT_LOCK_STALE, CMD_BACKUP),
+    ARG("lease", OPT_LEASE, CMD_BACKUP),
     FLAG("break-stale-lock", OPT_BREAK_LOCK, CMD_BACKUP),
     ARG("backup", OPT_BACKUP, CMD_RESTORE | CMD_VERIFY | CMD_SERVE),
     ARG("before", OPT_BEFORE, CMD_RESTORE | CMD_SERVE),
@@ -259,7 +263,7 @@ typedef struct Args {
     const char *libvirt, *connect, *scratch_dir;
     GPtrArray *disks, *targets;
     bool full, break_lock, json, force, instant, deep, writable;
-    int64_t chain_limit, cbw_timeout, buffer_size, lock_stale, vm_wait;
+    int64_t chain_limit, cbw_timeout, buffer_size, lock_stale, lease, vm_wait;
     int64_t copy_speed;
 } Args;
 
@@ -343,8 +347,9 @@ static bool run_backup(Args *a, GError **err)
         .sidecar_qmp = a->sidecar_qmp, .runtime_dir = a->runtime_dir,
         .guest_agent = a->guest_agent, .full = a->full,
         .chain_limit = a->chain_limit, .cbw_timeout = a->cbw_timeout,
-        .buffer_size = a->buffer_size, .lock_stale_after = a->lock_stale,
-        .break_lock = a->break_lock, .json = a->json,
+        .buffer_size = a->buffer_size,
+        .lock = { .lease_s = a->lease, .stale_after = a->lock_stale,
+                  .break_stale = a->break_lock }, .json = a->json,
         .libvirt_domain = a->libvirt, .libvirt_uri = a->connect,
         .scratch_dir = a->scratch_dir,
     };
@@ -531,6 +536,8 @@ static bool parse_option(Args *a, int id, const char *name, GError **err)
     case OPT_LOCK_STALE:
         return parse_number(name, optarg, 60, G_MAXINT32, &a->lock_stale,
                             err);
+    case OPT_LEASE:
+        return parse_number(name, optarg, 4, 86400, &a->lease, err);
     case OPT_VM_WAIT:
         return parse_number(name, optarg, 1, 86400, &a->vm_wait, err);
     case OPT_COPY_SPEED:
@@ -550,6 +557,7 @@ static int run_command(const Command *cmd, int argc, char **argv)
         .cbw_timeout = DEFAULT_CBW_TIMEOUT,
         .buffer_size = DEFAULT_BUFFER_SIZE,
         .lock_stale = DEFAULT_LOCK_STALE,
+        .lease = DEFAULT_LEASE,
         .vm_wait = DEFAULT_VM_WAIT,
         .runtime_dir = DEFAULT_RUNTIME_DIR,
         .disks = g_ptr_array_new(),

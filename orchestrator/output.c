@@ -57,6 +57,29 @@ void s3c_output_event(json_object *obj)
     json_object_put(obj);
 }
 
+void s3c_output_cleaned(const char *where, GPtrArray *items)
+{
+    g_autoptr(GString) text = g_string_new(NULL);
+    json_object *list = json_object_new_array();
+
+    if (!items->len) {
+        json_object_put(list);
+        return;
+    }
+    for (guint i = 0; i < items->len; i++) {
+        const char *item = g_ptr_array_index(items, i);
+
+        g_string_append_printf(text, "%s%s", i ? "; " : "", item);
+        json_object_array_add(list, json_object_new_string(item));
+    }
+    g_printerr("s3chain: warning: cleaned up %s after a killed command: "
+               "%s\n", where, text->str);
+    s3c_output_event(s3c_json_obj(
+        "event", json_object_new_string("cleaned-up"),
+        "where", json_object_new_string(where),
+        "items", list, NULL));
+}
+
 void s3c_output_progress(uint64_t done, uint64_t total)
 {
     int64_t now = g_get_monotonic_time();

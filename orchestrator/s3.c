@@ -24,9 +24,11 @@ typedef struct S3Request {
     const char *query;          /* canonical already, or NULL */
     const char *data;
     size_t len;
-    bool create_only;
+    const char *if_none_match;  /* "*": create only */
+    const char *if_match;       /* an ETag: replace only that version */
     const char *meta;           /* a header of the response to keep */
     char **meta_value;          /* where to, NULL if it has none */
+    S3cStamp *stamp;            /* the response's ETag and dates, if wanted */
 } S3Request;
 
 typedef struct S3Response {
@@ -47,6 +49,36 @@ static char *endpoint_host(const char *endpoint)
     return g_strdup(strstr(endpoint, "://") + 3);
 }
 
+static char *response_header(CURL *curl, const char *name)
+{
+    struct curl_header *h;
+
+    return curl_easy_header(curl, name, 0, CURLH_HEADER, -1, &h) ==
+           CURLHE_OK ? g_strdup(h->value) : NULL;
+}
+
+static void read_stamp(CURL *curl, S3cStamp *stamp)
+{
+    g_autofree char *modified = response_header(curl, "Last-Modified");
+    g_autofree char *date = response_header(curl, "Date");
+
+    s3c_stamp_clear(stamp);
+    stamp->etag = response_header(curl, "ETag");
+    if (stamp->etag) {
+        /* radosgw matches If-Match only against the bare ETag */
+        g_strdelimit(stamp->etag, "\"", ' ');
+        g_strstrip(stamp->etag);
+    }
+    stamp->last_modified = modified ? curl_getdate(modified, NULL) : -1;
+    stamp->server_time = date ? curl_getdate(date, NULL) : -1;
+}
+
+void s3c_stamp_clear(S3cStamp *stamp)
+{
+    g_clear_pointer(&stamp->etag, g_free);
+    stamp->last_modified = stamp->server_time = -1;
+}
+
 static bool perform(const S3cRepo *repo, const S3Request *req,
                     S3Response *resp)
 {
@@ -63,7 +95,7 @@ static bool perform(const S3cRepo *repo, const S3Request *req,
     char amz_date[17];
     time_t now = time(NULL);
     struct tm tm;
-    S3chainHeader headers[5];
+    S3chainHeader headers[6];
     size_t nheaders = 0;
     const S3chainSigV4Key key = {
         .access_key_id = repo->access_key_id,
@@ -85,8 +117,12 @@ static bool perform(const S3cRepo *repo, const S3Request *req,
         headers[nheaders++] = (S3chainHeader){ "x-amz-security-token",
                                                repo->session_token };
     }
-    if (req->create_only) {
-        headers[nheaders++] = (S3chainHeader){ "if-none-match", "*" };
+    if (req->if_match) {
+        headers[nheaders++] = (S3chainHeader){ "if-match", req->if_match };
+    }
+    if (req->if_none_match) {
+        headers[nheaders++] = (S3chainHeader){ "if-none-match",
+                                               req->if_none_match };
     }
     sreq = (S3chainSigV4Request){
         .method = req->method, .path = path, .query = req->query,
@@ -134,14 +170,12 @@ static bool perform(const S3cRepo *repo, const S3Request *req,
     resp->curl_code = curl_easy_perform(curl);
     resp->status = 0;
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &resp->status);
+    if (req->stamp) {
+        read_stamp(curl, req->stamp);
+    }
     if (req->meta) {
-        struct curl_header *meta;
-
-        g_clear_pointer(req->meta_value, g_free);
-        if (curl_easy_header(curl, req->meta, 0, CURLH_HEADER, -1,
-                             &meta) == CURLHE_OK) {
-            *req->meta_value = g_strdup(meta->value);
-        }
+        g_free(*req->meta_value);
+        *req->meta_value = response_header(curl, req->meta);
     }
     curl_easy_cleanup(curl);
     curl_slist_free_all(list);
@@ -177,15 +211,18 @@ static long request(const S3cRepo *repo, const S3Request *req,
     for (int attempt = 1;; attempt++) {
         bool done = perform(repo, req, &resp);
 
+        if (done && resp.status == 501 &&
+            (req->if_match || req->if_none_match)) {
+            /* the caller has a way without conditional writes */
+            return resp.status;
+        }
         if (done && (resp.status == 501 || resp.status == 505)) {
             /* what the server can't do, it won't do on a second try */
             code = error_code(body);
             g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
                         "%s s3://%s/%s: %s does not support this request "
-                        "(HTTP %ld %s)%s", req->method, repo->bucket, what,
-                        repo->endpoint, resp.status, code,
-                        req->create_only ? "; s3chain's lock needs "
-                        "conditional writes (If-None-Match)" : "");
+                        "(HTTP %ld %s)", req->method, repo->bucket, what,
+                        repo->endpoint, resp.status, code);
             return 0;
         }
         if (done && resp.status < 500) {
@@ -241,10 +278,34 @@ static bool unexpected(const S3cRepo *repo, const S3Request *req, long status,
     return false;
 }
 
+/* A GET's outcome, as s3c_s3_get() tells it */
+static bool get(const S3cRepo *repo, const S3Request *req, GString **body,
+                GError **err)
+{
+    g_autoptr(GString) out = g_string_new(NULL);
+    long status = request(repo, req, out, err);
+
+    *body = NULL;
+    if (status == 200) {
+        *body = g_steal_pointer(&out);
+        return true;
+    }
+    return status == 404 ? false : (status ? unexpected(repo, req, status,
+                                                        out, err) : false);
+}
+
 bool s3c_s3_get(const S3cRepo *repo, const char *key, GString **body,
                 GError **err)
 {
     return s3c_s3_get_meta(repo, key, NULL, body, NULL, err);
+}
+
+bool s3c_s3_get_stamped(const S3cRepo *repo, const char *key,
+                        GString **body, S3cStamp *stamp, GError **err)
+{
+    const S3Request req = { .method = "GET", .key = key, .stamp = stamp };
+
+    return get(repo, &req, body, err);
 }
 
 bool s3c_s3_get_meta(const S3cRepo *repo, const char *key, const char *meta,
@@ -253,37 +314,46 @@ bool s3c_s3_get_meta(const S3cRepo *repo, const char *key, const char *meta,
     const S3Request req = {
         .method = "GET", .key = key, .meta = meta, .meta_value = meta_value,
     };
-    g_autoptr(GString) out = g_string_new(NULL);
-    long status = request(repo, &req, out, err);
 
-    *body = NULL;
-    if (status == 200) {
-        *body = g_steal_pointer(&out);
-        return true;
-    }
-    return status == 404 ? false : (status ? unexpected(repo, &req, status,
-                                                        out, err) : false);
+    return get(repo, &req, body, err);
 }
 
 bool s3c_s3_put(const S3cRepo *repo, const char *key, const char *data,
-                size_t len, bool create_only, GError **err)
+                size_t len, GError **err)
+{
+    return s3c_s3_put_if(repo, key, data, len, NULL, NULL, err) ==
+           S3C_PUT_DONE;
+}
+
+S3cPutOutcome s3c_s3_put_if(const S3cRepo *repo, const char *key,
+                            const char *data, size_t len,
+                            const char *if_match, S3cStamp *stamp,
+                            GError **err)
 {
     const S3Request req = {
         .method = "PUT", .key = key, .data = data, .len = len,
-        .create_only = create_only,
+        .if_match = if_match && strcmp(if_match, "*") ? if_match : NULL,
+        .if_none_match = if_match && !strcmp(if_match, "*") ? "*" : NULL,
+        .stamp = stamp,
     };
     g_autoptr(GString) out = g_string_new(NULL);
     long status = request(repo, &req, out, err);
 
-    if (status == 200) {
-        return true;
+    switch (status) {
+    case 200:
+        return S3C_PUT_DONE;
+    case 0:
+        return S3C_PUT_FAILED;
+    case 412:
+        if (if_match) {
+            return S3C_PUT_PRECONDITION_FAILED;
+        }
+        break;
+    case 501:
+        return S3C_PUT_UNCONDITIONAL_ONLY;
     }
-    if (status == 412 && create_only) {
-        g_set_error(err, S3C_ERROR, S3C_EXIT_LOCKED,
-                    "s3://%s/%s exists already", repo->bucket, key);
-        return false;
-    }
-    return status ? unexpected(repo, &req, status, out, err) : false;
+    unexpected(repo, &req, status, out, err);
+    return S3C_PUT_FAILED;
 }
 
 bool s3c_s3_delete(const S3cRepo *repo, const char *key, GError **err)

@@ -91,10 +91,40 @@ bool s3c_s3_get(const S3cRepo *repo, const char *key, GString **body,
 /* Also returns the response's header @meta in *@meta_value, or NULL */
 bool s3c_s3_get_meta(const S3cRepo *repo, const char *key, const char *meta,
                      GString **body, char **meta_value, GError **err);
-/* PUTs @data at @key; with @create_only, fails with EEXIST-like
- * S3C_EXIT_LOCKED if the object exists already */
+/* What a response said of an object's version and of the server's clock */
+typedef struct S3cStamp {
+    char *etag;                 /* bare, without quotes; NULL if none */
+    int64_t last_modified;      /* Unix time, -1 if not said */
+    int64_t server_time;        /* the response's Date, -1 if not said */
+} S3cStamp;
+
+#define S3C_STAMP_INIT { .etag = NULL, .last_modified = -1, \
+                        .server_time = -1 }
+void s3c_stamp_clear(S3cStamp *stamp);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(S3cStamp, s3c_stamp_clear)
+/* s3c_s3_get() that also reads the object's stamp */
+bool s3c_s3_get_stamped(const S3cRepo *repo, const char *key,
+                        GString **body, S3cStamp *stamp, GError **err);
+/* PUTs @data at @key */
 bool s3c_s3_put(const S3cRepo *repo, const char *key, const char *data,
-                size_t len, bool create_only, GError **err);
+                size_t len, GError **err);
+
+typedef enum S3cPutOutcome {
+    S3C_PUT_DONE,
+    S3C_PUT_PRECONDITION_FAILED,    /* the object is not as @if_match says */
+    S3C_PUT_UNCONDITIONAL_ONLY,     /* the server has no conditional PUT */
+    S3C_PUT_FAILED,                 /* with @err set */
+} S3cPutOutcome;
+
+/*
+ * PUTs @data at @key only if the object is the version whose ETag is
+ * @if_match, or with "*" only if there is none; the new version's stamp
+ * in @stamp if not NULL
+ */
+S3cPutOutcome s3c_s3_put_if(const S3cRepo *repo, const char *key,
+                            const char *data, size_t len,
+                            const char *if_match, S3cStamp *stamp,
+                            GError **err);
 bool s3c_s3_delete(const S3cRepo *repo, const char *key, GError **err);
 /* Checks that the bucket exists and the credentials may list it */
 bool s3c_s3_check_bucket(const S3cRepo *repo, GError **err);
@@ -302,10 +332,11 @@ typedef struct S3cDisk {
     char *name;                 /* the device's id */
     char *qdev;                 /* its QOM path, for qom-set */
     char *node;                 /* the node it writes to */
-    char *format;
+    char *format_node;          /* under any filters: where bitmaps live */
+    char *format;               /* format_node's driver */
     char *serial;               /* "" without one */
     uint64_t size;
-    GPtrArray *bitmaps;         /* of S3cBitmap, on node */
+    GPtrArray *bitmaps;         /* of S3cBitmap, on format_node */
     char *no_checkpoint;        /* why none can be kept here, or NULL */
     char *path;                 /* its file or device, where known */
 } S3cDisk;
@@ -314,6 +345,11 @@ typedef struct S3cDisk {
 S3cDisk *s3c_disk_new(void);
 /* Lists the VM's writable disks */
 GPtrArray *s3c_vm_disks(S3cQmp *vm, GError **err);
+/* The VM's block graph: its nodes, and the edges from parents to children */
+json_object *s3c_vm_block_graph(S3cQmp *vm, GError **err);
+/* The node that is child @child of @node in @graph, or NULL */
+const char *s3c_block_graph_child(json_object *graph, const char *node,
+                                  const char *child);
 const S3cBitmap *s3c_disk_bitmap(const S3cDisk *disk, const char *name);
 /* For S3cDisk.bitmaps */
 void s3c_bitmap_free(gpointer bitmap);
@@ -401,11 +437,15 @@ void s3c_sidecar_close(S3cSidecar *sc);
 
 /* catalog.c: the backups of a VM, as kept in the bucket */
 
+/* A backup's checkpoint is the bitmap of this prefix and its id */
+#define S3C_CHECKPOINT_PREFIX "s3chain-"
+
 #define S3C_CATALOG_FORMAT 1
 
 typedef struct S3cCatalog {
     char *vm;
     char *dir;                  /* key prefix of everything of this VM */
+    char *etag;                 /* of the version read or put; NULL: none */
     json_object *doc;
 } S3cCatalog;
 
@@ -430,8 +470,15 @@ json_object *s3c_catalog_pick(const S3cCatalog *cat, const char *which,
 GPtrArray *s3c_catalog_chain(const S3cCatalog *cat, const char *disk,
                              const char *id, GError **err);
 /* The newest backup entry that has disk @disk, or NULL */
-json_object *s3c_catalog_last_disk(S3cCatalog *cat, const char *disk,
+json_object *s3c_catalog_last_disk(const S3cCatalog *cat, const char *disk,
                                    json_object **backup);
+/* The backup @id, or NULL */
+json_object *s3c_catalog_find(const S3cCatalog *cat, const char *id);
+/*
+ * The checkpoint (bitmap) that disk @disk's next incremental follows:
+ * the one its newest backup names; NULL when none does
+ */
+char *s3c_catalog_checkpoint(const S3cCatalog *cat, const char *disk);
 /* How many images the chain ending at backup @id of @disk holds */
 int s3c_catalog_chain_length(const S3cCatalog *cat, const char *disk,
                              const char *id);
@@ -442,13 +489,27 @@ char *s3c_catalog_image_key(const S3cCatalog *cat, const char *disk,
 char *s3c_catalog_image_name(const char *id);
 
 /*
- * Takes the VM's lock, a create-only object.  A lock held by a process
- * of this host that is gone is broken; one older than @stale_after
- * seconds only when @break_stale.
+ * lease.c: the VM's lock, a lease that its holder renews in a thread of
+ * its own while it works (docs/catalog.rst)
  */
-bool s3c_lock_acquire(const S3cRepo *repo, const S3cCatalog *cat,
-                      int64_t stale_after, bool break_stale, GError **err);
-void s3c_lock_release(const S3cRepo *repo, const S3cCatalog *cat);
+typedef struct S3cLease S3cLease;
+
+typedef struct S3cLeaseOptions {
+    int64_t lease_s;            /* how long the lock holds unrenewed */
+    int64_t stale_after;        /* for locks without a lease ... */
+    bool break_stale;           /* ... broken only when this is given */
+} S3cLeaseOptions;
+
+/*
+ * Takes the VM's lock: creates it, or takes it over when its holder's
+ * process is gone or its lease ran out unrenewed; else S3C_EXIT_LOCKED
+ */
+S3cLease *s3c_lease_acquire(const S3cRepo *repo, const S3cCatalog *cat,
+                            const S3cLeaseOptions *opts, GError **err);
+/* Before a commit: renews now; false if the lock may no longer be ours */
+bool s3c_lease_check(S3cLease *lease, GError **err);
+/* Stops renewing and removes the lock if it is still ours */
+void s3c_lease_release(S3cLease *lease);
 
 /* output.c: progress and results for people and for controllers */
 
@@ -463,6 +524,11 @@ void s3c_output_init(S3cOutputMode mode);
 void s3c_output_event(json_object *obj);
 /* One JSON object on a line of its own on stdout; @obj is taken */
 void s3c_output_result(json_object *obj);
+/*
+ * What a command cleaned up in @where ("the VM", "the sidecar") after a
+ * killed one: a warning, and an event for controllers
+ */
+void s3c_output_cleaned(const char *where, GPtrArray *items);
 void s3c_output_progress(uint64_t done, uint64_t total);
 void s3c_output_info(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
@@ -484,8 +550,7 @@ typedef struct S3cBackupOptions {
     int chain_limit;
     int cbw_timeout;
     uint64_t buffer_size;
-    int64_t lock_stale_after;
-    bool break_lock;
+    S3cLeaseOptions lock;
     bool json;
 } S3cBackupOptions;
 
@@ -514,6 +579,7 @@ typedef struct S3cDiskBackup {
 /* What a source sees of the backup it serves */
 typedef struct S3cBackupRun {
     const S3cBackupOptions *opts;
+    const S3cCatalog *catalog;  /* loaded, locked */
     S3cSidecar *sidecar;
     GPtrArray *disks;           /* of S3cDiskBackup */
     GPtrArray *all_disks;       /* of S3cDisk: the VM's, backed up or not */
@@ -541,7 +607,7 @@ typedef struct S3cSource S3cSource;
 
 typedef struct S3cSourceOps {
     /* The VM's writable disks (S3cDisk), with the checkpoints on each */
-    GPtrArray *(*disks)(S3cSource *src, GError **err);
+    GPtrArray *(*disks)(S3cSource *src, S3cBackupRun *run, GError **err);
     /*
      * Checks, before anything is written, what the backup will need of
      * the host (may be NULL)
@@ -566,6 +632,26 @@ struct S3cSource {
 
 /* source-qmp.c: push mode over the VM's own QMP socket */
 S3cSource *s3c_source_qmp_new(const S3cBackupOptions *opts);
+
+/*
+ * What source-qmp.c adds to the VM for disk INDEX, named after its
+ * process: nodes "target", "cbw", "access" and job "backup"; and on the
+ * disk's node, the old checkpoint's frozen copy
+ */
+#define S3C_QMP_PART_FMT "s3c%u-%d-%s"
+#define S3C_QMP_SNAPSHOT_FMT "s3c-%d-snapshot"
+
+/*
+ * leftovers.c: undoes in the VM what a killed run of source-qmp.c left:
+ * ends its jobs, rewires devices onto their own nodes, removes its nodes
+ */
+bool s3c_vm_clear_leftovers(S3cQmp *vm, GError **err);
+/*
+ * On @disk, removes a killed run's bitmaps; its checkpoint, never in
+ * @cat, is merged into the one @cat names for the disk first
+ */
+void s3c_vm_clear_dead_bitmaps(S3cQmp *vm, S3cDisk *disk,
+                               const S3cCatalog *cat);
 
 /* source-libvirt.c: libvirt's backup API, pull mode */
 S3cSource *s3c_source_libvirt_new(const S3cBackupOptions *opts,

@@ -187,6 +187,87 @@ char *s3c_sidecar_nbd_uri(const S3cSidecar *sc, const char *export)
                            sc->nbd_socket);
 }
 
+static bool run(S3cSidecar *sc, const char *command, json_object *args,
+                GError **err)
+{
+    return s3c_qmp_run(sc->qmp, command, args, err);
+}
+
+/*
+ * Its QMP socket serves one client at a time, and each command keeps its
+ * connection to the end: whatever a sidecar holds when the command comes
+ * in (exports, images, jobs, secrets, an NBD server) was left by a
+ * command that was killed.  It goes, so that a killed backup neither
+ * keeps uploading nor locks the sidecar out.
+ */
+static void clear_killed_command(S3cSidecar *sc)
+{
+    g_autoptr(GPtrArray) done = g_ptr_array_new_with_free_func(g_free);
+    json_object *list = s3c_qmp_execute(sc->qmp, "query-jobs", NULL, NULL);
+    bool deleted = true;
+
+    for (size_t i = 0; list && i < json_object_array_length(list); i++) {
+        const char *id = s3c_json_str(json_object_array_get_idx(list, i),
+                                      "id");
+
+        run(sc, "job-cancel", s3c_json_obj(
+                "id", json_object_new_string(id),
+                "force", json_object_new_boolean(true), NULL), NULL);
+        s3c_job_wait(sc->qmp, id, "ending a killed command's job", NULL);
+        g_ptr_array_add(done, g_strdup_printf("ended job %s", id));
+    }
+    json_object_put(list);
+    list = s3c_qmp_execute(sc->qmp, "query-block-exports", NULL, NULL);
+    for (size_t i = 0; list && i < json_object_array_length(list); i++) {
+        const char *id = s3c_json_str(json_object_array_get_idx(list, i),
+                                      "id");
+
+        s3c_sidecar_unexport(sc, id, true, NULL);
+        g_ptr_array_add(done, g_strdup_printf("removed export %s", id));
+    }
+    json_object_put(list);
+    if (run(sc, "nbd-server-stop", NULL, NULL)) {
+        g_ptr_array_add(done, g_strdup("stopped its NBD server"));
+    }
+    /* a node in use by another fails, until its parents have gone */
+    while (deleted) {
+        deleted = false;
+        list = s3c_qmp_execute(sc->qmp, "query-named-block-nodes",
+                               s3c_json_obj("flat",
+                                            json_object_new_boolean(true),
+                                            NULL), NULL);
+        for (size_t i = 0; list && i < json_object_array_length(list); i++) {
+            const char *node = s3c_json_str(
+                json_object_array_get_idx(list, i), "node-name");
+
+            if (node && node[0] != '#' &&
+                run(sc, "blockdev-del", s3c_json_obj(
+                        "node-name", json_object_new_string(node), NULL),
+                    NULL)) {
+                g_ptr_array_add(done, g_strdup_printf("removed node %s", node));
+                deleted = true;
+            }
+        }
+        json_object_put(list);
+    }
+    list = s3c_qmp_execute(sc->qmp, "qom-list", s3c_json_obj(
+                               "path", json_object_new_string("/objects"),
+                               NULL), NULL);
+    for (size_t i = 0; list && i < json_object_array_length(list); i++) {
+        const char *id = s3c_json_str(json_object_array_get_idx(list, i),
+                                      "name");
+
+        if (g_str_has_prefix(id, "s3chain-key-") ||
+            g_str_has_prefix(id, "s3chain-token-")) {
+            run(sc, "object-del", s3c_json_obj(
+                    "id", json_object_new_string(id), NULL), NULL);
+            g_ptr_array_add(done, g_strdup_printf("removed secret %s", id));
+        }
+    }
+    json_object_put(list);
+    s3c_output_cleaned("the sidecar", done);
+}
+
 bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
                       const char *runtime_dir, const char *listen,
                       const S3cRepo *repo, GError **err)
@@ -207,6 +288,7 @@ bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
         if (!sc->qmp) {
             return false;
         }
+        clear_killed_command(sc);
     } else {
         sc->own_qmp = g_strdup_printf("%s/qsd-%d.qmp", runtime_dir,
                                       (int)getpid());
@@ -264,12 +346,6 @@ bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
 static char *file_node(const S3cTarget *t)
 {
     return g_strdup_printf("%s-file", t->export_name);
-}
-
-static bool run(S3cSidecar *sc, const char *command, json_object *args,
-                GError **err)
-{
-    return s3c_qmp_run(sc->qmp, command, args, err);
 }
 
 /*

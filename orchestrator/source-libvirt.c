@@ -345,6 +345,7 @@ static S3cDisk *disk_of(LibvirtSource *s, const S3cXml *d, GError **err)
     disk = s3c_disk_new();
     disk->name = g_strdup(target);
     disk->node = g_strdup(target);
+    disk->format_node = g_strdup(target);
     disk->format = g_strdup(format ? format : "raw");
     disk->serial = g_strdup(serial ? serial : "");
     disk->size = info.capacity;
@@ -459,7 +460,8 @@ static GPtrArray *domain_disks(LibvirtSource *s, unsigned flags,
     return g_steal_pointer(&disks);
 }
 
-static GPtrArray *libvirt_disks(S3cSource *src, GError **err)
+static GPtrArray *libvirt_disks(S3cSource *src, S3cBackupRun *run,
+                                GError **err)
 {
     LibvirtSource *s = libvirt_source(src);
     g_autoptr(GPtrArray) disks = NULL;

@@ -12,7 +12,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BITMAP_PREFIX "s3chain-"
 #define AGENT_TIMEOUT_MS 5000
 #define POLL_MS 200
 
@@ -79,11 +78,11 @@ static void name_parts(QmpSource *b, DiskBackup *d, guint index)
 {
     int pid = getpid();
 
-    d->nbd_node = g_strdup_printf("s3c%u-%d-target", index, pid);
-    d->cbw_node = g_strdup_printf("s3c%u-%d-cbw", index, pid);
-    d->access_node = g_strdup_printf("s3c%u-%d-access", index, pid);
-    d->snap_bitmap = g_strdup_printf("s3c-%d-snapshot", pid);
-    d->job = g_strdup_printf("s3c%u-%d-backup", index, pid);
+    d->nbd_node = g_strdup_printf(S3C_QMP_PART_FMT, index, pid, "target");
+    d->cbw_node = g_strdup_printf(S3C_QMP_PART_FMT, index, pid, "cbw");
+    d->access_node = g_strdup_printf(S3C_QMP_PART_FMT, index, pid, "access");
+    d->snap_bitmap = g_strdup_printf(S3C_QMP_SNAPSHOT_FMT, pid);
+    d->job = g_strdup_printf(S3C_QMP_PART_FMT, index, pid, "backup");
 }
 
 /* In the VM, an NBD client of each disk's target export */
@@ -124,33 +123,35 @@ static bool take_snapshot(QmpSource *b, GError **err)
 
     for (guint i = 0; i < b->disks->len; i++) {
         DiskBackup *d = g_ptr_array_index(b->disks, i);
-        json_object *add = node_bitmap(d->disk->node, b->bitmap);
+        const char *node = d->disk->format_node;
+        int64_t granularity = d->backup->granularity;
+        json_object *add = node_bitmap(node, b->bitmap);
 
         json_object_object_add(add, "granularity",
-                               json_object_new_int64(d->backup->granularity));
+                               json_object_new_int64(granularity));
         /* only qcow2 can keep a bitmap across restarts */
         json_object_object_add(add, "persistent", json_object_new_boolean(
                                    !g_strcmp0(d->disk->format, "qcow2")));
         json_object_array_add(actions,
                               action("block-dirty-bitmap-add", add));
         if (d->backup->incremental) {
-            json_object *snap = node_bitmap(d->disk->node, d->snap_bitmap);
+            json_object *snap = node_bitmap(node, d->snap_bitmap);
 
             json_object_object_add(snap, "granularity",
-                                   json_object_new_int64(d->backup->granularity));
+                                   json_object_new_int64(granularity));
             json_object_object_add(snap, "disabled",
                                    json_object_new_boolean(true));
             json_object_array_add(actions,
                                   action("block-dirty-bitmap-add", snap));
             json_object *merge = s3c_json_obj(
-                "node", json_object_new_string(d->disk->node),
+                "node", json_object_new_string(node),
                 "target", json_object_new_string(d->snap_bitmap),
                 "bitmaps", json_object_new_array(), NULL);
             json_object *sources;
 
             json_object_object_get_ex(merge, "bitmaps", &sources);
-            json_object_array_add(sources,
-                                  json_object_new_string(d->backup->old_bitmap));
+            json_object_array_add(sources, json_object_new_string(
+                                               d->backup->old_bitmap));
             json_object_array_add(actions,
                                   action("block-dirty-bitmap-merge", merge));
         }
@@ -178,7 +179,7 @@ static bool take_snapshot(QmpSource *b, GError **err)
 
         if (d->backup->incremental) {
             json_object_object_add(cbw, "bitmap", node_bitmap(
-                                       d->disk->node, d->snap_bitmap));
+                                       d->disk->format_node, d->snap_bitmap));
         }
         if (!vm_run(b, "blockdev-add", cbw, err)) {
             return false;
@@ -205,11 +206,11 @@ static bool take_snapshot(QmpSource *b, GError **err)
             json_object *copy = node_bitmap(d->access_node, d->snap_bitmap);
             json_object *sources = json_object_new_array();
 
-            json_object_object_add(copy, "granularity",
-                                   json_object_new_int64(d->backup->granularity));
+            json_object_object_add(copy, "granularity", json_object_new_int64(
+                                       d->backup->granularity));
             json_object_object_add(copy, "disabled",
                                    json_object_new_boolean(true));
-            json_object_array_add(sources, node_bitmap(d->disk->node,
+            json_object_array_add(sources, node_bitmap(d->disk->format_node,
                                                        d->snap_bitmap));
             if (!vm_run(b, "block-dirty-bitmap-add", copy, err) ||
                 !vm_run(b, "block-dirty-bitmap-merge", s3c_json_obj(
@@ -441,7 +442,7 @@ static void restore_vm_graph(QmpSource *b, GError **err)
         delete_node(b, &d->nbd_added, d->nbd_node, &local);
         if (d->snap_added &&
             vm_run(b, "block-dirty-bitmap-remove",
-                   node_bitmap(d->disk->node, d->snap_bitmap),
+                   node_bitmap(d->disk->format_node, d->snap_bitmap),
                    unless_failed(&local))) {
             d->snap_added = false;
         }
@@ -471,7 +472,8 @@ static void keep_changes(QmpSource *b)
 
             json_object_array_add(sources, json_object_new_string(b->bitmap));
             if (!vm_run(b, "block-dirty-bitmap-merge", s3c_json_obj(
-                            "node", json_object_new_string(d->disk->node),
+                            "node", json_object_new_string(
+                                d->disk->format_node),
                             "target", json_object_new_string(
                                 d->backup->old_bitmap),
                             "bitmaps", sources, NULL), &local)) {
@@ -482,7 +484,7 @@ static void keep_changes(QmpSource *b)
             }
         }
         vm_run(b, "block-dirty-bitmap-remove",
-               node_bitmap(d->disk->node, b->bitmap), NULL);
+               node_bitmap(d->disk->format_node, b->bitmap), NULL);
     }
 }
 
@@ -495,9 +497,9 @@ static void drop_old_bitmaps(QmpSource *b)
         for (guint j = 0; j < d->disk->bitmaps->len; j++) {
             const S3cBitmap *bm = g_ptr_array_index(d->disk->bitmaps, j);
 
-            if (g_str_has_prefix(bm->name, BITMAP_PREFIX)) {
+            if (g_str_has_prefix(bm->name, S3C_CHECKPOINT_PREFIX)) {
                 vm_run(b, "block-dirty-bitmap-remove",
-                       node_bitmap(d->disk->node, bm->name), NULL);
+                       node_bitmap(d->disk->format_node, bm->name), NULL);
             }
         }
     }
@@ -509,12 +511,25 @@ static QmpSource *qmp_source(S3cSource *src)
     return (QmpSource *)src;
 }
 
-static GPtrArray *qmp_disks(S3cSource *src, GError **err)
+/*
+ * The VM's QMP socket serves one client and the VM's lock is ours: what
+ * earlier runs left in the VM is a killed run's, to undo first
+ */
+static GPtrArray *qmp_disks(S3cSource *src, S3cBackupRun *run, GError **err)
 {
     QmpSource *b = qmp_source(src);
+    GPtrArray *disks;
 
     b->vm = s3c_qmp_connect(b->opts->vm_qmp, "the VM", false, 10000, err);
-    return b->vm ? s3c_vm_disks(b->vm, err) : NULL;
+    if (!b->vm || !s3c_vm_clear_leftovers(b->vm, err)) {
+        return NULL;
+    }
+    disks = s3c_vm_disks(b->vm, err);
+    for (guint i = 0; disks && i < disks->len; i++) {
+        s3c_vm_clear_dead_bitmaps(b->vm, g_ptr_array_index(disks, i),
+                                  run->catalog);
+    }
+    return disks;
 }
 
 static bool qmp_start(S3cSource *src, S3cBackupRun *run, GError **err)

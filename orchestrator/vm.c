@@ -23,6 +23,7 @@ void s3c_disk_free(S3cDisk *disk)
     g_free(disk->name);
     g_free(disk->qdev);
     g_free(disk->node);
+    g_free(disk->format_node);
     g_free(disk->format);
     g_free(disk->serial);
     g_free(disk->no_checkpoint);
@@ -99,27 +100,113 @@ static char *serial_of(S3cQmp *vm, const char *qdev)
     return serial;
 }
 
+/*
+ * Drivers that only pass requests down to their "file" child: the
+ * copy-before-write filter of a backup, a throttle group, and the like
+ */
+static const char *const filter_drivers[] = {
+    "copy-before-write", "throttle", "copy-on-read", "preallocate",
+    "compress", "blkreplay", NULL
+};
+
+static json_object *named_node(json_object *nodes, const char *name)
+{
+    for (size_t i = 0; i < json_object_array_length(nodes); i++) {
+        json_object *node = json_object_array_get_idx(nodes, i);
+
+        if (!g_strcmp0(s3c_json_str(node, "node-name"), name)) {
+            return node;
+        }
+    }
+    return NULL;
+}
+
+json_object *s3c_vm_block_graph(S3cQmp *vm, GError **err)
+{
+    /*
+     * The only QMP command that names a node's children; stable in
+     * shape since QEMU 4.0, though marked experimental
+     */
+    return s3c_qmp_execute(vm, "x-debug-query-block-graph", NULL, err);
+}
+
+static const char *graph_node_name(json_object *graph, int64_t id)
+{
+    json_object *nodes;
+
+    if (!json_object_object_get_ex(graph, "nodes", &nodes)) {
+        return NULL;
+    }
+    for (size_t i = 0; i < json_object_array_length(nodes); i++) {
+        json_object *n = json_object_array_get_idx(nodes, i);
+
+        if (s3c_json_int(n, "id") == id) {
+            return s3c_json_str(n, "name");
+        }
+    }
+    return NULL;
+}
+
+const char *s3c_block_graph_child(json_object *graph, const char *node,
+                                  const char *child)
+{
+    json_object *edges;
+
+    if (!json_object_object_get_ex(graph, "edges", &edges)) {
+        return NULL;
+    }
+    for (size_t i = 0; i < json_object_array_length(edges); i++) {
+        json_object *e = json_object_array_get_idx(edges, i);
+
+        if (!g_strcmp0(s3c_json_str(e, "name"), child) &&
+            !g_strcmp0(graph_node_name(graph, s3c_json_int(e, "parent")),
+                       node)) {
+            return graph_node_name(graph, s3c_json_int(e, "child"));
+        }
+    }
+    return NULL;
+}
+
+/* The node under @root's filters that holds the format and the bitmaps */
+static json_object *format_node(json_object *graph, json_object *nodes,
+                                const char *root)
+{
+    json_object *node = named_node(nodes, root);
+
+    while (node && g_strv_contains(filter_drivers,
+                                   s3c_json_str(node, "drv"))) {
+        const char *child = s3c_block_graph_child(
+            graph, s3c_json_str(node, "node-name"), "file");
+
+        node = child ? named_node(nodes, child) : NULL;
+    }
+    return node;
+}
+
 GPtrArray *s3c_vm_disks(S3cQmp *vm, GError **err)
 {
     g_autoptr(GPtrArray) disks =
         g_ptr_array_new_with_free_func((GDestroyNotify)s3c_disk_free);
     json_object *blocks = s3c_qmp_execute(vm, "query-block", NULL, err);
-    json_object *nodes;
+    json_object *nodes = NULL, *graph = NULL;
 
-    if (!blocks) {
-        return NULL;
+    if (blocks) {
+        nodes = s3c_qmp_execute(vm, "query-named-block-nodes", s3c_json_obj(
+                                    "flat", json_object_new_boolean(true),
+                                    NULL), err);
     }
-    nodes = s3c_qmp_execute(vm, "query-named-block-nodes",
-                            s3c_json_obj("flat", json_object_new_boolean(true),
-                                         NULL), err);
-    if (!nodes) {
+    if (nodes) {
+        graph = s3c_vm_block_graph(vm, err);
+    }
+    if (!graph) {
         json_object_put(blocks);
+        json_object_put(nodes);
         return NULL;
     }
 
     for (size_t i = 0; i < json_object_array_length(blocks); i++) {
         json_object *blk = json_object_array_get_idx(blocks, i);
-        json_object *inserted, *image;
+        json_object *inserted, *image, *fmt;
         const char *qdev = s3c_json_str(blk, "qdev");
         S3cDisk *disk;
 
@@ -131,21 +218,22 @@ GPtrArray *s3c_vm_disks(S3cQmp *vm, GError **err)
         disk->qdev = g_strdup(qdev);
         disk->name = device_id(qdev);
         disk->node = g_strdup(s3c_json_str(inserted, "node-name"));
-        disk->format = g_strdup(s3c_json_str(inserted, "drv"));
+        fmt = format_node(graph, nodes, disk->node);
+        disk->format_node = g_strdup(fmt ? s3c_json_str(fmt, "node-name")
+                                         : disk->node);
+        disk->format = g_strdup(fmt ? s3c_json_str(fmt, "drv")
+                                    : s3c_json_str(inserted, "drv"));
         disk->serial = serial_of(vm, qdev);
         if (json_object_object_get_ex(inserted, "image", &image)) {
             disk->size = s3c_json_int(image, "virtual-size");
         }
-        for (size_t j = 0; j < json_object_array_length(nodes); j++) {
-            json_object *node = json_object_array_get_idx(nodes, j);
-
-            if (!g_strcmp0(s3c_json_str(node, "node-name"), disk->node)) {
-                add_bitmaps(disk, node);
-            }
+        if (fmt) {
+            add_bitmaps(disk, fmt);
         }
         g_ptr_array_add(disks, disk);
     }
     json_object_put(blocks);
     json_object_put(nodes);
+    json_object_put(graph);
     return g_steal_pointer(&disks);
 }

@@ -70,7 +70,7 @@ command_tests() {
         S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
             "$QEMU_BUILD/pyvenv/bin/python3" -W ignore::ResourceWarning \
             -m unittest -v test_backup test_restore test_catalog \
-            test_endpoints test_libvirt
+            test_endpoints test_lease test_libvirt
     )
 }
 

@@ -216,8 +216,10 @@ class GuestWriter(threading.Thread):
 class Run:
     """One s3chain process, its JSON lines read as they come"""
 
-    def __init__(self, args: List[str], env: Dict[str, str]) -> None:
-        self.proc = subprocess.Popen([S3CHAIN] + args, env=env,
+    def __init__(self, args: List[str], env: Dict[str, str],
+                 wrapper: Optional[List[str]] = None) -> None:
+        self.proc = subprocess.Popen((wrapper or []) + [S3CHAIN] + args,
+                                     env=env,
                                      stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.events: List[dict] = []

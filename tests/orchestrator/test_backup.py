@@ -14,8 +14,9 @@ import subprocess
 import threading
 import time
 import unittest
+from typing import List, Tuple
 
-from harness import BackupTestCase, BucketFaults, GuestWriter, QSD
+from harness import BackupTestCase, BucketFaults, GuestWriter, QSD, SIDECAR
 
 CBW_TIMEOUT = 3
 # a write may wait for the sidecar up to cbw-timeout, plus the time HMP
@@ -118,6 +119,29 @@ class TestFallbacks(BackupTestCase):
         self.assertRestores(inc['backup'], 'vd1', self.vm.disk_bytes('vd1'))
 
 
+class TestFilters(BackupTestCase):
+    def test_disk_under_a_throttle_filter(self) -> None:
+        """Checkpoints live on the format node under the device's filters,
+        persistent, and the device keeps its filter"""
+        self.vm.cmd('object-add', qom_type='throttle-group', id='tg0',
+                    limits={'iops-total': 100000})
+        self.vm.cmd('blockdev-add', driver='throttle', node_name='thr1',
+                    throttle_group='tg0', file='disk1')
+        self.vm.cmd('qom-set', path='/machine/peripheral/vd1',
+                    property='drive', value='thr1')
+        graph, devices = self.vm.graph(), self.vm.devices()
+        self.backup()
+        self.vm.write('vd1', '-P 0x61 2M 1M')
+        inc = self.backup()
+        self.assertEqual(self.disk_types(inc)['vd1'][0], 'incremental')
+        self.assertEqual(self.vm.graph(), graph)
+        self.assertEqual(self.vm.devices(), devices)
+        self.assertEqual(self.vm.bitmaps('thr1'), [])
+        self.assertEqual(self.vm.bitmaps('disk1'),
+                         ['s3chain-' + inc['backup']])
+        self.assertRestores(inc['backup'], 'vd1', self.vm.disk_bytes('vd1'))
+
+
 class TestFaults(BucketFaults, BackupTestCase):
     """Each fault strikes mid-backup while the guest keeps writing"""
 
@@ -174,6 +198,124 @@ class TestFaults(BucketFaults, BackupTestCase):
         def strike(run) -> None:
             run.proc.send_signal(signal.SIGTERM)
         self.assertEqual(self.fault(strike), 9)
+
+
+def children_of(pid: int) -> List[int]:
+    """The processes whose parent is @pid"""
+    found = []
+    for stat in glob.glob('/proc/[0-9]*/stat'):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.split('/')[2]))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+class TestKilled(BackupTestCase):
+    """`kill -9` of the command at several instants of a backup; the next
+    backup finds what it left, undoes it and loses no change"""
+
+    def killed(self, instant, *extra: str) -> Tuple[str, List[dict]]:
+        """A backup killed at @instant(run), then a normal one; returns
+        the normal one's stderr and events"""
+        first = self.backup(*extra)
+        at_first = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+        graph, devices = self.vm.graph(), self.vm.devices()
+        self.vm.write('vd0', '-P 0x99 0 120M')
+        self.vm.write('vd1', '-P 0x98 0 60M')
+
+        run = self.start('--buffer-size', '4M', *extra)
+        instant(run)
+        sidecars = children_of(run.proc.pid)
+        run.proc.kill()
+        run.proc.communicate()
+        # the sidecar the command started goes with it
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in sidecars) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual([p for p in sidecars if alive(p)], [])
+
+        # a change made after the kill belongs to the next backup
+        self.vm.write('vd1', '-P 0x42 5M 1M')
+        again = self.start(*extra)
+        code, err = again.finish()
+        self.assertEqual(code, 0, err)
+        self.assertNotIn('CRITICAL', err)
+        after = again.result()
+        self.assertEqual(self.vm.graph(), graph)
+        self.assertEqual(self.vm.devices(), devices)
+        for node in ('disk0', 'disk1'):
+            bitmaps = [(b['name'], b['persistent'], b['recording'])
+                       for n in self.vm.cmd('query-named-block-nodes',
+                                            flat=True)
+                       if n['node-name'] == node
+                       for b in n.get('dirty-bitmaps', [])]
+            self.assertEqual(bitmaps, [('s3chain-' + after['backup'], True,
+                                        True)])
+        self.assertEqual([b['id'] for b in self.bucket.catalog()['backups']],
+                         [first['backup'], after['backup']])
+        self.assertEqual({d: t[0] for d, t in self.disk_types(after).items()},
+                         {'vd0': 'incremental', 'vd1': 'incremental'})
+        for disk in ('vd0', 'vd1'):
+            self.assertRestores(first['backup'], disk, at_first[disk])
+            self.assertRestores(after['backup'], disk,
+                                self.vm.disk_bytes(disk))
+        # and the one after that follows it
+        self.vm.write('vd0', '-P 0x43 9M 1M')
+        last = self.backup(*extra)
+        self.assertEqual(last['disks'][0]['parent'], after['backup'])
+        self.assertRestores(last['backup'], 'vd0', self.vm.disk_bytes('vd0'))
+        return err, again.events
+
+    def test_killed_while_building_the_graph(self) -> None:
+        def instant(_run) -> None:
+            # the first node the backup adds to the VM
+            while not any(n.startswith('s3c') for n, _ in self.vm.graph()):
+                time.sleep(0.01)
+        self.killed(instant)
+
+    def test_killed_as_the_jobs_start(self) -> None:
+        err, events = self.killed(lambda run: run.wait_started())
+        self.assertIn('cleaned up the VM after a killed command', err)
+        self.assertIn('back on node disk0', err)
+        cleaned = [e for e in events if e['event'] == 'cleaned-up']
+        self.assertEqual([e['where'] for e in cleaned][:1], ['the VM'])
+        self.assertIn('ended job s3c0-', ' '.join(cleaned[0]['items']))
+
+    def test_killed_mid_copy(self) -> None:
+        def instant(run) -> None:
+            run.wait_started()
+            time.sleep(1.5)
+        self.killed(instant)
+
+    def test_killed_with_a_sidecar_of_its_own(self) -> None:
+        """A sidecar that outlives the command (KubeVirt's container):
+        what the killed command left in it goes too"""
+        sidecar = subprocess.Popen([SIDECAR], env=self.env(
+            S3CHAIN_RUNTIME_DIR=self.runtime))
+        qmp = os.path.join(self.runtime, 'qsd.qmp')
+        while not os.path.exists(qmp):
+            time.sleep(0.05)
+        try:
+            err, _ = self.killed(lambda run: run.wait_started(),
+                                 '--sidecar-qmp', qmp)
+            self.assertIn('cleaned up the sidecar after a killed command',
+                          err)
+            self.assertIsNone(sidecar.poll())
+        finally:
+            sidecar.kill()
+            sidecar.wait()
 
 
 class TestBadInput(BackupTestCase):
