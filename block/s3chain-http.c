@@ -12,6 +12,7 @@
 #include "qemu/lockable.h"
 #include "qemu/units.h"
 #include "s3chain.h"
+#include "s3chain-retry.h"
 #include "trace.h"
 
 /* SHA-256 of an empty payload */
@@ -126,39 +127,6 @@ static char *error_code_of(GString *body)
     return g_strndup(start, end - start);
 }
 
-static bool is_transient_curl_error(CURLcode code)
-{
-    switch (code) {
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_CONNECT:
-    case CURLE_OPERATION_TIMEDOUT:
-    case CURLE_SEND_ERROR:
-    case CURLE_RECV_ERROR:
-    case CURLE_GOT_NOTHING:
-    case CURLE_PARTIAL_FILE:
-    case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-        return true;
-    default:
-        return false;
-    }
-}
-
-static bool is_tls_error(CURLcode code)
-{
-    switch (code) {
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CACERT_BADFILE:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CIPHER:
-    case CURLE_SSL_ISSUER_ERROR:
-        return true;
-    default:
-        return false;
-    }
-}
-
 static const char *hint_for(long status, const char *code)
 {
     if (code && (!strcmp(code, "SignatureDoesNotMatch") ||
@@ -233,14 +201,14 @@ static bool classify_locked(S3chainRequest *req, CURLcode result)
         curl_text = req->curl_error[0] ? req->curl_error
                                        : curl_easy_strerror(result);
         req->ret = -EIO;
-        if (is_tls_error(result)) {
+        if (s3chain_curl_error_is_tls(result)) {
             req->error_text = g_strdup_printf(
                 "TLS failure: %s; check the endpoint's scheme, cafile and "
                 "sslverify", curl_text);
             return false;
         }
         req->error_text = g_strdup(curl_text);
-        return is_transient_curl_error(result);
+        return s3chain_curl_error_is_transient(result);
     }
 
     req->error_code = error_code_of(req->error_body);
@@ -249,10 +217,7 @@ static bool classify_locked(S3chainRequest *req, CURLcode result)
         "HTTP %ld%s%s: %s", req->status,
         req->error_code ? " " : "", req->error_code ? req->error_code : "",
         hint_for(req->status, req->error_code));
-    /* what the server does not implement, it won't on a second try */
-    return (req->status >= 500 && req->status != 501 &&
-            req->status != 505) ||
-           req->status == 429 || req->status == 408;
+    return s3chain_status_is_transient(req->status);
 }
 
 static size_t write_cb(char *data, size_t size, size_t nmemb, void *opaque)

@@ -46,6 +46,8 @@ static GDateTime *parse_time(const char *text)
 #define MAX_KEY 1024
 #define MIN_CLUSTER 512
 #define MAX_CLUSTER (2 * 1024 * 1024)
+/* 100000 backups of a few disks each */
+#define CATALOG_MAX_BYTES (512 * 1024 * 1024)
 
 /* A fault of the catalog at @where: damaged, named, with what to do */
 static bool damaged(GError **err, const char *where, const char *fmt, ...)
@@ -353,7 +355,17 @@ bool s3c_catalog_load(S3cCatalog *cat, const S3cRepo *repo, const char *vm,
     }
     where = g_strdup_printf("s3://%s/%s", repo->bucket, key);
     cat->etag = g_steal_pointer(&stamp.etag);
-    cat->doc = json_tokener_parse(body->str);
+    return s3c_catalog_parse(cat, where, body, err);
+}
+
+bool s3c_catalog_parse(S3cCatalog *cat, const char *where,
+                       const GString *text, GError **err)
+{
+    if (text->len > CATALOG_MAX_BYTES) {
+        return damaged(err, where, "it is larger than %d MiB",
+                       CATALOG_MAX_BYTES >> 20);
+    }
+    cat->doc = json_tokener_parse(text->str);
     if (!cat->doc) {
         return damaged(err, where, "it is not JSON");
     }

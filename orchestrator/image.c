@@ -7,6 +7,7 @@
  */
 #include "s3chain.h"
 
+#include <stdarg.h>
 #include <string.h>
 #include <zlib.h>
 
@@ -38,60 +39,207 @@ static bool is_hex(const char *s, size_t len)
 }
 
 /*
- * docs/object-layout.rst: {"version", "size", "chunk-size",
- * "chunks": [[INDEX, TAG, MD5, CRC32, BLOCK_SIZE], ...]}, no CRC32 in
- * version 1, no BLOCK_SIZE before version 3
+ * docs/object-layout.rst's limits, as block/s3chain.h and
+ * block/s3chain-manifest.c hold them for the driver
  */
-static S3cManifest *parse_manifest(const char *key, const char *text)
+#define MANIFEST_VERSION_MAX 3
+#define MIN_CHUNK_SIZE (64 * 1024)
+#define MAX_CHUNK_SIZE (256 * 1024 * 1024)
+#define MAX_BLOCKS 64
+/* A manifest of a 64 TiB image of 64 KiB chunks, all stored, is ~70 GiB */
+#define MANIFEST_MAX_BYTES (256 * 1024 * 1024)
+
+static bool is_pow2(uint64_t n)
+{
+    return n && !(n & (n - 1));
+}
+
+static bool bad(GError **err, const char *where, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
+
+static bool bad(GError **err, const char *where, const char *fmt, ...)
+{
+    g_autofree char *what = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    what = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
+                "%s: not a valid s3chain image manifest: %s", where, what);
+    return false;
+}
+
+/* Member @name of @doc, a JSON integer from 0 to @max */
+static bool get_uint(json_object *doc, const char *name, uint64_t max,
+                     uint64_t *value, const char *where, GError **err)
+{
+    json_object *v;
+
+    if (!json_object_object_get_ex(doc, name, &v) ||
+        !json_object_is_type(v, json_type_int) ||
+        json_object_get_int64(v) < 0 ||
+        (uint64_t)json_object_get_int64(v) > max) {
+        return bad(err, where, "\"%s\" is not an integer from 0 to %"
+                   G_GUINT64_FORMAT, name, max);
+    }
+    *value = json_object_get_int64(v);
+    return true;
+}
+
+/* As the driver has it: hex digits and dots, so never a '/' */
+static bool is_tag(const char *tag)
+{
+    return tag && *tag && strspn(tag, "0123456789abcdef.") == strlen(tag);
+}
+
+/* Entry @i of a manifest's chunk list, checked into @c */
+static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
+                        const S3cManifest *m, uint64_t last, S3cChunk *c,
+                        const char *where, GError **err)
+{
+    size_t n = json_object_is_type(entry, json_type_array)
+               ? json_object_array_length(entry) : 0;
+    json_object *index = n ? json_object_array_get_idx(entry, 0) : NULL;
+    const char *tag = NULL, *md5 = NULL, *crc32 = NULL;
+
+    if (n < 3 || n > MIN(version + 2, 5)) {
+        return bad(err, where, "chunk entry %zu is not [index, tag, md5%s]",
+                   i, version < 2 ? "" : version < 3 ? ", crc32"
+                                                     : ", crc32, block-size");
+    }
+    for (size_t f = 1; f < n && f < 4; f++) {
+        json_object *v = json_object_array_get_idx(entry, f);
+
+        if (!json_object_is_type(v, json_type_string)) {
+            return bad(err, where, "chunk entry %zu: field %zu is not a "
+                       "string", i, f);
+        }
+    }
+    tag = json_object_get_string(json_object_array_get_idx(entry, 1));
+    md5 = json_object_get_string(json_object_array_get_idx(entry, 2));
+    crc32 = n > 3 ? json_object_get_string(json_object_array_get_idx(entry,
+                                                                      3))
+                  : NULL;
+    if (!json_object_is_type(index, json_type_int) ||
+        json_object_get_int64(index) < 0) {
+        return bad(err, where, "chunk entry %zu: its index is not an "
+                   "integer from 0", i);
+    }
+    c->index = json_object_get_int64(index);
+    if (c->index >= (m->size + m->chunk_size - 1) / m->chunk_size ||
+        (i && c->index <= last)) {
+        return bad(err, where, "chunk %" G_GUINT64_FORMAT " is out of order "
+                   "or beyond the image's end", c->index);
+    }
+    if (!is_tag(tag)) {
+        return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its tag is not "
+                   "lowercase hex and dots", c->index);
+    }
+    if (!is_hex(md5, 32) || (crc32 && !is_hex(crc32, 8))) {
+        return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its %s is not "
+                   "hex of its length", c->index,
+                   is_hex(md5, 32) ? "CRC-32" : "MD5");
+    }
+    if (n == 5) {
+        json_object *bs = json_object_array_get_idx(entry, 4);
+        int64_t block_size = json_object_get_int64(bs);
+
+        if (!json_object_is_type(bs, json_type_int) || block_size <= 0 ||
+            !is_pow2(block_size) || (uint64_t)block_size > m->chunk_size ||
+            m->chunk_size / block_size > MAX_BLOCKS) {
+            return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its block "
+                       "size is not a power of two dividing the chunk in "
+                       "at most %d", c->index, MAX_BLOCKS);
+        }
+        c->block_size = block_size;
+    }
+    c->key = g_strdup_printf("%s.d/%016" G_GINT64_MODIFIER "x.%s", m->key,
+                             c->index, tag);
+    c->md5 = g_ascii_strdown(md5, -1);
+    c->has_crc32 = crc32 != NULL;
+    c->crc32 = crc32 ? g_ascii_strtoull(crc32, NULL, 16) : 0;
+    return true;
+}
+
+/* The manifest's members but its chunks, into @m */
+static bool parse_header(json_object *doc, S3cManifest *m, uint64_t *version,
+                         const char *where, GError **err)
+{
+    json_object *format;
+    uint64_t generation;
+
+    if (!json_object_object_get_ex(doc, "format", &format) ||
+        g_strcmp0(json_object_get_string(format), "s3chain-chunked")) {
+        return bad(err, where, "\"format\" is not s3chain-chunked");
+    }
+    if (!get_uint(doc, "version", G_MAXINT64, version, where, err)) {
+        return false;
+    }
+    if (*version < 1 || *version > MANIFEST_VERSION_MAX) {
+        /* written by a newer s3chain: not damaged, not ours to read */
+        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                    "%s: manifest version %" G_GUINT64_FORMAT " is not one "
+                    "this s3chain reads (1 to %d): use a newer s3chain",
+                    where, *version, MANIFEST_VERSION_MAX);
+        return false;
+    }
+    if (!get_uint(doc, "size", G_MAXINT64, &m->size, where, err) ||
+        !get_uint(doc, "chunk-size", MAX_CHUNK_SIZE, &m->chunk_size, where,
+                  err) ||
+        !get_uint(doc, "generation", G_MAXINT64, &generation, where, err)) {
+        return false;
+    }
+    if (m->chunk_size < MIN_CHUNK_SIZE || !is_pow2(m->chunk_size)) {
+        return bad(err, where, "\"chunk-size\" %" G_GUINT64_FORMAT " is not "
+                   "a power of two from 64 KiB to 256 MiB", m->chunk_size);
+    }
+    return true;
+}
+
+/*
+ * docs/object-layout.rst: {"format": "s3chain-chunked", "version",
+ * "size", "chunk-size", "generation",
+ * "chunks": [[INDEX, TAG, MD5, CRC32, BLOCK_SIZE], ...]} in ascending
+ * INDEX order, no CRC32 in version 1, no BLOCK_SIZE before version 3
+ */
+S3cManifest *s3c_manifest_parse(const char *key, const GString *text,
+                                const char *where, GError **err)
 {
     g_autoptr(S3cManifest) m = g_new0(S3cManifest, 1);
-    json_object *doc = json_tokener_parse(text);
-    json_object *chunks;
+    json_object *doc, *chunks;
+    uint64_t version, last = 0;
+    bool ok;
 
     m->key = g_strdup(key);
     m->chunks = g_ptr_array_new_with_free_func((GDestroyNotify)chunk_free);
-    m->size = s3c_json_int(doc, "size");
-    m->chunk_size = s3c_json_int(doc, "chunk-size");
-    if (!doc || g_strcmp0(s3c_json_str(doc, "format"), "s3chain-chunked") ||
-        s3c_json_int(doc, "version") < 1 || s3c_json_int(doc, "version") > 3 ||
-        !m->chunk_size || (m->chunk_size & (m->chunk_size - 1)) ||
-        !json_object_object_get_ex(doc, "chunks", &chunks) ||
-        !json_object_is_type(chunks, json_type_array)) {
-        json_object_put(doc);
+    if (text->len > MANIFEST_MAX_BYTES) {
+        bad(err, where, "it is larger than %d MiB",
+            MANIFEST_MAX_BYTES >> 20);
         return NULL;
     }
-    for (size_t i = 0; i < json_object_array_length(chunks); i++) {
-        json_object *entry = json_object_array_get_idx(chunks, i);
-        const char *tag = json_object_get_string(
-            json_object_array_get_idx(entry, 1));
-        const char *md5 = json_object_get_string(
-            json_object_array_get_idx(entry, 2));
-        const char *crc32 = json_object_get_string(
-            json_object_array_get_idx(entry, 3));
-        int64_t block_size = json_object_get_int64(
-            json_object_array_get_idx(entry, 4));
-        S3cChunk *c;
+    doc = json_tokener_parse(text->str);
+    ok = json_object_is_type(doc, json_type_object) ||
+         bad(err, where, "it is not a JSON object");
+    ok = ok && parse_header(doc, m, &version, where, err);
+    if (ok && (!json_object_object_get_ex(doc, "chunks", &chunks) ||
+               !json_object_is_type(chunks, json_type_array))) {
+        ok = bad(err, where, "\"chunks\" is not a list");
+    }
+    for (size_t i = 0; ok && i < json_object_array_length(chunks); i++) {
+        S3cChunk *c = g_new0(S3cChunk, 1);
 
-        if (!json_object_is_type(entry, json_type_array) || !tag ||
-            !is_hex(md5, 32) || (crc32 && !is_hex(crc32, 8)) ||
-            block_size < 0 || (block_size && (!crc32 ||
-                (block_size & (block_size - 1)) ||
-                block_size > (int64_t)m->chunk_size))) {
-            json_object_put(doc);
-            return NULL;
+        ok = parse_chunk(json_object_array_get_idx(chunks, i), i, version,
+                         m, last, c, where, err);
+        if (ok) {
+            last = c->index;
+            g_ptr_array_add(m->chunks, c);
+        } else {
+            chunk_free(c);
         }
-        c = g_new0(S3cChunk, 1);
-        c->index = json_object_get_int64(json_object_array_get_idx(entry, 0));
-        c->key = g_strdup_printf("%s.d/%016" G_GINT64_MODIFIER "x.%s", key,
-                                 c->index, tag);
-        c->md5 = g_ascii_strdown(md5, -1);
-        c->has_crc32 = crc32 != NULL;
-        c->crc32 = crc32 ? g_ascii_strtoull(crc32, NULL, 16) : 0;
-        c->block_size = block_size;
-        g_ptr_array_add(m->chunks, c);
     }
     json_object_put(doc);
-    return g_steal_pointer(&m);
+    return ok ? g_steal_pointer(&m) : NULL;
 }
 
 S3cManifest *s3c_manifest_load(const S3cRepo *repo, const char *key,
@@ -99,25 +247,19 @@ S3cManifest *s3c_manifest_load(const S3cRepo *repo, const char *key,
 {
     g_autoptr(GString) body = NULL;
     g_autoptr(GError) local = NULL;
-    S3cManifest *m;
+    g_autofree char *where = g_strdup_printf("s3://%s/%s", repo->bucket,
+                                             key);
 
     if (!s3c_s3_get(repo, key, &body, &local)) {
         if (local) {
             g_propagate_error(err, g_steal_pointer(&local));
         } else {
             g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
-                        "s3://%s/%s: missing (the image's manifest)",
-                        repo->bucket, key);
+                        "%s: missing (the image's manifest)", where);
         }
         return NULL;
     }
-    m = parse_manifest(key, body->str);
-    if (!m) {
-        g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
-                    "s3://%s/%s: not a valid s3chain image manifest",
-                    repo->bucket, key);
-    }
-    return m;
+    return s3c_manifest_parse(key, body, where, err);
 }
 
 uint64_t s3c_manifest_stored_bytes(const S3cManifest *m)
@@ -247,8 +389,19 @@ static bool read_all_chunks(const S3cRepo *repo, const S3cManifest *m,
     return true;
 }
 
-bool s3c_image_verify(const S3cRepo *repo, const char *key, bool deep,
-                      GPtrArray *faults, GError **err)
+/*
+ * The most a qcow2 image of a @virtual_size disk can take: its data, L2
+ * and refcount tables (under 1/8 of it at 512-byte clusters) and a
+ * handful of 2 MiB metadata clusters
+ */
+static uint64_t qcow2_size_bound(uint64_t virtual_size)
+{
+    return virtual_size + virtual_size / 8 + 128 * 1024 * 1024;
+}
+
+bool s3c_image_verify(const S3cRepo *repo, const char *key,
+                      uint64_t virtual_size, bool deep, GPtrArray *faults,
+                      GError **err)
 {
     g_autoptr(GError) local = NULL;
     g_autoptr(S3cManifest) m = s3c_manifest_load(repo, key, &local);
@@ -262,6 +415,13 @@ bool s3c_image_verify(const S3cRepo *repo, const char *key, bool deep,
             return false;
         }
         g_ptr_array_add(faults, g_strdup(local->message));
+        return true;
+    }
+    if (m->size > qcow2_size_bound(virtual_size)) {
+        g_ptr_array_add(faults, g_strdup_printf(
+            "s3://%s/%s: its \"size\" %" G_GUINT64_FORMAT " is more than "
+            "a qcow2 image of the %" G_GUINT64_FORMAT "-byte disk can be",
+            repo->bucket, key, m->size, virtual_size));
         return true;
     }
     if (deep) {

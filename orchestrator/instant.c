@@ -97,7 +97,7 @@ static bool serve_points(Instant *in, GError **err)
 /* The node of the VM whose image is @path, or NULL */
 static char *vm_node_of(json_object *nodes, const char *path)
 {
-    for (size_t i = 0; i < json_object_array_length(nodes); i++) {
+    for (size_t i = 0; i < s3c_json_len(nodes); i++) {
         json_object *n = json_object_array_get_idx(nodes, i);
 
         if (!g_strcmp0(s3c_json_str(n, "drv"), "qcow2") &&

@@ -22,9 +22,15 @@ json_object *s3c_json_obj(const char *name, ...)
     return obj;
 }
 
+size_t s3c_json_len(json_object *list)
+{
+    return json_object_is_type(list, json_type_array)
+           ? json_object_array_length(list) : 0;
+}
+
 json_object *s3c_json_find_id(json_object *list, const char *id)
 {
-    for (size_t i = 0; i < json_object_array_length(list); i++) {
+    for (size_t i = 0; i < s3c_json_len(list); i++) {
         json_object *item = json_object_array_get_idx(list, i);
 
         if (!g_strcmp0(s3c_json_str(item, "id"), id)) {

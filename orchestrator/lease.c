@@ -21,7 +21,12 @@
 #define LEASE_MAX_S (7 * 86400)
 
 struct S3cLease {
-    const S3cRepo *repo;
+    /*
+     * The repository, with requests short enough that a renewal never
+     * outlasts a quarter of the lease, and the renewer retries instead
+     */
+    S3cRepo repo_for_lease;
+    const S3cRepo *repo;        /* &repo_for_lease */
     char *key;
     char *vm;
     char *body;                 /* this holder's lock, as put */
@@ -38,42 +43,34 @@ struct S3cLease {
     bool stop;
 };
 
-/* A lock as another command wrote it, checked */
-typedef struct Holder {
-    const char *host;
-    const char *owner;          /* NULL in locks of s3chain before 0.3 */
-    int64_t pid;
-    int64_t since;
-    int64_t lease_s;            /* 0 in locks of s3chain before 0.3 */
-} Holder;
-
 static char *lock_key(const S3cCatalog *cat)
 {
     return g_strconcat(cat->dir, "lock", NULL);
 }
 
-static bool bad_lock(GError **err, const S3cLease *l, const char *what)
+static bool bad_lock(GError **err, const char *where, const char *vm,
+                     const char *what)
 {
     g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
-                "s3://%s/%s: %s, so it is no lock of s3chain's; if no "
-                "s3chain command works on VM %s, delete that object",
-                l->repo->bucket, l->key, what, l->vm);
+                "%s: %s, so it is no lock of s3chain's; if no s3chain "
+                "command works on VM %s, delete that object", where, what,
+                vm);
     return false;
 }
 
-static bool read_holder(const S3cLease *l, json_object *doc, Holder *h,
-                        GError **err)
+static bool read_holder(const char *where, const char *vm, json_object *doc,
+                        S3cLockHolder *h, GError **err)
 {
     static const char *const ints[] = { "pid", "since", NULL };
     json_object *v;
 
     if (!json_object_is_type(doc, json_type_object)) {
-        return bad_lock(err, l, "it is not a JSON object");
+        return bad_lock(err, where, vm, "it is not a JSON object");
     }
     if (!json_object_object_get_ex(doc, "host", &v) ||
         !json_object_is_type(v, json_type_string) ||
         !json_object_get_string_len(v)) {
-        return bad_lock(err, l, "its \"host\" is not a name");
+        return bad_lock(err, where, vm, "its \"host\" is not a name");
     }
     h->host = json_object_get_string(v);
     for (const char *const *name = ints; *name; name++) {
@@ -82,7 +79,7 @@ static bool read_holder(const S3cLease *l, json_object *doc, Holder *h,
             json_object_get_int64(v) <= 0) {
             g_autofree char *what = g_strdup_printf(
                 "its \"%s\" is not a positive integer", *name);
-            return bad_lock(err, l, what);
+            return bad_lock(err, where, vm, what);
         }
     }
     h->pid = s3c_json_int(doc, "pid");
@@ -93,21 +90,38 @@ static bool read_holder(const S3cLease *l, json_object *doc, Holder *h,
         if (!json_object_is_type(v, json_type_int) ||
             json_object_get_int64(v) <= 0 ||
             json_object_get_int64(v) > LEASE_MAX_S) {
-            return bad_lock(err, l, "its \"lease\" is not a number of "
+            return bad_lock(err, where, vm, "its \"lease\" is not a number of "
                             "seconds up to a week");
         }
         h->lease_s = json_object_get_int64(v);
         if (!json_object_object_get_ex(doc, "owner", &v) ||
             !json_object_is_type(v, json_type_string)) {
-            return bad_lock(err, l, "its \"owner\" is not a string");
+            return bad_lock(err, where, vm, "its \"owner\" is not a string");
         }
         h->owner = json_object_get_string(v);
     }
     return true;
 }
 
+bool s3c_lock_parse(const char *where, const char *vm, const GString *body,
+                    json_object **doc, S3cLockHolder *holder, GError **err)
+{
+    *doc = body->len <= LOCK_MAX_BYTES ? json_tokener_parse(body->str)
+                                       : NULL;
+    if (!*doc) {
+        return bad_lock(err, where, vm, body->len > LOCK_MAX_BYTES
+                                        ? "it is larger than any lock"
+                                        : "it is not JSON");
+    }
+    if (!read_holder(where, vm, *doc, holder, err)) {
+        g_clear_pointer(doc, json_object_put);
+        return false;
+    }
+    return true;
+}
+
 /* A process of this host that is gone for sure */
-static bool holder_is_dead(const Holder *h)
+static bool holder_is_dead(const S3cLockHolder *h)
 {
     return !strcmp(h->host, g_get_host_name()) && h->pid <= G_MAXINT &&
            kill(h->pid, 0) < 0 && errno == ESRCH;
@@ -117,7 +131,7 @@ static bool holder_is_dead(const Holder *h)
  * Why the lock @h, last written @age seconds ago by the bucket's clock,
  * may be taken over; NULL if it may not
  */
-static char *takeover_reason(const Holder *h, int64_t age,
+static char *takeover_reason(const S3cLockHolder *h, int64_t age,
                              const S3cLeaseOptions *opts)
 {
     if (holder_is_dead(h)) {
@@ -135,7 +149,7 @@ static char *takeover_reason(const Holder *h, int64_t age,
     return NULL;
 }
 
-static void refuse(GError **err, const S3cLease *l, const Holder *h,
+static void refuse(GError **err, const S3cLease *l, const S3cLockHolder *h,
                    int64_t age)
 {
     g_autofree char *until = h->lease_s
@@ -179,8 +193,9 @@ static bool judge_lock(S3cLease *l, const S3cLeaseOptions *opts,
     g_autoptr(GString) body = NULL;
     g_autoptr(GError) local = NULL;
     g_autofree char *why = NULL;
-    json_object *doc;
-    Holder h;
+    g_autofree char *where = NULL;
+    json_object *doc = NULL;
+    S3cLockHolder h;
     bool ok;
 
     *reason = NULL;
@@ -191,13 +206,8 @@ static bool judge_lock(S3cLease *l, const S3cLeaseOptions *opts,
         }
         return true;            /* there is none */
     }
-    doc = body->len <= LOCK_MAX_BYTES ? json_tokener_parse(body->str) : NULL;
-    if (!doc) {
-        return bad_lock(err, l, body->len > LOCK_MAX_BYTES
-                                ? "it is larger than any lock"
-                                : "it is not JSON");
-    }
-    ok = read_holder(l, doc, &h, err);
+    where = g_strdup_printf("s3://%s/%s", l->repo->bucket, l->key);
+    ok = s3c_lock_parse(where, l->vm, body, &doc, &h, err);
     if (ok) {
         why = takeover_reason(&h, stamp_age(stamp), opts);
         if (!why) {
@@ -435,7 +445,10 @@ S3cLease *s3c_lease_acquire(const S3cRepo *repo, const S3cCatalog *cat,
     g_mutex_init(&l->renewing);
     g_mutex_init(&l->lock);
     g_cond_init(&l->wake);
-    l->repo = repo;
+    l->repo_for_lease = *repo;
+    l->repo_for_lease.timeout_s = MAX(opts->lease_s / 8, 2);
+    l->repo_for_lease.attempts = 2;
+    l->repo = &l->repo_for_lease;
     l->key = lock_key(cat);
     l->vm = g_strdup(cat->vm);
     l->lease_s = opts->lease_s;

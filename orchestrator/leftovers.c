@@ -46,10 +46,10 @@ static void note(GPtrArray *done, const char *fmt, ...)
 /* A dead run's backup jobs keep writing into its target: end them */
 static void end_jobs(S3cQmp *vm, GPtrArray *done)
 {
-    json_object *jobs = s3c_qmp_execute(vm, "query-jobs", NULL, NULL);
+    json_object *jobs = s3c_qmp_execute_list(vm, "query-jobs", NULL, NULL);
     int pid;
 
-    for (size_t i = 0; jobs && i < json_object_array_length(jobs); i++) {
+    for (size_t i = 0; i < s3c_json_len(jobs); i++) {
         const char *id = s3c_json_str(json_object_array_get_idx(jobs, i),
                                       "id");
 
@@ -69,12 +69,13 @@ static void end_jobs(S3cQmp *vm, GPtrArray *done)
 /* Each device writing through a dead run's filter gets its node back */
 static bool rewire_devices(S3cQmp *vm, GPtrArray *done, GError **err)
 {
-    json_object *blocks = s3c_qmp_execute(vm, "query-block", NULL, err);
+    json_object *blocks = s3c_qmp_execute_list(vm, "query-block", NULL,
+                                              err);
     json_object *graph = blocks ? s3c_vm_block_graph(vm, err) : NULL;
     bool ok = graph != NULL;
     int pid;
 
-    for (size_t i = 0; ok && i < json_object_array_length(blocks); i++) {
+    for (size_t i = 0; ok && i < s3c_json_len(blocks); i++) {
         json_object *blk = json_object_array_get_idx(blocks, i);
         const char *qdev = s3c_json_str(blk, "qdev");
         json_object *inserted;
@@ -113,14 +114,13 @@ static bool rewire_devices(S3cQmp *vm, GPtrArray *done, GError **err)
 static bool delete_nodes(S3cQmp *vm, const char *part, GPtrArray *done,
                          GError **err)
 {
-    json_object *nodes = s3c_qmp_execute(vm, "query-named-block-nodes",
-                                         s3c_json_obj("flat",
-                                             json_object_new_boolean(true),
-                                             NULL), err);
+    json_object *nodes = s3c_qmp_execute_list(
+        vm, "query-named-block-nodes",
+        s3c_json_obj("flat", json_object_new_boolean(true), NULL), err);
     bool ok = nodes != NULL;
     int pid;
 
-    for (size_t i = 0; ok && i < json_object_array_length(nodes); i++) {
+    for (size_t i = 0; ok && i < s3c_json_len(nodes); i++) {
         const char *name = s3c_json_str(json_object_array_get_idx(nodes, i),
                                         "node-name");
 

@@ -22,10 +22,6 @@
 #define DEFAULT_VM_WAIT 600
 #define DEFAULT_RUNTIME_DIR "/run/s3chain"
 
-volatile sig_atomic_t s3c_interrupted;
-
-G_DEFINE_QUARK(s3chain-error-quark, s3c_error)
-
 static const char repo_help[] =
 "Repository:\n"
 "  --repo s3://BUCKET[/PREFIX]\n"

@@ -1,5 +1,6 @@
 /*
- * output.c: progress for people (a bar) and for controllers (JSON lines)
+ * output.c: progress for people (a bar) and for controllers (JSON lines),
+ * and the errors and the interruption that every part reports to them
  *
  * Copyright (c) 2026 The s3chain authors
  *
@@ -11,6 +12,10 @@
 #include <stdio.h>
 
 #define PROGRESS_INTERVAL_US G_USEC_PER_SEC
+
+volatile sig_atomic_t s3c_interrupted;
+
+G_DEFINE_QUARK(s3chain-error-quark, s3c_error)
 
 static S3cOutputMode output_mode;
 static int64_t last_progress;

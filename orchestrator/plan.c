@@ -24,7 +24,7 @@ static GPtrArray *ranges_by_depth(json_object *map)
 {
     GPtrArray *depths = g_ptr_array_new_with_free_func(string_free);
 
-    for (size_t i = 0; i < json_object_array_length(map); i++) {
+    for (size_t i = 0; i < s3c_json_len(map); i++) {
         json_object *extent = json_object_array_get_idx(map, i);
         int64_t depth = s3c_json_int(extent, "depth");
         json_object *offset;

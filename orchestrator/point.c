@@ -76,9 +76,11 @@ bool s3c_point_check(const S3cPoint *p, const char *disk, GError **err)
         return false;
     }
     for (guint i = 0; i < chain->len && !faults->len; i++) {
-        const char *key = s3c_json_str(g_ptr_array_index(chain, i), "image");
+        json_object *image = g_ptr_array_index(chain, i);
 
-        if (!s3c_image_verify(&p->repo, key, false, faults, err)) {
+        if (!s3c_image_verify(&p->repo, s3c_json_str(image, "image"),
+                              s3c_json_int(image, "virtual-size"), false,
+                              faults, err)) {
             return false;
         }
     }

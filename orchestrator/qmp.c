@@ -15,11 +15,15 @@
 #include <time.h>
 #include <unistd.h>
 
+/* query-named-block-nodes of a VM with a thousand nodes fits many times */
+#define QMP_LINE_MAX (64 * 1024 * 1024)
+
 typedef struct UnixQmp {
     S3cQmp base;
     int fd;
     GString *inbuf;
     GQueue events;
+    int64_t last_id;            /* of the last command sent */
     bool agent;
 } UnixQmp;
 
@@ -74,11 +78,18 @@ static json_object *read_message(UnixQmp *q, int timeout_ms, GError **err)
             continue;
         }
         if (n <= 0) {
+            q->base.closed = true;
             g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
                         "%s closed its QMP connection", q->base.peer);
             return NULL;
         }
         g_string_append_len(q->inbuf, buf, n);
+        if (q->inbuf->len > QMP_LINE_MAX) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                        "%s sent a QMP message of more than %d MiB",
+                        q->base.peer, QMP_LINE_MAX >> 20);
+            return NULL;
+        }
     }
 }
 
@@ -111,8 +122,7 @@ static json_object *unix_execute(S3cQmp *qmp, const char *command,
                                  GError **err)
 {
     UnixQmp *q = (UnixQmp *)qmp;
-    static int64_t next_id;
-    int64_t id = ++next_id;
+    int64_t id = ++q->last_id;
     json_object *msg = s3c_json_obj("execute", json_object_new_string(command),
                                     "id", json_object_new_int64(id), NULL);
     int64_t deadline = now_ms() + timeout_ms;
@@ -145,8 +155,10 @@ static json_object *unix_execute(S3cQmp *qmp, const char *command,
             continue;
         }
         if (json_object_object_get_ex(reply, "error", &error)) {
+            const char *desc = s3c_json_str(error, "desc");
+
             g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT, "%s: %s: %s",
-                        qmp->peer, command, s3c_json_str(error, "desc"));
+                        qmp->peer, command, desc ? desc : "failed, unsaid why");
             json_object_put(reply);
             return NULL;
         }
@@ -226,9 +238,8 @@ S3cQmp *s3c_qmp_connect(const char *path, const char *peer, bool agent,
                         int timeout_ms, GError **err)
 {
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
-    g_autoptr(S3cQmp) qmp = NULL;
-    UnixQmp *q;
-    json_object *greeting;
+    S3cQmp *qmp;
+    int fd;
 
     if (strlen(path) >= sizeof(addr.sun_path)) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
@@ -236,23 +247,38 @@ S3cQmp *s3c_qmp_connect(const char *path, const char *peer, bool agent,
         return NULL;
     }
     strcpy(addr.sun_path, path);
-
-    q = g_new0(UnixQmp, 1);
-    q->base.ops = &unix_qmp_ops;
-    q->base.peer = g_strdup(peer);
-    q->inbuf = g_string_new(NULL);
-    q->agent = agent;
-    g_queue_init(&q->events);
-    qmp = &q->base;
-    q->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (q->fd < 0 ||
-        connect(q->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_VM_UNREACHABLE,
                     "cannot connect to %s's QMP socket %s: %s; check that "
                     "it runs and that the path is right", peer, path,
                     g_strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+        }
         return NULL;
     }
+    qmp = s3c_qmp_open_fd(fd, peer, agent, timeout_ms, err);
+    if (!qmp) {
+        g_prefix_error(err, "%s: ", path);
+    }
+    return qmp;
+}
+
+S3cQmp *s3c_qmp_open_fd(int fd, const char *peer, bool agent,
+                        int timeout_ms, GError **err)
+{
+    g_autoptr(S3cQmp) qmp = NULL;
+    UnixQmp *q = g_new0(UnixQmp, 1);
+    json_object *greeting;
+
+    q->base.ops = &unix_qmp_ops;
+    q->base.peer = g_strdup(peer);
+    q->inbuf = g_string_new(NULL);
+    q->agent = agent;
+    q->fd = fd;
+    g_queue_init(&q->events);
+    qmp = &q->base;
 
     if (agent) {
         return agent_sync(q, timeout_ms, err) ? g_steal_pointer(&qmp) : NULL;
@@ -262,8 +288,8 @@ S3cQmp *s3c_qmp_connect(const char *path, const char *peer, bool agent,
         json_object_put(greeting);
         g_clear_error(err);
         g_set_error(err, S3C_ERROR, S3C_EXIT_VM_UNREACHABLE,
-                    "no QMP greeting from %s on %s: is another client "
-                    "connected to it, or is it no QMP socket?", peer, path);
+                    "no QMP greeting from %s: is another client connected "
+                    "to its socket, or is it no QMP socket?", peer);
         return NULL;
     }
     json_object_put(greeting);
@@ -293,6 +319,20 @@ json_object *s3c_qmp_execute(S3cQmp *qmp, const char *command,
                              json_object *args, GError **err)
 {
     return s3c_qmp_execute_timeout(qmp, command, args, QMP_TIMEOUT_MS, err);
+}
+
+json_object *s3c_qmp_execute_list(S3cQmp *qmp, const char *command,
+                                  json_object *args, GError **err)
+{
+    json_object *ret = s3c_qmp_execute(qmp, command, args, err);
+
+    if (ret && !json_object_is_type(ret, json_type_array)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                    "%s: %s returned no list: is it QEMU?", qmp->peer,
+                    command);
+        g_clear_pointer(&ret, json_object_put);
+    }
+    return ret;
 }
 
 bool s3c_qmp_run(S3cQmp *qmp, const char *command, json_object *args,

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static char *env_or(const char *given, const char *name, const char *dflt)
 {
@@ -137,6 +138,17 @@ bool s3c_repo_init(S3cRepo *repo, const S3cRepoOptions *opts, GError **err)
     repo->region = env_or(opts->region, "AWS_REGION", "us-east-1");
     repo->cafile = g_strdup(opts->cafile);
     repo->verify_tls = !opts->no_verify_tls;
+    if (opts->cafile && access(opts->cafile, R_OK) < 0) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "cannot read --cafile %s: %s", opts->cafile,
+                    g_strerror(errno));
+        return false;
+    }
+    if (!repo->verify_tls && g_str_has_prefix(repo->endpoint, "https://")) {
+        g_printerr("s3chain: warning: the certificate of %s is not "
+                   "verified (--no-verify-tls): whoever is on the way can "
+                   "read and change what is stored\n", repo->endpoint);
+    }
     return load_credentials(repo, opts, err);
 }
 

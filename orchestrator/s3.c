@@ -8,6 +8,7 @@
 #include "s3chain.h"
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "../block/s3chain-retry.h"
 #include "../block/s3chain-sigv4.h"
 
 #include <curl/curl.h>
@@ -150,7 +151,8 @@ static bool perform(const S3cRepo *repo, const S3Request *req,
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, resp->body);
     curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, resp->curl_error);
-    curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)S3_TIMEOUT_S);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT,
+                     (long)(repo->timeout_s ? repo->timeout_s : S3_TIMEOUT_S));
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, repo->verify_tls ? 1L : 0L);
     curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, repo->verify_tls ? 2L : 0L);
@@ -198,8 +200,8 @@ static void no_bucket(const S3cRepo *repo, GError **err)
 }
 
 /*
- * Sends @req, retrying what may pass: transport errors and 5xx.  Returns
- * the final response's status, or 0 with @err set.
+ * Sends @req, retrying what may pass (block/s3chain-retry.c, the driver's
+ * policy too).  Returns the final response's status, or 0 with @err set.
  */
 static long request(const S3cRepo *repo, const S3Request *req,
                     GString *body, GError **err)
@@ -211,6 +213,16 @@ static long request(const S3cRepo *repo, const S3Request *req,
     for (int attempt = 1;; attempt++) {
         bool done = perform(repo, req, &resp);
 
+        if (!done && s3chain_curl_error_is_tls(resp.curl_code)) {
+            /* the same certificate would come again */
+            g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                        "TLS with %s failed: %s; give the CA that signed "
+                        "its certificate with --cafile, or check the "
+                        "endpoint's scheme and host", repo->endpoint,
+                        resp.curl_error[0] ? resp.curl_error
+                        : curl_easy_strerror(resp.curl_code));
+            return 0;
+        }
         if (done && resp.status == 501 &&
             (req->if_match || req->if_none_match)) {
             /* the caller has a way without conditional writes */
@@ -225,10 +237,12 @@ static long request(const S3cRepo *repo, const S3Request *req,
                         repo->endpoint, resp.status, code);
             return 0;
         }
-        if (done && resp.status < 500) {
+        if (done && !s3chain_status_is_transient(resp.status)) {
             break;
         }
-        if (attempt == S3_ATTEMPTS || s3c_interrupted) {
+        if (attempt >= (repo->attempts ? repo->attempts : S3_ATTEMPTS) ||
+            s3c_interrupted ||
+            (!done && !s3chain_curl_error_is_transient(resp.curl_code))) {
             if (!done) {
                 g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
                             "cannot reach %s: %s", repo->endpoint,
@@ -408,6 +422,8 @@ static void list_start(GMarkupParseContext *ctx, const char *name,
     if (!g_markup_parse_context_get_element_stack(ctx)->next) {
         page->is_listing = !strcmp(name, "ListBucketResult");
     } else if (!strcmp(name, "Contents")) {
+        /* one inside another is no listing; keep the inner one */
+        g_clear_pointer(&page->object, s3c_object_free);
         page->object = g_new0(S3cObject, 1);
     } else if (!strcmp(name, "CommonPrefixes")) {
         page->in_prefixes = true;
@@ -420,7 +436,12 @@ static void list_end(GMarkupParseContext *ctx, const char *name,
     ListPage *page = opaque;
 
     if (!strcmp(name, "Contents") && page->object) {
-        g_ptr_array_add(page->objects, g_steal_pointer(&page->object));
+        if (page->object->key) {
+            g_ptr_array_add(page->objects, g_steal_pointer(&page->object));
+        } else {
+            /* an entry without a key names nothing */
+            g_clear_pointer(&page->object, s3c_object_free);
+        }
     } else if (!strcmp(name, "CommonPrefixes")) {
         page->in_prefixes = false;
     }
@@ -433,9 +454,11 @@ static void list_text(GMarkupParseContext *ctx, const char *text, gsize len,
     const char *e = g_markup_parse_context_get_element(ctx);
 
     if (page->object && !strcmp(e, "Key")) {
+        g_free(page->object->key);
         page->object->key = g_strndup(text, len);
     } else if (page->object && !strcmp(e, "ETag")) {
         /* a quoted hex digest, "&quot;" already decoded by GMarkup */
+        g_free(page->object->etag);
         page->object->etag = g_ascii_strdown(text, len);
         g_strdelimit(page->object->etag, "\"", ' ');
         g_strstrip(page->object->etag);
@@ -453,6 +476,28 @@ static void list_text(GMarkupParseContext *ctx, const char *text, gsize len,
     }
 }
 
+S3cListing s3c_s3_parse_listing(const char *xml, size_t len,
+                                GPtrArray *objects, GPtrArray *prefixes,
+                                bool *truncated, char **next_token)
+{
+    static const GMarkupParser parser = {
+        .start_element = list_start,
+        .end_element = list_end,
+        .text = list_text,
+    };
+    ListPage page = { .objects = objects, .prefixes = prefixes };
+    g_autoptr(GMarkupParseContext) ctx =
+        g_markup_parse_context_new(&parser, 0, &page, NULL);
+    bool parsed = g_markup_parse_context_parse(ctx, xml, len, NULL) &&
+                  g_markup_parse_context_end_parse(ctx, NULL);
+
+    g_clear_pointer(&page.object, s3c_object_free);
+    *truncated = page.truncated;
+    *next_token = page.next_token;
+    return !parsed ? S3C_LISTING_NOT_XML
+           : !page.is_listing ? S3C_LISTING_NOT_A_LISTING : S3C_LISTING_OK;
+}
+
 void s3c_object_free(S3cObject *obj)
 {
     g_free(obj->key);
@@ -463,22 +508,19 @@ void s3c_object_free(S3cObject *obj)
 bool s3c_s3_list(const S3cRepo *repo, const char *prefix, bool delimited,
                  GPtrArray **objects, GPtrArray **prefixes, GError **err)
 {
-    static const GMarkupParser parser = {
-        .start_element = list_start,
-        .end_element = list_end,
-        .text = list_text,
-    };
     g_autofree char *encoded_prefix = s3chain_uri_encode(prefix, false);
-    ListPage page = {
-        .objects = g_ptr_array_new_with_free_func(
-            (GDestroyNotify)s3c_object_free),
-        .prefixes = g_ptr_array_new_with_free_func(g_free),
-    };
+    g_autoptr(GPtrArray) found = g_ptr_array_new_with_free_func(
+        (GDestroyNotify)s3c_object_free);
+    g_autoptr(GPtrArray) found_prefixes = g_ptr_array_new_with_free_func(
+        g_free);
+    g_autofree char *next_token = NULL;
+    bool truncated = false;
     bool ok = true;
 
     do {
-        g_autofree char *token = page.next_token ?
-            s3chain_uri_encode(page.next_token, false) : NULL;
+        g_autofree char *token = next_token ?
+            s3chain_uri_encode(next_token, false) : NULL;
+        g_autofree char *previous = g_steal_pointer(&next_token);
         /* parameters in the sorted order SigV4's canonical query wants */
         g_autofree char *query = g_strdup_printf(
             "%s%s%s%slist-type=2&prefix=%s",
@@ -487,7 +529,6 @@ bool s3c_s3_list(const S3cRepo *repo, const char *prefix, bool delimited,
             encoded_prefix);
         const S3Request req = { .method = "GET", .key = "", .query = query };
         g_autoptr(GString) out = g_string_new(NULL);
-        g_autoptr(GMarkupParseContext) ctx = NULL;
         long status = request(repo, &req, out, err);
 
         if (status != 200) {
@@ -495,20 +536,16 @@ bool s3c_s3_list(const S3cRepo *repo, const char *prefix, bool delimited,
                  : status ? unexpected(repo, &req, status, out, err) : false;
             break;
         }
-        page.truncated = false;
-        page.is_listing = false;
-        g_clear_pointer(&page.next_token, g_free);
-        ctx = g_markup_parse_context_new(&parser, 0, &page, NULL);
-        if (!g_markup_parse_context_parse(ctx, out->str, out->len, NULL) ||
-            !g_markup_parse_context_end_parse(ctx, NULL)) {
+        switch (s3c_s3_parse_listing(out->str, out->len, found,
+                                     found_prefixes, &truncated,
+                                     &next_token)) {
+        case S3C_LISTING_NOT_XML:
             g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
                         "listing s3://%s/%s: %s sent no valid XML",
                         repo->bucket, prefix, repo->endpoint);
-            g_clear_pointer(&page.object, s3c_object_free);
             ok = false;
             break;
-        }
-        if (!page.is_listing) {
+        case S3C_LISTING_NOT_A_LISTING:
             /* a web server's page is no empty repository */
             g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
                         "listing s3://%s/%s: %s answered with no S3 "
@@ -516,20 +553,25 @@ bool s3c_s3_list(const S3cRepo *repo, const char *prefix, bool delimited,
                         repo->bucket, prefix, repo->endpoint);
             ok = false;
             break;
+        case S3C_LISTING_OK:
+            /* a server that sends the same page again would never end */
+            if (truncated && !g_strcmp0(next_token, previous)) {
+                g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                            "listing s3://%s/%s: %s sent the same "
+                            "continuation token twice", repo->bucket,
+                            prefix, repo->endpoint);
+                ok = false;
+            }
+            break;
         }
-    } while (page.truncated && page.next_token);
+    } while (ok && truncated && next_token);
 
-    g_free(page.next_token);
     if (!ok) {
-        g_ptr_array_unref(page.objects);
-        g_ptr_array_unref(page.prefixes);
         return false;
     }
-    *objects = page.objects;
+    *objects = g_steal_pointer(&found);
     if (prefixes) {
-        *prefixes = page.prefixes;
-    } else {
-        g_ptr_array_unref(page.prefixes);
+        *prefixes = g_steal_pointer(&found_prefixes);
     }
     return true;
 }

@@ -53,6 +53,8 @@ typedef struct S3cRepo {
     char *session_token;        /* NULL without one */
     char *cafile;               /* NULL for the system's */
     bool verify_tls;
+    int timeout_s;              /* of each request; 0: 30 s */
+    int attempts;               /* of each request; 0: 4 */
 } S3cRepo;
 
 typedef struct S3cRepoOptions {
@@ -141,6 +143,19 @@ void s3c_object_free(S3cObject *obj);
  * S3cObject).  With @delimited, keys with a '/' past the prefix are
  * folded into @prefixes (of strings) instead.
  */
+typedef enum S3cListing {
+    S3C_LISTING_OK,
+    S3C_LISTING_NOT_XML,
+    S3C_LISTING_NOT_A_LISTING,      /* XML, but no ListBucketResult */
+} S3cListing;
+
+/*
+ * Reads one ListObjectsV2 page, adding its objects (S3cObject) and
+ * common prefixes to the arrays; *@next_token is the caller's
+ */
+S3cListing s3c_s3_parse_listing(const char *xml, size_t len,
+                                GPtrArray *objects, GPtrArray *prefixes,
+                                bool *truncated, char **next_token);
 bool s3c_s3_list(const S3cRepo *repo, const char *prefix, bool delimited,
                  GPtrArray **objects, GPtrArray **prefixes, GError **err);
 
@@ -165,6 +180,9 @@ typedef struct S3cManifest {
 /* Reads the manifest of image @key; missing or invalid is DAMAGED */
 S3cManifest *s3c_manifest_load(const S3cRepo *repo, const char *key,
                                GError **err);
+/* Reads @text, the manifest of image @key at @where, checking all of it */
+S3cManifest *s3c_manifest_parse(const char *key, const GString *text,
+                                const char *where, GError **err);
 uint64_t s3c_manifest_stored_bytes(const S3cManifest *m);
 void s3c_manifest_free(S3cManifest *m);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(S3cManifest, s3c_manifest_free)
@@ -172,13 +190,14 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(S3cManifest, s3c_manifest_free)
 bool s3c_image_stored_bytes(const S3cRepo *repo, const char *key,
                             uint64_t *bytes, GError **err);
 /*
- * Checks image @key: its manifest, and each chunk it names, present
- * with the manifest's MD5 as its ETag (@deep: read, and its bytes
- * hashed).  Each fault is added to @faults as "s3://OBJECT: what";
- * @err is only for failing to check at all.
+ * Checks image @key of a @virtual_size disk: its manifest, and each
+ * chunk it names, present with the manifest's MD5 as its ETag (@deep:
+ * read, and its bytes hashed).  Each fault is added to @faults as
+ * "s3://OBJECT: what"; @err is only for failing to check at all.
  */
-bool s3c_image_verify(const S3cRepo *repo, const char *key, bool deep,
-                      GPtrArray *faults, GError **err);
+bool s3c_image_verify(const S3cRepo *repo, const char *key,
+                      uint64_t virtual_size, bool deep, GPtrArray *faults,
+                      GError **err);
 
 /* qemu-img.c: running the qemu-img of s3chain's build on images */
 
@@ -239,6 +258,7 @@ typedef struct S3cQmpOps {
 struct S3cQmp {
     const S3cQmpOps *ops;
     char *peer;                 /* "the VM", "the sidecar": for messages */
+    bool closed;                /* the peer hung up: it is gone */
 };
 
 /*
@@ -247,12 +267,19 @@ struct S3cQmp {
  */
 S3cQmp *s3c_qmp_connect(const char *path, const char *peer, bool agent,
                         int timeout_ms, GError **err);
+/* The same over socket @fd, connected already (taken) */
+S3cQmp *s3c_qmp_open_fd(int fd, const char *peer, bool agent,
+                        int timeout_ms, GError **err);
 /* Runs @command with @args (taken; may be NULL); returns its "return" */
 json_object *s3c_qmp_execute(S3cQmp *qmp, const char *command,
                              json_object *args, GError **err);
 json_object *s3c_qmp_execute_timeout(S3cQmp *qmp, const char *command,
                                      json_object *args, int timeout_ms,
                                      GError **err);
+/* s3c_qmp_execute() of a command that returns a list; any other reply is
+ * the peer's fault */
+json_object *s3c_qmp_execute_list(S3cQmp *qmp, const char *command,
+                                  json_object *args, GError **err);
 /* Runs @command with @args (taken) for its effect alone */
 bool s3c_qmp_run(S3cQmp *qmp, const char *command, json_object *args,
                  GError **err);
@@ -265,6 +292,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(S3cQmp, s3c_qmp_free)
 /* Builds an object from name/value pairs ending in NULL; values taken */
 json_object *s3c_json_obj(const char *name, ...) G_GNUC_NULL_TERMINATED;
 const char *s3c_json_str(json_object *obj, const char *name);
+/*
+ * How many items @list holds: 0 when it is no list, as a peer may send
+ * (json-c asserts on a list that is not)
+ */
+size_t s3c_json_len(json_object *list);
 /* The item of @list (query-jobs', query-block-exports'...) with this id */
 json_object *s3c_json_find_id(json_object *list, const char *id);
 int64_t s3c_json_int(json_object *obj, const char *name);
@@ -452,6 +484,12 @@ typedef struct S3cCatalog {
 /* Loads the VM's catalog, or starts an empty one */
 bool s3c_catalog_load(S3cCatalog *cat, const S3cRepo *repo, const char *vm,
                       GError **err);
+/*
+ * Reads @text, the catalog object at @where, into @cat (its vm and dir
+ * set); checks all of it: a fault is S3C_EXIT_DAMAGED, naming the field
+ */
+bool s3c_catalog_parse(S3cCatalog *cat, const char *where,
+                       const GString *text, GError **err);
 bool s3c_catalog_save(S3cCatalog *cat, const S3cRepo *repo, GError **err);
 void s3c_catalog_clear(S3cCatalog *cat);
 json_object *s3c_catalog_backups(const S3cCatalog *cat);
@@ -500,6 +538,21 @@ typedef struct S3cLeaseOptions {
     bool break_stale;           /* ... broken only when this is given */
 } S3cLeaseOptions;
 
+/* A lock as a command wrote it, checked */
+typedef struct S3cLockHolder {
+    const char *host;
+    const char *owner;          /* NULL in locks of s3chain 0.2 */
+    int64_t pid;
+    int64_t since;
+    int64_t lease_s;            /* 0 in locks of s3chain 0.2 */
+} S3cLockHolder;
+
+/*
+ * Reads @body, the lock object at @where of VM @vm, into @holder, whose
+ * strings live in *@doc (the caller's); a fault is S3C_EXIT_DAMAGED
+ */
+bool s3c_lock_parse(const char *where, const char *vm, const GString *body,
+                    json_object **doc, S3cLockHolder *holder, GError **err);
 /*
  * Takes the VM's lock: creates it, or takes it over when its holder's
  * process is gone or its lease ran out unrenewed; else S3C_EXIT_LOCKED

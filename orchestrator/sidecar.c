@@ -206,7 +206,7 @@ static void clear_killed_command(S3cSidecar *sc)
     json_object *list = s3c_qmp_execute(sc->qmp, "query-jobs", NULL, NULL);
     bool deleted = true;
 
-    for (size_t i = 0; list && i < json_object_array_length(list); i++) {
+    for (size_t i = 0; i < s3c_json_len(list); i++) {
         const char *id = s3c_json_str(json_object_array_get_idx(list, i),
                                       "id");
 
@@ -218,7 +218,7 @@ static void clear_killed_command(S3cSidecar *sc)
     }
     json_object_put(list);
     list = s3c_qmp_execute(sc->qmp, "query-block-exports", NULL, NULL);
-    for (size_t i = 0; list && i < json_object_array_length(list); i++) {
+    for (size_t i = 0; i < s3c_json_len(list); i++) {
         const char *id = s3c_json_str(json_object_array_get_idx(list, i),
                                       "id");
 
@@ -236,7 +236,7 @@ static void clear_killed_command(S3cSidecar *sc)
                                s3c_json_obj("flat",
                                             json_object_new_boolean(true),
                                             NULL), NULL);
-        for (size_t i = 0; list && i < json_object_array_length(list); i++) {
+        for (size_t i = 0; i < s3c_json_len(list); i++) {
             const char *node = s3c_json_str(
                 json_object_array_get_idx(list, i), "node-name");
 
@@ -253,7 +253,7 @@ static void clear_killed_command(S3cSidecar *sc)
     list = s3c_qmp_execute(sc->qmp, "qom-list", s3c_json_obj(
                                "path", json_object_new_string("/objects"),
                                NULL), NULL);
-    for (size_t i = 0; list && i < json_object_array_length(list); i++) {
+    for (size_t i = 0; i < s3c_json_len(list); i++) {
         const char *id = s3c_json_str(json_object_array_get_idx(list, i),
                                       "name");
 
@@ -332,7 +332,7 @@ bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
     json_object_put(ret);
 
     ret = s3c_qmp_execute(sc->qmp, "query-iothreads", NULL, NULL);
-    for (size_t i = 0; ret && i < json_object_array_length(ret); i++) {
+    for (size_t i = 0; i < s3c_json_len(ret); i++) {
         const char *id = s3c_json_str(json_object_array_get_idx(ret, i), "id");
 
         if (!g_strcmp0(id, "s3chain-io")) {

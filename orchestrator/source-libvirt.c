@@ -730,6 +730,20 @@ static bool libvirt_start(S3cSource *src, S3cBackupRun *run, GError **err)
     return true;
 }
 
+/* The shut-off domain started while its disks were read: it says so */
+static bool started_meanwhile(LibvirtSource *s, GError **err)
+{
+    if (virDomainIsActive(s->dom) == 0) {
+        return false;
+    }
+    g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
+                "domain %s started while its shut-off disks were read; the "
+                "backup was abandoned: run it again (a running domain is "
+                "backed up through libvirt's backup job)",
+                s->opts->libvirt_domain);
+    return true;
+}
+
 static bool libvirt_copy(S3cSource *src, S3cBackupRun *run, GError **err)
 {
     LibvirtSource *s = libvirt_source(src);
@@ -759,6 +773,15 @@ static bool libvirt_copy(S3cSource *src, S3cBackupRun *run, GError **err)
         }
     }
     ok = s3c_pull_copy(pulls, run->disks->len, run->opts->buffer_size, err);
+    if (!ok && s->offline && reconnect(s, NULL)) {
+        /* the start is what broke the read: say that, not how it broke */
+        g_autoptr(GError) started = NULL;
+
+        if (started_meanwhile(s, &started)) {
+            g_clear_error(err);
+            g_propagate_error(err, g_steal_pointer(&started));
+        }
+    }
     for (guint i = 0; i < run->disks->len; i++) {
         S3cDiskBackup *d = g_ptr_array_index(run->disks, i);
 
@@ -826,15 +849,7 @@ static bool finish_offline(LibvirtSource *s, GError **err)
     g_autoptr(GError) changed = NULL;
     bool unchanged = s3c_offline_close(g_steal_pointer(&s->read), &changed);
 
-    if (!reconnect(s, err)) {
-        return false;
-    }
-    if (virDomainIsActive(s->dom) != 0) {
-        g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
-                    "domain %s started while its shut-off disks were read; "
-                    "the backup was abandoned: run it again (a running "
-                    "domain is backed up through libvirt's backup job)",
-                    s->opts->libvirt_domain);
+    if (!reconnect(s, err) || started_meanwhile(s, err)) {
         return false;
     }
     if (!unchanged) {

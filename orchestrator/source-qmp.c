@@ -9,6 +9,7 @@
  */
 #include "s3chain.h"
 
+#include <errno.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -352,7 +353,16 @@ static bool wait_jobs(QmpSource *b, GError **err)
 
         d->backup->duration = jobs[i].seconds;
         d->backup->bytes_copied = jobs[i].total;
-        if (jobs[i].error) {
+        if (jobs[i].error && !strcmp(jobs[i].error, g_strerror(EACCES))) {
+            /* what snapshot-access says once copy-before-write broke it */
+            g_string_append_printf(
+                errors, "%s%s: the snapshot was dropped, for a guest write "
+                "waited longer than --cbw-timeout (%d s) for its old data "
+                "to reach the sidecar, or that copy failed: the bucket or "
+                "the sidecar is failing or too slow",
+                errors->len ? "; " : "", d->disk->name,
+                b->opts->cbw_timeout);
+        } else if (jobs[i].error) {
             g_string_append_printf(errors, "%s%s: %s",
                                    errors->len ? "; " : "", d->disk->name,
                                    jobs[i].error);
@@ -587,6 +597,11 @@ static void qmp_abandon(S3cSource *src, S3cBackupRun *run)
     g_autoptr(GError) local = NULL;
 
     if (!b->vm || !b->disks) {
+        return;
+    }
+    if (b->vm->closed) {
+        /* the VM is gone, and its graph and bitmaps with it */
+        s3c_backup_drop_targets(run);
         return;
     }
     if (b->jobs_started) {

@@ -98,7 +98,8 @@ static bool verify_image(Verify *v, const S3cCatalog *cat, const char *id,
     g_autoptr(GPtrArray) faults = g_ptr_array_new();
 
     v->images++;
-    if (!s3c_image_verify(&v->repo, key, v->opts->deep, faults, err) ||
+    if (!s3c_image_verify(&v->repo, key, s3c_json_int(disk, "virtual-size"),
+                          v->opts->deep, faults, err) ||
         (v->opts->deep && !faults->len &&
          !check_qcow2(v, disk, faults, err))) {
         return false;

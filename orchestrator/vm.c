@@ -71,7 +71,7 @@ static void add_bitmaps(S3cDisk *disk, json_object *node)
     if (!json_object_object_get_ex(node, "dirty-bitmaps", &list)) {
         return;
     }
-    for (size_t i = 0; i < json_object_array_length(list); i++) {
+    for (size_t i = 0; i < s3c_json_len(list); i++) {
         json_object *b = json_object_array_get_idx(list, i);
         S3cBitmap *bitmap = g_new0(S3cBitmap, 1);
 
@@ -111,7 +111,7 @@ static const char *const filter_drivers[] = {
 
 static json_object *named_node(json_object *nodes, const char *name)
 {
-    for (size_t i = 0; i < json_object_array_length(nodes); i++) {
+    for (size_t i = 0; i < s3c_json_len(nodes); i++) {
         json_object *node = json_object_array_get_idx(nodes, i);
 
         if (!g_strcmp0(s3c_json_str(node, "node-name"), name)) {
@@ -137,7 +137,7 @@ static const char *graph_node_name(json_object *graph, int64_t id)
     if (!json_object_object_get_ex(graph, "nodes", &nodes)) {
         return NULL;
     }
-    for (size_t i = 0; i < json_object_array_length(nodes); i++) {
+    for (size_t i = 0; i < s3c_json_len(nodes); i++) {
         json_object *n = json_object_array_get_idx(nodes, i);
 
         if (s3c_json_int(n, "id") == id) {
@@ -155,7 +155,7 @@ const char *s3c_block_graph_child(json_object *graph, const char *node,
     if (!json_object_object_get_ex(graph, "edges", &edges)) {
         return NULL;
     }
-    for (size_t i = 0; i < json_object_array_length(edges); i++) {
+    for (size_t i = 0; i < s3c_json_len(edges); i++) {
         json_object *e = json_object_array_get_idx(edges, i);
 
         if (!g_strcmp0(s3c_json_str(e, "name"), child) &&
@@ -187,13 +187,14 @@ GPtrArray *s3c_vm_disks(S3cQmp *vm, GError **err)
 {
     g_autoptr(GPtrArray) disks =
         g_ptr_array_new_with_free_func((GDestroyNotify)s3c_disk_free);
-    json_object *blocks = s3c_qmp_execute(vm, "query-block", NULL, err);
+    json_object *blocks = s3c_qmp_execute_list(vm, "query-block", NULL,
+                                               err);
     json_object *nodes = NULL, *graph = NULL;
 
     if (blocks) {
-        nodes = s3c_qmp_execute(vm, "query-named-block-nodes", s3c_json_obj(
-                                    "flat", json_object_new_boolean(true),
-                                    NULL), err);
+        nodes = s3c_qmp_execute_list(
+            vm, "query-named-block-nodes",
+            s3c_json_obj("flat", json_object_new_boolean(true), NULL), err);
     }
     if (nodes) {
         graph = s3c_vm_block_graph(vm, err);
@@ -204,7 +205,7 @@ GPtrArray *s3c_vm_disks(S3cQmp *vm, GError **err)
         return NULL;
     }
 
-    for (size_t i = 0; i < json_object_array_length(blocks); i++) {
+    for (size_t i = 0; i < s3c_json_len(blocks); i++) {
         json_object *blk = json_object_array_get_idx(blocks, i);
         json_object *inserted, *image, *fmt;
         const char *qdev = s3c_json_str(blk, "qdev");
@@ -213,6 +214,15 @@ GPtrArray *s3c_vm_disks(S3cQmp *vm, GError **err)
         if (!qdev || !json_object_object_get_ex(blk, "inserted", &inserted) ||
             s3c_json_bool(inserted, "ro")) {
             continue;
+        }
+        if (!s3c_json_str(inserted, "node-name")) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                        "%s: query-block names no node for device %s: is "
+                        "it QEMU?", vm->peer, qdev);
+            json_object_put(blocks);
+            json_object_put(nodes);
+            json_object_put(graph);
+            return NULL;
         }
         disk = s3c_disk_new();
         disk->qdev = g_strdup(qdev);

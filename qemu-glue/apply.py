@@ -55,7 +55,8 @@ def apply_build(tree):
          "  [curl, 's3chain', files('s3chain.c', 's3chain-cache.c',\n"
          "                          's3chain-http.c', 's3chain-image.c',\n"
          "                          's3chain-manifest.c', 's3chain-plan.c',\n"
-         "                          's3chain-sigv4.c', 's3chain-url.c')],\n")
+         "                          's3chain-retry.c', 's3chain-sigv4.c',\n"
+         "                          's3chain-url.c')],\n")
 
 
 def apply_maintainers(tree):

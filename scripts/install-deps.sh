@@ -46,8 +46,11 @@ backports_pkgs=(meson python3-pycotap qemu-system-x86
                 libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu
                 libvirt-clients)
 ceph_pkgs=(ceph-mon ceph-osd ceph-base ceph-common radosgw)
-# fuse3 and e2fsprogs: a served backup mounted through a FUSE export
-test_pkgs=(python3-boto3 jq xxd psmisc procps fuse3 e2fsprogs)
+# fuse3 and e2fsprogs: a served backup mounted through a FUSE export;
+# openssl: the certificates of radosgw's TLS endpoint; clang and its
+# runtime: the fuzzers (libFuzzer, ASan, UBSan)
+test_pkgs=(python3-boto3 jq xxd psmisc procps fuse3 e2fsprogs openssl
+           clang libclang-rt-14-dev)
 
 missing=()
 for p in "${build_pkgs[@]}" "${backports_pkgs[@]}" "${ceph_pkgs[@]}" "${test_pkgs[@]}"; do

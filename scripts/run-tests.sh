@@ -1,8 +1,8 @@
 #!/bin/bash
 # Runs every test of s3chain on a fresh Debian 12: builds what is needed,
 # starts the local S3 server, then runs the unit tests, the patch series
-# checks (staleness, checkpatch), the iotests against the server and the
-# tests of the s3chain command.
+# checks (staleness, checkpatch), the iotests against the server, the
+# tests of the s3chain command and a short run of each fuzzer.
 # Ends with "N passed, N failed" and exits non-zero if anything failed.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -70,7 +70,7 @@ command_tests() {
         S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
             "$QEMU_BUILD/pyvenv/bin/python3" -W ignore::ResourceWarning \
             -m unittest -v test_backup test_restore test_catalog \
-            test_endpoints test_lease test_libvirt
+            test_endpoints test_lease test_tls test_libvirt
     )
 }
 
@@ -79,6 +79,7 @@ step "patches/ up to date" "$REPO/scripts/make-patches.sh" --check
 step "checkpatch" checkpatch
 step "iotests" iotests
 step "s3chain command" command_tests
+step "fuzzers" "$REPO/scripts/fuzz.sh" 20
 
 echo
 for f in "${failures[@]}"; do

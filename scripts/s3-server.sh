@@ -6,24 +6,31 @@
 #   s3-server.sh stop       end the processes it started, and remove its data
 #   s3-server.sh rgw-stop   end radosgw only (for fault tests)
 #   s3-server.sh rgw-start  start radosgw again
+#   s3-server.sh rgw-pause  freeze radosgw (SIGSTOP): it stalls, connections
+#                           stay open (for fault tests)
+#   s3-server.sh rgw-resume thaw it
 #   s3-server.sh env        print the env file's path
 #
 # Settings from the environment:
 #   S3CHAIN_S3_DIR     where it keeps everything (default /tmp/s3chain-s3;
 #                      keep it short: unix socket paths are limited)
 #   S3CHAIN_S3_PORT    radosgw's port (default 7480)
+#   S3CHAIN_S3_TLS_PORT  its HTTPS port (default 7443), with a certificate
+#                      for 127.0.0.1 signed by a CA made for it
 #   S3CHAIN_S3_STORE   memstore (default, all in RAM) or bluestore (a
 #                      sparse file in S3CHAIN_S3_DIR)
 #   S3CHAIN_S3_BYTES   the OSD's capacity (default 16G)
 #
 # The env file (mode 0600) has S3CHAIN_ENDPOINT, S3CHAIN_BUCKET,
-# AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and S3CHAIN_S3_CTL.
+# AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, S3CHAIN_S3_CTL,
+# and S3CHAIN_TLS_ENDPOINT with S3CHAIN_TLS_CA, the CA's certificate.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 
 DIR=${S3CHAIN_S3_DIR:-/tmp/s3chain-s3}
 PORT=${S3CHAIN_S3_PORT:-7480}
+TLS_PORT=${S3CHAIN_S3_TLS_PORT:-7443}
 STORE=${S3CHAIN_S3_STORE:-memstore}
 BYTES=${S3CHAIN_S3_BYTES:-16G}
 CONF=$DIR/ceph.conf
@@ -53,7 +60,8 @@ spawn() {
 }
 
 rgw_answers() {
-    curl -s -o /dev/null -m 2 "http://127.0.0.1:$PORT/"
+    curl -s -o /dev/null -m 2 "http://127.0.0.1:$PORT/" &&
+        curl -s -o /dev/null -m 2 --cacert "$DIR/tls/ca.pem" "https://127.0.0.1:$TLS_PORT/"
 }
 
 wait_for() {
@@ -72,6 +80,20 @@ wait_for() {
 
 bytes_of() {
     numfmt --from=iec "$1"
+}
+
+# A CA of its own, and its certificate for radosgw at 127.0.0.1
+make_certificates() {
+    local tls=$DIR/tls
+    mkdir -p "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=s3chain-test-ca \
+        -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+        -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$tls/san.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+        -CAcreateserial -days 3650 -extfile "$tls/san.ext" -out "$tls/server.pem" 2>/dev/null
+    chmod 600 "$tls"/*.key
 }
 
 write_conf() {
@@ -111,7 +133,7 @@ osd memory target = 1G
 debug ms = 0
 
 [client.rgw.local]
-rgw frontends = beast endpoint=127.0.0.1:$PORT tcp_nodelay=1
+rgw frontends = beast endpoint=127.0.0.1:$PORT ssl_endpoint=127.0.0.1:$TLS_PORT ssl_certificate=$DIR/tls/server.pem ssl_private_key=$DIR/tls/server.key tcp_nodelay=1
 rgw data = $DIR/rgw
 rgw thread pool size = 64
 rgw enable usage log = false
@@ -151,6 +173,8 @@ write_env() {
         umask 077
         cat >"$ENV_FILE" <<ENV
 S3CHAIN_ENDPOINT=http://127.0.0.1:$PORT
+S3CHAIN_TLS_ENDPOINT=https://127.0.0.1:$TLS_PORT
+S3CHAIN_TLS_CA=$DIR/tls/ca.pem
 S3CHAIN_BUCKET=$BUCKET
 AWS_ACCESS_KEY_ID=$access
 AWS_SECRET_ACCESS_KEY=$secret
@@ -179,7 +203,8 @@ PY
 }
 
 start() {
-    if alive mon && alive osd && alive rgw && rgw_answers && [ -f "$ENV_FILE" ]; then
+    if alive mon && alive osd && alive rgw && rgw_answers && [ -f "$ENV_FILE" ] &&
+       grep -q S3CHAIN_TLS_ENDPOINT "$ENV_FILE"; then
         echo "$ENV_FILE"
         return 0
     fi
@@ -193,6 +218,7 @@ start() {
     mkdir -p "$DIR"/{run,log,mon,osd/ceph-0}
     local fsid
     fsid=$(cat /proc/sys/kernel/random/uuid)
+    make_certificates
     write_conf "$fsid"
 
     monmaptool --create --fsid "$fsid" \
@@ -239,6 +265,9 @@ start) start ;;
 stop) stop_all ;;
 rgw-stop) stop_pid rgw ;;
 rgw-start) alive rgw || start_rgw ;;
+rgw-pause) kill -STOP "$(cat "$DIR/rgw.pid")" ;;
+rgw-resume) kill -CONT "$(cat "$DIR/rgw.pid")" ;;
 env) echo "$ENV_FILE" ;;
-*) echo "usage: s3-server.sh start|stop|rgw-stop|rgw-start|env" >&2; exit 2 ;;
+*) echo "usage: s3-server.sh start|stop|rgw-stop|rgw-start|rgw-pause|rgw-resume|env" >&2
+   exit 2 ;;
 esac

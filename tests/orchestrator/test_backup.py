@@ -145,7 +145,8 @@ class TestFilters(BackupTestCase):
 class TestFaults(BucketFaults, BackupTestCase):
     """Each fault strikes mid-backup while the guest keeps writing"""
 
-    def fault(self, strike, *extra: str, env=None) -> int:
+    def fault(self, strike, *extra: str, env=None, words=None) -> int:
+        """A backup that strike(run) hits; its stderr goes into @words"""
         first = self.backup()
         catalog = self.bucket.catalog()
         graph = self.vm.graph()
@@ -162,6 +163,8 @@ class TestFaults(BucketFaults, BackupTestCase):
         writer.start()
         strike(run)
         code, err = run.finish()
+        if words is not None:
+            words.append(err)
         time.sleep(1)
         writer.finish()
 
@@ -198,6 +201,38 @@ class TestFaults(BucketFaults, BackupTestCase):
         def strike(run) -> None:
             run.proc.send_signal(signal.SIGTERM)
         self.assertEqual(self.fault(strike), 9)
+
+    def test_bucket_stalls(self) -> None:
+        """radosgw frozen past --cbw-timeout: guest writes go on, the
+        snapshot is dropped, and the message says so, not 'Permission
+        denied'"""
+        def strike(_run) -> None:
+            self.bucket.radosgw('pause')
+            try:
+                time.sleep(CBW_TIMEOUT + 5)
+            finally:
+                self.bucket.radosgw('resume')
+        words = []
+        self.assertEqual(self.fault(strike, words=words), 8)
+        self.assertIn('snapshot was dropped', words[0])
+        self.assertIn(f'--cbw-timeout ({CBW_TIMEOUT} s)', words[0])
+        self.assertNotIn('Permission denied', words[0])
+
+    def test_vm_killed(self) -> None:
+        """The VM dies mid-backup: one line, exit 8, the catalog as it
+        was"""
+        first = self.backup()
+        catalog = self.bucket.catalog()
+        self.vm.write('vd0', '-P 0x99 0 120M')
+        run = self.start('--buffer-size', '4M')
+        run.wait_started()
+        os.kill(self.vm.machine.get_pid(), signal.SIGKILL)
+        code, err = run.finish()
+        self.assertEqual(code, 8, err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn('the VM', err)
+        self.assertEqual(self.bucket.catalog(), catalog)
+        self.assertEqual(catalog['backups'][0]['id'], first['backup'])
 
 
 def children_of(pid: int) -> List[int]:

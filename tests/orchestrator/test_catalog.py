@@ -1,7 +1,7 @@
-# Hostile catalogs: `list`, `verify` and `restore` against catalogs that
-# other tools, people or bit rot left in the bucket (wrong types, loops,
-# absurd values, a newer format), on the real radosgw with the real
-# binary.  Each must end in its exit code and one line naming the object
+# Hostile catalogs and manifests: `list`, `verify` and `restore` against
+# catalogs and image manifests that other tools, people or bit rot left in
+# the bucket (wrong types, loops, absurd values, a newer format), on the
+# real radosgw with the real binary.  Each must end in its exit code and one line naming the object
 # and the field: never an abort, a crash, a hang or "(null)".
 #
 # Copyright (c) 2026 The s3chain authors
@@ -148,7 +148,9 @@ CASES: Dict[str, tuple] = {
 }
 
 
-class TestHostileCatalogs(unittest.TestCase):
+class HostileTestCase(unittest.TestCase):
+    """A bucket with a catalog of VM at self.key, and a scratch dir"""
+
     def setUp(self) -> None:
         self.bucket = Bucket()
         self.dir = tempfile.mkdtemp(prefix='s3chain-cat-', dir='/tmp')
@@ -173,6 +175,31 @@ class TestHostileCatalogs(unittest.TestCase):
                               env=command_env(self.bucket), text=True,
                               capture_output=True, timeout=TIMEOUT)
 
+    def refused(self, command: str, args: List[str], code: int,
+                where: str, words: List[str]) -> dict:
+        """@command ends in @code and one line; verify's fault, or else
+        that line, names @where and @words.  Returns verify's fault."""
+        res = self.run_command(args)
+        self.assertEqual(res.returncode, code, res.stderr)
+        self.assertEqual(len(res.stderr.strip().splitlines()), 1, res.stderr)
+        self.assertNotIn('(null)', res.stderr + res.stdout)
+        said, fault = res.stderr, {}
+        if command == 'verify' and code == 11:
+            # a fault among the others, named as they are
+            result = [json.loads(line) for line in res.stdout.splitlines()
+                      if '"result"' in line][0]
+            self.assertFalse(result['intact'])
+            fault = result['faults'][0]
+            self.assertEqual(fault['object'], where)
+            said = fault['message']
+        else:
+            self.assertIn(where, said)
+        for word in words:
+            self.assertIn(word, said)
+        return fault
+
+
+class TestHostileCatalogs(HostileTestCase):
     def commands(self) -> Dict[str, List[str]]:
         target = os.path.join(self.dir, 'vd0.raw')
         return {
@@ -193,29 +220,95 @@ class TestHostileCatalogs(unittest.TestCase):
             body = self.put(spoil)
             for command, args in self.commands().items():
                 with self.subTest(case=case, command=command):
-                    res = self.run_command(args)
-                    self.assertEqual(res.returncode, code, res.stderr)
-                    lines = res.stderr.strip().splitlines()
-                    self.assertEqual(len(lines), 1, res.stderr)
-                    self.assertNotIn('(null)', res.stderr + res.stdout)
-                    said = res.stderr
-                    if command == 'verify' and code == 11:
-                        # a fault among the others, named as they are
-                        result = [json.loads(line) for line in
-                                  res.stdout.splitlines()
-                                  if '"result"' in line][0]
-                        fault = result['faults'][0]
+                    fault = self.refused(
+                        command, args, code,
+                        f's3://{self.bucket.name}/{self.key}', words)
+                    if fault:
                         self.assertEqual(fault['affected'], ['all'])
-                        self.assertEqual(fault['object'],
-                                         f's3://{self.bucket.name}/'
-                                         f'{self.key}')
-                        said = fault['message']
-                    else:
-                        self.assertIn(self.key, said)
-                    for word in words:
-                        self.assertIn(word, said)
             # nothing was written: not the catalog, not a target
             self.assertEqual(self.bucket.get(self.key), body, case)
+            self.assertEqual(os.listdir(self.dir), [], case)
+
+
+GOOD_MANIFEST = {'format': 's3chain-chunked', 'version': 3,
+                 'size': 1 << 20, 'chunk-size': 4 << 20, 'generation': 1,
+                 'chunks': []}
+MD5 = '0' * 32
+
+
+def manifest_with(**fields) -> bytes:
+    return json.dumps(dict(GOOD_MANIFEST, **fields)).encode()
+
+
+# name: (the manifest's body, exit code, words the fault must hold)
+MANIFESTS: Dict[str, tuple] = {
+    'not JSON': (b'{"format": "s3chain-chunked", ', 11, ['JSON object']),
+    'an array': (b'[]', 11, ['JSON object']),
+    'another format': (manifest_with(format='zip'), 11, ['"format"']),
+    'a version as a string': (manifest_with(version='3'), 11,
+                              ['"version"']),
+    'a newer version': (manifest_with(version=9), 1, ['version 9', 'newer']),
+    'a negative size': (manifest_with(size=-1), 11, ['"size"']),
+    'a size as a string': (manifest_with(size='1M'), 11, ['"size"']),
+    'an absurd size': (manifest_with(size=1 << 60), 11,
+                       ['"size"', 'more than a qcow2']),
+    'no generation': (json.dumps({k: v for k, v in GOOD_MANIFEST.items()
+                                  if k != 'generation'}).encode(), 11,
+                      ['"generation"']),
+    'a chunk size of 3': (manifest_with(**{'chunk-size': 3}), 11,
+                          ['"chunk-size"']),
+    'a chunk size of a TiB': (manifest_with(**{'chunk-size': 1 << 40}), 11,
+                              ['"chunk-size"']),
+    'chunks an object': (manifest_with(chunks={}), 11, ['"chunks"']),
+    'a chunk a number': (manifest_with(chunks=[7]), 11, ['chunk entry 0']),
+    'a chunk too long': (manifest_with(chunks=[[0, 'a1', MD5, '00000000',
+                                                 65536, 1]]), 11,
+                         ['chunk entry 0']),
+    'a negative index': (manifest_with(chunks=[[-1, 'a1', MD5]]), 11,
+                         ['index']),
+    'an index past the end': (manifest_with(chunks=[[5, 'a1', MD5]]), 11,
+                              ['beyond the image']),
+    'chunks out of order': (manifest_with(size=16 << 20, chunks=[
+        [1, 'a1', MD5], [0, 'a2', MD5]]), 11, ['out of order']),
+    'a tag with a path': (manifest_with(chunks=[[0, '../../x', MD5]]), 11,
+                          ['tag']),
+    'a tag a number': (manifest_with(chunks=[[0, 12, MD5]]), 11,
+                       ['not a string']),
+    'a short MD5': (manifest_with(chunks=[[0, 'a1', 'abc']]), 11, ['MD5']),
+    'a CRC-32 of words': (manifest_with(chunks=[[0, 'a1', MD5, 'zzzzzzzz']]),
+                          11, ['CRC-32']),
+    'a block size of 3': (manifest_with(chunks=[[0, 'a1', MD5, '00000000',
+                                                  3]]), 11, ['block size']),
+}
+
+
+class TestHostileManifests(HostileTestCase):
+    """The catalog is good; the manifest of its second image is not"""
+
+    def image_key(self, index: int) -> str:
+        return disk(good_catalog(self.bucket.prefix), index)['image']
+
+    def test_hostile_manifests(self) -> None:
+        self.put(lambda cat: None)
+        for i in (0, 2):
+            self.bucket.put(self.image_key(i),
+                            json.dumps(GOOD_MANIFEST).encode())
+        key = self.image_key(1)
+        where = f's3://{self.bucket.name}/{key}'
+        target = os.path.join(self.dir, 'vd0.raw')
+        commands = {
+            'verify': ['verify', '--vm', VM, '--json'],
+            'restore': ['restore', '--vm', VM, '--backup', IDS[2],
+                        '--target', target],
+        }
+        for case, (body, code, words) in MANIFESTS.items():
+            self.bucket.put(key, body)
+            for command, args in commands.items():
+                with self.subTest(case=case, command=command):
+                    fault = self.refused(command, args, code, where, words)
+                    if fault:
+                        self.assertEqual(fault['backup'], IDS[1])
+            self.assertEqual(self.bucket.get(key), body, case)
             self.assertEqual(os.listdir(self.dir), [], case)
 
 

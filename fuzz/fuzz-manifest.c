@@ -1,0 +1,47 @@
+/*
+ * fuzz-manifest.c: libFuzzer harness for the command's manifest reader:
+ * any bytes as an image's manifest, then the sizes verify computes
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+/* memmem() */
+#define _GNU_SOURCE
+#include "s3chain.h"
+
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    g_autoptr(GString) text = g_string_new_len((const char *)data, size);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(S3cManifest) m = s3c_manifest_parse(
+        "p/disks/vd0/x.qcow2", text, "s3://b/p/disks/vd0/x.qcow2", &err);
+
+    if (m) {
+        uint64_t last = 0;
+
+        g_assert(s3c_manifest_stored_bytes(m) <= m->size);
+        for (guint i = 0; i < m->chunks->len; i++) {
+            const S3cChunk *c = g_ptr_array_index(m->chunks, i);
+
+            /* in order, inside the image, under the image's own key */
+            g_assert(!i || c->index > last);
+            g_assert(c->index * m->chunk_size < m->size);
+            g_assert(g_str_has_prefix(c->key, "p/disks/vd0/x.qcow2.d/"));
+            g_assert(!strchr(c->key + strlen("p/disks/vd0/x.qcow2.d/"),
+                             '/'));
+            last = c->index;
+        }
+    } else {
+        g_assert(err && (err->code == S3C_EXIT_DAMAGED ||
+                         err->code == S3C_EXIT_INTERNAL));
+        /* and never "(null)" unless the input said it */
+        g_assert(!strstr(err->message, "(null)") ||
+                 memmem(data, size, "(null)", 6));
+    }
+    return 0;
+}
