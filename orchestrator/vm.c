@@ -73,8 +73,13 @@ static void add_bitmaps(S3cDisk *disk, json_object *node)
     }
     for (size_t i = 0; i < s3c_json_len(list); i++) {
         json_object *b = json_object_array_get_idx(list, i);
-        S3cBitmap *bitmap = g_new0(S3cBitmap, 1);
+        S3cBitmap *bitmap;
 
+        /* QEMU names every bitmap: one without is nothing to follow */
+        if (!s3c_json_str(b, "name")) {
+            continue;
+        }
+        bitmap = g_new0(S3cBitmap, 1);
         bitmap->name = g_strdup(s3c_json_str(b, "name"));
         bitmap->granularity = s3c_json_int(b, "granularity");
         bitmap->persistent = s3c_json_bool(b, "persistent");

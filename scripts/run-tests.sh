@@ -2,7 +2,8 @@
 # Runs every test of s3chain on a fresh Debian 12: builds what is needed,
 # starts the local S3 server, then runs the unit tests, the patch series
 # checks (staleness, checkpatch), the iotests against the server, the
-# tests of the s3chain command and a short run of each fuzzer.
+# tests of the s3chain command, a short run of each fuzzer, and some of
+# the command's tests again with the command built with ASan and UBSan.
 # Ends with "N passed, N failed" and exits non-zero if anything failed.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -74,12 +75,28 @@ command_tests() {
     )
 }
 
+# The command built with ASan and UBSan (by the fuzzers' step) through
+# the tests that drive its readers, its lease thread and its cleanup
+sanitised_command_tests() {
+    (
+        cd "$REPO/tests/orchestrator" &&
+        ASAN_OPTIONS=detect_leaks=1:exitcode=86 \
+        UBSAN_OPTIONS=halt_on_error=1 S3CHAIN_BIN=$BUILD/fuzz/s3chain \
+        S3CHAIN_TEST_ENV=$env_file S3CHAIN_BUILD=$BUILD \
+        S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
+            "$QEMU_BUILD/pyvenv/bin/python3" -W ignore::ResourceWarning \
+            -m unittest -v test_catalog test_endpoints test_lease test_tls \
+            test_backup.TestKilled test_backup.TestBadInput
+    )
+}
+
 step "unit tests" unit_tests
 step "patches/ up to date" "$REPO/scripts/make-patches.sh" --check
 step "checkpatch" checkpatch
 step "iotests" iotests
 step "s3chain command" command_tests
 step "fuzzers" "$REPO/scripts/fuzz.sh" 20
+step "s3chain command, sanitised" sanitised_command_tests
 
 echo
 for f in "${failures[@]}"; do

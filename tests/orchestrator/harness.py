@@ -29,7 +29,9 @@ sys.path.insert(0, os.path.join(REPO, 'scripts'))
 import s3obj  # noqa: E402
 from qemu.machine import QEMUMachine  # noqa: E402
 
-S3CHAIN = os.path.join(BUILD, 'orchestrator', 's3chain')
+# S3CHAIN_BIN: another build of the command (build/fuzz's, sanitised)
+S3CHAIN = os.environ.get('S3CHAIN_BIN',
+                         os.path.join(BUILD, 'orchestrator', 's3chain'))
 QEMU_IMG = os.path.join(BUILD, 'qemu', 'qemu-img')
 QSD = os.path.join(BUILD, 'qemu', 'storage-daemon', 'qemu-storage-daemon')
 SIDECAR = os.path.join(REPO, 'qsd-config', 's3chain-sidecar')
