@@ -12,15 +12,15 @@
 #include <stdio.h>
 #include <string.h>
 
-/* @name is S3C_QMP_PART_FMT's with @part; its process id in *pid */
-static bool is_part(const char *name, const char *part, int *pid)
+/* @name is what S3C_QMP_PART_FMT makes of @part, for any disk and run */
+static bool is_part(const char *name, const char *part)
 {
     unsigned index;
-    int end = 0;
+    int pid, end = 0;
     char found[16];
 
     return name &&
-           sscanf(name, "s3c%u-%d-%15[a-z]%n", &index, pid, found,
+           sscanf(name, "s3c%u-%d-%15[a-z]%n", &index, &pid, found,
                   &end) == 3 && !name[end] && !strcmp(found, part);
 }
 
@@ -47,13 +47,12 @@ static void note(GPtrArray *done, const char *fmt, ...)
 static void end_jobs(S3cQmp *vm, GPtrArray *done)
 {
     json_object *jobs = s3c_qmp_execute_list(vm, "query-jobs", NULL, NULL);
-    int pid;
 
     for (size_t i = 0; i < s3c_json_len(jobs); i++) {
         const char *id = s3c_json_str(json_object_array_get_idx(jobs, i),
                                       "id");
 
-        if (!is_part(id, "backup", &pid)) {
+        if (!is_part(id, "backup")) {
             continue;
         }
         s3c_qmp_run(vm, "job-cancel", s3c_json_obj(
@@ -73,7 +72,6 @@ static bool rewire_devices(S3cQmp *vm, GPtrArray *done, GError **err)
                                               err);
     json_object *graph = blocks ? s3c_vm_block_graph(vm, err) : NULL;
     bool ok = graph != NULL;
-    int pid;
 
     for (size_t i = 0; ok && i < s3c_json_len(blocks); i++) {
         json_object *blk = json_object_array_get_idx(blocks, i);
@@ -85,7 +83,7 @@ static bool rewire_devices(S3cQmp *vm, GPtrArray *done, GError **err)
             continue;
         }
         filter = s3c_json_str(inserted, "node-name");
-        if (!is_part(filter, "cbw", &pid)) {
+        if (!is_part(filter, "cbw")) {
             continue;
         }
         node = s3c_block_graph_child(graph, filter, "file");
@@ -118,13 +116,12 @@ static bool delete_nodes(S3cQmp *vm, const char *part, GPtrArray *done,
         vm, "query-named-block-nodes",
         s3c_json_obj("flat", json_object_new_boolean(true), NULL), err);
     bool ok = nodes != NULL;
-    int pid;
 
     for (size_t i = 0; ok && i < s3c_json_len(nodes); i++) {
         const char *name = s3c_json_str(json_object_array_get_idx(nodes, i),
                                         "node-name");
 
-        if (!is_part(name, part, &pid)) {
+        if (!is_part(name, part)) {
             continue;
         }
         ok = s3c_qmp_run(vm, "blockdev-del", s3c_json_obj(
