@@ -83,6 +83,7 @@ bool s3chain_parse_url(const char *url, QDict *options, Error **errp)
     g_autofree char *host = NULL;
     g_autofree char *bucket = NULL;
     g_autofree char *key = NULL;
+    g_autofree char *endpoint = NULL;
 
     if (!g_str_has_prefix(url, prefix)) {
         error_setg(errp, "s3chain: URL '%s' must start with %s", url, prefix);
@@ -128,8 +129,8 @@ bool s3chain_parse_url(const char *url, QDict *options, Error **errp)
         return false;
     }
 
-    qdict_put_str(options, "endpoint",
-                  g_strdup_printf("%s://%s", tls ? "https" : "http", host));
+    endpoint = g_strdup_printf("%s://%s", tls ? "https" : "http", host);
+    qdict_put_str(options, "endpoint", endpoint);
     qdict_put_str(options, "bucket", bucket);
     qdict_put_str(options, "key", key);
     return true;

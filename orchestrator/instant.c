@@ -26,7 +26,8 @@ typedef struct Instant {
 
 static char *point_node(const S3cRestoreDisk *rd)
 {
-    return g_strdup_printf("s3c-instant-%s", rd->name);
+    /* the command's own, when a running sidecar serves others too */
+    return g_strdup_printf("s3c-instant-%s-%d", rd->name, (int)getpid());
 }
 
 /* A qcow2 file whose backing is the disk's export in the sidecar */

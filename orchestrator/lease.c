@@ -251,8 +251,8 @@ static Attempt try_take_over(S3cLease *l, const S3cLeaseOptions *opts,
     switch (s3c_s3_put_if(l->repo, l->key, l->body, strlen(l->body), seen,
                           &stamp, err)) {
     case S3C_PUT_DONE:
-        g_printerr("s3chain: warning: took over the lock of VM %s from %s\n",
-                   l->vm, reason);
+        s3c_output_warning("took over the lock of VM %s from %s",
+                           l->vm, reason);
         l->etag = g_strdup(stamp.etag);
         return HELD;
     case S3C_PUT_PRECONDITION_FAILED:
@@ -329,8 +329,8 @@ static Attempt take_unconditionally(S3cLease *l, const S3cLeaseOptions *opts,
         return TAKEN;
     }
     if (reason) {
-        g_printerr("s3chain: warning: took over the lock of VM %s from %s\n",
-                   l->vm, reason);
+        s3c_output_warning("took over the lock of VM %s from %s",
+                           l->vm, reason);
     }
     return HELD;
 }
@@ -473,10 +473,10 @@ S3cLease *s3c_lease_acquire(const S3cRepo *repo, const S3cCatalog *cat,
         l->conditional = false;
         got = take_unconditionally(l, opts, err);
         if (got == HELD) {
-            g_printerr("s3chain: warning: %s does not support conditional "
-                       "writes: the lock of VM %s keeps out commands that "
-                       "start more than 2 s apart, not closer ones "
-                       "(docs/catalog.rst)\n", repo->endpoint, cat->vm);
+            s3c_output_warning("%s does not support conditional "
+                               "writes: the lock of VM %s keeps out commands that "
+                               "start more than 2 s apart, not closer ones "
+                               "(docs/catalog.rst)", repo->endpoint, cat->vm);
         }
     }
     if (got == AGAIN) {
@@ -534,8 +534,8 @@ void s3c_lease_release(S3cLease *l)
         s3c_s3_delete(l->repo, l->key, &local);
     }
     if (local) {
-        g_printerr("s3chain: warning: could not remove the lock s3://%s/%s: "
-                   "%s\n", l->repo->bucket, l->key, local->message);
+        s3c_output_warning("could not remove the lock s3://%s/%s: "
+                           "%s", l->repo->bucket, l->key, local->message);
     }
     lease_free(l);
 }

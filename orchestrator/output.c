@@ -77,8 +77,8 @@ void s3c_output_cleaned(const char *where, GPtrArray *items)
         g_string_append_printf(text, "%s%s", i ? "; " : "", item);
         json_object_array_add(list, json_object_new_string(item));
     }
-    g_printerr("s3chain: warning: cleaned up %s after a killed command: "
-               "%s\n", where, text->str);
+    s3c_output_warning("cleaned up %s after a killed command: %s", where,
+                       text->str);
     s3c_output_event(s3c_json_obj(
         "event", json_object_new_string("cleaned-up"),
         "where", json_object_new_string(where),
@@ -132,6 +132,18 @@ void s3c_output_progress(uint64_t done, uint64_t total)
         }
         fflush(stderr);
     }
+}
+
+void s3c_output_warning(const char *fmt, ...)
+{
+    va_list ap;
+
+    end_bar_line();
+    fputs("s3chain: warning: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
 }
 
 void s3c_output_info(const char *fmt, ...)

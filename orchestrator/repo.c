@@ -145,9 +145,9 @@ bool s3c_repo_init(S3cRepo *repo, const S3cRepoOptions *opts, GError **err)
         return false;
     }
     if (!repo->verify_tls && g_str_has_prefix(repo->endpoint, "https://")) {
-        g_printerr("s3chain: warning: the certificate of %s is not "
-                   "verified (--no-verify-tls): whoever is on the way can "
-                   "read and change what is stored\n", repo->endpoint);
+        s3c_output_warning("the certificate of %s is not "
+                           "verified (--no-verify-tls): whoever is on the way can "
+                           "read and change what is stored", repo->endpoint);
     }
     return load_credentials(repo, opts, err);
 }

@@ -390,16 +390,19 @@ void s3c_disk_free(S3cDisk *disk);
 /* sidecar.c: qemu-storage-daemon, which writes the images */
 
 typedef struct S3cSidecar {
-    S3cQmp *qmp;
+    S3cQmp *qmp;                /* for a running one, only in a session */
     GPid pid;                   /* when the command started it, else 0 */
     char *own_qmp;              /* then its QMP socket */
+    char *shared_qmp;           /* or a running one's (--sidecar-qmp) */
+    unsigned session_depth;     /* nested steps on its one connection */
+    char *owner_path;           /* what this command added to it, noted */
+    int owner_fd;               /* ... in this file, locked while we live */
     char *runtime_dir;
     char *secret_id;
     char *token_secret_id;
     char *nbd_socket;           /* where its NBD server listens, or */
     char *nbd_host;
     char *nbd_port;
-    bool nbd_started;
     char *iothread;             /* for exports, when the sidecar has one */
 } S3cSidecar;
 
@@ -414,11 +417,12 @@ typedef struct S3cTarget {
 } S3cTarget;
 
 /*
- * Connects to the sidecar at @qmp_path, or starts one with the
- * configuration in qsd-config/ when @qmp_path is NULL, and hands it the
- * credentials as secret objects read from files in @runtime_dir.  Its
- * NBD server listens at @listen (unix:PATH or tcp:HOST:PORT), or NULL
- * for a socket in @runtime_dir.
+ * Uses the running sidecar at @qmp_path, in turns with other commands,
+ * or starts one with the configuration in qsd-config/ when @qmp_path is
+ * NULL, and hands it the credentials as secret objects read from files
+ * in @runtime_dir.  Its NBD server listens at @listen (unix:PATH or
+ * tcp:HOST:PORT), or NULL for a socket in @runtime_dir (its own) or
+ * next to @qmp_path (a running one's, shared by the commands).
  */
 bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
                       const char *runtime_dir, const char *listen,
@@ -465,6 +469,8 @@ bool s3c_sidecar_commit_target(S3cSidecar *sc, const S3cTarget *t,
                                GError **err);
 /* Cuts the export's clients off at once and closes the image */
 void s3c_sidecar_drop_target(S3cSidecar *sc, const S3cTarget *t);
+/* Waits @timeout_ms; false when the sidecar has gone meanwhile */
+bool s3c_sidecar_wait(S3cSidecar *sc, int timeout_ms, GError **err);
 void s3c_sidecar_close(S3cSidecar *sc);
 
 /* catalog.c: the backups of a VM, as kept in the bucket */
@@ -583,6 +589,8 @@ void s3c_output_result(json_object *obj);
  */
 void s3c_output_cleaned(const char *where, GPtrArray *items);
 void s3c_output_progress(uint64_t done, uint64_t total);
+/* "s3chain: warning: " and a line on stderr, in every output mode */
+void s3c_output_warning(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 void s3c_output_info(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
 /* backup.c: one backup of a VM's disks, whichever source they come from */

@@ -11,8 +11,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define POINT_NODE "s3c-point"
-#define OVERLAY_NODE "s3c-overlay"
 /* How often serving checks that the sidecar still lives */
 #define SERVE_POLL_MS 500
 
@@ -28,6 +26,9 @@ typedef struct Serve {
     char *overlay_key;
     bool own_overlay;           /* transient: removed at the end */
     bool point_added, overlay_added, exported;
+    /* the sidecar's nodes: this command's, when others share it */
+    char *point_node;
+    char *overlay_node;
 } Serve;
 
 /*
@@ -139,7 +140,7 @@ static bool start(Serve *s, GError **err)
     }
     s->sidecar_open = true;
     if (!s3c_sidecar_add_point(&s->sidecar, &s->point.repo,
-                               s3c_json_str(entry, "image"), POINT_NODE,
+                               s3c_json_str(entry, "image"), s->point_node,
                                err)) {
         return false;
     }
@@ -150,22 +151,22 @@ static bool start(Serve *s, GError **err)
 
         s->overlay_added = true;
         if (!s3c_sidecar_add_bucket_overlay(
-                &s->sidecar, &s->overlay_repo, OVERLAY_NODE, POINT_NODE,
+                &s->sidecar, &s->overlay_repo, s->overlay_node, s->point_node,
                 s->overlay_key, backing_name,
                 s3c_json_int(entry, "virtual-size"), err)) {
             return false;
         }
     } else if (s->overlay) {
         s->overlay_added = true;
-        if (!s3c_sidecar_add_overlay(&s->sidecar, OVERLAY_NODE, POINT_NODE,
-                                     s->overlay,
+        if (!s3c_sidecar_add_overlay(&s->sidecar, s->overlay_node,
+                                     s->point_node, s->overlay,
                                      s3c_json_int(entry, "virtual-size"),
                                      err)) {
             return false;
         }
     }
     if (!s3c_sidecar_export(&s->sidecar, s->disk,
-                            s->overlay_added ? OVERLAY_NODE : POINT_NODE,
+                            s->overlay_added ? s->overlay_node : s->point_node,
                             opts->writable, NULL, err)) {
         return false;
     }
@@ -182,15 +183,10 @@ static bool start(Serve *s, GError **err)
 static bool serve(Serve *s, GError **err)
 {
     while (!s3c_interrupted) {
-        json_object *ret = s3c_qmp_execute(s->sidecar.qmp,
-                                           "query-block-exports", NULL, err);
-
-        if (!ret) {
+        if (!s3c_sidecar_wait(&s->sidecar, SERVE_POLL_MS, err)) {
             g_prefix_error(err, "serving stopped: ");
             return false;
         }
-        json_object_put(ret);
-        json_object_put(s3c_qmp_next_event(s->sidecar.qmp, SERVE_POLL_MS));
     }
     return true;
 }
@@ -201,10 +197,10 @@ static void stop(Serve *s)
         s3c_sidecar_unexport(&s->sidecar, s->disk, true, NULL);
     }
     if (s->overlay_added) {
-        s3c_sidecar_del_overlay(&s->sidecar, OVERLAY_NODE);
+        s3c_sidecar_del_overlay(&s->sidecar, s->overlay_node);
     }
     if (s->point_added) {
-        s3c_sidecar_del_node(&s->sidecar, POINT_NODE);
+        s3c_sidecar_del_node(&s->sidecar, s->point_node);
     }
     if (s->sidecar_open) {
         s3c_sidecar_close(&s->sidecar);
@@ -216,7 +212,11 @@ static void stop(Serve *s)
 
 int s3c_serve(const S3cServeOptions *opts, GError **err)
 {
-    Serve s = { .opts = opts };
+    Serve s = {
+        .opts = opts,
+        .point_node = g_strdup_printf("s3c-point-%d", (int)getpid()),
+        .overlay_node = g_strdup_printf("s3c-overlay-%d", (int)getpid()),
+    };
     bool ok = start(&s, err) && serve(&s, err);
 
     stop(&s);
@@ -230,6 +230,8 @@ int s3c_serve(const S3cServeOptions *opts, GError **err)
     g_free(s.overlay);
     g_free(s.overlay_bucket);
     g_free(s.overlay_key);
+    g_free(s.point_node);
+    g_free(s.overlay_node);
     s3c_point_clear(&s.point);
     return ok ? S3C_EXIT_OK : (*err)->code;
 }

@@ -9,14 +9,29 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #define SIDECAR_START_TIMEOUT_MS 15000
+/*
+ * How long a command waits for its turn at a running sidecar's QMP
+ * socket: a turn may be another command's commit, which uploads what its
+ * write-back buffer holds
+ */
+#define SIDECAR_TURN_TIMEOUT_MS (5 * 60 * 1000)
+/* next to a running sidecar's QMP socket: one file per command using it */
+#define OWNERS_SUFFIX ".owners"
+/* next to a running sidecar's QMP socket: the NBD server commands share */
+#define SHARED_NBD_SOCKET "s3chain-nbd.sock"
+/* ... and where it listens, as --listen gives it */
+#define NBD_NOTE_SUFFIX ".nbd"
 /* in the runtime directory: what a sidecar the command started says */
 #define SIDECAR_LOG "sidecar.log"
 
@@ -114,6 +129,76 @@ static bool start_sidecar(S3cSidecar *sc, GError **err)
 }
 
 /*
+ * A running sidecar (--sidecar-qmp) serves one QMP client at a time and
+ * several commands at once: each holds the socket only for one step
+ * (adding a target, committing it), nested steps on one connection.
+ * Its own sidecar a command keeps connected from start to end.
+ */
+static bool session_begin(S3cSidecar *sc, GError **err)
+{
+    if (!sc->shared_qmp || sc->session_depth++) {
+        return true;
+    }
+    sc->qmp = s3c_qmp_connect(sc->shared_qmp, "the sidecar", false,
+                              SIDECAR_TURN_TIMEOUT_MS, err);
+    return sc->qmp != NULL;
+}
+
+static void session_end(S3cSidecar *sc)
+{
+    if (sc->shared_qmp && sc->session_depth && !--sc->session_depth) {
+        g_clear_pointer(&sc->qmp, s3c_qmp_free);
+    }
+}
+
+/*
+ * Notes, before it exists, what this command adds to a running sidecar
+ * (@kind: job, export, node or object), so that whoever finds this
+ * command dead removes it (clear_dead_commands)
+ */
+static void own(S3cSidecar *sc, const char *kind, const char *id)
+{
+    g_autofree char *line = NULL;
+
+    if (!sc->owner_path || !id) {
+        return;
+    }
+    line = g_strdup_printf("%s %s\n", kind, id);
+    if (write(sc->owner_fd, line, strlen(line)) != (ssize_t)strlen(line)) {
+        s3c_output_warning("cannot note %s %s in %s: %s; if this command is "
+                           "killed, remove it from the sidecar by hand",
+                           kind, id, sc->owner_path, g_strerror(errno));
+    }
+}
+
+/* Runs @command, noting what it adds to the sidecar */
+static bool run(S3cSidecar *sc, const char *command, json_object *args,
+                GError **err)
+{
+    static const struct {
+        const char *command, *kind, *id_key;
+    } adds[] = {
+        { "blockdev-add", "node", "node-name" },
+        { "block-export-add", "export", "id" },
+        { "object-add", "object", "id" },
+    };
+
+    for (size_t i = 0; i < G_N_ELEMENTS(adds); i++) {
+        if (!strcmp(command, adds[i].command)) {
+            own(sc, adds[i].kind, s3c_json_str(args, adds[i].id_key));
+        }
+    }
+    return s3c_qmp_run(sc->qmp, command, args, err);
+}
+
+static bool run_job(S3cSidecar *sc, const char *command, json_object *args,
+                    const char *id, GError **err)
+{
+    own(sc, "job", id);
+    return s3c_job_run(sc->qmp, command, args, id, err);
+}
+
+/*
  * Hands @value to the sidecar as secret object @id through a file only
  * this user may read, removed as soon as the sidecar has read it.
  */
@@ -121,7 +206,7 @@ static bool add_secret(S3cSidecar *sc, const char *id, const char *value,
                        GError **err)
 {
     g_autofree char *path = g_strdup_printf("%s/%s", sc->runtime_dir, id);
-    json_object *ret;
+    bool ok;
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     size_t len = strlen(value);
 
@@ -136,14 +221,12 @@ static bool add_secret(S3cSidecar *sc, const char *id, const char *value,
         return false;
     }
     close(fd);
-    ret = s3c_qmp_execute(
-        sc->qmp, "object-add",
-        s3c_json_obj("qom-type", json_object_new_string("secret"),
-                     "id", json_object_new_string(id),
-                     "file", json_object_new_string(path), NULL), err);
+    ok = run(sc, "object-add",
+             s3c_json_obj("qom-type", json_object_new_string("secret"),
+                          "id", json_object_new_string(id),
+                          "file", json_object_new_string(path), NULL), err);
     unlink(path);
-    json_object_put(ret);
-    return ret != NULL;
+    return ok;
 }
 
 /* The NBD server's address: "unix:PATH" or "tcp:HOST:PORT" */
@@ -154,7 +237,6 @@ static json_object *nbd_address(S3cSidecar *sc, const char *listen,
 
     if (g_str_has_prefix(listen, "unix:") && listen[5]) {
         sc->nbd_socket = g_strdup(listen + 5);
-        unlink(sc->nbd_socket);
         return s3c_json_obj("type", json_object_new_string("unix"),
                             "data", s3c_json_obj(
                                 "path", json_object_new_string(
@@ -187,114 +269,280 @@ char *s3c_sidecar_nbd_uri(const S3cSidecar *sc, const char *export)
                            sc->nbd_socket);
 }
 
-static bool run(S3cSidecar *sc, const char *command, json_object *args,
-                GError **err)
+static bool export_node(S3cSidecar *sc, const char *name, const char *node,
+                        bool writable, const char *bitmap, GError **err)
 {
-    return s3c_qmp_run(sc->qmp, command, args, err);
+    json_object *export = s3c_json_obj(
+        "type", json_object_new_string("nbd"),
+        "id", json_object_new_string(name),
+        "node-name", json_object_new_string(node),
+        "name", json_object_new_string(name),
+        "writable", json_object_new_boolean(writable), NULL);
+
+    if (bitmap) {
+        json_object *bitmaps = json_object_new_array();
+
+        json_object_array_add(bitmaps, json_object_new_string(bitmap));
+        json_object_object_add(export, "bitmaps", bitmaps);
+    }
+
+    if (sc->iothread) {
+        json_object_object_add(export, "iothread",
+                               json_object_new_string(sc->iothread));
+    }
+    return run(sc, "block-export-add", export, err);
 }
 
-/*
- * Its QMP socket serves one client at a time, and each command keeps its
- * connection to the end: whatever a sidecar holds when the command comes
- * in (exports, images, jobs, secrets, an NBD server) was left by a
- * command that was killed.  It goes, so that a killed backup neither
- * keeps uploading nor locks the sidecar out.
- */
-static void clear_killed_command(S3cSidecar *sc)
+static bool unexport(S3cSidecar *sc, const char *name, bool hard,
+                     GError **err)
 {
+    int64_t deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+
+    if (!run(sc, "block-export-del", s3c_json_obj(
+                 "id", json_object_new_string(name),
+                 "mode", json_object_new_string(hard ? "hard" : "safe"),
+                 NULL), err)) {
+        return false;
+    }
+    while (g_get_monotonic_time() < deadline) {
+        json_object *exports = s3c_qmp_execute(sc->qmp,
+                                               "query-block-exports", NULL,
+                                               err);
+        bool gone = exports && !s3c_json_find_id(exports, name);
+
+        json_object_put(exports);
+        if (!exports || gone) {
+            return gone;
+        }
+        json_object_put(s3c_qmp_next_event(sc->qmp, 100));
+    }
+    g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
+                "the sidecar did not end export %s", name);
+    return false;
+}
+
+/* Removes what a dead command noted in @note (its owner file's lines) */
+static void clear_dead_command(S3cSidecar *sc, const char *note)
+{
+    g_auto(GStrv) lines = g_strsplit(note, "\n", -1);
     g_autoptr(GPtrArray) done = g_ptr_array_new_with_free_func(g_free);
-    json_object *list = s3c_qmp_execute(sc->qmp, "query-jobs", NULL, NULL);
+    g_autoptr(GPtrArray) nodes = g_ptr_array_new();
+    /* jobs first: they use the nodes; then what uses nodes, then nodes */
+    static const char *const order[] = { "job", "export", "object" };
     bool deleted = true;
 
-    for (size_t i = 0; i < s3c_json_len(list); i++) {
-        const char *id = s3c_json_str(json_object_array_get_idx(list, i),
-                                      "id");
+    for (size_t k = 0; k < G_N_ELEMENTS(order); k++) {
+        for (size_t i = g_strv_length(lines); i-- > 0;) {
+            const char *space = strchr(lines[i], ' ');
+            const char *id = space ? space + 1 : NULL;
 
-        run(sc, "job-cancel", s3c_json_obj(
-                "id", json_object_new_string(id),
-                "force", json_object_new_boolean(true), NULL), NULL);
-        s3c_job_wait(sc->qmp, id, "ending a killed command's job", NULL);
-        g_ptr_array_add(done, g_strdup_printf("ended job %s", id));
+            if (!id || strncmp(lines[i], order[k], space - lines[i]) ||
+                strlen(order[k]) != (size_t)(space - lines[i])) {
+                continue;
+            }
+            if (!strcmp(order[k], "job") &&
+                run(sc, "job-cancel", s3c_json_obj(
+                        "id", json_object_new_string(id),
+                        "force", json_object_new_boolean(true), NULL),
+                    NULL)) {
+                s3c_job_wait(sc->qmp, id, "ending a killed command's job",
+                             NULL);
+                g_ptr_array_add(done, g_strdup_printf("ended job %s", id));
+            } else if (!strcmp(order[k], "export") &&
+                       unexport(sc, id, true, NULL)) {
+                g_ptr_array_add(done, g_strdup_printf("removed export %s",
+                                                      id));
+            } else if (!strcmp(order[k], "object") &&
+                       run(sc, "object-del", s3c_json_obj(
+                               "id", json_object_new_string(id), NULL),
+                           NULL)) {
+                g_ptr_array_add(done, g_strdup_printf("removed secret %s",
+                                                      id));
+            }
+        }
     }
-    json_object_put(list);
-    list = s3c_qmp_execute(sc->qmp, "query-block-exports", NULL, NULL);
-    for (size_t i = 0; i < s3c_json_len(list); i++) {
-        const char *id = s3c_json_str(json_object_array_get_idx(list, i),
-                                      "id");
-
-        s3c_sidecar_unexport(sc, id, true, NULL);
-        g_ptr_array_add(done, g_strdup_printf("removed export %s", id));
-    }
-    json_object_put(list);
-    if (run(sc, "nbd-server-stop", NULL, NULL)) {
-        g_ptr_array_add(done, g_strdup("stopped its NBD server"));
+    for (size_t i = g_strv_length(lines); i-- > 0;) {
+        if (g_str_has_prefix(lines[i], "node ")) {
+            g_ptr_array_add(nodes, lines[i] + strlen("node "));
+        }
     }
     /* a node in use by another fails, until its parents have gone */
     while (deleted) {
         deleted = false;
-        list = s3c_qmp_execute(sc->qmp, "query-named-block-nodes",
-                               s3c_json_obj("flat",
-                                            json_object_new_boolean(true),
-                                            NULL), NULL);
-        for (size_t i = 0; i < s3c_json_len(list); i++) {
-            const char *node = s3c_json_str(
-                json_object_array_get_idx(list, i), "node-name");
+        for (guint i = 0; i < nodes->len; i++) {
+            const char *node = g_ptr_array_index(nodes, i);
 
-            if (node && node[0] != '#' &&
-                run(sc, "blockdev-del", s3c_json_obj(
+            if (run(sc, "blockdev-del", s3c_json_obj(
                         "node-name", json_object_new_string(node), NULL),
                     NULL)) {
-                g_ptr_array_add(done, g_strdup_printf("removed node %s", node));
+                g_ptr_array_add(done, g_strdup_printf("removed node %s",
+                                                      node));
+                g_ptr_array_remove_index(nodes, i--);
                 deleted = true;
             }
         }
-        json_object_put(list);
     }
-    list = s3c_qmp_execute(sc->qmp, "qom-list", s3c_json_obj(
-                               "path", json_object_new_string("/objects"),
-                               NULL), NULL);
-    for (size_t i = 0; i < s3c_json_len(list); i++) {
-        const char *id = s3c_json_str(json_object_array_get_idx(list, i),
-                                      "name");
-
-        if (g_str_has_prefix(id, "s3chain-key-") ||
-            g_str_has_prefix(id, "s3chain-token-")) {
-            run(sc, "object-del", s3c_json_obj(
-                    "id", json_object_new_string(id), NULL), NULL);
-            g_ptr_array_add(done, g_strdup_printf("removed secret %s", id));
-        }
-    }
-    json_object_put(list);
     s3c_output_cleaned("the sidecar", done);
 }
 
-bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
-                      const char *runtime_dir, const char *listen,
-                      const S3cRepo *repo, GError **err)
+/*
+ * Each command using a running sidecar holds a lock on its owner file
+ * while it lives: a file whose lock is free is a killed command's, and
+ * what it notes goes, so that a killed backup neither keeps uploading
+ * nor holds names that a later one needs.  Called in a session: one
+ * client at a time, so two commands never clear the same file.
+ */
+static void clear_dead_commands(S3cSidecar *sc)
 {
-    g_autofree char *own_listen = NULL;
-    json_object *ret, *addr;
+    g_autofree char *dir_path = g_path_get_dirname(sc->owner_path);
+    g_autoptr(GDir) dir = g_dir_open(dir_path, 0, NULL);
+    const char *name;
 
-    memset(sc, 0, sizeof(*sc));
-    sc->runtime_dir = g_strdup(runtime_dir);
-    if (g_mkdir_with_parents(runtime_dir, 0700) < 0) {
+    while (dir && (name = g_dir_read_name(dir))) {
+        g_autofree char *path = g_build_filename(dir_path, name, NULL);
+        g_autofree char *note = NULL;
+        struct stat st;
+        int fd;
+
+        if (name[0] == '.' || !strcmp(path, sc->owner_path)) {
+            continue;
+        }
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            continue;
+        }
+        /* still held, or already cleared and unlinked by another */
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0 || fstat(fd, &st) < 0 ||
+            !st.st_nlink) {
+            close(fd);
+            continue;
+        }
+        if (g_file_get_contents(path, &note, NULL, NULL)) {
+            clear_dead_command(sc, note);
+        }
+        unlink(path);
+        close(fd);
+    }
+}
+
+/*
+ * Creates and locks this command's owner file next to @qmp_path: locked
+ * under a name that cleaners skip, then named, so that none ever finds
+ * it unlocked
+ */
+static bool own_file(S3cSidecar *sc, const char *qmp_path, GError **err)
+{
+    g_autofree char *dir = g_strconcat(qmp_path, OWNERS_SUFFIX, NULL);
+    g_autofree char *hidden = g_strdup_printf("%s/.%d-XXXXXX", dir,
+                                              (int)getpid());
+    g_autofree char *path = NULL;
+    int fd;
+
+    if (g_mkdir_with_parents(dir, 0700) < 0 ||
+        (fd = g_mkstemp_full(hidden, O_RDWR | O_APPEND | O_CLOEXEC,
+                             0600)) < 0) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
-                    "cannot create the runtime directory %s: %s",
-                    runtime_dir, g_strerror(errno));
+                    "cannot write in %s, where commands using the sidecar "
+                    "note what they add to it: %s", dir, g_strerror(errno));
         return false;
     }
+    path = g_strdup_printf("%s/%s", dir, strrchr(hidden, '/') + 2);
+    if (flock(fd, LOCK_EX) < 0 || rename(hidden, path) < 0) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "cannot lock %s: %s", path, g_strerror(errno));
+        close(fd);
+        unlink(hidden);
+        return false;
+    }
+    sc->owner_fd = fd;
+    sc->owner_path = g_steal_pointer(&path);
+    return true;
+}
+
+/*
+ * The NBD server: a command's own sidecar starts it at @listen.  A
+ * running sidecar has one (QEMU runs one), which the first command
+ * starts and all share: where it listens is noted next to the QMP
+ * socket, so that a later command, serve's --listen in particular,
+ * knows its address instead of guessing it.
+ */
+static bool start_nbd_server(S3cSidecar *sc, const char *listen,
+                             GError **err)
+{
+    g_autofree char *note_path = NULL;
+    g_autofree char *noted = NULL;
+    g_autofree char *shared_default = NULL;
+    g_autoptr(GError) local = NULL;
+    json_object *addr, *ret;
+
+    if (sc->shared_qmp) {
+        g_autofree char *dir = g_path_get_dirname(sc->shared_qmp);
+
+        note_path = g_strconcat(sc->shared_qmp, NBD_NOTE_SUFFIX, NULL);
+        shared_default = g_strdup_printf("unix:%s/" SHARED_NBD_SOCKET, dir);
+        if (!listen) {
+            listen = shared_default;
+        }
+    }
+    addr = nbd_address(sc, listen, err);
+    if (!addr) {
+        return false;
+    }
+    ret = s3c_qmp_execute(sc->qmp, "nbd-server-start",
+                          s3c_json_obj("addr", addr, NULL), &local);
+    json_object_put(ret);
+    if (ret && note_path &&
+        !g_file_set_contents(note_path, listen, -1, &local)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "cannot note the sidecar's NBD address: %s",
+                    local->message);
+        return false;
+    }
+    if (ret) {
+        return true;
+    }
+    if (!note_path || !strstr(local->message, "already running")) {
+        g_propagate_prefixed_error(err, g_steal_pointer(&local),
+                                   "the sidecar's NBD server at %s: ",
+                                   listen);
+        return false;
+    }
+    if (!g_file_get_contents(note_path, &noted, NULL, NULL)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "the sidecar at %s runs an NBD server that no s3chain "
+                    "command started; stop it (nbd-server-stop), or give "
+                    "the sidecar to s3chain alone", sc->shared_qmp);
+        return false;
+    }
+    if (listen != shared_default && strcmp(listen, noted)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "the sidecar's NBD server already listens at %s, for "
+                    "the commands sharing it; give --listen %s, or another "
+                    "sidecar", noted, noted);
+        return false;
+    }
+    g_clear_pointer(&sc->nbd_socket, g_free);
+    g_clear_pointer(&sc->nbd_host, g_free);
+    g_clear_pointer(&sc->nbd_port, g_free);
+    addr = nbd_address(sc, noted, err);
+    json_object_put(addr);
+    return addr != NULL;
+}
+
+static bool open_sidecar(S3cSidecar *sc, const char *qmp_path,
+                         const char *listen, const S3cRepo *repo,
+                         GError **err)
+{
+    g_autofree char *default_listen = NULL;
+    json_object *ret;
+
     if (qmp_path) {
-        sc->qmp = s3c_qmp_connect(qmp_path, "the sidecar", false, 10000, err);
-        if (!sc->qmp) {
+        if (!own_file(sc, qmp_path, err) || !session_begin(sc, err)) {
             return false;
         }
-        clear_killed_command(sc);
-    } else {
-        sc->own_qmp = g_strdup_printf("%s/qsd-%d.qmp", runtime_dir,
-                                      (int)getpid());
-        if (!start_sidecar(sc, err)) {
-            return false;
-        }
+        clear_dead_commands(sc);
+    } else if (!start_sidecar(sc, err)) {
+        return false;
     }
 
     sc->secret_id = g_strdup_printf("s3chain-key-%d", (int)getpid());
@@ -311,25 +559,13 @@ bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
         }
     }
 
-    if (!listen) {
-        own_listen = g_strdup_printf("unix:%s/nbd-%d.sock", runtime_dir,
-                                     (int)getpid());
+    if (!listen && !qmp_path) {
+        default_listen = g_strdup_printf("unix:%s/nbd-%d.sock",
+                                         sc->runtime_dir, (int)getpid());
     }
-    addr = nbd_address(sc, listen ? listen : own_listen, err);
-    if (!addr) {
+    if (!start_nbd_server(sc, listen ? listen : default_listen, err)) {
         return false;
     }
-    ret = s3c_qmp_execute(sc->qmp, "nbd-server-start",
-                          s3c_json_obj("addr", addr, NULL), err);
-    if (!ret) {
-        g_prefix_error(err, "the sidecar must not run an NBD server of its "
-                       "own: ");
-        g_clear_pointer(&sc->nbd_socket, g_free);
-        g_clear_pointer(&sc->nbd_host, g_free);
-        return false;
-    }
-    sc->nbd_started = true;
-    json_object_put(ret);
 
     ret = s3c_qmp_execute(sc->qmp, "query-iothreads", NULL, NULL);
     for (size_t i = 0; i < s3c_json_len(ret); i++) {
@@ -341,6 +577,36 @@ bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
     }
     json_object_put(ret);
     return true;
+}
+
+bool s3c_sidecar_open(S3cSidecar *sc, const char *qmp_path,
+                      const char *runtime_dir, const char *listen,
+                      const S3cRepo *repo, GError **err)
+{
+    bool ok;
+
+    memset(sc, 0, sizeof(*sc));
+    sc->owner_fd = -1;
+    sc->runtime_dir = g_strdup(runtime_dir);
+    sc->shared_qmp = g_strdup(qmp_path);
+    if (!qmp_path) {
+        sc->own_qmp = g_strdup_printf("%s/qsd-%d.qmp", runtime_dir,
+                                      (int)getpid());
+    }
+    if (g_mkdir_with_parents(runtime_dir, 0700) < 0) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "cannot create the runtime directory %s: %s",
+                    runtime_dir, g_strerror(errno));
+        s3c_sidecar_close(sc);
+        return false;
+    }
+    ok = open_sidecar(sc, qmp_path, listen, repo, err);
+    session_end(sc);
+    if (!ok) {
+        /* what it added goes: the caller closes only what opened */
+        s3c_sidecar_close(sc);
+    }
+    return ok;
 }
 
 static char *file_node(const S3cTarget *t)
@@ -360,7 +626,7 @@ static json_object *add_bucket_file(S3cSidecar *sc, const S3cRepo *repo,
     json_object *file_opts = s3c_repo_location(repo, key, sc->secret_id,
                                                sc->token_secret_id);
 
-    if (!s3c_job_run(sc->qmp, "blockdev-create", s3c_json_obj(
+    if (!run_job(sc, "blockdev-create", s3c_json_obj(
                          "job-id", json_object_new_string(job),
                          "options", s3c_json_obj(
                              "driver", json_object_new_string("s3chain"),
@@ -386,8 +652,8 @@ static json_object *add_bucket_file(S3cSidecar *sc, const S3cRepo *repo,
     return file_opts;
 }
 
-bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
-                            S3cTarget *t, GError **err)
+static bool add_target(S3cSidecar *sc, const S3cRepo *repo, S3cTarget *t,
+                       GError **err)
 {
     g_autofree char *file = file_node(t);
     g_autofree char *job = g_strdup_printf("%s-create", t->export_name);
@@ -417,7 +683,7 @@ bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
         json_object_object_add(qcow2, "backing-fmt",
                                json_object_new_string("qcow2"));
     }
-    if (!s3c_job_run(sc->qmp, "blockdev-create", s3c_json_obj(
+    if (!run_job(sc, "blockdev-create", s3c_json_obj(
                          "job-id", json_object_new_string(job),
                          "options", qcow2, NULL), job, err) ||
         /* the parent is not opened: the backup writes only changes */
@@ -429,65 +695,11 @@ bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
         return false;
     }
 
-    return s3c_sidecar_export(sc, t->export_name, t->export_name, true, NULL,
-                              err);
+    return export_node(sc, t->export_name, t->export_name, true, NULL, err);
 }
 
-bool s3c_sidecar_export(S3cSidecar *sc, const char *name, const char *node,
-                        bool writable, const char *bitmap, GError **err)
-{
-    json_object *export = s3c_json_obj(
-        "type", json_object_new_string("nbd"),
-        "id", json_object_new_string(name),
-        "node-name", json_object_new_string(node),
-        "name", json_object_new_string(name),
-        "writable", json_object_new_boolean(writable), NULL);
-
-    if (bitmap) {
-        json_object *bitmaps = json_object_new_array();
-
-        json_object_array_add(bitmaps, json_object_new_string(bitmap));
-        json_object_object_add(export, "bitmaps", bitmaps);
-    }
-
-    if (sc->iothread) {
-        json_object_object_add(export, "iothread",
-                               json_object_new_string(sc->iothread));
-    }
-    return run(sc, "block-export-add", export, err);
-}
-
-bool s3c_sidecar_unexport(S3cSidecar *sc, const char *name, bool hard,
-                          GError **err)
-{
-    int64_t deadline = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
-
-    if (!run(sc, "block-export-del", s3c_json_obj(
-                 "id", json_object_new_string(name),
-                 "mode", json_object_new_string(hard ? "hard" : "safe"),
-                 NULL), err)) {
-        return false;
-    }
-    while (g_get_monotonic_time() < deadline) {
-        json_object *exports = s3c_qmp_execute(sc->qmp,
-                                               "query-block-exports", NULL,
-                                               err);
-        bool gone = exports && !s3c_json_find_id(exports, name);
-
-        json_object_put(exports);
-        if (!exports || gone) {
-            return gone;
-        }
-        json_object_put(s3c_qmp_next_event(sc->qmp, 100));
-    }
-    g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
-                "the sidecar did not end export %s", name);
-    return false;
-}
-
-bool s3c_sidecar_add_image(S3cSidecar *sc, const char *node,
-                           const char *path, const char *format,
-                           GError **err)
+static bool add_image(S3cSidecar *sc, const char *node, const char *path,
+                      const char *format, GError **err)
 {
     struct stat st;
     bool device = stat(path, &st) == 0 && S_ISBLK(st.st_mode);
@@ -509,8 +721,8 @@ bool s3c_sidecar_add_image(S3cSidecar *sc, const char *node,
                    NULL), err);
 }
 
-bool s3c_sidecar_add_point(S3cSidecar *sc, const S3cRepo *repo,
-                           const char *key, const char *node, GError **err)
+static bool add_point(S3cSidecar *sc, const S3cRepo *repo, const char *key,
+                      const char *node, GError **err)
 {
     json_object *file = s3c_repo_location(repo, key, sc->secret_id,
                                           sc->token_secret_id);
@@ -542,7 +754,7 @@ static bool add_overlay_qcow2(S3cSidecar *sc, const char *node,
         json_object_object_add(qcow2, "backing-fmt",
                                json_object_new_string("qcow2"));
     }
-    return s3c_job_run(sc->qmp, "blockdev-create", s3c_json_obj(
+    return run_job(sc, "blockdev-create", s3c_json_obj(
                            "job-id", json_object_new_string(job),
                            "options", qcow2, NULL), job, err) &&
            run(sc, "blockdev-add", s3c_json_obj(
@@ -552,14 +764,14 @@ static bool add_overlay_qcow2(S3cSidecar *sc, const char *node,
                    "backing", json_object_new_string(backing), NULL), err);
 }
 
-bool s3c_sidecar_add_overlay(S3cSidecar *sc, const char *node,
-                             const char *backing, const char *path,
-                             uint64_t size, GError **err)
+static bool add_overlay(S3cSidecar *sc, const char *node,
+                        const char *backing, const char *path, uint64_t size,
+                        GError **err)
 {
     g_autofree char *file = g_strdup_printf("%s-file", node);
     g_autofree char *job = g_strdup_printf("%s-create", node);
 
-    return s3c_job_run(sc->qmp, "blockdev-create", s3c_json_obj(
+    return run_job(sc, "blockdev-create", s3c_json_obj(
                            "job-id", json_object_new_string(job),
                            "options", s3c_json_obj(
                                "driver", json_object_new_string("file"),
@@ -573,10 +785,10 @@ bool s3c_sidecar_add_overlay(S3cSidecar *sc, const char *node,
            add_overlay_qcow2(sc, node, file, backing, NULL, size, err);
 }
 
-bool s3c_sidecar_add_bucket_overlay(S3cSidecar *sc, const S3cRepo *repo,
-                                    const char *node, const char *backing,
-                                    const char *key, const char *backing_name,
-                                    uint64_t size, GError **err)
+static bool add_bucket_overlay(S3cSidecar *sc, const S3cRepo *repo,
+                               const char *node, const char *backing,
+                               const char *key, const char *backing_name,
+                               uint64_t size, GError **err)
 {
     g_autofree char *file = g_strdup_printf("%s-file", node);
     json_object *file_opts = add_bucket_file(sc, repo, key, file,
@@ -588,36 +800,35 @@ bool s3c_sidecar_add_bucket_overlay(S3cSidecar *sc, const S3cRepo *repo,
                              err);
 }
 
-void s3c_sidecar_del_node(S3cSidecar *sc, const char *node)
+static void del_node(S3cSidecar *sc, const char *node)
 {
     run(sc, "blockdev-del", s3c_json_obj(
             "node-name", json_object_new_string(node), NULL), NULL);
 }
 
-void s3c_sidecar_del_overlay(S3cSidecar *sc, const char *node)
+static void del_overlay(S3cSidecar *sc, const char *node)
 {
     g_autofree char *file = g_strdup_printf("%s-file", node);
 
-    s3c_sidecar_del_node(sc, node);
-    s3c_sidecar_del_node(sc, file);
+    del_node(sc, node);
+    del_node(sc, file);
 }
 
 static void delete_nodes(S3cSidecar *sc, const S3cTarget *t)
 {
     g_autofree char *file = file_node(t);
 
-    s3c_sidecar_del_node(sc, t->export_name);
-    s3c_sidecar_del_node(sc, file);
+    del_node(sc, t->export_name);
+    del_node(sc, file);
 }
 
-bool s3c_sidecar_commit_target(S3cSidecar *sc, const S3cTarget *t,
-                               GError **err)
+static bool commit_target(S3cSidecar *sc, const S3cTarget *t, GError **err)
 {
     g_autofree char *file = file_node(t);
     json_object *opts;
     bool ok;
 
-    if (!s3c_sidecar_unexport(sc, t->export_name, false, err)) {
+    if (!unexport(sc, t->export_name, false, err)) {
         return false;
     }
     opts = json_object_new_array();
@@ -650,18 +861,144 @@ bool s3c_sidecar_commit_target(S3cSidecar *sc, const S3cTarget *t,
     return ok;
 }
 
+static void drop_target(S3cSidecar *sc, const S3cTarget *t)
+{
+    unexport(sc, t->export_name, true, NULL);
+    delete_nodes(sc, t);
+}
+
+/*
+ * Each step on a running sidecar is one turn at its QMP socket, however
+ * many commands it takes
+ */
+
+bool s3c_sidecar_add_target(S3cSidecar *sc, const S3cRepo *repo,
+                            S3cTarget *t, GError **err)
+{
+    bool ok = session_begin(sc, err) && add_target(sc, repo, t, err);
+
+    session_end(sc);
+    return ok;
+}
+
+bool s3c_sidecar_export(S3cSidecar *sc, const char *name, const char *node,
+                        bool writable, const char *bitmap, GError **err)
+{
+    bool ok = session_begin(sc, err) &&
+              export_node(sc, name, node, writable, bitmap, err);
+
+    session_end(sc);
+    return ok;
+}
+
+bool s3c_sidecar_unexport(S3cSidecar *sc, const char *name, bool hard,
+                          GError **err)
+{
+    bool ok = session_begin(sc, err) && unexport(sc, name, hard, err);
+
+    session_end(sc);
+    return ok;
+}
+
+bool s3c_sidecar_add_image(S3cSidecar *sc, const char *node,
+                           const char *path, const char *format,
+                           GError **err)
+{
+    bool ok = session_begin(sc, err) &&
+              add_image(sc, node, path, format, err);
+
+    session_end(sc);
+    return ok;
+}
+
+bool s3c_sidecar_add_point(S3cSidecar *sc, const S3cRepo *repo,
+                           const char *key, const char *node, GError **err)
+{
+    bool ok = session_begin(sc, err) && add_point(sc, repo, key, node, err);
+
+    session_end(sc);
+    return ok;
+}
+
+bool s3c_sidecar_add_overlay(S3cSidecar *sc, const char *node,
+                             const char *backing, const char *path,
+                             uint64_t size, GError **err)
+{
+    bool ok = session_begin(sc, err) &&
+              add_overlay(sc, node, backing, path, size, err);
+
+    session_end(sc);
+    return ok;
+}
+
+bool s3c_sidecar_add_bucket_overlay(S3cSidecar *sc, const S3cRepo *repo,
+                                    const char *node, const char *backing,
+                                    const char *key, const char *backing_name,
+                                    uint64_t size, GError **err)
+{
+    bool ok = session_begin(sc, err) &&
+              add_bucket_overlay(sc, repo, node, backing, key, backing_name,
+                                 size, err);
+
+    session_end(sc);
+    return ok;
+}
+
+void s3c_sidecar_del_node(S3cSidecar *sc, const char *node)
+{
+    if (session_begin(sc, NULL)) {
+        del_node(sc, node);
+    }
+    session_end(sc);
+}
+
+void s3c_sidecar_del_overlay(S3cSidecar *sc, const char *node)
+{
+    if (session_begin(sc, NULL)) {
+        del_overlay(sc, node);
+    }
+    session_end(sc);
+}
+
+bool s3c_sidecar_commit_target(S3cSidecar *sc, const S3cTarget *t,
+                               GError **err)
+{
+    bool ok = session_begin(sc, err) && commit_target(sc, t, err);
+
+    session_end(sc);
+    return ok;
+}
+
 void s3c_sidecar_drop_target(S3cSidecar *sc, const S3cTarget *t)
 {
-    s3c_sidecar_unexport(sc, t->export_name, true, NULL);
-    delete_nodes(sc, t);
+    if (session_begin(sc, NULL)) {
+        drop_target(sc, t);
+    }
+    session_end(sc);
+}
+
+bool s3c_sidecar_wait(S3cSidecar *sc, int timeout_ms, GError **err)
+{
+    json_object *ret = NULL;
+
+    if (!sc->shared_qmp) {
+        json_object_put(s3c_qmp_next_event(sc->qmp, timeout_ms));
+    } else {
+        poll(NULL, 0, timeout_ms);
+    }
+    if (session_begin(sc, err)) {
+        ret = s3c_qmp_execute(sc->qmp, "query-block-exports", NULL, err);
+    }
+    session_end(sc);
+    json_object_put(ret);
+    return ret != NULL;
 }
 
 void s3c_sidecar_close(S3cSidecar *sc)
 {
-    if (sc->qmp) {
-        if (sc->nbd_started) {
-            run(sc, "nbd-server-stop", NULL, NULL);
-        }
+    /* a running sidecar keeps its NBD server for the other commands */
+    if ((sc->secret_id || sc->token_secret_id || sc->pid) &&
+        session_begin(sc, NULL) && sc->qmp) {
         if (sc->secret_id) {
             run(sc, "object-del", s3c_json_obj(
                     "id", json_object_new_string(sc->secret_id), NULL), NULL);
@@ -675,6 +1012,7 @@ void s3c_sidecar_close(S3cSidecar *sc)
             run(sc, "quit", NULL, NULL);
         }
     }
+    session_end(sc);
     if (sc->pid) {
         int64_t deadline = g_get_monotonic_time() + 30 * G_USEC_PER_SEC;
 
@@ -689,13 +1027,19 @@ void s3c_sidecar_close(S3cSidecar *sc)
     }
     if (sc->own_qmp) {
         unlink(sc->own_qmp);
+        if (sc->nbd_socket) {
+            unlink(sc->nbd_socket);
+        }
     }
-    if (sc->nbd_socket) {
-        unlink(sc->nbd_socket);
+    if (sc->owner_path) {
+        unlink(sc->owner_path);
+        close(sc->owner_fd);
     }
     s3c_qmp_free(sc->qmp);
     g_free(sc->runtime_dir);
     g_free(sc->own_qmp);
+    g_free(sc->shared_qmp);
+    g_free(sc->owner_path);
     g_free(sc->secret_id);
     g_free(sc->token_secret_id);
     g_free(sc->nbd_socket);

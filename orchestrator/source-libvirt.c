@@ -681,9 +681,9 @@ static void freeze(LibvirtSource *s)
     if (virDomainFSFreeze(s->dom, NULL, 0, 0) < 0) {
         virErrorPtr e = virGetLastError();
 
-        g_printerr("s3chain: warning: backing up without freezing the "
-                   "guest's filesystems: %s\n",
-                   e && e->message ? e->message : "the agent did not answer");
+        s3c_output_warning("backing up without freezing the "
+                           "guest's filesystems: %s",
+                           e && e->message ? e->message : "the agent did not answer");
         return;
     }
     s->frozen = true;
@@ -695,9 +695,9 @@ static void thaw(LibvirtSource *s)
     if (s->frozen && virDomainFSThaw(s->dom, NULL, 0, 0) < 0) {
         virErrorPtr e = virGetLastError();
 
-        g_printerr("s3chain: warning: could not thaw the guest's "
-                   "filesystems: %s\n",
-                   e && e->message ? e->message : "no reason given");
+        s3c_output_warning("could not thaw the guest's "
+                           "filesystems: %s",
+                           e && e->message ? e->message : "no reason given");
     }
     s->frozen = false;
 }
@@ -885,9 +885,9 @@ static void delete_checkpoint(LibvirtSource *s, const char *name)
     if (!cp || virDomainCheckpointDelete(cp, 0) < 0) {
         virErrorPtr e = virGetLastError();
 
-        g_printerr("s3chain: warning: could not delete checkpoint %s of "
-                   "domain %s: %s\n", name, s->opts->libvirt_domain,
-                   e && e->message ? e->message : "no reason given");
+        s3c_output_warning("could not delete checkpoint %s of "
+                           "domain %s: %s", name, s->opts->libvirt_domain,
+                           e && e->message ? e->message : "no reason given");
     }
     if (cp) {
         virDomainCheckpointFree(cp);
@@ -907,8 +907,8 @@ static void libvirt_committed(S3cSource *src, S3cBackupRun *run)
         return;
     }
     if (!reconnect(s, &local)) {
-        g_printerr("s3chain: warning: older checkpoints stay: %s\n",
-                   local->message);
+        s3c_output_warning("older checkpoints stay: %s",
+                           local->message);
         return;
     }
     for (guint i = 0; i < s->checkpoints->len; i++) {
@@ -1049,9 +1049,9 @@ void s3c_libvirt_forget_checkpoints(const char *uri, const char *domain)
                 list[i], VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY) < 0) {
             virErrorPtr e = virGetLastError();
 
-            g_printerr("s3chain: warning: checkpoint %s of domain %s stays: "
-                       "%s\n", name, domain,
-                       e && e->message ? e->message : "no reason given");
+            s3c_output_warning("checkpoint %s of domain %s stays: "
+                               "%s", name, domain,
+                               e && e->message ? e->message : "no reason given");
         }
         virDomainCheckpointFree(list[i]);
     }

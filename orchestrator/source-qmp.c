@@ -249,8 +249,8 @@ static S3cQmp *freeze_guest(QmpSource *b)
             agent, "guest-fsfreeze-thaw", NULL, AGENT_TIMEOUT_MS, NULL));
         s3c_qmp_free(agent);
     }
-    g_printerr("s3chain: warning: backing up without freezing the guest's "
-               "filesystems: %s\n", local->message);
+    s3c_output_warning("backing up without freezing the guest's "
+                       "filesystems: %s", local->message);
     return NULL;
 }
 
@@ -265,8 +265,8 @@ static void thaw_guest(S3cQmp *agent)
     ret = s3c_qmp_execute_timeout(agent, "guest-fsfreeze-thaw", NULL, 60000,
                                   &local);
     if (!ret) {
-        g_printerr("s3chain: warning: could not thaw the guest's "
-                   "filesystems: %s\n", local->message);
+        s3c_output_warning("could not thaw the guest's "
+                           "filesystems: %s", local->message);
     }
     json_object_put(ret);
     s3c_qmp_free(agent);
@@ -488,8 +488,8 @@ static void keep_changes(QmpSource *b)
                                 d->backup->old_bitmap),
                             "bitmaps", sources, NULL), &local)) {
                 /* keep the new one then: it is better than nothing */
-                g_printerr("s3chain: warning: disk %s: %s\n", d->disk->name,
-                           local->message);
+                s3c_output_warning("disk %s: %s", d->disk->name,
+                                   local->message);
                 continue;
             }
         }

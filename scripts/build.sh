@@ -25,14 +25,7 @@ configure_flags=(
     --disable-vnc --disable-xen --disable-user
     --enable-werror
 )
-# a build configured with other flags is configured again
-flags_stamp=$QEMU_BUILD/s3chain-configure-flags
-if [ ! -f "$QEMU_BUILD/build.ninja" ] ||
-   [ "$(cat "$flags_stamp" 2>/dev/null)" != "${configure_flags[*]}" ]; then
-    mkdir -p "$QEMU_BUILD"
-    (cd "$QEMU_BUILD" && "$QEMU_SRC/configure" "${configure_flags[@]}")
-    echo "${configure_flags[*]}" >"$flags_stamp"
-fi
+configure_qemu "$QEMU_BUILD" "${configure_flags[@]}"
 ninja -C "$QEMU_BUILD"
 
 if [ ! -f "$BUILD/orchestrator/build.ninja" ]; then

@@ -9,6 +9,19 @@ QEMU_PRISTINE=$BUILD/qemu-pristine
 QEMU_SRC=$BUILD/qemu-src
 QEMU_BUILD=$BUILD/qemu
 
+# Configures a QEMU build in directory $1 from $QEMU_SRC with the flags
+# that follow, unless it already was with the same ones
+configure_qemu() {
+    local dir=$1
+    shift
+    local stamp=$dir/s3chain-configure-flags
+    if [ ! -f "$dir/build.ninja" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$*" ]; then
+        mkdir -p "$dir"
+        (cd "$dir" && "$QEMU_SRC/configure" "$@")
+        echo "$*" >"$stamp"
+    fi
+}
+
 # Files of ours that the QEMU tree carries, at the same paths
 our_qemu_files() {
     (cd "$REPO" && ls block/s3chain*.[ch] tests/unit/test-s3chain-*.c \

@@ -2,8 +2,9 @@
 # Runs every test of s3chain on a fresh Debian 12: builds what is needed,
 # starts the local S3 server, then runs the unit tests, the patch series
 # checks (staleness, checkpatch), the iotests against the server, the
-# tests of the s3chain command, a short run of each fuzzer, and some of
-# the command's tests again with the command built with ASan and UBSan.
+# tests of the s3chain command, a short run of each fuzzer, and the
+# iotests and some of the command's tests again with the command and
+# QEMU's tools built with ASan and UBSan.
 # Ends with "N passed, N failed" and exits non-zero if anything failed.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -49,11 +50,15 @@ checkpatch() {
         $(ls "$REPO"/patches/*.patch | grep -v /0000-)
 }
 
-iotests() {
-    local log=$BUILD/iotests.log
+# The s3chain iotests of the QEMU build in $1, logged to $2, with the
+# environment that follows
+iotests_of() {
+    local dir=$1 log=$2
+    shift 2
     (
-        cd "$QEMU_BUILD/tests/qemu-iotests" &&
-        S3CHAIN_TEST_ENV=$env_file S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
+        cd "$dir/tests/qemu-iotests" &&
+        env S3CHAIN_TEST_ENV="$env_file" \
+            S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 "$@" \
             "$QEMU_BUILD/pyvenv/bin/python3" ./check -qcow2 -g s3chain
     ) 2>&1 | tee "$log"
     local status=${PIPESTATUS[0]}
@@ -64,6 +69,10 @@ iotests() {
     grep -q '^Passed all [0-9]* iotests' "$log" && [ "$status" -eq 0 ]
 }
 
+iotests() {
+    iotests_of "$QEMU_BUILD" "$BUILD/iotests.log"
+}
+
 command_tests() {
     (
         cd "$REPO/tests/orchestrator" &&
@@ -71,23 +80,57 @@ command_tests() {
         S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
             "$QEMU_BUILD/pyvenv/bin/python3" -W ignore::ResourceWarning \
             -m unittest -v test_backup test_restore test_catalog \
-            test_endpoints test_lease test_tls test_libvirt
+            test_endpoints test_lease test_tls test_load test_libvirt
     )
 }
 
-# The command built with ASan and UBSan (by the fuzzers' step) through
-# the tests that drive its readers, its lease thread and its cleanup
+# ASan and UBSan: the command (built by the fuzzers' step) and QEMU's
+# tools with the driver (build/qemu-sanitised).  Their reports go to
+# files, so that a sidecar's, whose exit no test sees, counts too.
+sanitiser_reports=$BUILD/sanitiser-reports
+sanitiser_options=(
+    ASAN_OPTIONS=detect_leaks=1:exitcode=86:log_path=$sanitiser_reports/asan
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$sanitiser_reports/ubsan
+    LSAN_OPTIONS=suppressions=$REPO/scripts/lsan-suppressions.txt
+)
+
+# Fails when a sanitised process reported anything; shows the first
+no_sanitiser_reports() {
+    local reports
+    reports=$(grep -l -E 'ERROR: (Address|Leak)Sanitizer|runtime error' \
+        "$sanitiser_reports"/* 2>/dev/null)
+    [ -z "$reports" ] && return 0
+    echo "sanitiser reports:" $reports
+    cat "$(echo "$reports" | head -1)"
+    return 1
+}
+
+sanitised_iotests() {
+    rm -rf "$sanitiser_reports" && mkdir -p "$sanitiser_reports"
+    "$REPO/scripts/build-sanitised.sh" >"$BUILD/build-sanitised.log" 2>&1 || {
+        tail -20 "$BUILD/build-sanitised.log"; return 1;
+    }
+    iotests_of "$BUILD/qemu-sanitised" "$BUILD/iotests-sanitised.log" \
+        "${sanitiser_options[@]}" QEMU_PROG="$QEMU_BUILD/qemu-system-x86_64" &&
+        no_sanitiser_reports
+}
+
+# The tests that drive the command's readers, lease thread and cleanup,
+# and the driver's reads, writes and load, everything sanitised
 sanitised_command_tests() {
+    rm -rf "$sanitiser_reports" && mkdir -p "$sanitiser_reports"
     (
         cd "$REPO/tests/orchestrator" &&
-        ASAN_OPTIONS=detect_leaks=1:exitcode=86 \
-        UBSAN_OPTIONS=halt_on_error=1 S3CHAIN_BIN=$BUILD/fuzz/s3chain \
-        S3CHAIN_TEST_ENV=$env_file S3CHAIN_BUILD=$BUILD \
-        S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
+        env "${sanitiser_options[@]}" S3CHAIN_TEST_ENV="$env_file" \
+            S3CHAIN_BUILD="$BUILD" \
+            S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
+            S3CHAIN_BIN="$BUILD/fuzz/s3chain" \
+            S3CHAIN_QEMU_BUILD="$BUILD/qemu-sanitised" \
             "$QEMU_BUILD/pyvenv/bin/python3" -W ignore::ResourceWarning \
             -m unittest -v test_catalog test_endpoints test_lease test_tls \
-            test_backup.TestKilled test_backup.TestBadInput
-    )
+            test_restore test_load test_backup.TestKilled \
+            test_backup.TestBadInput
+    ) && no_sanitiser_reports
 }
 
 step "unit tests" unit_tests
@@ -96,6 +139,7 @@ step "checkpatch" checkpatch
 step "iotests" iotests
 step "s3chain command" command_tests
 step "fuzzers" "$REPO/scripts/fuzz.sh" 20
+step "iotests, sanitised" sanitised_iotests
 step "s3chain command, sanitised" sanitised_command_tests
 
 echo

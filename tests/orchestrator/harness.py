@@ -32,8 +32,10 @@ from qemu.machine import QEMUMachine  # noqa: E402
 # S3CHAIN_BIN: another build of the command (build/fuzz's, sanitised)
 S3CHAIN = os.environ.get('S3CHAIN_BIN',
                          os.path.join(BUILD, 'orchestrator', 's3chain'))
-QEMU_IMG = os.path.join(BUILD, 'qemu', 'qemu-img')
-QSD = os.path.join(BUILD, 'qemu', 'storage-daemon', 'qemu-storage-daemon')
+# S3CHAIN_QEMU_BUILD: another build of QEMU's tools (build/qemu-sanitised)
+QEMU_TOOLS = os.environ.get('S3CHAIN_QEMU_BUILD', os.path.join(BUILD, 'qemu'))
+QEMU_IMG = os.path.join(QEMU_TOOLS, 'qemu-img')
+QSD = os.path.join(QEMU_TOOLS, 'storage-daemon', 'qemu-storage-daemon')
 SIDECAR = os.path.join(REPO, 'qsd-config', 's3chain-sidecar')
 STOCK_QEMU = os.environ.get('S3CHAIN_STOCK_QEMU',
                             '/usr/bin/qemu-system-x86_64')
