@@ -323,10 +323,6 @@ static struct curl_slist *signed_headers(S3chainRequest *req, Error **errp)
     if (req->content_type) {
         headers[n++] = (S3chainHeader) { "Content-Type", req->content_type };
     }
-    if (req->block_sums) {
-        headers[n++] = (S3chainHeader) { S3CHAIN_BLOCK_SUMS_META,
-                                         req->block_sums };
-    }
     if (req->if_none_match) {
         headers[n++] = (S3chainHeader) { "If-None-Match", "*" };
     }

@@ -229,8 +229,9 @@ static char *block_sums_hex(const uint32_t *crcs, unsigned n)
 }
 
 /*
- * Reads @n block sums from @hex, as S3CHAIN_BLOCK_SUMS_META holds them;
- * they must make up @ref's CRC-32, which ties them to the manifest.
+ * Reads @n block sums from @hex, as the manifest (or, from version 3
+ * writers, S3CHAIN_BLOCK_SUMS_META) holds them; they must make up @ref's
+ * CRC-32, which ties them to the chunk's whole sum.
  */
 static bool parse_block_sums(const char *hex, const S3chainChunkRef *ref,
                              unsigned n, uint32_t *crcs)
@@ -315,7 +316,6 @@ typedef struct Upload {
     char *tag;
     char *key;
     char *md5_b64;
-    char *block_sums;
     S3chainChunkRef sums;
     S3chainRequest req;
 } Upload;
@@ -366,14 +366,14 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
         }
         u->sums.block_size = img->block_size;
         u->md5_b64 = base64_md5(u->sums.md5);
-        u->block_sums = block_sums_hex(block_crcs, blocks_per_chunk(img));
+        u->sums.block_sums = block_sums_hex(block_crcs,
+                                            blocks_per_chunk(img));
         u->req = (S3chainRequest) {
             .method = "PUT",
             .key = u->key,
             .body = u->chunk->buf,
             .body_len = chunk_size(img),
             .content_md5 = u->md5_b64,
-            .block_sums = u->block_sums,
             .waiter = &waiter,
         };
         trace_s3chain_upload_chunk(img->key, u->chunk->index, u->tag);
@@ -408,7 +408,7 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
         g_free(u->tag);
         g_free(u->key);
         g_free(u->md5_b64);
-        g_free(u->block_sums);
+        g_free(u->sums.block_sums);
     }
     return ret;
 }
@@ -487,7 +487,8 @@ typedef struct BlockRun {
 /*
  * Whether @run of chunk @c, just loaded, holds what @ref says: a whole
  * chunk is checked against the manifest's sum, part of one against the
- * block sums that came with it, themselves checked against that sum.
+ * block sums of the manifest (or, stored by a version 3 writer, those
+ * that came with it), themselves checked against that sum.
  */
 static bool coroutine_fn run_is_intact(S3chainImage *img, CachedChunk *c,
                                        const S3chainChunkRef *ref,
@@ -504,8 +505,8 @@ static bool coroutine_fn run_is_intact(S3chainImage *img, CachedChunk *c,
                (ref->has_crc32 ? got.crc32 == ref->crc32
                                : !memcmp(ref->md5, got.md5, sizeof(got.md5)));
     }
-    return parse_block_sums(run->req.block_sums_received, ref,
-                            blocks_per_chunk(img), want) &&
+    return parse_block_sums(ref->block_sums ?: run->req.block_sums_received,
+                            ref, blocks_per_chunk(img), want) &&
            co_sums_of(start, len, false, false, img->block_size, got_blocks,
                       &got) == 0 &&
            !memcmp(want + run->first, got_blocks,
@@ -589,6 +590,7 @@ static int coroutine_fn ensure_blocks_locked(S3chainImage *img,
     S3chainChunkRef *stored = s3chain_manifest_lookup(img->manifest,
                                                       c->index);
     g_autofree char *tag = NULL;
+    g_autofree char *block_sums = NULL;
     S3chainChunkRef ref;
 
     if (!(need & ~c->valid)) {
@@ -599,6 +601,7 @@ static int coroutine_fn ensure_blocks_locked(S3chainImage *img,
     /* a copy: a commit may replace the entry while the lock is dropped */
     ref = *stored;
     ref.tag = tag = g_strdup(stored->tag);
+    ref.block_sums = block_sums = g_strdup(stored->block_sums);
     if (ref.block_size != img->block_size || !ref.has_crc32) {
         need = all_blocks(img);
     }

@@ -7,15 +7,17 @@
  * last committed manifest always names intact objects.  The manifest is
  * JSON:
  *
- *   {"format": "s3chain-chunked", "version": 3, "size": N,
+ *   {"format": "s3chain-chunked", "version": 4, "size": N,
  *    "chunk-size": C, "generation": G,
- *    "chunks": [[INDEX, "TAG", "MD5 hex", "CRC-32 hex", BLOCK_SIZE], ...]}
+ *    "chunks": [[INDEX, "TAG", "MD5 hex", "CRC-32 hex", BLOCK_SIZE,
+ *                "BLOCK SUMS hex"], ...]}
  *
  * with chunks in ascending INDEX order.  Chunks that are not listed read
- * as zeroes.  BLOCK_SIZE says that the chunk's object carries the CRC-32
- * of each of its blocks of that size in S3CHAIN_BLOCK_SUMS_META.
- * Version 1 had no CRC-32, version 2 no block sums; a chunk that an older
- * writer stored keeps its shorter entry when a later writer commits.
+ * as zeroes.  BLOCK SUMS are the CRC-32 of each block of BLOCK_SIZE, 8
+ * hex digits each.  Version 1 had no CRC-32, version 2 no block sums,
+ * version 3 entries end at BLOCK_SIZE (the sums are in the object's
+ * S3CHAIN_BLOCK_SUMS_META); a chunk that an older writer stored keeps
+ * its shorter entry when a later writer commits.
  *
  * Copyright (c) 2026 The s3chain authors
  *
@@ -33,13 +35,14 @@
 #include "s3chain.h"
 
 #define MANIFEST_FORMAT "s3chain-chunked"
-#define MANIFEST_VERSION 3
+#define MANIFEST_VERSION 4
 
 static void chunk_ref_free(gpointer p)
 {
     S3chainChunkRef *ref = p;
 
     g_free(ref->tag);
+    g_free(ref->block_sums);
     g_free(ref);
 }
 
@@ -82,6 +85,7 @@ void s3chain_manifest_set(S3chainManifest *m, uint64_t index,
 
     *key = index;
     copy->tag = g_strdup(ref->tag);
+    copy->block_sums = g_strdup(ref->block_sums);
     g_tree_replace(m->chunks, key, copy);
 }
 
@@ -113,6 +117,9 @@ static gboolean encode_chunk(gpointer key, gpointer value, gpointer opaque)
     g_string_append_c(out, '"');
     if (ref->block_size) {
         g_string_append_printf(out, ", %" PRIu64, ref->block_size);
+    }
+    if (ref->block_sums) {
+        g_string_append_printf(out, ", \"%s\"", ref->block_sums);
     }
     g_string_append_c(out, ']');
     return false;
@@ -182,6 +189,17 @@ static bool is_valid_block_size(QNum *n, uint64_t chunk_size,
            chunk_size / *block_size <= S3CHAIN_MAX_BLOCKS;
 }
 
+/* One CRC-32 of each block of @block_size in @chunk_size, in hex */
+static bool is_valid_block_sums(QString *sums, uint64_t chunk_size,
+                                uint64_t block_size)
+{
+    const char *hex = sums ? qstring_get_str(sums) : NULL;
+    size_t len = 8 * (chunk_size / block_size);
+
+    return hex && strlen(hex) == len &&
+           strspn(hex, "0123456789abcdef") == len;
+}
+
 static bool is_valid_tag(const char *tag)
 {
     return *tag && strspn(tag, "0123456789abcdef.") == strlen(tag);
@@ -237,9 +255,9 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
     m->generation = generation;
     QLIST_FOREACH_ENTRY(chunks, e) {
         QList *item = qobject_to(QList, qlist_entry_obj(e));
-        QObject *fields[5] = { NULL };
+        QObject *fields[6] = { NULL };
         QNum *index_num, *block_size_num;
-        QString *tag, *md5_hex, *crc32_hex;
+        QString *tag, *md5_hex, *crc32_hex, *block_sums;
         S3chainChunkRef ref = { 0 };
         uint64_t index;
         size_t n = 0;
@@ -254,10 +272,11 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
                 n++;
             }
         }
-        if (n < 3 || n > MIN(version + 2, 5)) {
+        if (n < 3 || n > MIN(version + 2, 6)) {
             error_setg(errp, "manifest chunk entry is not [index, tag, md5%s]",
                        version < 2 ? "" : version < 3 ? ", crc32"
-                       : ", crc32, block-size");
+                       : version < 4 ? ", crc32, block-size"
+                       : ", crc32, block-size, block-sums");
             return NULL;
         }
         index_num = qobject_to(QNum, fields[0]);
@@ -265,6 +284,7 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
         md5_hex = qobject_to(QString, fields[2]);
         crc32_hex = qobject_to(QString, fields[3]);
         block_size_num = qobject_to(QNum, fields[4]);
+        block_sums = qobject_to(QString, fields[5]);
         ref.has_crc32 = n >= 4;
         if (!index_num || !qnum_get_try_uint(index_num, &index) || !tag ||
             !md5_hex || !is_valid_tag(qstring_get_str(tag)) ||
@@ -272,8 +292,10 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
             (ref.has_crc32 && (!crc32_hex ||
                 !s3chain_crc32_from_hex(qstring_get_str(crc32_hex),
                                         &ref.crc32))) ||
-            (n == 5 && !is_valid_block_size(block_size_num, chunk_size,
-                                            &ref.block_size))) {
+            (n >= 5 && !is_valid_block_size(block_size_num, chunk_size,
+                                            &ref.block_size)) ||
+            (n == 6 && !is_valid_block_sums(block_sums, chunk_size,
+                                            ref.block_size))) {
             error_setg(errp, "manifest chunk entry is malformed");
             return NULL;
         }
@@ -285,6 +307,7 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
         }
         last = index;
         ref.tag = (char *)qstring_get_str(tag);
+        ref.block_sums = n == 6 ? (char *)qstring_get_str(block_sums) : NULL;
         s3chain_manifest_set(m, index, &ref);
     }
     return g_steal_pointer(&m);

@@ -123,6 +123,12 @@ bool s3chain_parse_url(const char *url, QDict *options, Error **errp)
         goto bad_form;
     }
     bucket = url_decode(p, bucket_end - p, errp);
+    if (bucket && strchr(bucket, '/')) {
+        /* an escaped '/' would move the split between bucket and key */
+        error_setg(errp, "s3chain: bucket name '%s' must not contain '/'",
+                   bucket);
+        return false;
+    }
     key = bucket ? url_decode(bucket_end + 1, strlen(bucket_end + 1), errp)
                  : NULL;
     if (!key) {

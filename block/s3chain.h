@@ -42,9 +42,10 @@
 #define S3CHAIN_MANIFEST_TYPE "application/vnd.s3chain.manifest+json"
 
 /*
- * A chunk object's metadata holding the CRC-32 of each block of the chunk,
- * 8 hex digits each, in order: what lets a reader load part of a chunk
- * and still check what it got.
+ * Where version 3 writers put the CRC-32 of each block of a chunk, 8 hex
+ * digits each, in order: the chunk object's metadata.  Since version 4
+ * the manifest holds them: OpenStack Swift refuses metadata values over
+ * 256 bytes, and 64 sums are 512.
  */
 #define S3CHAIN_BLOCK_SUMS_META "x-amz-meta-s3chain-block-crc32"
 #define S3CHAIN_MAX_BLOCKS 64
@@ -96,6 +97,11 @@ typedef struct S3chainChunkRef {
     bool has_crc32;             /* version 1 manifests have no CRC-32 */
     uint32_t crc32;             /* zlib's, checked on each load */
     uint64_t block_size;        /* of its block sums; 0: it has none */
+    /*
+     * The CRC-32 of each block, 8 hex digits each (version 4), or NULL:
+     * then a version 3 writer put them in S3CHAIN_BLOCK_SUMS_META
+     */
+    char *block_sums;
 } S3chainChunkRef;
 
 typedef struct S3chainManifest {
@@ -178,7 +184,6 @@ struct S3chainRequest {
     size_t body_len;
     const char *content_md5;    /* base64, checked by the server */
     const char *content_type;
-    const char *block_sums;     /* sent as S3CHAIN_BLOCK_SUMS_META */
     QEMUIOVector *qiov;         /* receives the body of a GET */
     size_t qiov_offset;
     S3chainWaiter *waiter;
@@ -190,7 +195,7 @@ struct S3chainRequest {
     char *error_text;           /* one line for the user */
     char *etag;
     char *content_type_received;
-    char *block_sums_received;
+    char *block_sums_received;  /* S3CHAIN_BLOCK_SUMS_META, of version 3 */
     uint64_t object_size;       /* from Content-Range or Content-Length */
     unsigned attempts;
 

@@ -34,6 +34,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             g_assert(g_str_has_prefix(c->key, "p/disks/vd0/x.qcow2.d/"));
             g_assert(!strchr(c->key + strlen("p/disks/vd0/x.qcow2.d/"),
                              '/'));
+            /* a sum for each block, or none */
+            g_assert(!c->block_sums ||
+                     (c->block_size && strlen(c->block_sums) ==
+                      8 * (m->chunk_size / c->block_size)));
             last = c->index;
         }
     } else {

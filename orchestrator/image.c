@@ -14,13 +14,17 @@
 /* Deep checks read this many chunks at once */
 #define VERIFY_READERS 8
 
-/* docs/object-layout.rst: the CRC-32 of each block of a chunk */
+/*
+ * docs/object-layout.rst: the CRC-32 of each block of a chunk, where
+ * version 3 writers put them
+ */
 #define BLOCK_SUMS_META "x-amz-meta-s3chain-block-crc32"
 
 static void chunk_free(S3cChunk *c)
 {
     g_free(c->key);
     g_free(c->md5);
+    g_free(c->block_sums);
     g_free(c);
 }
 
@@ -42,7 +46,7 @@ static bool is_hex(const char *s, size_t len)
  * docs/object-layout.rst's limits, as block/s3chain.h and
  * block/s3chain-manifest.c hold them for the driver
  */
-#define MANIFEST_VERSION_MAX 3
+#define MANIFEST_VERSION_MAX 4
 #define MIN_CHUNK_SIZE (64 * 1024)
 #define MAX_CHUNK_SIZE (256 * 1024 * 1024)
 #define MAX_BLOCKS 64
@@ -101,12 +105,13 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
     size_t n = json_object_is_type(entry, json_type_array)
                ? json_object_array_length(entry) : 0;
     json_object *index = n ? json_object_array_get_idx(entry, 0) : NULL;
-    const char *tag = NULL, *md5 = NULL, *crc32 = NULL;
+    const char *tag = NULL, *md5 = NULL, *crc32 = NULL, *sums = NULL;
 
-    if (n < 3 || n > MIN(version + 2, 5)) {
+    if (n < 3 || n > MIN(version + 2, 6)) {
         return bad(err, where, "chunk entry %zu is not [index, tag, md5%s]",
                    i, version < 2 ? "" : version < 3 ? ", crc32"
-                                                     : ", crc32, block-size");
+                      : version < 4 ? ", crc32, block-size"
+                      : ", crc32, block-size, block-sums");
     }
     for (size_t f = 1; f < n && f < 4; f++) {
         json_object *v = json_object_array_get_idx(entry, f);
@@ -141,7 +146,7 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
                    "hex of its length", c->index,
                    is_hex(md5, 32) ? "CRC-32" : "MD5");
     }
-    if (n == 5) {
+    if (n >= 5) {
         json_object *bs = json_object_array_get_idx(entry, 4);
         int64_t block_size = json_object_get_int64(bs);
 
@@ -154,11 +159,25 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
         }
         c->block_size = block_size;
     }
+    if (n == 6) {
+        json_object *v = json_object_array_get_idx(entry, 5);
+        size_t len = 8 * (m->chunk_size / c->block_size);
+
+        sums = json_object_get_string(v);
+        if (!json_object_is_type(v, json_type_string) ||
+            strlen(sums) != len ||
+            strspn(sums, "0123456789abcdef") != len) {
+            return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its block "
+                       "sums are not 8 lower-case hex digits a block",
+                       c->index);
+        }
+    }
     c->key = g_strdup_printf("%s.d/%016" G_GINT64_MODIFIER "x.%s", m->key,
                              c->index, tag);
     c->md5 = g_ascii_strdown(md5, -1);
     c->has_crc32 = crc32 != NULL;
     c->crc32 = crc32 ? g_ascii_strtoull(crc32, NULL, 16) : 0;
+    c->block_sums = g_strdup(sums);
     return true;
 }
 
@@ -200,8 +219,10 @@ static bool parse_header(json_object *doc, S3cManifest *m, uint64_t *version,
 /*
  * docs/object-layout.rst: {"format": "s3chain-chunked", "version",
  * "size", "chunk-size", "generation",
- * "chunks": [[INDEX, TAG, MD5, CRC32, BLOCK_SIZE], ...]} in ascending
- * INDEX order, no CRC32 in version 1, no BLOCK_SIZE before version 3
+ * "chunks": [[INDEX, TAG, MD5, CRC32, BLOCK_SIZE, BLOCK_SUMS], ...]} in
+ * ascending INDEX order, no CRC32 in version 1, no BLOCK_SIZE before
+ * version 3, no BLOCK_SUMS before version 4 (they were in the object's
+ * metadata)
  */
 S3cManifest *s3c_manifest_parse(const char *key, const GString *text,
                                 const char *where, GError **err)
@@ -287,9 +308,9 @@ bool s3c_image_stored_bytes(const S3cRepo *repo, const char *key,
 }
 
 /*
- * The CRC-32 of @body, and with a @block_size, in *@block_sums, what
- * BLOCK_SUMS_META must hold for it: the whole's is combined from the
- * blocks', not computed twice.
+ * The CRC-32 of @body, and with a @block_size, in *@block_sums, what the
+ * manifest (or BLOCK_SUMS_META) must hold for it: the whole's is
+ * combined from the blocks', not computed twice.
  */
 static uint32_t crc32_of(const GString *body, uint64_t block_size,
                          char **block_sums)
@@ -326,11 +347,12 @@ static void read_chunk(gpointer data, gpointer opaque)
     g_autoptr(GString) body = NULL;
     g_autoptr(GError) local = NULL;
     g_autofree char *md5 = NULL;
-    g_autofree char *block_sums = NULL;
+    g_autofree char *meta_sums = NULL;
+    const char *block_sums;
     char *fault = NULL;
 
     if (!s3c_s3_get_meta(dc->repo, c->key, BLOCK_SUMS_META, &body,
-                         &block_sums, &local)) {
+                         &meta_sums, &local)) {
         if (!local) {
             fault = g_strdup_printf("s3://%s/%s: missing", dc->repo->bucket,
                                     c->key);
@@ -342,6 +364,7 @@ static void read_chunk(gpointer data, gpointer opaque)
         md5 = g_compute_checksum_for_data(G_CHECKSUM_MD5,
                                           (const guchar *)body->str,
                                           body->len);
+        block_sums = c->block_sums ? c->block_sums : meta_sums;
         if (strcmp(md5, c->md5)) {
             fault = g_strdup_printf("s3://%s/%s: its bytes have MD5 %s, the "
                                     "manifest says %s", dc->repo->bucket,
@@ -354,7 +377,8 @@ static void read_chunk(gpointer data, gpointer opaque)
             fault = g_strdup_printf("s3://%s/%s: its block sums (%s) are "
                                     "not those of its bytes",
                                     dc->repo->bucket, c->key,
-                                    block_sums ? "metadata "
+                                    c->block_sums ? "in the manifest"
+                                    : meta_sums ? "metadata "
                                     BLOCK_SUMS_META : "none");
         }
     }

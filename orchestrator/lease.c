@@ -232,6 +232,12 @@ static Attempt judged_out(GError **local, GError **err)
 }
 
 /* The lock exists: takes it over if its holder is gone */
+/* Says whose lock this command took, and why it could */
+static void took_over(const S3cLease *l, const char *reason)
+{
+    s3c_output_warning("took over the lock of VM %s from %s", l->vm, reason);
+}
+
 static Attempt try_take_over(S3cLease *l, const S3cLeaseOptions *opts,
                              GError **err)
 {
@@ -251,8 +257,7 @@ static Attempt try_take_over(S3cLease *l, const S3cLeaseOptions *opts,
     switch (s3c_s3_put_if(l->repo, l->key, l->body, strlen(l->body), seen,
                           &stamp, err)) {
     case S3C_PUT_DONE:
-        s3c_output_warning("took over the lock of VM %s from %s",
-                           l->vm, reason);
+        took_over(l, reason);
         l->etag = g_strdup(stamp.etag);
         return HELD;
     case S3C_PUT_PRECONDITION_FAILED:
@@ -329,11 +334,13 @@ static Attempt take_unconditionally(S3cLease *l, const S3cLeaseOptions *opts,
         return TAKEN;
     }
     if (reason) {
-        s3c_output_warning("took over the lock of VM %s from %s",
-                           l->vm, reason);
+        took_over(l, reason);
     }
     return HELD;
 }
+
+/* Why a holder lost its lock, in the message of the commit refused */
+#define LOST_TO_ANOTHER "another command took the VM's lock over"
 
 /* One renewal; sets l->lost when another command has the lock */
 static void renew(S3cLease *l)
@@ -362,7 +369,7 @@ static void renew(S3cLease *l)
             renewed = true;
             break;
         case S3C_PUT_PRECONDITION_FAILED:
-            lost = "another command took the VM's lock over";
+            lost = LOST_TO_ANOTHER;
             break;
         default:
             break;              /* the bucket fails: time will tell */
@@ -372,7 +379,7 @@ static void renew(S3cLease *l)
 
         if (still_ours(l, &ours, &local)) {
             if (!ours) {
-                lost = "another command took the VM's lock over";
+                lost = LOST_TO_ANOTHER;
             } else {
                 renewed = s3c_s3_put(l->repo, l->key, l->body,
                                      strlen(l->body), &local);

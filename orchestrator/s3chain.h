@@ -167,7 +167,8 @@ typedef struct S3cChunk {
     char *md5;                  /* lower-case hex */
     bool has_crc32;             /* manifests of version 1 have none */
     uint32_t crc32;
-    uint64_t block_size;        /* of the object's block sums, or 0 */
+    uint64_t block_size;        /* of its block sums, or 0 */
+    char *block_sums;           /* hex; NULL: in its object's metadata */
 } S3cChunk;
 
 typedef struct S3cManifest {

@@ -46,6 +46,9 @@ backports_pkgs=(meson python3-pycotap qemu-system-x86
                 libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu
                 libvirt-clients)
 ceph_pkgs=(ceph-mon ceph-osd ceph-base ceph-common radosgw)
+# the second S3 server of the tests: Swift with s3api (scripts/swift-server.sh)
+swift_pkgs=(swift-proxy swift-account swift-container swift-object
+            python3-swift memcached)
 # fuse3 and e2fsprogs: a served backup mounted through a FUSE export;
 # openssl: the certificates of radosgw's TLS endpoint; clang and its
 # runtime: the fuzzers (libFuzzer, ASan, UBSan)
@@ -53,10 +56,12 @@ test_pkgs=(python3-boto3 jq xxd psmisc procps fuse3 e2fsprogs openssl
            clang libclang-rt-14-dev)
 
 missing=()
-for p in "${build_pkgs[@]}" "${backports_pkgs[@]}" "${ceph_pkgs[@]}" "${test_pkgs[@]}"; do
+for p in "${build_pkgs[@]}" "${backports_pkgs[@]}" "${ceph_pkgs[@]}" \
+         "${swift_pkgs[@]}" "${test_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-    apt-get install -y -q --no-install-recommends "${build_pkgs[@]}" "${ceph_pkgs[@]}" "${test_pkgs[@]}"
+    apt-get install -y -q --no-install-recommends "${build_pkgs[@]}" \
+        "${ceph_pkgs[@]}" "${swift_pkgs[@]}" "${test_pkgs[@]}"
     apt-get install -y -q --no-install-recommends -t bookworm-backports "${backports_pkgs[@]}"
 fi

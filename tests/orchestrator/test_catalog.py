@@ -279,6 +279,15 @@ MANIFESTS: Dict[str, tuple] = {
                           11, ['CRC-32']),
     'a block size of 3': (manifest_with(chunks=[[0, 'a1', MD5, '00000000',
                                                   3]]), 11, ['block size']),
+    'block sums in version 3': (manifest_with(chunks=[[
+        0, 'a1', MD5, '00000000', 65536, '0' * 512]]), 11,
+        ['chunk entry 0']),
+    'block sums too short': (manifest_with(version=4, chunks=[[
+        0, 'a1', MD5, '00000000', 65536, '0' * 504]]), 11, ['block sums']),
+    'block sums in capitals': (manifest_with(version=4, chunks=[[
+        0, 'a1', MD5, '00000000', 65536, 'A' * 512]]), 11, ['block sums']),
+    'block sums a number': (manifest_with(version=4, chunks=[[
+        0, 'a1', MD5, '00000000', 65536, 7]]), 11, ['block sums']),
 }
 
 

@@ -157,9 +157,10 @@ class TestLoad(unittest.TestCase):
         expected = [{d: vm.disk_bytes(d) for d in DISKS} for vm in self.vms]
         live, doomed = self.backup_run(0), self.backup_run(1)
         live.wait_started()
-        doomed.wait_started()
-        # stopped, the live one holds no turn at the socket, but lives
+        # stopped as its copy starts, the live one holds no turn at the
+        # socket (it would at its commit), but lives
         os.kill(live.proc.pid, signal.SIGSTOP)
+        doomed.wait_started()
         doomed.proc.kill()
         doomed.proc.communicate()
         try:

@@ -19,14 +19,20 @@ static const S3chainChunkRef ref_a = {
     .crc32 = 0x0a1b2c3d,
 };
 
+/* 16 block sums, of a 1 MiB chunk in 64 KiB blocks */
+#define SUMS_16 "0a1b2c3d0a1b2c3d0a1b2c3d0a1b2c3d0a1b2c3d0a1b2c3d" \
+    "0a1b2c3d0a1b2c3d0a1b2c3d0a1b2c3d0a1b2c3d0a1b2c3d0a1b2c3d0a1b2c3d" \
+    "0a1b2c3d0a1b2c3d"
+
 static void set(S3chainManifest *m, uint64_t index, const char *tag,
-                bool has_crc32, uint64_t block_size)
+                bool has_crc32, uint64_t block_size, const char *block_sums)
 {
     S3chainChunkRef ref = ref_a;
 
     ref.tag = (char *)tag;
     ref.has_crc32 = has_crc32;
     ref.block_size = block_size;
+    ref.block_sums = (char *)block_sums;
     s3chain_manifest_set(m, index, &ref);
 }
 
@@ -40,18 +46,21 @@ static void test_round_trip(void)
     S3chainChunkRef *ref;
 
     m->generation = 7;
-    set(m, 10, "7.1", true, 0);
-    set(m, 0, "3.2a", false, 0);
-    set(m, 4, "5.1", true, 0);
-    set(m, 4, "7.2", true, 64 * KiB);
+    set(m, 10, "7.1", true, 0, NULL);
+    set(m, 0, "3.2a", false, 0, NULL);
+    set(m, 4, "5.1", true, 0, NULL);
+    set(m, 4, "7.2", true, 64 * KiB, SUMS_16);
+    set(m, 6, "6.1", true, 64 * KiB, NULL);
     s3chain_manifest_remove(m, 9);
 
     json = s3chain_manifest_encode(m);
     g_assert_cmpstr(json, ==,
-        "{\"format\": \"s3chain-chunked\", \"version\": 3, "
+        "{\"format\": \"s3chain-chunked\", \"version\": 4, "
         "\"size\": 10485763, \"chunk-size\": 1048576, \"generation\": 7, "
         "\"chunks\": [[0, \"3.2a\", \"d41d8cd98f00b204e9800998ecf8427e\"], "
         "[4, \"7.2\", \"d41d8cd98f00b204e9800998ecf8427e\", \"0a1b2c3d\", "
+        "65536, \"" SUMS_16 "\"], "
+        "[6, \"6.1\", \"d41d8cd98f00b204e9800998ecf8427e\", \"0a1b2c3d\", "
         "65536], "
         "[10, \"7.1\", \"d41d8cd98f00b204e9800998ecf8427e\", "
         "\"0a1b2c3d\"]]}\n");
@@ -60,7 +69,7 @@ static void test_round_trip(void)
     g_assert_cmpuint(back->size, ==, 10 * MiB + 3);
     g_assert_cmpuint(back->chunk_size, ==, 1 * MiB);
     g_assert_cmpuint(back->generation, ==, 7);
-    g_assert_cmpint(g_tree_nnodes(back->chunks), ==, 3);
+    g_assert_cmpint(g_tree_nnodes(back->chunks), ==, 4);
     ref = s3chain_manifest_lookup(back, 4);
     g_assert_nonnull(ref);
     g_assert_cmpstr(ref->tag, ==, "7.2");
@@ -68,6 +77,9 @@ static void test_round_trip(void)
     g_assert_true(ref->has_crc32);
     g_assert_cmphex(ref->crc32, ==, 0x0a1b2c3d);
     g_assert_cmpuint(ref->block_size, ==, 64 * KiB);
+    g_assert_cmpstr(ref->block_sums, ==, SUMS_16);
+    /* a version 3 writer's chunk: its sums are in its object */
+    g_assert_null(s3chain_manifest_lookup(back, 6)->block_sums);
     g_assert_cmpuint(s3chain_manifest_lookup(back, 10)->block_size, ==, 0);
     g_assert_false(s3chain_manifest_lookup(back, 0)->has_crc32);
     g_assert_null(s3chain_manifest_lookup(back, 5));
@@ -123,7 +135,7 @@ static void test_damaged(void)
 {
     decode_fails("not json", "not a JSON object");
     decode_fails("{\"format\": \"qcow2\"}", "format is not s3chain-chunked");
-    decode_fails(HEAD(4, 100, 65536) "\"chunks\": []}", "version 4");
+    decode_fails(HEAD(5, 100, 65536) "\"chunks\": []}", "version 5");
     decode_fails(HEAD(0, 100, 65536) "\"chunks\": []}", "version 0");
     decode_fails(HEAD(1, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
                  CRC32 "]]}", "not [index, tag, md5]");
@@ -132,6 +144,21 @@ static void test_damaged(void)
     decode_fails(HEAD(3, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
                  CRC32 ", 65536, 1]]}", "not [index, tag, md5, crc32, "
                  "block-size]");
+    decode_fails(HEAD(4, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
+                 CRC32 ", 65536, \"0a1b2c3d\", 1]]}", "not [index, tag, md5, "
+                 "crc32, block-size, block-sums]");
+    decode_fails(HEAD(3, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
+                 CRC32 ", 65536, \"0a1b2c3d\"]]}", "not [index, tag, md5, "
+                 "crc32, block-size]");
+    /* one sum of 8 lower-case hex digits per block */
+    decode_fails(HEAD(4, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
+                 CRC32 ", 65536, \"0a1b2c3\"]]}", "malformed");
+    decode_fails(HEAD(4, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
+                 CRC32 ", 65536, \"0A1B2C3D\"]]}", "malformed");
+    decode_fails(HEAD(4, 100, 131072) "\"chunks\": [[0, \"1.1\", " MD5
+                 ", " CRC32 ", 65536, \"0a1b2c3d\"]]}", "malformed");
+    decode_fails(HEAD(4, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
+                 CRC32 ", 65536, 1]]}", "malformed");
     /* blocks must divide the chunk, in at most 64 */
     decode_fails(HEAD(3, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
                  CRC32 ", 131072]]}", "malformed");
