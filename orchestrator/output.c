@@ -136,14 +136,14 @@ void s3c_output_progress(uint64_t done, uint64_t total)
 
 void s3c_output_warning(const char *fmt, ...)
 {
+    g_autofree char *text = NULL;
     va_list ap;
 
-    end_bar_line();
-    fputs("s3chain: warning: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    text = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    /* through print_after_bar, as every g_printerr */
+    g_printerr("s3chain: warning: %s\n", text);
 }
 
 void s3c_output_info(const char *fmt, ...)

@@ -321,49 +321,50 @@ static bool unexport(S3cSidecar *sc, const char *name, bool hard,
     return false;
 }
 
+/* The ID in line @line of an owner file if it notes a @kind, else NULL */
+static const char *noted_id(const char *line, const char *kind)
+{
+    size_t len = strlen(kind);
+
+    return !strncmp(line, kind, len) && line[len] == ' ' ? line + len + 1
+                                                         : NULL;
+}
+
 /* Removes what a dead command noted in @note (its owner file's lines) */
 static void clear_dead_command(S3cSidecar *sc, const char *note)
 {
     g_auto(GStrv) lines = g_strsplit(note, "\n", -1);
     g_autoptr(GPtrArray) done = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GPtrArray) nodes = g_ptr_array_new();
-    /* jobs first: they use the nodes; then what uses nodes, then nodes */
-    static const char *const order[] = { "job", "export", "object" };
     bool deleted = true;
 
-    for (size_t k = 0; k < G_N_ELEMENTS(order); k++) {
-        for (size_t i = g_strv_length(lines); i-- > 0;) {
-            const char *space = strchr(lines[i], ' ');
-            const char *id = space ? space + 1 : NULL;
+    /* jobs first: they use the nodes; then what uses nodes, then nodes */
+    for (size_t i = g_strv_length(lines); i-- > 0;) {
+        const char *id = noted_id(lines[i], "job");
 
-            if (!id || strncmp(lines[i], order[k], space - lines[i]) ||
-                strlen(order[k]) != (size_t)(space - lines[i])) {
-                continue;
-            }
-            if (!strcmp(order[k], "job") &&
-                run(sc, "job-cancel", s3c_json_obj(
-                        "id", json_object_new_string(id),
-                        "force", json_object_new_boolean(true), NULL),
-                    NULL)) {
-                s3c_job_wait(sc->qmp, id, "ending a killed command's job",
-                             NULL);
-                g_ptr_array_add(done, g_strdup_printf("ended job %s", id));
-            } else if (!strcmp(order[k], "export") &&
-                       unexport(sc, id, true, NULL)) {
-                g_ptr_array_add(done, g_strdup_printf("removed export %s",
-                                                      id));
-            } else if (!strcmp(order[k], "object") &&
-                       run(sc, "object-del", s3c_json_obj(
-                               "id", json_object_new_string(id), NULL),
-                           NULL)) {
-                g_ptr_array_add(done, g_strdup_printf("removed secret %s",
-                                                      id));
-            }
+        if (id && run(sc, "job-cancel", s3c_json_obj(
+                          "id", json_object_new_string(id),
+                          "force", json_object_new_boolean(true), NULL),
+                      NULL)) {
+            s3c_job_wait(sc->qmp, id, "ending a killed command's job", NULL);
+            g_ptr_array_add(done, g_strdup_printf("ended job %s", id));
         }
     }
     for (size_t i = g_strv_length(lines); i-- > 0;) {
-        if (g_str_has_prefix(lines[i], "node ")) {
-            g_ptr_array_add(nodes, lines[i] + strlen("node "));
+        const char *export = noted_id(lines[i], "export");
+        const char *object = noted_id(lines[i], "object");
+        const char *node = noted_id(lines[i], "node");
+
+        if (export && unexport(sc, export, true, NULL)) {
+            g_ptr_array_add(done, g_strdup_printf("removed export %s",
+                                                  export));
+        } else if (object && run(sc, "object-del", s3c_json_obj(
+                                     "id", json_object_new_string(object),
+                                     NULL), NULL)) {
+            g_ptr_array_add(done, g_strdup_printf("removed secret %s",
+                                                  object));
+        } else if (node) {
+            g_ptr_array_add(nodes, (char *)node);
         }
     }
     /* a node in use by another fails, until its parents have gone */
@@ -460,29 +461,34 @@ static bool own_file(S3cSidecar *sc, const char *qmp_path, GError **err)
 }
 
 /*
- * The NBD server: a command's own sidecar starts it at @listen.  A
- * running sidecar has one (QEMU runs one), which the first command
- * starts and all share: where it listens is noted next to the QMP
- * socket, so that a later command, serve's --listen in particular,
- * knows its address instead of guessing it.
+ * The NBD server, at @given (--listen) or else a socket of the command's
+ * own: a command's own sidecar starts it.  A running sidecar has one
+ * (QEMU runs one), which the first command starts, by default next to
+ * the QMP socket, and all share: where it listens is noted there too,
+ * so that a later command, serve's --listen in particular, knows its
+ * address instead of guessing it.
  */
-static bool start_nbd_server(S3cSidecar *sc, const char *listen,
+static bool start_nbd_server(S3cSidecar *sc, const char *given,
                              GError **err)
 {
     g_autofree char *note_path = NULL;
     g_autofree char *noted = NULL;
-    g_autofree char *shared_default = NULL;
+    g_autofree char *fallback = NULL;
     g_autoptr(GError) local = NULL;
+    const char *listen = given;
     json_object *addr, *ret;
 
     if (sc->shared_qmp) {
         g_autofree char *dir = g_path_get_dirname(sc->shared_qmp);
 
         note_path = g_strconcat(sc->shared_qmp, NBD_NOTE_SUFFIX, NULL);
-        shared_default = g_strdup_printf("unix:%s/" SHARED_NBD_SOCKET, dir);
-        if (!listen) {
-            listen = shared_default;
-        }
+        fallback = g_strdup_printf("unix:%s/" SHARED_NBD_SOCKET, dir);
+    } else {
+        fallback = g_strdup_printf("unix:%s/nbd-%d.sock", sc->runtime_dir,
+                                   (int)getpid());
+    }
+    if (!listen) {
+        listen = fallback;
     }
     addr = nbd_address(sc, listen, err);
     if (!addr) {
@@ -514,7 +520,7 @@ static bool start_nbd_server(S3cSidecar *sc, const char *listen,
                     "the sidecar to s3chain alone", sc->shared_qmp);
         return false;
     }
-    if (listen != shared_default && strcmp(listen, noted)) {
+    if (given && strcmp(given, noted)) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
                     "the sidecar's NBD server already listens at %s, for "
                     "the commands sharing it; give --listen %s, or another "
@@ -533,7 +539,6 @@ static bool open_sidecar(S3cSidecar *sc, const char *qmp_path,
                          const char *listen, const S3cRepo *repo,
                          GError **err)
 {
-    g_autofree char *default_listen = NULL;
     json_object *ret;
 
     if (qmp_path) {
@@ -559,11 +564,7 @@ static bool open_sidecar(S3cSidecar *sc, const char *qmp_path,
         }
     }
 
-    if (!listen && !qmp_path) {
-        default_listen = g_strdup_printf("unix:%s/nbd-%d.sock",
-                                         sc->runtime_dir, (int)getpid());
-    }
-    if (!start_nbd_server(sc, listen ? listen : default_listen, err)) {
+    if (!start_nbd_server(sc, listen, err)) {
         return false;
     }
 

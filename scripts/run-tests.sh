@@ -34,10 +34,12 @@ env_file=$("$REPO/scripts/s3-server.sh" start) || {
     echo "the S3 server did not start"; echo "0 passed, 1 failed"; exit 1;
 }
 
-# The driver's unit tests of the QEMU build in $1, logged to $2
+# The driver's unit tests of the QEMU build in $1, logged to $2, with
+# the environment that follows
 unit_tests_of() {
     local dir=$1 log=$2
-    meson test -C "$dir" --no-rebuild --print-errorlogs \
+    shift 2
+    env "$@" meson test -C "$dir" --no-rebuild --print-errorlogs \
         test-s3chain-sigv4 test-s3chain-url test-s3chain-manifest \
         test-s3chain-plan 2>&1 |
         tee "$log"
@@ -78,15 +80,28 @@ iotests() {
     iotests_of "$QEMU_BUILD" "$BUILD/iotests.log"
 }
 
-command_tests() {
+# The command's tests named after "--", against the server whose env
+# file is $1, with the VAR=VALUE settings between
+command_tests_of() {
+    local server_env=$1 settings=()
+    shift
+    while [ "$1" != -- ]; do
+        settings+=("$1")
+        shift
+    done
+    shift
     (
         cd "$REPO/tests/orchestrator" &&
-        S3CHAIN_TEST_ENV=$env_file S3CHAIN_BUILD=$BUILD \
-        S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
+        env S3CHAIN_TEST_ENV="$server_env" S3CHAIN_BUILD="$BUILD" \
+            S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 "${settings[@]}" \
             "$QEMU_BUILD/pyvenv/bin/python3" -W ignore::ResourceWarning \
-            -m unittest -v test_backup test_restore test_catalog \
-            test_endpoints test_lease test_tls test_load test_libvirt
+            -m unittest -v "$@"
     )
+}
+
+command_tests() {
+    command_tests_of "$env_file" -- test_backup test_restore test_catalog \
+        test_endpoints test_lease test_tls test_load test_libvirt
 }
 
 # The second real server: OpenStack Swift with s3api (Debian's 2.30), a
@@ -101,13 +116,8 @@ SWIFT_TESTS="test_backup.TestChain test_backup.TestFaults.test_radosgw_stopped
 swift_tests() {
     local swift_env status
     swift_env=$("$REPO/scripts/swift-server.sh" start) || return 1
-    (
-        cd "$REPO/tests/orchestrator" &&
-        S3CHAIN_TEST_ENV=$swift_env S3CHAIN_BUILD=$BUILD \
-        S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
-            "$QEMU_BUILD/pyvenv/bin/python3" -W ignore::ResourceWarning \
-            -m unittest -v $SWIFT_TESTS
-    )
+    # shellcheck disable=SC2086 # a list of test names
+    command_tests_of "$swift_env" -- $SWIFT_TESTS
     status=$?
     "$REPO/scripts/swift-server.sh" stop
     return $status
@@ -139,32 +149,23 @@ sanitised_qemu_tests() {
     "$REPO/scripts/build-sanitised.sh" >"$BUILD/build-sanitised.log" 2>&1 || {
         tail -20 "$BUILD/build-sanitised.log"; return 1;
     }
-    export "${sanitiser_options[@]}"
-    unit_tests_of "$BUILD/qemu-sanitised" "$BUILD/unit-tests-sanitised.log" &&
+    unit_tests_of "$BUILD/qemu-sanitised" "$BUILD/unit-tests-sanitised.log" \
+        "${sanitiser_options[@]}" &&
     iotests_of "$BUILD/qemu-sanitised" "$BUILD/iotests-sanitised.log" \
-        QEMU_PROG="$QEMU_BUILD/qemu-system-x86_64" &&
+        "${sanitiser_options[@]}" QEMU_PROG="$QEMU_BUILD/qemu-system-x86_64" &&
         no_sanitiser_reports
-    local status=$?
-    unset ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
-    return $status
 }
 
 # The tests that drive the command's readers, lease thread and cleanup,
 # and the driver's reads, writes and load, everything sanitised
 sanitised_command_tests() {
     rm -rf "$sanitiser_reports" && mkdir -p "$sanitiser_reports"
-    (
-        cd "$REPO/tests/orchestrator" &&
-        env "${sanitiser_options[@]}" S3CHAIN_TEST_ENV="$env_file" \
-            S3CHAIN_BUILD="$BUILD" \
-            S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 \
-            S3CHAIN_BIN="$BUILD/fuzz/s3chain" \
-            S3CHAIN_QEMU_BUILD="$BUILD/qemu-sanitised" \
-            "$QEMU_BUILD/pyvenv/bin/python3" -W ignore::ResourceWarning \
-            -m unittest -v test_catalog test_endpoints test_lease test_tls \
-            test_restore test_load test_backup.TestKilled \
-            test_backup.TestBadInput
-    ) && no_sanitiser_reports
+    command_tests_of "$env_file" "${sanitiser_options[@]}" \
+        S3CHAIN_BIN="$BUILD/fuzz/s3chain" \
+        S3CHAIN_QEMU_BUILD="$BUILD/qemu-sanitised" -- \
+        test_catalog test_endpoints test_lease test_tls test_restore \
+        test_load test_backup.TestKilled test_backup.TestBadInput &&
+        no_sanitiser_reports
 }
 
 step "unit tests" unit_tests

@@ -16,6 +16,7 @@ set -euo pipefail
 
 DIR=${S3CHAIN_SWIFT_DIR:-/tmp/s3chain-swift}
 PORT=7580
+MEMCACHED_PORT=7589
 ENV_FILE=$DIR/s3.env
 # tempauth's user test:tester; s3api takes "ACCOUNT:USER" as access key
 ACCESS_KEY=test:tester
@@ -61,12 +62,14 @@ use = egg:swift#$server
 EOF
     done
     # s3api's multipart uploads need slo; tempauth needs memcache
+    local plain_filters="catch_errors gatekeeper healthcheck proxy_logging
+                         listing_formats copy slo dlo"
     cat >"$DIR/etc/proxy-server.conf" <<EOF
 $common
 bind_port = $PORT
 
 [pipeline:main]
-pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats s3api tempauth copy slo dlo proxy-logging proxy-server
+pipeline = catch_errors gatekeeper healthcheck proxy_logging cache listing_formats s3api tempauth copy slo dlo proxy_logging proxy-server
 
 [app:proxy-server]
 use = egg:swift#proxy
@@ -82,32 +85,12 @@ user_test_tester = $SECRET_KEY .admin
 
 [filter:cache]
 use = egg:swift#memcache
-memcache_servers = 127.0.0.1:7589
-
-[filter:catch_errors]
-use = egg:swift#catch_errors
-
-[filter:gatekeeper]
-use = egg:swift#gatekeeper
-
-[filter:healthcheck]
-use = egg:swift#healthcheck
-
-[filter:proxy-logging]
-use = egg:swift#proxy_logging
-
-[filter:listing_formats]
-use = egg:swift#listing_formats
-
-[filter:copy]
-use = egg:swift#copy
-
-[filter:slo]
-use = egg:swift#slo
-
-[filter:dlo]
-use = egg:swift#dlo
+memcache_servers = 127.0.0.1:$MEMCACHED_PORT
 EOF
+    # the filters that take no settings: each the egg of its name
+    for filter in $plain_filters; do
+        printf '\n[filter:%s]\nuse = egg:swift#%s\n' "$filter" "$filter"
+    done >>"$DIR/etc/proxy-server.conf"
     for server in account container object; do
         local builder=$DIR/etc/$server.builder
         [ -f "$DIR/etc/$server.ring.gz" ] && continue
@@ -127,7 +110,8 @@ start_one() {
     fi
     case $name in
     memcached)
-        setsid memcached -l 127.0.0.1 -p 7589 -U 0 -m 64 -u "$(id -un)" \
+        setsid memcached -l 127.0.0.1 -p "$MEMCACHED_PORT" -U 0 -m 64 \
+            -u "$(id -un)" \
             </dev/null >"$DIR/log/$name.log" 2>&1 &
         ;;
     *)

@@ -113,11 +113,7 @@ class TestLoad(unittest.TestCase):
                 vm.write('vd1', f'-P {0x60 + 4 * rnd + i} {(i * 4) * MiB}'
                                 f' {MiB}')
             expected.append({d: vm.disk_bytes(d) for d in DISKS})
-        runs = [Run(['backup', '--vm', f'vm{i}', '--qmp', vm.qmp_socket,
-                     '--repo', self.bucket.repo, '--runtime-dir',
-                     self.runtime, '--sidecar-qmp', self.qmp, '--json'],
-                    command_env(self.bucket))
-                for i, vm in enumerate(self.vms)]
+        runs = [self.backup_run(i) for i in range(VMS)]
         at_once = self.in_turn(runs)
         print(f'\nround {rnd}: {at_once} backups at once')
         self.assertGreater(at_once, 1, 'the backups never overlapped')

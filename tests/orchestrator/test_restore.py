@@ -513,10 +513,7 @@ class TestVerify(RestoreTestCase):
             manifest = json.loads(body)
             entry = manifest['chunks'][0]
             entry[3] = f'{int(entry[3], 16) ^ 1:08x}'
-            self.chain.bucket.client.put_object(
-                Bucket=self.chain.bucket.name, Key=key,
-                Body=json.dumps(manifest).encode(),
-                ContentType='application/vnd.s3chain.manifest+json')
+            self.put_manifest(key, manifest)
             self.only_deep_finds(chunk, point, 'vd0', 'CRC-32')
 
     def test_block_sums_wrong(self) -> None:
