@@ -20,11 +20,7 @@ import subprocess
 import sys
 import time
 
-from vmbench import (GiB, MiB, QEMU_IMG, REPO, S3CHAIN, BucketBench, dirty,
-                     start_vm)
-
-# pylint: disable=wrong-import-position
-from boto3.s3.transfer import TransferConfig  # noqa: E402
+from vmbench import GiB, MiB, BucketBench, dirty, oadp_bitmap, start_vm
 
 DATA = 512 * MiB        # what the disk holds before the backups
 DIRTY = 64 * MiB        # what changes between them
@@ -44,33 +40,6 @@ class Bench(BucketBench):
         return total
 
 
-    def start_sidecar(self):
-        runtime = os.path.join(self.work, 'run')
-        self.sidecar = subprocess.Popen(
-            [os.path.join(REPO, 'qsd-config', 's3chain-sidecar')],
-            env=dict(self.proc_env, S3CHAIN_RUNTIME_DIR=runtime))
-        qmp = os.path.join(runtime, 'qsd.qmp')
-        while not os.path.exists(qmp):
-            time.sleep(0.05)
-        return runtime, qmp
-
-    def sidecar_peak_rss(self):
-        with open(f'/proc/{self.sidecar.pid}/status', encoding='ascii') as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def s3chain_backup(self, runtime, qmp, repo):
-        start = time.monotonic()
-        out = subprocess.run(
-            [S3CHAIN, 'backup', '--vm', 'bench', '--qmp',
-             f'{self.work}/vm.qmp', '--repo', repo, '--sidecar-qmp', qmp,
-             '--runtime-dir', runtime, '--json', '--progress', 'none'],
-            env=self.proc_env, check=True, capture_output=True, text=True)
-        took = time.monotonic() - start
-        return took, json.loads(out.stdout.splitlines()[-1])
-
     def restic(self, repo, *args):
         start = time.monotonic()
         out = subprocess.run(['restic', '-r', repo, '--json', *args],
@@ -86,26 +55,6 @@ class Bench(BucketBench):
             if msg.get('message_type') == 'summary':
                 summary = msg
         return took, summary
-
-    def oadp(self, size, key):
-        """blockdev-backup into a local qcow2, then upload it"""
-        temp = os.path.join(self.work, 'oadp.qcow2')
-        start = time.monotonic()
-        subprocess.run([QEMU_IMG, 'create', '-q', '-f', 'qcow2', temp,
-                        str(size)], check=True)
-        self.vm.cmd('blockdev-add', driver='qcow2', node_name='oadp',
-                    file={'driver': 'file', 'filename': temp})
-        self.vm.cmd('blockdev-backup', job_id='oadp', device='disk0',
-                    target='oadp', sync='incremental', bitmap='oadp-bitmap')
-        self.vm.event_wait('BLOCK_JOB_COMPLETED', timeout=600,
-                           match={'data': {'device': 'oadp'}})
-        self.vm.cmd('blockdev-del', node_name='oadp')
-        local = os.path.getsize(temp)
-        self.s3.upload_file(temp, self.bucket, key, Config=TransferConfig(
-            multipart_chunksize=8 * MiB, max_concurrency=8))
-        took = time.monotonic() - start
-        os.remove(temp)
-        return took, local
 
     def run(self, size_gib):
         size = size_gib * GiB
@@ -128,17 +77,10 @@ class Bench(BucketBench):
             self.restic(restic_repo, 'backup', disk)
             dirty(self.vm, size, DIRTY, random.Random(size))
             # the OADP pipeline gets the same changes, in a bitmap of its own
-            bitmap = [b['name'] for n in self.vm.cmd(
-                'query-named-block-nodes', flat=True)
-                if n['node-name'] == 'disk0'
-                for b in n.get('dirty-bitmaps', [])][0]
-            self.vm.cmd('block-dirty-bitmap-add', node='disk0',
-                        name='oadp-bitmap')
-            self.vm.cmd('block-dirty-bitmap-merge', node='disk0',
-                        target='oadp-bitmap', bitmaps=[bitmap])
+            oadp_bitmap(self.vm)
 
             before = self.stored(f'{base}/s3chain/')
-            s3c_time, result = self.s3chain_backup(runtime, qmp, repo)
+            s3c_time, _, result = self.s3chain_backup(runtime, qmp, repo)
             s3c_bytes = self.stored(f'{base}/s3chain/') - before
             rss = self.sidecar_peak_rss()
             assert result['disks'][0]['type'] == 'incremental', result
@@ -147,11 +89,12 @@ class Bench(BucketBench):
             restic_time, _ = self.restic(restic_repo, 'backup', disk)
             restic_bytes = self.stored(f'{base}/restic/') - before
 
-            oadp_time, oadp_local = self.oadp(size, f'{base}/oadp.qcow2')
+            oadp_time, oadp_local = self.oadp(self.vm, size,
+                                              f'{base}/oadp.qcow2',
+                                              'oadp-bitmap')
             oadp_bytes = self.stored(f'{base}/oadp.qcow2')
         finally:
-            self.sidecar.terminate()
-            self.sidecar.wait()
+            self.stop_sidecar()
             self.vm.shutdown()
             os.remove(disk)
         return {

@@ -1,11 +1,15 @@
 """What the benchmarks that drive a VM share: the build's paths, QEMU's
 python package on the import path, the bucket and the processes'
-environment, a stock qemu-system with one scsi-hd disk (vd0), and a guest
-that writes through HMP's qemu-io."""
+environment, a stock qemu-system with one scsi-hd disk (vd0), a guest
+that writes through HMP's qemu-io, the sidecar, `s3chain backup`, the
+OADP temp-volume pipeline, and the CPU time of processes."""
 
 # SPDX-License-Identifier: GPL-2.0-or-later
+import json
 import os
+import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get('S3CHAIN_BUILD', os.path.join(REPO, 'build'))
@@ -15,6 +19,7 @@ sys.path.insert(0, os.path.join(REPO, 'scripts'))
 # pylint: disable=wrong-import-position
 from qemu.machine import QEMUMachine  # noqa: E402
 import s3obj  # noqa: E402
+from boto3.s3.transfer import TransferConfig  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -40,7 +45,114 @@ class BucketBench:
                              AWS_SECRET_ACCESS_KEY=self.env[
                                  'AWS_SECRET_ACCESS_KEY'],
                              AWS_ENDPOINT_URL=self.env['S3CHAIN_ENDPOINT'],
-                             S3CHAIN_QSD=QSD, **extra_env)
+                             S3CHAIN_QSD=QSD, S3CHAIN_QEMU_IMG=QEMU_IMG,
+                             **extra_env)
+
+    def start_sidecar(self, trace_events=()):
+        """Starts qsd-config/s3chain-sidecar, tracing @trace_events into
+        WORK/sidecar.trace; returns its runtime directory and QMP socket"""
+        runtime = os.path.join(self.work, 'run')
+        env = dict(self.proc_env, S3CHAIN_RUNTIME_DIR=runtime)
+        if trace_events:
+            events = os.path.join(self.work, 'trace-events')
+            with open(events, 'w', encoding='ascii') as f:
+                f.write('\n'.join(trace_events) + '\n')
+            self.sidecar_trace = os.path.join(self.work, 'sidecar.trace')
+            env['S3CHAIN_QSD_TRACE'] = (f'events={events},'
+                                        f'file={self.sidecar_trace}')
+        self.sidecar = subprocess.Popen(
+            [os.path.join(REPO, 'qsd-config', 's3chain-sidecar')], env=env)
+        qmp = os.path.join(runtime, 'qsd.qmp')
+        while not os.path.exists(qmp):
+            time.sleep(0.05)
+        return runtime, qmp
+
+    def stop_sidecar(self):
+        self.sidecar.terminate()
+        self.sidecar.wait()
+
+    def sidecar_peak_rss(self):
+        with open(f'/proc/{self.sidecar.pid}/status', encoding='ascii') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def s3chain_backup(self, runtime, qmp, repo, *args):
+        """`s3chain backup` of the VM 'bench' (QMP on WORK/vm.qmp) into
+        @repo through the sidecar; returns its wall seconds, CPU seconds
+        and JSON result"""
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            [S3CHAIN, 'backup', '--vm', 'bench', '--qmp',
+             f'{self.work}/vm.qmp', '--repo', repo, '--sidecar-qmp', qmp,
+             '--runtime-dir', runtime, '--json', '--progress', 'none',
+             *args], env=self.proc_env, stdout=subprocess.PIPE, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        took = time.monotonic() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            raise RuntimeError(f's3chain backup failed: {out}')
+        return (took, usage.ru_utime + usage.ru_stime,
+                json.loads(out.splitlines()[-1]))
+
+    def upload(self, path, key):
+        """A parallel multipart upload of @path, as boto3 does it by
+        default for a data mover (8 MiB parts, 8 threads)"""
+        self.s3.upload_file(path, self.bucket, key, Config=TransferConfig(
+            multipart_chunksize=8 * MiB, max_concurrency=8))
+
+    def oadp(self, vm, size, key, bitmap):
+        """The OADP temp-volume pipeline: blockdev-backup of @bitmap's
+        blocks into a local qcow2, then an upload of it; returns its
+        seconds and the local bytes it staged"""
+        temp = os.path.join(self.work, 'oadp.qcow2')
+        start = time.monotonic()
+        subprocess.run([QEMU_IMG, 'create', '-q', '-f', 'qcow2', temp,
+                        str(size)], check=True)
+        vm.cmd('blockdev-add', driver='qcow2', node_name='oadp',
+               file={'driver': 'file', 'filename': temp})
+        vm.cmd('blockdev-backup', job_id='oadp', device='disk0',
+               target='oadp', sync='incremental', bitmap=bitmap)
+        vm.event_wait('BLOCK_JOB_COMPLETED', timeout=600,
+                      match={'data': {'device': 'oadp'}})
+        vm.cmd('blockdev-del', node_name='oadp')
+        local = os.path.getsize(temp)
+        self.upload(temp, key)
+        took = time.monotonic() - start
+        os.remove(temp)
+        return took, local
+
+
+def oadp_bitmap(vm):
+    """A bitmap 'oadp-bitmap' on vd0's node with the changes that the
+    checkpoint bitmap of s3chain's last backup holds, for the OADP
+    pipeline to copy the same blocks"""
+    bitmap = [b['name'] for n in vm.cmd('query-named-block-nodes', flat=True)
+              if n['node-name'] == 'disk0'
+              for b in n.get('dirty-bitmaps', [])][0]
+    vm.cmd('block-dirty-bitmap-add', node='disk0', name='oadp-bitmap')
+    vm.cmd('block-dirty-bitmap-merge', node='disk0', target='oadp-bitmap',
+           bitmaps=[bitmap])
+    return 'oadp-bitmap'
+
+
+def read_bytes(pid):
+    """Bytes process @pid has read, from the page cache or not"""
+    with open(f'/proc/{pid}/io', encoding='ascii') as f:
+        for line in f:
+            if line.startswith('rchar:'):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid):
+    """User and system CPU seconds process @pid has used, its threads'
+    included"""
+    with open(f'/proc/{pid}/stat', encoding='ascii') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def start_vm(work, disk, fmt):

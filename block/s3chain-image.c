@@ -28,6 +28,11 @@
  * One writer at a time: a writable open creates KEY.lock with a
  * create-only PUT, and close deletes it.
  *
+ * A scratch image (s3chain_image_new_scratch()) is the same buffer with
+ * nothing behind it at first: it lives in RAM, is never committed, and
+ * spills chunks to the bucket only when its buffer is full; closing it
+ * deletes what it spilled.  A discard of a whole chunk frees its buffer.
+ *
  * Copyright (c) 2026 The s3chain authors
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -61,6 +66,8 @@ typedef struct CachedChunk {
     int ret;                    /* of a load; a failed chunk is dropped */
     uint64_t consumed;          /* bytes read from it since it loaded */
     unsigned users;
+    uint64_t written;           /* blocks written whole since loaded */
+    bool hot;                   /* rewritten since its upload: kept */
     CoQueue waiters;
     QTAILQ_ENTRY(CachedChunk) lru;
 } CachedChunk;
@@ -72,6 +79,7 @@ struct S3chainImage {
     char *lock_key;
     S3chainManifest *manifest;
     bool writable;
+    bool scratch;               /* in RAM first, never committed */
     bool locked;
     bool manifest_dirty;
     uint64_t session;           /* generation this writer started at */
@@ -86,6 +94,7 @@ struct S3chainImage {
     GHashTable *cache;          /* index -> CachedChunk */
     QTAILQ_HEAD(, CachedChunk) lru;
     uint64_t cached;
+    unsigned hot;               /* chunks kept dirty until the commit */
     GPtrArray *spare;           /* buffers of dropped chunks, for reuse */
     S3chainStreak streak;
     CoQueue room;
@@ -274,6 +283,7 @@ static void chunk_free(CachedChunk *c)
  */
 static void drop_chunk_locked(S3chainImage *img, CachedChunk *c)
 {
+    img->hot -= c->hot;
     QTAILQ_REMOVE(&img->lru, c, lru);
     g_hash_table_remove(img->cache, &c->index);
     img->cached -= chunk_size(img);
@@ -835,13 +845,14 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
     return ret;
 }
 
+/* Dirty chunks that write-back may upload: not those kept until the commit */
 static unsigned count_dirty_locked(S3chainImage *img)
 {
     CachedChunk *c;
     unsigned n = 0;
 
     QTAILQ_FOREACH(c, &img->lru, lru) {
-        n += c->state == CHUNK_DIRTY;
+        n += c->state == CHUNK_DIRTY && !c->hot;
     }
     return n;
 }
@@ -874,6 +885,38 @@ static void coroutine_fn upload_entry(void *opaque)
 }
 
 /*
+ * The dirty chunk to upload next: the least recently written, but of the
+ * max-requests most recent ones only those written whole.  A writer fills
+ * a few chunks at once with requests that end out of order (a backup job
+ * has many in flight), and a chunk uploaded before they all landed would
+ * go up again, after a reload had the writer not been quick enough.
+ * With nothing uploading, any will do: the buffer may be all recent.
+ */
+static CachedChunk *write_back_candidate_locked(S3chainImage *img)
+{
+    unsigned recent = s3chain_conn_settings(img->conn)->max_requests;
+    CachedChunk *c, *old = NULL, *whole = NULL, *any = NULL;
+
+    QTAILQ_FOREACH_REVERSE(c, &img->lru, lru) {
+        if (c->state != CHUNK_DIRTY || c->hot) {
+            continue;
+        }
+        if (!c->users) {
+            any = c;
+        }
+        if (recent) {
+            recent--;
+            if (!c->users && c->written == all_blocks(img)) {
+                whole = c;
+            }
+        } else if (!c->users) {
+            old = c;
+        }
+    }
+    return old ?: whole ?: (img->uploading ? NULL : any);
+}
+
+/*
  * Past half the buffer dirty, uploads the least recently written chunks
  * in the background, each in a coroutine of its own and up to
  * max-requests at once, until a quarter is left.  Writers keep filling
@@ -882,24 +925,24 @@ static void coroutine_fn upload_entry(void *opaque)
  */
 static void maybe_write_back_locked(S3chainImage *img)
 {
-    unsigned chunks = img->buffer_size / chunk_size(img);
+    /* the marks are of the room that chunks kept until the commit leave */
+    unsigned chunks = img->buffer_size / chunk_size(img) - img->hot;
     unsigned dirty = count_dirty_locked(img);
     unsigned max = s3chain_conn_settings(img->conn)->max_requests;
+    /* a scratch image spills only what does not fit */
+    unsigned high = img->scratch ? chunks - 1 : chunks / 2;
+    unsigned low = img->scratch ? chunks * 3 / 4 : chunks / 4;
     CachedChunk *c;
 
-    if (dirty > chunks / 2 && !img->write_back_error) {
+    if (dirty > high && !img->write_back_error) {
         img->writing_back = true;
-    } else if (dirty <= chunks / 4) {
+    } else if (dirty <= low) {
         img->writing_back = false;
     }
     while (img->writing_back && img->uploading < max) {
         UploadCo *uc;
 
-        QTAILQ_FOREACH(c, &img->lru, lru) {
-            if (c->state == CHUNK_DIRTY && !c->users) {
-                break;
-            }
-        }
+        c = write_back_candidate_locked(img);
         if (!c) {
             return;
         }
@@ -913,6 +956,52 @@ static void maybe_write_back_locked(S3chainImage *img)
         aio_co_enter(bdrv_get_aio_context(img->bs),
                      qemu_coroutine_create(upload_entry, uc));
     }
+}
+
+/* The blocks of a chunk that bytes @in_chunk to @in_chunk + @bytes cover */
+static uint64_t whole_blocks(S3chainImage *img, uint64_t in_chunk,
+                             uint64_t bytes)
+{
+    uint64_t first = DIV_ROUND_UP(in_chunk, img->block_size);
+    uint64_t end = (in_chunk + bytes) / img->block_size;
+
+    return end > first ? MAKE_64BIT_MASK(first, end - first) : 0;
+}
+
+/* Whether this writer has uploaded chunk @index: its tag is this session's */
+static bool uploaded_this_session(S3chainImage *img, uint64_t index)
+{
+    S3chainChunkRef *ref = s3chain_manifest_lookup(img->manifest, index);
+
+    return ref && g_ascii_strtoull(ref->tag, NULL, 16) == img->session;
+}
+
+/*
+ * Chunk @c, just written, stays in the buffer until the commit if it was
+ * uploaded before in this session: a format's metadata (qcow2's header,
+ * L1 and refcounts at the front) is rewritten over and over, and each
+ * upload of it before the commit would be wasted, with a reload before
+ * the next rewrite.  Up to a quarter of the buffer is kept so, the chunks
+ * rewritten least recently giving way.
+ */
+static void keep_if_rewritten_locked(S3chainImage *img, CachedChunk *c)
+{
+    CachedChunk *old;
+
+    if (c->hot || img->scratch || !uploaded_this_session(img, c->index)) {
+        return;
+    }
+    if ((img->hot + 1) * chunk_size(img) > img->buffer_size / 4) {
+        QTAILQ_FOREACH(old, &img->lru, lru) {
+            if (old->hot) {
+                old->hot = false;
+                img->hot--;
+                break;
+            }
+        }
+    }
+    c->hot = true;
+    img->hot++;
 }
 
 /*
@@ -938,8 +1027,13 @@ static int coroutine_fn write_locked(S3chainImage *img, uint64_t offset,
         CachedChunk *c;
         int ret;
 
-        if (!qiov && whole && !g_hash_table_contains(img->cache, &index)) {
+        c = g_hash_table_lookup(img->cache, &index);
+        if (!qiov && whole && (!c || (!c->users &&
+                                      c->state != CHUNK_UPLOADING))) {
             /* a whole chunk of zeroes is just no chunk */
+            if (c) {
+                drop_chunk_locked(img, c);
+            }
             supersede_locked(img, index);
             done += n;
             continue;
@@ -953,6 +1047,8 @@ static int coroutine_fn write_locked(S3chainImage *img, uint64_t offset,
         } else {
             memset(c->buf + in_chunk, 0, n);
         }
+        c->written |= whole_blocks(img, in_chunk, n);
+        keep_if_rewritten_locked(img, c);
         c->state = CHUNK_DIRTY;
         release_locked(img, c);
         done += n;
@@ -1060,7 +1156,7 @@ int coroutine_fn s3chain_image_co_flush(S3chainImage *img)
     g_autoptr(GPtrArray) dirty = g_ptr_array_new();
     int ret;
 
-    if (!img->writable) {
+    if (!img->writable || img->scratch) {
         return 0;
     }
     qemu_co_mutex_lock(&img->lock);
@@ -1331,19 +1427,49 @@ int s3chain_image_plan_reads(S3chainImage *img, const char *text,
     return 0;
 }
 
+/* A scratch image's chunk in the bucket goes with the image */
+static gboolean supersede_spilled(gpointer key, gpointer value,
+                                  gpointer opaque)
+{
+    S3chainImage *img = opaque;
+    const S3chainChunkRef *ref = value;
+
+    g_ptr_array_add(img->superseded, s3chain_chunk_key(
+                        img->key, *(uint64_t *)key, ref->tag));
+    return false;
+}
+
 /*
  * Close commits: with cache=unsafe the block layer never flushes, and what
  * was written must still be in the image once it is closed.
  */
 void coroutine_fn s3chain_image_co_close(S3chainImage *img)
 {
-    if (img->writable && s3chain_image_co_flush(img) < 0) {
+    if (img->scratch) {
+        qemu_co_mutex_lock(&img->lock);
+        g_tree_foreach(img->manifest->chunks, supersede_spilled, img);
+        delete_superseded_locked(img);
+        qemu_co_mutex_unlock(&img->lock);
+    } else if (img->writable && s3chain_image_co_flush(img) < 0) {
         error_report("s3chain: closing s3://%s/%s lost what was written "
                      "since its last commit (generation %" PRIu64 ")",
                      bucket(img), img->key, img->manifest->generation);
     }
     drop_lock(img);
     image_free(img);
+}
+
+S3chainImage *s3chain_image_new_scratch(BlockDriverState *bs,
+                                        S3chainConn *conn, const char *key,
+                                        uint64_t buffer_size)
+{
+    S3chainImage *img = image_new(bs, conn, key,
+                                  s3chain_manifest_new(
+                                      0, S3CHAIN_SCRATCH_CHUNK_SIZE),
+                                  true, buffer_size, 0);
+
+    img->scratch = true;
+    return img;
 }
 
 int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,

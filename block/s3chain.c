@@ -309,6 +309,12 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
     if (!s->opts) {
         return -EINVAL;
     }
+    if (s->opts->scratch && !(flags & BDRV_O_RDWR)) {
+        error_setg(errp, "s3chain: a scratch image is for writing; open it "
+                   "writable");
+        ret = -EINVAL;
+        goto fail;
+    }
     if (s->opts->x_read_plan) {
         g_autoptr(GError) gerr = NULL;
 
@@ -333,12 +339,18 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
         goto fail;
     }
 
-    aio_co_enter(bdrv_get_aio_context(bs),
-                 qemu_coroutine_create(s3chain_open_entry, &oc));
-    AIO_WAIT_WHILE_UNLOCKED(NULL, oc.ret == -EINPROGRESS);
-    if (oc.ret < 0) {
-        ret = oc.ret;
-        goto fail;
+    if (s->opts->scratch) {
+        /* nothing to read: what the bucket holds at @key is not its own */
+        s->image = s3chain_image_new_scratch(bs, s->conn, s->opts->key,
+                                             s->opts->buffer_size);
+    } else {
+        aio_co_enter(bdrv_get_aio_context(bs),
+                     qemu_coroutine_create(s3chain_open_entry, &oc));
+        AIO_WAIT_WHILE_UNLOCKED(NULL, oc.ret == -EINPROGRESS);
+        if (oc.ret < 0) {
+            ret = oc.ret;
+            goto fail;
+        }
     }
 
     if (s->image) {

@@ -33,6 +33,8 @@
 #define S3CHAIN_DEFAULT_MAX_REQUESTS 8
 #define S3CHAIN_DEFAULT_CHUNK_SIZE (4 * MiB)
 #define S3CHAIN_MIN_CHUNK_SIZE (64 * KiB)
+/* a scratch image's: a copy-before-write cluster, so discards free it */
+#define S3CHAIN_SCRATCH_CHUNK_SIZE S3CHAIN_MIN_CHUNK_SIZE
 #define S3CHAIN_MAX_CHUNK_SIZE (256 * MiB)
 #define S3CHAIN_DEFAULT_BUFFER_SIZE (64 * MiB)
 /* An open reads this much of an object first: all of most manifests */
@@ -274,7 +276,17 @@ int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
                                        uint64_t buffer_size,
                                        uint64_t readahead,
                                        S3chainImage **image, Error **errp);
-/* Commits what was written, releases the writer's lock and frees @img */
+/*
+ * A scratch image at @key: empty, writable, in RAM while @buffer_size
+ * holds it; it spills chunks under @key when full, and is never committed
+ */
+S3chainImage *s3chain_image_new_scratch(BlockDriverState *bs,
+                                        S3chainConn *conn, const char *key,
+                                        uint64_t buffer_size);
+/*
+ * Commits what was written, or for a scratch image deletes what it
+ * spilled, releases the writer's lock and frees @img
+ */
 void coroutine_fn s3chain_image_co_close(S3chainImage *img);
 int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
                                          uint64_t size, uint64_t chunk_size,

@@ -197,6 +197,7 @@ static bool add_targets(Backup *b, GError **err)
         d->target.cluster_size = d->granularity;
         d->target.buffer_size = b->run.opts->buffer_size;
         d->target.export_name = g_strdup_printf("s3c%u-%d", i, pid);
+        d->target.scratch = b->source->scratch;
         if (!s3c_sidecar_add_target(&b->sidecar, &b->repo, &d->target, err)) {
             return false;
         }

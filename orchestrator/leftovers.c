@@ -150,7 +150,8 @@ bool s3c_vm_clear_leftovers(S3cQmp *vm, GError **err)
     ok = delete_nodes(vm, "access", done, err) &&
          rewire_devices(vm, done, err) &&
          delete_nodes(vm, "cbw", done, err) &&
-         delete_nodes(vm, "target", done, err);
+         delete_nodes(vm, "target", done, err) &&
+         delete_nodes(vm, "scratch", done, err);
     s3c_output_cleaned("the VM", done);
     if (!ok) {
         g_prefix_error(err, "the VM still holds what a killed backup left: ");

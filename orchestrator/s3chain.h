@@ -414,8 +414,15 @@ typedef struct S3cTarget {
     uint32_t cluster_size;
     uint64_t buffer_size;
     char *export_name;          /* also names its nodes */
+    bool scratch;               /* with a copy-before-write scratch */
     json_object *file_options;  /* of its s3chain node, once added */
 } S3cTarget;
+
+/*
+ * The export of @t's scratch: the target of the VM's copy-before-write
+ * filter, in the sidecar's RAM (see add_scratch() in sidecar.c)
+ */
+char *s3c_target_scratch_export(const S3cTarget *t);
 
 /*
  * Uses the running sidecar at @qmp_path, in turns with other commands,
@@ -690,6 +697,7 @@ typedef struct S3cSourceOps {
 
 struct S3cSource {
     const S3cSourceOps *ops;
+    bool scratch;               /* its targets need a scratch each */
 };
 
 /* source-qmp.c: push mode over the VM's own QMP socket */
@@ -697,8 +705,8 @@ S3cSource *s3c_source_qmp_new(const S3cBackupOptions *opts);
 
 /*
  * What source-qmp.c adds to the VM for disk INDEX, named after its
- * process: nodes "target", "cbw", "access" and job "backup"; and on the
- * disk's node, the old checkpoint's frozen copy
+ * process: nodes "target", "scratch", "cbw", "access" and job "backup";
+ * and on the disk's node, the old checkpoint's frozen copy
  */
 #define S3C_QMP_PART_FMT "s3c%u-%d-%s"
 #define S3C_QMP_SNAPSHOT_FMT "s3c-%d-snapshot"

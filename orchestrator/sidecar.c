@@ -269,8 +269,10 @@ char *s3c_sidecar_nbd_uri(const S3cSidecar *sc, const char *export)
                            sc->nbd_socket);
 }
 
-static bool export_node(S3cSidecar *sc, const char *name, const char *node,
-                        bool writable, const char *bitmap, GError **err)
+static bool export_node_in(S3cSidecar *sc, const char *name,
+                           const char *node, bool writable,
+                           const char *bitmap, const char *iothread,
+                           GError **err)
 {
     json_object *export = s3c_json_obj(
         "type", json_object_new_string("nbd"),
@@ -285,12 +287,17 @@ static bool export_node(S3cSidecar *sc, const char *name, const char *node,
         json_object_array_add(bitmaps, json_object_new_string(bitmap));
         json_object_object_add(export, "bitmaps", bitmaps);
     }
-
-    if (sc->iothread) {
+    if (iothread) {
         json_object_object_add(export, "iothread",
-                               json_object_new_string(sc->iothread));
+                               json_object_new_string(iothread));
     }
     return run(sc, "block-export-add", export, err);
+}
+
+static bool export_node(S3cSidecar *sc, const char *name, const char *node,
+                        bool writable, const char *bitmap, GError **err)
+{
+    return export_node_in(sc, name, node, writable, bitmap, sc->iothread, err);
 }
 
 static bool unexport(S3cSidecar *sc, const char *name, bool hard,
@@ -653,6 +660,43 @@ static json_object *add_bucket_file(S3cSidecar *sc, const S3cRepo *repo,
     return file_opts;
 }
 
+char *s3c_target_scratch_export(const S3cTarget *t)
+{
+    return g_strdup_printf("%s-scratch", t->export_name);
+}
+
+/*
+ * The target of the VM's copy-before-write filter for @t: a scratch
+ * s3chain image of the disk's size in RAM, so that a guest write waits
+ * for a copy into RAM over a connection of its own, never behind the
+ * backup job's writes or for the bucket.  The job reads the scratch
+ * through its snapshot-access node and discards what it copied, which
+ * frees it.  Only past @t->buffer_size does it spill to the bucket,
+ * under the target's key with ".scratch" added, and its node's close
+ * deletes what spilled.
+ */
+static bool add_scratch(S3cSidecar *sc, const S3cRepo *repo,
+                        const S3cTarget *t, GError **err)
+{
+    g_autofree char *name = s3c_target_scratch_export(t);
+    g_autofree char *key = g_strconcat(t->key, ".scratch", NULL);
+    json_object *opts = s3c_repo_location(repo, key, sc->secret_id,
+                                          sc->token_secret_id);
+
+    json_object_object_add(opts, "driver", json_object_new_string("s3chain"));
+    json_object_object_add(opts, "node-name", json_object_new_string(name));
+    json_object_object_add(opts, "scratch", json_object_new_boolean(true));
+    json_object_object_add(opts, "buffer-size",
+                           json_object_new_int64(t->buffer_size));
+    json_object_object_add(opts, "discard", json_object_new_string("unmap"));
+    return run(sc, "blockdev-add", opts, err) &&
+           run(sc, "block_resize", s3c_json_obj(
+                   "node-name", json_object_new_string(name),
+                   "size", json_object_new_int64(t->size), NULL), err) &&
+           /* in the main loop: the iothread is busy with the job's writes */
+           export_node_in(sc, name, name, true, NULL, NULL, err);
+}
+
 static bool add_target(S3cSidecar *sc, const S3cRepo *repo, S3cTarget *t,
                        GError **err)
 {
@@ -663,7 +707,8 @@ static bool add_target(S3cSidecar *sc, const S3cRepo *repo, S3cTarget *t,
     /*
      * qcow2 flushes its file for each new L2 table, and a flush of an
      * s3chain image is a commit; a backup image is worth nothing until
-     * the backup ends, so it commits once, then
+     * the backup ends, so it ignores flushes and commits once, when
+     * commit_target() turns them back on
      */
     t->file_options = add_bucket_file(sc, repo, t->key, file, s3c_json_obj(
         "buffer-size", json_object_new_int64(t->buffer_size),
@@ -696,7 +741,9 @@ static bool add_target(S3cSidecar *sc, const S3cRepo *repo, S3cTarget *t,
         return false;
     }
 
-    return export_node(sc, t->export_name, t->export_name, true, NULL, err);
+    return export_node(sc, t->export_name, t->export_name, true, NULL,
+                       err) &&
+           (!t->scratch || add_scratch(sc, repo, t, err));
 }
 
 static bool add_image(S3cSidecar *sc, const char *node, const char *path,
@@ -815,10 +862,21 @@ static void del_overlay(S3cSidecar *sc, const char *node)
     del_node(sc, file);
 }
 
+static void drop_scratch(S3cSidecar *sc, const S3cTarget *t)
+{
+    g_autofree char *name = s3c_target_scratch_export(t);
+
+    if (t->scratch) {
+        unexport(sc, name, true, NULL);
+        del_node(sc, name);
+    }
+}
+
 static void delete_nodes(S3cSidecar *sc, const S3cTarget *t)
 {
     g_autofree char *file = file_node(t);
 
+    drop_scratch(sc, t);
     del_node(sc, t->export_name);
     del_node(sc, file);
 }

@@ -1,7 +1,7 @@
 /*
  * source-qmp.c: push mode over a plain QEMU's QMP socket: the fleecing
- * graph, its copy-before-write target the backup image in the sidecar,
- * and one grouped transaction of backup jobs
+ * graph, its copy-before-write target a scratch in the sidecar's RAM,
+ * and one grouped transaction of backup jobs into the images
  *
  * Copyright (c) 2026 The s3chain authors
  *
@@ -21,11 +21,13 @@ typedef struct DiskBackup {
     S3cDiskBackup *backup;
     S3cDisk *disk;              /* the same as backup->disk */
     char *nbd_node;             /* in the VM: the NBD client of the export */
+    char *scratch_node;         /* and of the scratch, on its own socket */
     char *cbw_node;
     char *access_node;
     char *snap_bitmap;          /* the old bitmap frozen at the instant */
     char *job;
     bool nbd_added;
+    bool scratch_added;
     bool new_bitmap_added;
     bool snap_added;
     bool cbw_added;
@@ -49,6 +51,7 @@ static void disk_backup_free(gpointer p)
     DiskBackup *d = p;
 
     g_free(d->nbd_node);
+    g_free(d->scratch_node);
     g_free(d->cbw_node);
     g_free(d->access_node);
     g_free(d->snap_bitmap);
@@ -80,33 +83,52 @@ static void name_parts(QmpSource *b, DiskBackup *d, guint index)
     int pid = getpid();
 
     d->nbd_node = g_strdup_printf(S3C_QMP_PART_FMT, index, pid, "target");
+    d->scratch_node = g_strdup_printf(S3C_QMP_PART_FMT, index, pid,
+                                      "scratch");
     d->cbw_node = g_strdup_printf(S3C_QMP_PART_FMT, index, pid, "cbw");
     d->access_node = g_strdup_printf(S3C_QMP_PART_FMT, index, pid, "access");
     d->snap_bitmap = g_strdup_printf(S3C_QMP_SNAPSHOT_FMT, pid);
     d->job = g_strdup_printf(S3C_QMP_PART_FMT, index, pid, "backup");
 }
 
-/* In the VM, an NBD client of each disk's target export */
-static bool add_targets(QmpSource *b, GError **err)
+/* In the VM, node @node: an NBD client of the sidecar's @export */
+static bool add_nbd_client(QmpSource *b, const char *node, const char *export,
+                           bool *added, GError **err)
 {
-    for (guint i = 0; i < b->disks->len; i++) {
-        DiskBackup *d = g_ptr_array_index(b->disks, i);
-
-        name_parts(b, d, i);
-        if (!vm_run(b, "blockdev-add", s3c_json_obj(
+    *added = vm_run(b, "blockdev-add", s3c_json_obj(
                         "driver", json_object_new_string("nbd"),
-                        "node-name", json_object_new_string(d->nbd_node),
+                        "node-name", json_object_new_string(node),
                         "server", s3c_json_obj(
                             "type", json_object_new_string("unix"),
                             "path", json_object_new_string(
                                 b->run->sidecar->nbd_socket), NULL),
-                        "export", json_object_new_string(
-                            d->backup->target.export_name),
-                        "reconnect-delay", json_object_new_int(0), NULL),
-                    err)) {
+                        "export", json_object_new_string(export),
+                        "reconnect-delay", json_object_new_int(0),
+                        /* the job's discards free the scratch */
+                        "discard", json_object_new_string("unmap"), NULL),
+                    err);
+    return *added;
+}
+
+/*
+ * In the VM, NBD clients of each disk's target and scratch exports: a
+ * connection each, so that copy-before-write never queues behind the
+ * job's requests in flight
+ */
+static bool add_targets(QmpSource *b, GError **err)
+{
+    for (guint i = 0; i < b->disks->len; i++) {
+        DiskBackup *d = g_ptr_array_index(b->disks, i);
+        g_autofree char *scratch = s3c_target_scratch_export(
+            &d->backup->target);
+
+        name_parts(b, d, i);
+        if (!add_nbd_client(b, d->nbd_node, d->backup->target.export_name,
+                            &d->nbd_added, err) ||
+            !add_nbd_client(b, d->scratch_node, scratch, &d->scratch_added,
+                            err)) {
             return false;
         }
-        d->nbd_added = true;
     }
     return true;
 }
@@ -114,9 +136,11 @@ static bool add_targets(QmpSource *b, GError **err)
 /*
  * The instant of the backup.  With the VM paused, the new checkpoint's
  * bitmap starts and the old one is frozen; then each disk's device
- * writes through a copy-before-write filter whose target is the backup
- * image itself in the sidecar.  The filter breaks the snapshot, never a
- * guest write, when that target fails or is slower than cbw-timeout.
+ * writes through a copy-before-write filter whose target is the disk's
+ * scratch in the sidecar, and the job reads the instant through a
+ * snapshot-access node: the disk where the guest has not written since,
+ * the scratch where it has.  The filter breaks the snapshot, never a
+ * guest write, when the scratch fails or is slower than cbw-timeout.
  */
 static bool take_snapshot(QmpSource *b, GError **err)
 {
@@ -174,7 +198,7 @@ static bool take_snapshot(QmpSource *b, GError **err)
             "driver", json_object_new_string("copy-before-write"),
             "node-name", json_object_new_string(d->cbw_node),
             "file", json_object_new_string(d->disk->node),
-            "target", json_object_new_string(d->nbd_node),
+            "target", json_object_new_string(d->scratch_node),
             "on-cbw-error", json_object_new_string("break-snapshot"),
             "cbw-timeout", json_object_new_int(b->opts->cbw_timeout), NULL);
 
@@ -197,7 +221,8 @@ static bool take_snapshot(QmpSource *b, GError **err)
         if (!vm_run(b, "blockdev-add", s3c_json_obj(
                         "driver", json_object_new_string("snapshot-access"),
                         "node-name", json_object_new_string(d->access_node),
-                        "file", json_object_new_string(d->cbw_node), NULL),
+                        "file", json_object_new_string(d->cbw_node),
+                        "discard", json_object_new_string("unmap"), NULL),
                     err)) {
             return false;
         }
@@ -312,6 +337,11 @@ static bool start_jobs(QmpSource *b, GError **err)
             "target", json_object_new_string(d->nbd_node),
             "sync", json_object_new_string(d->backup->incremental ? "bitmap"
                                                           : "full"),
+            /*
+             * what the job copied leaves the scratch, and the filter
+             * copies no more of it on a guest write
+             */
+            "discard-source", json_object_new_boolean(true),
             "auto-dismiss", json_object_new_boolean(false), NULL);
 
         if (d->backup->incremental) {
@@ -450,6 +480,7 @@ static void restore_vm_graph(QmpSource *b, GError **err)
         }
         delete_node(b, &d->cbw_added, d->cbw_node, &local);
         delete_node(b, &d->nbd_added, d->nbd_node, &local);
+        delete_node(b, &d->scratch_added, d->scratch_node, &local);
         if (d->snap_added &&
             vm_run(b, "block-dirty-bitmap-remove",
                    node_bitmap(d->disk->format_node, d->snap_bitmap),
@@ -641,6 +672,7 @@ S3cSource *s3c_source_qmp_new(const S3cBackupOptions *opts)
     QmpSource *b = g_new0(QmpSource, 1);
 
     b->source.ops = &qmp_ops;
+    b->source.scratch = true;
     b->opts = opts;
     return &b->source;
 }

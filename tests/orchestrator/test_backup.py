@@ -16,7 +16,8 @@ import time
 import unittest
 from typing import List, Tuple
 
-from harness import BackupTestCase, BucketFaults, GuestWriter, QSD, SIDECAR
+from harness import (MiB, BackupTestCase, BucketFaults, GuestWriter, QSD,
+                     SIDECAR)
 
 CBW_TIMEOUT = 3
 # a write may wait for the sidecar up to cbw-timeout, plus the time HMP
@@ -140,6 +141,41 @@ class TestFilters(BackupTestCase):
         self.assertEqual(self.vm.bitmaps('disk1'),
                          ['s3chain-' + inc['backup']])
         self.assertRestores(inc['backup'], 'vd1', self.vm.disk_bytes('vd1'))
+
+
+class TestGuestFirst(BackupTestCase):
+    def test_bucket_stalls_past_the_cbw_timeout(self) -> None:
+        """radosgw frozen for longer than --cbw-timeout while the guest
+        rewrites blocks the backup has not copied: their old data goes to
+        the sidecar's RAM, so the writes don't wait for the bucket, and
+        the backup, once the bucket is back, holds the disks as they were
+        at its instant"""
+        run = self.start('--cbw-timeout', str(CBW_TIMEOUT),
+                         '--buffer-size', '8M')
+        run.wait_started()
+        self.bucket.radosgw('pause')
+        try:
+            at_start = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+            # the top of each disk, which the jobs copy last
+            latencies = [self.vm.write(disk, f'-P {0x40 + i} '
+                                       f'{size - (i + 1) * 256 * 1024} 64k')
+                         for i in range(16)
+                         for disk, size in (('vd0', 128 * MiB),
+                                            ('vd1', 64 * MiB))]
+            time.sleep(CBW_TIMEOUT + 1)
+        finally:
+            self.bucket.radosgw('resume')
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        self.assertLess(max(latencies), WRITE_BOUND)
+        result = run.result()
+        self.assertEqual(self.disk_types(result)['vd0'][0], 'full')
+        for disk in ('vd0', 'vd1'):
+            self.assertRestores(result['backup'], disk, at_start[disk])
+        # the scratch held only what the job had not copied, and is gone
+        self.assertEqual([k for k in self.bucket.objects()
+                          if k.endswith('.scratch')
+                          or '.scratch.d/' in k], [])
 
 
 class TestFaults(BucketFaults, BackupTestCase):
