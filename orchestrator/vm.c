@@ -188,6 +188,21 @@ static json_object *format_node(json_object *graph, json_object *nodes,
     return node;
 }
 
+/* The local file or device under format node @fmt, or NULL */
+static char *local_path(json_object *graph, json_object *nodes,
+                        json_object *fmt)
+{
+    const char *child = s3c_block_graph_child(
+        graph, s3c_json_str(fmt, "node-name"), "file");
+    json_object *proto = child ? named_node(nodes, child) : NULL;
+    const char *drv = proto ? s3c_json_str(proto, "drv") : NULL;
+
+    if (!g_strcmp0(drv, "file") || !g_strcmp0(drv, "host_device")) {
+        return g_strdup(s3c_json_str(proto, "file"));
+    }
+    return NULL;
+}
+
 GPtrArray *s3c_vm_disks(S3cQmp *vm, GError **err)
 {
     g_autoptr(GPtrArray) disks =
@@ -244,6 +259,7 @@ GPtrArray *s3c_vm_disks(S3cQmp *vm, GError **err)
         }
         if (fmt) {
             add_bitmaps(disk, fmt);
+            disk->path = local_path(graph, nodes, fmt);
         }
         g_ptr_array_add(disks, disk);
     }
