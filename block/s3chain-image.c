@@ -986,12 +986,14 @@ static bool uploaded_this_session(S3chainImage *img, uint64_t index)
  */
 static void keep_if_rewritten_locked(S3chainImage *img, CachedChunk *c)
 {
+    unsigned most = img->buffer_size / 4 / chunk_size(img);
     CachedChunk *old;
 
-    if (c->hot || img->scratch || !uploaded_this_session(img, c->index)) {
+    if (!most || c->hot || img->scratch ||
+        !uploaded_this_session(img, c->index)) {
         return;
     }
-    if ((img->hot + 1) * chunk_size(img) > img->buffer_size / 4) {
+    if (img->hot >= most) {
         QTAILQ_FOREACH(old, &img->lru, lru) {
             if (old->hot) {
                 old->hot = false;
