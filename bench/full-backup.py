@@ -38,8 +38,8 @@ import sys
 import threading
 import time
 
-from vmbench import (GiB, MiB, S3CHAIN, BucketBench, cpu_seconds, hmp,
-                     oadp_bitmap, read_bytes, start_vm)
+from vmbench import (GiB, MiB, REPO, S3CHAIN, BucketBench, cpu_seconds,
+                     hmp, oadp_bitmap, read_bytes, start_vm)
 
 DISK = 8 * GiB
 DATA = 2 * GiB
@@ -89,6 +89,7 @@ class Probe(threading.Thread):
 class Bench(BucketBench):
     def __init__(self, env_file, work, prefix):
         super().__init__(env_file, work, prefix)
+        self.env_file = env_file
         self.disk = os.path.join(work, 'disk.raw')
         self.data = os.path.join(work, 'data.bin')
         self.pieces = []
@@ -204,10 +205,9 @@ class Bench(BucketBench):
         return took, cpu, latencies
 
     def rm(self, prefix):
-        subprocess.run([sys.executable, os.path.join(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            'scripts', 's3obj.py'), self.env_file, 'rm-prefix', prefix],
-            check=True)
+        subprocess.run([sys.executable, os.path.join(REPO, 'scripts',
+                                                      's3obj.py'),
+                        self.env_file, 'rm-prefix', prefix], check=True)
 
     def run(self, rounds):
         self.make_disk()
@@ -375,7 +375,6 @@ def report(rows):
 def main():
     env_file, work, prefix, rounds = sys.argv[1:5]
     bench = Bench(env_file, work, prefix)
-    bench.env_file = env_file
     rows = bench.run(int(rounds))
     with open(os.path.join(work, 'rows.json'), 'w', encoding='utf-8') as f:
         json.dump(rows, f)

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define AGENT_TIMEOUT_MS 5000
@@ -298,22 +299,39 @@ static void thaw_guest(S3cQmp *agent)
     s3c_qmp_free(agent);
 }
 
+/* Whether @st is what a disk's page cache can be written back for */
+static bool holds_a_disk(const struct stat *st)
+{
+    return S_ISREG(st->st_mode) || S_ISBLK(st->st_mode);
+}
+
 /*
  * Writes back what the host's page cache holds of each disk's file,
  * with the VM still running.  QEMU's stop flushes the disks while the
  * guest is paused: with 320 MiB just written to a disk's file, the pause
  * lasted 0.6 s, and 14 ms after this.  Best effort: a file the command
- * may not open is flushed by the stop, as before.
+ * may not open is flushed by the stop, as before.  The path comes from
+ * the VM's QMP peer: only a regular file or a block device is opened,
+ * and without blocking, so that a FIFO or a terminal named there can't
+ * hang the command.
  */
 static void write_back_host_cache(QmpSource *b)
 {
     for (guint i = 0; i < b->disks->len; i++) {
         DiskBackup *d = g_ptr_array_index(b->disks, i);
-        int fd = d->disk->path ? open(d->disk->path, O_RDONLY | O_CLOEXEC)
-                               : -1;
+        struct stat st;
+        int fd;
 
-        if (fd >= 0) {
+        if (!d->disk->path || stat(d->disk->path, &st) < 0 ||
+            !holds_a_disk(&st)) {
+            continue;
+        }
+        fd = open(d->disk->path,
+                  O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+        if (fd >= 0 && fstat(fd, &st) == 0 && holds_a_disk(&st)) {
             fdatasync(fd);
+        }
+        if (fd >= 0) {
             close(fd);
         }
     }
