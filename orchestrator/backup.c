@@ -39,11 +39,19 @@ static void disk_backup_free(gpointer p)
     g_free(d);
 }
 
+/*
+ * S3CHAIN_TEST_TIME_OFFSET (seconds, test-only, s3chain(1)) moves the
+ * times a backup records, so that tests of prune's calendar rules can
+ * make backups days apart
+ */
 static char *utc_now(const char *fmt)
 {
     g_autoptr(GDateTime) now = g_date_time_new_now_utc();
+    const char *offset = g_getenv("S3CHAIN_TEST_TIME_OFFSET");
+    g_autoptr(GDateTime) then = g_date_time_add_seconds(
+        now, offset ? g_ascii_strtod(offset, NULL) : 0);
 
-    return g_date_time_format(now, fmt);
+    return g_date_time_format(then, fmt);
 }
 
 /* Full or incremental, and why: the catalog and the source must agree */
@@ -71,7 +79,8 @@ static void decide(Backup *b, S3cDiskBackup *d)
         return;
     }
     length = s3c_catalog_chain_length(&b->cat, d->disk->name, last_id);
-    if (length >= b->run.opts->chain_limit) {
+    /* with --merge-after, chains are kept short in the bucket instead */
+    if (!b->run.opts->merge_after && length >= b->run.opts->chain_limit) {
         d->reason = g_strdup_printf("the chain holds %d images, the limit "
                                     "(--chain-limit)", length);
         return;
@@ -101,8 +110,11 @@ static void decide(Backup *b, S3cDiskBackup *d)
     }
     if (!bitmap) {
         d->reason = g_strdup_printf("bitmap %s of the last checkpoint is "
-                                    "missing on node %s", old,
-                                    d->disk->format_node);
+                                    "missing on node %s%s", old,
+                                    d->disk->format_node,
+                                    s3c_catalog_deleted_since(&b->cat, last_id) ?
+                                    " (the newer backups were deleted, and "
+                                    "their checkpoints with them)" : "");
         return;
     }
     if (bitmap->broken) {
@@ -191,8 +203,8 @@ static bool add_targets(Backup *b, GError **err)
 
         d->target.key = s3c_catalog_image_key(&b->cat, d->disk->name,
                                               b->run.id);
-        d->target.backing = d->parent ? s3c_catalog_image_name(d->parent)
-                                      : NULL;
+        d->target.backing = s3c_catalog_backing_name(&b->cat, d->disk->name,
+                                                     d->parent);
         d->target.size = d->disk->size;
         d->target.cluster_size = d->granularity;
         d->target.buffer_size = b->run.opts->buffer_size;
@@ -342,6 +354,64 @@ static json_object *result_of(json_object *entry, const char *vm)
     return result;
 }
 
+/*
+ * With --merge-after: the backups past that length in the chain of a
+ * disk just backed up, oldest first, each once
+ */
+static GPtrArray *past_merge_limit(Backup *b)
+{
+    g_autoptr(GHashTable) seen = g_hash_table_new(g_str_hash, g_str_equal);
+    GPtrArray *ids = g_ptr_array_new();
+
+    for (guint i = 0; i < b->run.disks->len; i++) {
+        const char *disk = ((S3cDiskBackup *)g_ptr_array_index(
+                                b->run.disks, i))->disk->name;
+        int depth = 0;
+
+        for (const char *at = b->run.id; at; depth++) {
+            if (depth >= b->run.opts->merge_after &&
+                g_hash_table_add(seen, (char *)at)) {
+                g_ptr_array_add(ids, (char *)at);
+            }
+            at = s3c_json_str(s3c_backup_disk(s3c_catalog_find(&b->cat, at),
+                                              disk), "parent");
+        }
+    }
+    return ids;
+}
+
+/*
+ * After the commit, under the same lock: finishes what a killed delete
+ * left, and with --merge-after deletes the backups past the limit,
+ * merging them away.  The backup stands whatever happens here; what
+ * fails is finished by the next command.
+ */
+static void maintain(Backup *b, json_object *result)
+{
+    S3cLifecycle lc = {
+        .repo = &b->repo, .cat = &b->cat, .lease = b->lease,
+    };
+    g_autoptr(GPtrArray) past = NULL;
+    g_autoptr(GError) err = NULL;
+
+    if (s3c_lifecycle_finish(&lc, &err) && b->run.opts->merge_after) {
+        past = past_merge_limit(b);
+        if (s3c_lifecycle_mark(&lc, past, &err)) {
+            s3c_lifecycle_finish(&lc, &err);
+        }
+    }
+    json_object_object_add(result, "maintenance",
+                           s3c_merge_stats_json(&lc.stats));
+    if (err) {
+        s3c_output_warning("backup %s is committed, but deleting older "
+                           "backups failed: %s; the next backup, delete, "
+                           "prune or gc finishes it", b->run.id,
+                           err->message);
+        json_object_object_add(result, "maintenance-error",
+                               json_object_new_string(err->message));
+    }
+}
+
 static bool prepare(Backup *b, GError **err)
 {
     const S3cBackupOptions *opts = b->run.opts;
@@ -399,7 +469,7 @@ static bool run_backup(Backup *b, GError **err)
 
 static bool finish(Backup *b, GError **err)
 {
-    json_object *entry;
+    json_object *entry, *result;
 
     if (!b->source->ops->finish(b->source, &b->run, err) ||
         !commit_targets(b, err)) {
@@ -422,9 +492,12 @@ static bool finish(Backup *b, GError **err)
         return false;
     }
     b->source->ops->committed(b->source, &b->run);
+    result = result_of(entry, b->cat.vm);
+    maintain(b, result);
     if (b->run.opts->json) {
-        s3c_output_result(result_of(entry, b->cat.vm));
+        s3c_output_result(result);
     } else {
+        json_object_put(result);
         s3c_output_info("backup %s of VM %s done", b->run.id, b->cat.vm);
     }
     json_object_put(entry);

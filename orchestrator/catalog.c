@@ -127,12 +127,31 @@ static bool informative_fields(json_object *obj, const char *const *names,
 }
 
 /*
+ * Whether @key is an image of disk @disk: ID.qcow2 in the disk's
+ * directory, ID its backup's, or that of a backup merged into it since
+ */
+static bool is_image_key(const S3cCatalog *cat, const char *disk,
+                         const char *key)
+{
+    g_autofree char *dir = g_strdup_printf("%sdisks/%s/", cat->dir, disk);
+    g_autofree char *id = NULL;
+
+    if (!g_str_has_prefix(key, dir) || !g_str_has_suffix(key, ".qcow2")) {
+        return false;
+    }
+    id = g_strndup(key + strlen(dir),
+                   strlen(key) - strlen(dir) - strlen(".qcow2"));
+    return valid_name(id);
+}
+
+/*
  * One disk of backup @id.  A parent must be an earlier backup holding
- * the disk (@earlier, by id), so no chain can loop.
+ * the disk (@earlier, by id), so no chain can loop; no two disks share
+ * an image (@images), so deleting one never takes another's.
  */
 static bool check_disk(const S3cCatalog *cat, json_object *d, const char *id,
-                       GHashTable *earlier, GHashTable *names, GError **err,
-                       const char *where)
+                       GHashTable *earlier, GHashTable *names,
+                       GHashTable *images, GError **err, const char *where)
 {
     g_autofree char *whose = g_strdup_printf("a disk of backup %s", id);
     json_object *name, *type, *parent, *image, *v;
@@ -201,15 +220,22 @@ static bool check_disk(const S3cCatalog *cat, json_object *d, const char *id,
                            json_object_get_string(parent), whose);
         }
     }
-    key = s3c_catalog_image_key(cat, json_object_get_string(name), id);
-    if (strcmp(json_object_get_string(image), key)) {
-        return damaged(err, where, "the image of %s is not %s", whose, key);
+    if (!is_image_key(cat, json_object_get_string(name),
+                      json_object_get_string(image))) {
+        key = s3c_catalog_image_key(cat, json_object_get_string(name), id);
+        return damaged(err, where, "the image of %s is not %s, nor another "
+                       "ID.qcow2 beside it", whose, key);
+    }
+    if (!g_hash_table_add(images, (char *)json_object_get_string(image))) {
+        return damaged(err, where, "the image of %s is another disk's too",
+                       whose);
     }
     return true;
 }
 
 static bool check_backup(const S3cCatalog *cat, json_object *b, size_t index,
-                         GHashTable *earlier, GError **err, const char *where)
+                         GHashTable *earlier, GHashTable *images,
+                         GError **err, const char *where)
 {
     g_autofree char *whose = g_strdup_printf("backup #%zu", index + 1);
     g_autoptr(GHashTable) names = g_hash_table_new(g_str_hash, g_str_equal);
@@ -246,6 +272,14 @@ static bool check_backup(const S3cCatalog *cat, json_object *b, size_t index,
                             json_type_double, err, where, whose)) {
         return false;
     }
+    if (!field(b, "state", json_type_string, false, false, &v, err, where,
+               whose)) {
+        return false;
+    }
+    if (v && strcmp(json_object_get_string(v), S3C_STATE_GOING)) {
+        return damaged(err, where, "the state of %s is not \"%s\"", whose,
+                       S3C_STATE_GOING);
+    }
     instant = parse_time(json_object_get_string(at));
     if (!instant) {
         return damaged(err, where, "the time of %s is not an ISO 8601 time",
@@ -257,12 +291,88 @@ static bool check_backup(const S3cCatalog *cat, json_object *b, size_t index,
     }
     for (size_t i = 0; i < n; i++) {
         if (!check_disk(cat, json_object_array_get_idx(disks, i),
-                        json_object_get_string(id), earlier, names, err,
-                        where)) {
+                        json_object_get_string(id), earlier, names, images,
+                        err, where)) {
             return false;
         }
     }
     g_hash_table_insert(earlier, (char *)json_object_get_string(id), b);
+    return true;
+}
+
+/*
+ * The images that a deletion left to remove: each one an image of this
+ * VM's that no backup names (@images), for a command to delete whole
+ */
+static bool check_garbage(const S3cCatalog *cat, GHashTable *images,
+                          GError **err, const char *where)
+{
+    g_autofree char *disks = g_strconcat(cat->dir, "disks/", NULL);
+    json_object *garbage;
+
+    if (!field(cat->doc, "garbage", json_type_array, false, false, &garbage,
+               err, where, "the catalog")) {
+        return false;
+    }
+    for (size_t i = 0; i < s3c_json_len(garbage); i++) {
+        json_object *g = json_object_array_get_idx(garbage, i);
+        const char *key = json_object_get_string(g);
+        g_autofree char *disk = NULL;
+        const char *slash;
+
+        if (!json_object_is_type(g, json_type_string) ||
+            !g_str_has_prefix(key, disks) ||
+            !(slash = strchr(key + strlen(disks), '/'))) {
+            return damaged(err, where, "\"garbage\" #%zu is no image key",
+                           i + 1);
+        }
+        disk = g_strndup(key + strlen(disks), slash - key - strlen(disks));
+        if (!valid_name(disk) || !is_image_key(cat, disk, key)) {
+            return damaged(err, where, "\"garbage\" #%zu is no image key",
+                           i + 1);
+        }
+        if (g_hash_table_contains(images, key)) {
+            return damaged(err, where, "\"garbage\" #%zu, %s, is a "
+                           "backup's image", i + 1, key);
+        }
+    }
+    return true;
+}
+
+/* The ids deleted lately, so that a retried delete knows them */
+static bool check_deleted(const S3cCatalog *cat, GError **err,
+                          const char *where)
+{
+    json_object *deleted, *v;
+
+    if (!field(cat->doc, "deleted", json_type_array, false, false, &deleted,
+               err, where, "the catalog")) {
+        return false;
+    }
+    if (s3c_json_len(deleted) > S3C_MAX_DELETED) {
+        return damaged(err, where, "\"deleted\" holds more than %d ids",
+                       S3C_MAX_DELETED);
+    }
+    for (size_t i = 0; i < s3c_json_len(deleted); i++) {
+        json_object *d = json_object_array_get_idx(deleted, i);
+        g_autoptr(GDateTime) when = NULL;
+
+        if (!json_object_is_type(d, json_type_object)) {
+            return damaged(err, where, "\"deleted\" #%zu is not an object",
+                           i + 1);
+        }
+        if (!field(d, "id", json_type_string, true, false, &v, err, where,
+                   "a deleted backup") ||
+            !field(d, "time", json_type_string, true, false, &v, err, where,
+                   "a deleted backup")) {
+            return false;
+        }
+        when = parse_time(s3c_json_str(d, "time"));
+        if (!valid_name(s3c_json_str(d, "id")) || !when) {
+            return damaged(err, where, "\"deleted\" #%zu is not an id and "
+                           "a time", i + 1);
+        }
+    }
     return true;
 }
 
@@ -275,6 +385,7 @@ static bool check_catalog(const S3cCatalog *cat, const char *where,
 {
     g_autoptr(GHashTable) earlier = g_hash_table_new(g_str_hash,
                                                      g_str_equal);
+    g_autoptr(GHashTable) images = g_hash_table_new(g_str_hash, g_str_equal);
     json_object *v, *backups;
     int64_t format;
     size_t n;
@@ -294,7 +405,7 @@ static bool check_catalog(const S3cCatalog *cat, const char *where,
                     where, format, S3C_CATALOG_FORMAT);
         return false;
     }
-    if (format != S3C_CATALOG_FORMAT) {
+    if (format < S3C_CATALOG_FORMAT_PLAIN) {
         return damaged(err, where, "its format is %" G_GINT64_FORMAT, format);
     }
     if (!field(cat->doc, "vm", json_type_string, true, false, &v, err, where,
@@ -316,11 +427,12 @@ static bool check_catalog(const S3cCatalog *cat, const char *where,
     }
     for (size_t i = 0; i < n; i++) {
         if (!check_backup(cat, json_object_array_get_idx(backups, i), i,
-                          earlier, err, where)) {
+                          earlier, images, err, where)) {
             return false;
         }
     }
-    return true;
+    return check_garbage(cat, images, err, where) &&
+           check_deleted(cat, err, where);
 }
 
 bool s3c_catalog_load(S3cCatalog *cat, const S3cRepo *repo, const char *vm,
@@ -348,7 +460,7 @@ bool s3c_catalog_load(S3cCatalog *cat, const S3cRepo *repo, const char *vm,
             return false;
         }
         cat->doc = s3c_json_obj(
-            "format", json_object_new_int(S3C_CATALOG_FORMAT),
+            "format", json_object_new_int(S3C_CATALOG_FORMAT_PLAIN),
             "vm", json_object_new_string(vm),
             "backups", json_object_new_array(), NULL);
         return true;
@@ -372,10 +484,44 @@ bool s3c_catalog_parse(S3cCatalog *cat, const char *where,
     return check_catalog(cat, where, err);
 }
 
+/*
+ * Whether a reader that knows only format 1 would misread the catalog:
+ * a point being deleted, or a disk whose image a merge gave it
+ */
+static bool needs_merge_format(const S3cCatalog *cat)
+{
+    json_object *backups = s3c_catalog_backups(cat);
+
+    for (size_t i = 0; i < json_object_array_length(backups); i++) {
+        json_object *b = json_object_array_get_idx(backups, i);
+        json_object *disks;
+
+        if (s3c_backup_going(b)) {
+            return true;
+        }
+        json_object_object_get_ex(b, "disks", &disks);
+        for (size_t j = 0; j < json_object_array_length(disks); j++) {
+            json_object *d = json_object_array_get_idx(disks, j);
+            g_autofree char *own = s3c_catalog_image_key(
+                cat, s3c_json_str(d, "name"), s3c_json_str(b, "id"));
+
+            if (strcmp(own, s3c_json_str(d, "image"))) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 bool s3c_catalog_save(S3cCatalog *cat, const S3cRepo *repo, GError **err)
 {
     g_autofree char *key = catalog_key(cat);
-    const char *text = json_object_to_json_string_ext(
+    const char *text;
+
+    json_object_object_add(cat->doc, "format", json_object_new_int(
+                               needs_merge_format(cat) ? S3C_CATALOG_FORMAT
+                               : S3C_CATALOG_FORMAT_PLAIN));
+    text = json_object_to_json_string_ext(
         cat->doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED);
     g_auto(S3cStamp) stamp = S3C_STAMP_INIT;
 
@@ -496,13 +642,31 @@ json_object *s3c_catalog_pick(const S3cCatalog *cat, const char *which,
                     "shows the VMs that have", cat->vm);
         return NULL;
     }
-    if (!before) {
-        found = strcmp(which, "latest") ? s3c_catalog_find(cat, which)
-                : json_object_array_get_idx(backups, n - 1);
+    if (!before && strcmp(which, "latest")) {
+        found = s3c_catalog_find(cat, which);
         if (!found) {
             g_set_error(err, S3C_ERROR, S3C_EXIT_NOT_FOUND,
                         "VM %s has no backup %s; s3chain list --vm %s shows "
                         "its backups", cat->vm, which, cat->vm);
+        } else if (s3c_backup_going(found)) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_NOT_FOUND,
+                        "backup %s of VM %s is being deleted (an "
+                        "interrupted delete: s3chain delete, prune or gc "
+                        "finishes it)", which, cat->vm);
+            found = NULL;
+        }
+        return found;
+    }
+    if (!before) {
+        for (size_t i = n; i-- > 0 && !found;) {
+            json_object *b = json_object_array_get_idx(backups, i);
+
+            found = s3c_backup_going(b) ? NULL : b;
+        }
+        if (!found) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_NOT_FOUND,
+                        "VM %s has no backups but ones being deleted",
+                        cat->vm);
         }
         return found;
     }
@@ -517,7 +681,7 @@ json_object *s3c_catalog_pick(const S3cCatalog *cat, const char *which,
         json_object *b = json_object_array_get_idx(backups, i);
         g_autoptr(GDateTime) t = parse_time(s3c_json_str(b, "time"));
 
-        if (t && g_date_time_compare(t, limit) < 0) {
+        if (t && g_date_time_compare(t, limit) < 0 && !s3c_backup_going(b)) {
             found = b;
         }
     }
@@ -571,7 +735,8 @@ void s3c_catalog_append(S3cCatalog *cat, json_object *backup)
     json_object_array_add(s3c_catalog_backups(cat), backup);
 }
 
-char *s3c_catalog_image_name(const char *id)
+/* The name of an image relative to its child's, for backing files */
+static char *image_name(const char *id)
 {
     return g_strconcat(id, ".qcow2", NULL);
 }
@@ -579,7 +744,120 @@ char *s3c_catalog_image_name(const char *id)
 char *s3c_catalog_image_key(const S3cCatalog *cat, const char *disk,
                             const char *id)
 {
-    g_autofree char *name = s3c_catalog_image_name(id);
+    g_autofree char *name = image_name(id);
 
     return g_strdup_printf("%sdisks/%s/%s", cat->dir, disk, name);
+}
+
+char *s3c_catalog_backing_name(const S3cCatalog *cat, const char *disk,
+                               const char *parent)
+{
+    json_object *b = parent ? s3c_catalog_find(cat, parent) : NULL;
+    json_object *d = b ? s3c_backup_disk(b, disk) : NULL;
+
+    return d ? g_path_get_basename(s3c_json_str(d, "image")) : NULL;
+}
+
+bool s3c_backup_going(json_object *backup)
+{
+    return s3c_json_str(backup, "state") != NULL;
+}
+
+json_object *s3c_catalog_child(const S3cCatalog *cat, const char *disk,
+                               const char *id, GError **err)
+{
+    json_object *backups = s3c_catalog_backups(cat);
+    json_object *child = NULL;
+
+    for (size_t i = 0; i < json_object_array_length(backups); i++) {
+        json_object *b = json_object_array_get_idx(backups, i);
+        json_object *d = s3c_backup_disk(b, disk);
+
+        if (!d || g_strcmp0(s3c_json_str(d, "parent"), id)) {
+            continue;
+        }
+        if (child) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
+                        "the chain of disk %s of VM %s forks: backups %s and "
+                        "%s both follow %s; the catalog is damaged",
+                        disk, cat->vm, s3c_json_str(child, "id"),
+                        s3c_json_str(b, "id"), id);
+            return NULL;
+        }
+        child = b;
+    }
+    return child;
+}
+
+bool s3c_catalog_remove(S3cCatalog *cat, const char *id)
+{
+    json_object *backups = s3c_catalog_backups(cat);
+
+    for (size_t i = 0; i < json_object_array_length(backups); i++) {
+        if (!g_strcmp0(s3c_json_str(json_object_array_get_idx(backups, i),
+                                    "id"), id)) {
+            json_object_array_del_idx(backups, i, 1);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* An array member of the catalog, created empty if absent */
+static json_object *catalog_list(S3cCatalog *cat, const char *name)
+{
+    json_object *list;
+
+    if (!json_object_object_get_ex(cat->doc, name, &list)) {
+        list = json_object_new_array();
+        json_object_object_add(cat->doc, name, list);
+    }
+    return list;
+}
+
+void s3c_catalog_note_deleted(S3cCatalog *cat, const char *id,
+                              const char *time)
+{
+    json_object *deleted = catalog_list(cat, "deleted");
+
+    json_object_array_add(deleted, s3c_json_obj(
+        "id", json_object_new_string(id),
+        "time", json_object_new_string(time), NULL));
+    if (json_object_array_length(deleted) > S3C_MAX_DELETED) {
+        json_object_array_del_idx(deleted, 0, 1);
+    }
+}
+
+const char *s3c_catalog_deleted_at(const S3cCatalog *cat, const char *id)
+{
+    json_object *deleted;
+
+    json_object_object_get_ex(cat->doc, "deleted", &deleted);
+    for (size_t i = s3c_json_len(deleted); i-- > 0;) {
+        json_object *d = json_object_array_get_idx(deleted, i);
+
+        if (!g_strcmp0(s3c_json_str(d, "id"), id)) {
+            return s3c_json_str(d, "time");
+        }
+    }
+    return NULL;
+}
+
+json_object *s3c_catalog_garbage(S3cCatalog *cat)
+{
+    return catalog_list(cat, "garbage");
+}
+
+bool s3c_catalog_deleted_since(const S3cCatalog *cat, const char *id)
+{
+    json_object *deleted;
+
+    json_object_object_get_ex(cat->doc, "deleted", &deleted);
+    for (size_t i = 0; i < s3c_json_len(deleted); i++) {
+        if (strcmp(s3c_json_str(json_object_array_get_idx(deleted, i), "id"),
+                   id) > 0) {
+            return true;
+        }
+    }
+    return false;
 }

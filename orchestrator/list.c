@@ -60,7 +60,8 @@ static void print_vm(const S3cCatalog *cat)
 
             printf("%-12s %-22s %-19s %-11s %-8s %-22s %10s %10s\n",
                    j ? "" : cat->vm, j ? "" : s3c_json_str(b, "id"),
-                   j ? "" : time, s3c_json_str(d, "type"),
+                   j ? "" : time, s3c_backup_going(b) ? "(going)"
+                                                     : s3c_json_str(d, "type"),
                    s3c_json_str(d, "name"), parent ? parent : "-", size,
                    stored);
         }

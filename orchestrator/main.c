@@ -21,6 +21,7 @@
 #define DEFAULT_LEASE 60
 #define DEFAULT_VM_WAIT 600
 #define DEFAULT_RUNTIME_DIR "/run/s3chain"
+#define DEFAULT_GC_GRACE 3600
 
 static const char repo_help[] =
 "Repository:\n"
@@ -61,6 +62,10 @@ static const char main_help[] =
 "  list      the VMs, disks and backups in a repository\n"
 "  verify    check that backups are whole and intact\n"
 "  serve     export a backup's disk over NBD\n"
+"  delete    delete backups, merging a deleted one's successor into it\n"
+"  prune     delete the backups that no keep rule keeps\n"
+"  gc        delete what no backup needs: failed backups' images,\n"
+"            superseded chunks, stale locks\n"
 "\n"
 "s3chain COMMAND --help describes each; s3chain --version says which\n"
 "s3chain this is.\n";
@@ -93,6 +98,10 @@ static const char backup_help[] =
 "                        default: every writable disk)\n"
 "  --full                full backups, even where an incremental would do\n"
 "  --chain-limit N       full backup once a chain holds N images (30)\n"
+"  --merge-after N       instead, keep chains at N images: past N, the\n"
+"                        oldest backup of the chain is deleted, merged\n"
+"                        into its successor in the bucket (incremental\n"
+"                        forever; a new full only when one is needed)\n"
 "  --cbw-timeout SEC     longest a guest write waits for the backup (10);\n"
 "                        past it the backup fails, never the write\n"
 "  --buffer-size BYTES   the sidecar's write-back buffer per disk, and the\n"
@@ -183,13 +192,70 @@ static const char serve_help[] =
 "  --runtime-dir DIR     its sockets (default /run/s3chain)\n"
 "\n";
 
+static const char delete_help[] =
+"Usage: s3chain delete --vm NAME --backup ID... --repo s3://BUCKET[/PREFIX]\n"
+"                      [OPTION]...\n"
+"Delete backups of a VM, leaving every other one restorable as it was.  A\n"
+"backup that later ones follow is merged away: its successor's changes\n"
+"go into its image in the bucket, which becomes the successor's.\n"
+"Deleting a backup deleted already succeeds and says so.  A delete that\n"
+"is interrupted, however, is finished by the next delete, prune, gc or\n"
+"backup of the VM (docs/cli.rst).\n"
+"\n"
+"  --vm NAME             the VM's name in the repository\n"
+"  --backup ID           a backup to delete (repeatable)\n"
+"  --lease SEC           the VM's lock holds this long unrenewed (60)\n"
+"\n";
+
+static const char prune_help[] =
+"Usage: s3chain prune (--vm NAME | --all) --repo s3://BUCKET[/PREFIX]\n"
+"                     --keep-RULE N... [OPTION]...\n"
+"Delete the backups that no keep rule keeps, as s3chain delete does.\n"
+"The rules are restic's: each keeps the newest backup of each of its\n"
+"last N periods (UTC) that have one; a backup kept by any rule stays.\n"
+"\n"
+"  --vm NAME             this VM\n"
+"  --all                 every VM of the repository\n"
+"  --keep-last N         the N newest backups\n"
+"  --keep-hourly N       one an hour, for the last N hours with backups\n"
+"  --keep-daily N        ... days\n"
+"  --keep-weekly N       ... ISO weeks\n"
+"  --keep-monthly N      ... months\n"
+"  --keep-yearly N       ... years\n"
+"  --keep-within DUR     every backup within DUR of the newest (1y2m3d4h,\n"
+"                        w for weeks; a month is 30 days, a year 365)\n"
+"  --dry-run             say what would go, change nothing\n"
+"  --lease SEC           the VM's lock holds this long unrenewed (60)\n"
+"\n";
+
+static const char gc_help[] =
+"Usage: s3chain gc (--vm NAME | --all) --repo s3://BUCKET[/PREFIX]\n"
+"                  [OPTION]...\n"
+"Delete the objects of a VM that no backup needs: images of failed or\n"
+"interrupted backups, chunks that a later commit superseded, spilled\n"
+"copy-before-write scratch, image locks left by killed commands.  Holds\n"
+"the VM's lock, so it never races a backup: a VM being backed up is\n"
+"left alone (exit 7).\n"
+"\n"
+"  --vm NAME             this VM\n"
+"  --all                 every VM of the repository\n"
+"  --grace SEC           keep objects younger than SEC (3600), by this\n"
+"                        host's clock against their Last-Modified\n"
+"  --dry-run             say what would go, change nothing\n"
+"  --lease SEC           the VM's lock holds this long unrenewed (60)\n"
+"\n";
+
 enum {
     CMD_BACKUP = 1 << 0,
     CMD_RESTORE = 1 << 1,
     CMD_LIST = 1 << 2,
     CMD_VERIFY = 1 << 3,
     CMD_SERVE = 1 << 4,
-    CMD_ALL = 0x1f,
+    CMD_DELETE = 1 << 5,
+    CMD_PRUNE = 1 << 6,
+    CMD_GC = 1 << 7,
+    CMD_ALL = 0xff,
+    CMD_LIFECYCLE = CMD_DELETE | CMD_PRUNE | CMD_GC,
 };
 
 enum {
@@ -200,7 +266,9 @@ enum {
     OPT_LEASE, OPT_BREAK_LOCK, OPT_PROGRESS, OPT_JSON, OPT_BACKUP,
     OPT_BEFORE, OPT_TARGET, OPT_FORMAT, OPT_FORCE, OPT_INSTANT, OPT_VM_WAIT,
     OPT_COPY_SPEED, OPT_DEEP, OPT_LISTEN, OPT_WRITABLE, OPT_OVERLAY,
-    OPT_LIBVIRT, OPT_CONNECT, OPT_SCRATCH_DIR,
+    OPT_LIBVIRT, OPT_CONNECT, OPT_SCRATCH_DIR, OPT_MERGE_AFTER, OPT_ALL,
+    OPT_DRY_RUN, OPT_GRACE, OPT_KEEP_LAST, OPT_KEEP_HOURLY, OPT_KEEP_DAILY,
+    OPT_KEEP_WEEKLY, OPT_KEEP_MONTHLY, OPT_KEEP_YEARLY, OPT_KEEP_WITHIN,
 };
 
 typedef struct OptionSpec {
@@ -233,12 +301,24 @@ static const OptionSpec option_specs[] = {
     ARG("disk", OPT_DISK, CMD_BACKUP | CMD_SERVE),
     FLAG("full", OPT_FULL, CMD_BACKUP),
     ARG("chain-limit", OPT_CHAIN_LIMIT, CMD_BACKUP),
+    ARG("merge-after", OPT_MERGE_AFTER, CMD_BACKUP),
     ARG("cbw-timeout", OPT_CBW_TIMEOUT, CMD_BACKUP),
     ARG("buffer-size", OPT_BUFFER_SIZE, CMD_BACKUP),
     ARG("lock-stale", OPT_LOCK_STALE, CMD_BACKUP),
-    ARG("lease", OPT_LEASE, CMD_BACKUP),
+    ARG("lease", OPT_LEASE, CMD_BACKUP | CMD_LIFECYCLE),
     FLAG("break-stale-lock", OPT_BREAK_LOCK, CMD_BACKUP),
-    ARG("backup", OPT_BACKUP, CMD_RESTORE | CMD_VERIFY | CMD_SERVE),
+    ARG("backup", OPT_BACKUP, CMD_RESTORE | CMD_VERIFY | CMD_SERVE |
+        CMD_DELETE),
+    FLAG("all", OPT_ALL, CMD_PRUNE | CMD_GC),
+    FLAG("dry-run", OPT_DRY_RUN, CMD_PRUNE | CMD_GC),
+    ARG("grace", OPT_GRACE, CMD_GC),
+    ARG("keep-last", OPT_KEEP_LAST, CMD_PRUNE),
+    ARG("keep-hourly", OPT_KEEP_HOURLY, CMD_PRUNE),
+    ARG("keep-daily", OPT_KEEP_DAILY, CMD_PRUNE),
+    ARG("keep-weekly", OPT_KEEP_WEEKLY, CMD_PRUNE),
+    ARG("keep-monthly", OPT_KEEP_MONTHLY, CMD_PRUNE),
+    ARG("keep-yearly", OPT_KEEP_YEARLY, CMD_PRUNE),
+    ARG("keep-within", OPT_KEEP_WITHIN, CMD_PRUNE),
     ARG("before", OPT_BEFORE, CMD_RESTORE | CMD_SERVE),
     ARG("target", OPT_TARGET, CMD_RESTORE),
     ARG("format", OPT_FORMAT, CMD_RESTORE),
@@ -258,10 +338,13 @@ typedef struct Args {
     const char *vm, *qmp, *sidecar_qmp, *runtime_dir, *guest_agent;
     const char *backup, *before, *format, *listen, *overlay;
     const char *libvirt, *connect, *scratch_dir;
-    GPtrArray *disks, *targets;
-    bool full, break_lock, json, force, instant, deep, writable;
+    GPtrArray *disks, *targets, *backups;
+    bool full, break_lock, json, force, instant, deep, writable, all;
+    bool dry_run, chain_limit_given;
     int64_t chain_limit, cbw_timeout, buffer_size, lock_stale, lease, vm_wait;
-    int64_t copy_speed;
+    int64_t copy_speed, merge_after, grace;
+    int64_t keep[6];            /* last, hourly ... yearly; -1: not given */
+    const char *keep_within;
 } Args;
 
 typedef struct Command {
@@ -363,6 +446,11 @@ static bool run_backup(Args *a, GError **err)
     if (a->libvirt && !a->vm) {
         opts.vm = a->libvirt;
     }
+    if (a->merge_after && a->chain_limit_given) {
+        return usage_error(err, "--merge-after keeps chains short in the "
+                           "bucket, --chain-limit with new fulls: give one");
+    }
+    opts.merge_after = a->merge_after;
     if (!opts.vm || !(a->qmp || a->libvirt) || !a->repo.url) {
         return usage_error(err, "backup needs --vm, --qmp and --repo, or "
                            "--libvirt and --repo");
@@ -471,12 +559,99 @@ static bool run_serve(Args *a, GError **err)
     return s3c_serve(&opts, err) == S3C_EXIT_OK;
 }
 
+/* The VM's lock as delete, prune and gc take it */
+static S3cLeaseOptions lifecycle_lock(const Args *a)
+{
+    return (S3cLeaseOptions) { .lease_s = a->lease,
+                               .stale_after = a->lock_stale };
+}
+
+static bool run_delete(Args *a, GError **err)
+{
+    S3cDeleteOptions opts = {
+        .repo = a->repo, .vm = a->vm, .json = a->json,
+        .lock = lifecycle_lock(a),
+    };
+
+    if (!a->vm || !a->repo.url || !a->backups->len) {
+        return usage_error(err, "delete needs --vm, --repo and --backup");
+    }
+    for (guint i = 0; i < a->backups->len; i++) {
+        const char *id = g_ptr_array_index(a->backups, i);
+
+        if (!strcmp(id, "latest")) {
+            return usage_error(err, "delete takes backup ids, not latest: "
+                               "a retried delete must not take another");
+        }
+    }
+    opts.backups = strv_or_null(a->backups);
+    return s3c_delete(&opts, err) == S3C_EXIT_OK;
+}
+
+/* --vm NAME or --all, for prune and gc */
+static bool which_vms(Args *a, const char *command, GError **err)
+{
+    if (!a->repo.url || !a->vm == !a->all) {
+        return usage_error(err, "%s needs --repo, and --vm or --all",
+                           command);
+    }
+    return true;
+}
+
+static bool run_prune(Args *a, GError **err)
+{
+    S3cPruneOptions opts = {
+        .repo = a->repo, .vm = a->vm, .dry_run = a->dry_run,
+        .json = a->json,
+        .lock = lifecycle_lock(a),
+        .keep_last = a->keep[0], .keep_hourly = a->keep[1],
+        .keep_daily = a->keep[2], .keep_weekly = a->keep[3],
+        .keep_monthly = a->keep[4], .keep_yearly = a->keep[5],
+    };
+    bool any = false;
+
+    if (!which_vms(a, "prune", err)) {
+        return false;
+    }
+    for (size_t i = 0; i < G_N_ELEMENTS(a->keep); i++) {
+        any |= a->keep[i] > 0;
+    }
+    if (a->keep_within) {
+        opts.keep_within_s = s3c_parse_duration(a->keep_within);
+        if (opts.keep_within_s <= 0) {
+            return usage_error(err, "--keep-within wants a duration like "
+                               "30d, 2w or 1y6m, not '%s'", a->keep_within);
+        }
+        any = true;
+    }
+    if (!any) {
+        return usage_error(err, "prune needs a keep rule (--keep-last N, "
+                           "--keep-daily N, --keep-within 30d...): with "
+                           "none, it would delete every backup");
+    }
+    return s3c_prune(&opts, err) == S3C_EXIT_OK;
+}
+
+static bool run_gc(Args *a, GError **err)
+{
+    S3cGcOptions opts = {
+        .repo = a->repo, .vm = a->vm, .grace_s = a->grace,
+        .dry_run = a->dry_run, .json = a->json,
+        .lock = lifecycle_lock(a),
+    };
+
+    return which_vms(a, "gc", err) && s3c_gc(&opts, err) == S3C_EXIT_OK;
+}
+
 static const Command commands[] = {
     { "backup", CMD_BACKUP, backup_help, run_backup },
     { "restore", CMD_RESTORE, restore_help, run_restore },
     { "list", CMD_LIST, list_help, run_list },
     { "verify", CMD_VERIFY, verify_help, run_verify },
     { "serve", CMD_SERVE, serve_help, run_serve },
+    { "delete", CMD_DELETE, delete_help, run_delete },
+    { "prune", CMD_PRUNE, prune_help, run_prune },
+    { "gc", CMD_GC, gc_help, run_gc },
 };
 
 static bool parse_option(Args *a, int id, const char *name, GError **err)
@@ -502,7 +677,21 @@ static bool parse_option(Args *a, int id, const char *name, GError **err)
     case OPT_FULL: a->full = true; break;
     case OPT_BREAK_LOCK: a->break_lock = true; break;
     case OPT_JSON: a->json = true; break;
-    case OPT_BACKUP: a->backup = optarg; break;
+    case OPT_BACKUP:
+        a->backup = optarg;
+        g_ptr_array_add(a->backups, optarg);
+        break;
+    case OPT_ALL: a->all = true; break;
+    case OPT_DRY_RUN: a->dry_run = true; break;
+    case OPT_KEEP_WITHIN: a->keep_within = optarg; break;
+    case OPT_KEEP_LAST: case OPT_KEEP_HOURLY: case OPT_KEEP_DAILY:
+    case OPT_KEEP_WEEKLY: case OPT_KEEP_MONTHLY: case OPT_KEEP_YEARLY:
+        return parse_number(name, optarg, 1, 1000000,
+                            &a->keep[id - OPT_KEEP_LAST], err);
+    case OPT_MERGE_AFTER:
+        return parse_number(name, optarg, 1, 10000, &a->merge_after, err);
+    case OPT_GRACE:
+        return parse_number(name, optarg, 0, 365 * 86400, &a->grace, err);
     case OPT_BEFORE: a->before = optarg; break;
     case OPT_FORMAT: a->format = optarg; break;
     case OPT_FORCE: a->force = true; break;
@@ -524,6 +713,7 @@ static bool parse_option(Args *a, int id, const char *name, GError **err)
         }
         break;
     case OPT_CHAIN_LIMIT:
+        a->chain_limit_given = true;
         return parse_number(name, optarg, 1, 10000, &a->chain_limit, err);
     case OPT_CBW_TIMEOUT:
         return parse_number(name, optarg, 1, 3600, &a->cbw_timeout, err);
@@ -556,9 +746,11 @@ static int run_command(const Command *cmd, int argc, char **argv)
         .lock_stale = DEFAULT_LOCK_STALE,
         .lease = DEFAULT_LEASE,
         .vm_wait = DEFAULT_VM_WAIT,
+        .grace = DEFAULT_GC_GRACE,
         .runtime_dir = DEFAULT_RUNTIME_DIR,
         .disks = g_ptr_array_new(),
         .targets = g_ptr_array_new(),
+        .backups = g_ptr_array_new(),
     };
     GError *err = NULL;
     int index, c, ret = S3C_EXIT_OK;
@@ -595,6 +787,7 @@ static int run_command(const Command *cmd, int argc, char **argv)
 out:
     g_ptr_array_unref(a.disks);
     g_ptr_array_unref(a.targets);
+    g_ptr_array_unref(a.backups);
     return ret;
 }
 

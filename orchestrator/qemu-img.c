@@ -59,6 +59,37 @@ char *s3c_qemu_img_filename(const S3cRepo *repo, const char *key,
     return json_filename(opts);
 }
 
+char *s3c_qemu_img_commit_filename(const S3cRepo *repo, const char *top)
+{
+    json_object *opts = image_options(repo, top);
+
+    /*
+     * Writable at once, for an s3chain node can't become writable; its
+     * other options come from @top's header, as when it is read
+     */
+    json_object_object_add(opts, "backing", s3c_json_obj(
+                               "read-only", json_object_new_boolean(false),
+                               NULL));
+    return json_filename(opts);
+}
+
+bool s3c_qemu_img_backing_name(const S3cRepo *repo, const char *key,
+                               char **name, GError **err)
+{
+    g_autofree char *filename = s3c_qemu_img_filename(repo, key, true);
+    const char *info[] = { "info", "--output=json", filename, NULL };
+    g_autoptr(GString) out = g_string_new(NULL);
+    json_object *doc;
+
+    if (!s3c_qemu_img(repo, info, NULL, NULL, out, err)) {
+        return false;
+    }
+    doc = json_tokener_parse(out->str);
+    *name = g_strdup(s3c_json_str(doc, "backing-filename"));
+    json_object_put(doc);
+    return true;
+}
+
 /*
  * The backing images keep the options that their child's header names
  * them with; only their plans are added, at "backing.file", under
@@ -193,7 +224,8 @@ bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
     if (!g_spawn_async_with_pipes_and_fds(
             NULL, (const char *const *)argv->pdata,
             (const char *const *)envp,
-            G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH, NULL, NULL,
+            G_SPAWN_DO_NOT_REAP_CHILD | G_SPAWN_SEARCH_PATH,
+            s3c_die_with_parent, NULL,
             -1, -1, -1, source_fds, target_fds, nfds, &pid, NULL, &out_fd,
             &err_fd, &spawn_err)) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,

@@ -8,7 +8,9 @@
 #include "s3chain.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -158,6 +160,16 @@ char **s3c_child_environ(void)
 
     envp = g_environ_unsetenv(envp, "AWS_SECRET_ACCESS_KEY");
     return g_environ_unsetenv(envp, "AWS_SESSION_TOKEN");
+}
+
+/*
+ * A killed command's children go with it at once: a sidecar uploading
+ * images no catalog will name, a qemu-img merging into an image that the
+ * next command must take over
+ */
+void s3c_die_with_parent(gpointer unused)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
 }
 
 void s3c_repo_clear(S3cRepo *repo)

@@ -262,6 +262,14 @@ static long request(const S3cRepo *repo, const S3Request *req,
 
     if (resp.status == 403 || resp.status == 401 || resp.status == 400) {
         code = error_code(body);
+        if (resp.status == 403 && !strcmp(req->method, "DELETE")) {
+            /* the credentials did the rest: a policy or a lock says no */
+            g_set_error(err, S3C_ERROR, S3C_EXIT_ACCESS_DENIED,
+                        "the bucket refuses to delete s3://%s/%s (%s): its "
+                        "policy or an Object Lock retention forbids it",
+                        repo->bucket, what, *code ? code : "HTTP 403");
+            return 0;
+        }
         if (resp.status != 400 || strstr(code, "Signature") ||
             strstr(code, "AccessKey") || strstr(code, "Token")) {
             g_set_error(err, S3C_ERROR, S3C_EXIT_ACCESS_DENIED,
@@ -425,6 +433,7 @@ static void list_start(GMarkupParseContext *ctx, const char *name,
         /* one inside another is no listing; keep the inner one */
         g_clear_pointer(&page->object, s3c_object_free);
         page->object = g_new0(S3cObject, 1);
+        page->object->last_modified = -1;
     } else if (!strcmp(name, "CommonPrefixes")) {
         page->in_prefixes = true;
     }
@@ -462,6 +471,12 @@ static void list_text(GMarkupParseContext *ctx, const char *text, gsize len,
         page->object->etag = g_ascii_strdown(text, len);
         g_strdelimit(page->object->etag, "\"", ' ');
         g_strstrip(page->object->etag);
+    } else if (page->object && !strcmp(e, "LastModified")) {
+        g_autofree char *text_z = g_strndup(text, len);
+        g_autoptr(GTimeZone) utc = g_time_zone_new_utc();
+        g_autoptr(GDateTime) t = g_date_time_new_from_iso8601(text_z, utc);
+
+        page->object->last_modified = t ? g_date_time_to_unix(t) : -1;
     } else if (page->object && !strcmp(e, "Size")) {
         g_autofree char *size = g_strndup(text, len);
 

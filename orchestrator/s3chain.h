@@ -74,6 +74,8 @@ void s3c_repo_clear(S3cRepo *repo);
  * secret credentials, which a child gets as QEMU secret objects if at all
  */
 char **s3c_child_environ(void);
+/* The child setup of g_spawn for each process the command starts */
+void s3c_die_with_parent(gpointer unused);
 /*
  * The options of an s3chain node for image @key, its secret access key
  * (and session token, when there is one) in QEMU secret objects
@@ -135,6 +137,7 @@ typedef struct S3cObject {
     char *key;
     char *etag;                 /* lower case, unquoted */
     uint64_t size;
+    int64_t last_modified;      /* Unix time, -1 if not said */
 } S3cObject;
 
 void s3c_object_free(S3cObject *obj);
@@ -211,6 +214,14 @@ typedef void (*S3cPercentFn)(double percent, void *opaque);
  */
 char *s3c_qemu_img_filename(const S3cRepo *repo, const char *key,
                             bool alone);
+/*
+ * The json: filename of image @top over the parent its header names,
+ * opened writable: what qemu-img commit merges @top into
+ */
+char *s3c_qemu_img_commit_filename(const S3cRepo *repo, const char *top);
+/* The parent that image @key's header names, in *@name (NULL: none) */
+bool s3c_qemu_img_backing_name(const S3cRepo *repo, const char *key,
+                               char **name, GError **err);
 /*
  * The same, with each image of the chain given the read plan in @plans
  * at its depth (0: @key's)
@@ -486,7 +497,16 @@ void s3c_sidecar_close(S3cSidecar *sc);
 /* A backup's checkpoint is the bitmap of this prefix and its id */
 #define S3C_CHECKPOINT_PREFIX "s3chain-"
 
-#define S3C_CATALOG_FORMAT 1
+/*
+ * Format 2 is written only while a catalog holds what format 1 readers
+ * would misread: a point being deleted, a disk on a merged image
+ */
+#define S3C_CATALOG_FORMAT_PLAIN 1
+#define S3C_CATALOG_FORMAT 2
+/* A backup being deleted: never read back, finished by the next command */
+#define S3C_STATE_GOING "going"
+/* How many deleted ids the catalog remembers, for retried deletes */
+#define S3C_MAX_DELETED 10000
 
 typedef struct S3cCatalog {
     char *vm;
@@ -537,8 +557,32 @@ int s3c_catalog_chain_length(const S3cCatalog *cat, const char *disk,
 void s3c_catalog_append(S3cCatalog *cat, json_object *backup);
 char *s3c_catalog_image_key(const S3cCatalog *cat, const char *disk,
                             const char *id);
-/* The name of an image relative to its child's, for backing files */
-char *s3c_catalog_image_name(const char *id);
+/*
+ * What the image of disk @disk of backup @parent is called in its child's
+ * header: its own ID.qcow2, or that of the image a merge kept; NULL for
+ * no such backup
+ */
+char *s3c_catalog_backing_name(const S3cCatalog *cat, const char *disk,
+                               const char *parent);
+/* Whether @backup is being deleted */
+bool s3c_backup_going(json_object *backup);
+/*
+ * The backup whose disk @disk follows backup @id, or NULL; a chain that
+ * forks is S3C_EXIT_DAMAGED
+ */
+json_object *s3c_catalog_child(const S3cCatalog *cat, const char *disk,
+                               const char *id, GError **err);
+/* Drops backup @id from the catalog (in memory); false if it has none */
+bool s3c_catalog_remove(S3cCatalog *cat, const char *id);
+/* Remembers that backup @id was deleted at @time (ISO 8601) */
+void s3c_catalog_note_deleted(S3cCatalog *cat, const char *id,
+                              const char *time);
+/* When backup @id was deleted, if the catalog remembers it */
+const char *s3c_catalog_deleted_at(const S3cCatalog *cat, const char *id);
+/* Whether a backup newer than @id was deleted (ids sort by time) */
+bool s3c_catalog_deleted_since(const S3cCatalog *cat, const char *id);
+/* The images left to delete (strings), an array of the catalog's */
+json_object *s3c_catalog_garbage(S3cCatalog *cat);
 
 /*
  * lease.c: the VM's lock, a lease that its holder renews in a thread of
@@ -577,6 +621,58 @@ S3cLease *s3c_lease_acquire(const S3cRepo *repo, const S3cCatalog *cat,
 bool s3c_lease_check(S3cLease *lease, GError **err);
 /* Stops renewing and removes the lock if it is still ours */
 void s3c_lease_release(S3cLease *lease);
+
+/*
+ * merge.c: deleting backups.  A deleted point is first marked going in
+ * the catalog; then each of its disks' child is merged into its image
+ * (which then holds the child's point), the grandchild's header and the
+ * catalog repointed, and the images no point needs listed as garbage
+ * and deleted.  Any command holding the VM's lock finishes a killed one.
+ */
+typedef struct S3cMergeStats {
+    guint points_deleted;
+    guint merges;
+    uint64_t bytes_merged;      /* stored bytes of the images merged */
+    uint64_t objects_deleted;
+    uint64_t bytes_deleted;
+} S3cMergeStats;
+
+typedef struct S3cLifecycle {
+    const S3cRepo *repo;
+    S3cCatalog *cat;            /* own_cat, or a backup's */
+    S3cCatalog own_cat;
+    S3cLease *lease;
+    bool may_delete;            /* the bucket let a DELETE through */
+    S3cMergeStats stats;
+} S3cLifecycle;
+
+/*
+ * Loads VM @vm's catalog (with @must_exist, none is S3C_EXIT_NOT_FOUND),
+ * takes its lock and finishes what a killed command left
+ */
+bool s3c_lifecycle_open(S3cLifecycle *lc, const S3cRepo *repo,
+                        const char *vm, const S3cLeaseOptions *lock,
+                        bool must_exist, GError **err);
+void s3c_lifecycle_close(S3cLifecycle *lc);
+/* Marks the backups @ids (strings, in the catalog) going, in one write */
+bool s3c_lifecycle_mark(S3cLifecycle *lc, GPtrArray *ids, GError **err);
+/*
+ * Deletes every going backup, oldest first, then the images listed as
+ * garbage
+ */
+bool s3c_lifecycle_finish(S3cLifecycle *lc, GError **err);
+/* Deletes image @key's manifest, then its chunks, lock and scratch */
+bool s3c_image_delete(const S3cRepo *repo, const char *key,
+                      S3cMergeStats *stats, GError **err);
+json_object *s3c_merge_stats_json(const S3cMergeStats *stats);
+typedef bool (*S3cVmFn)(const char *vm, void *opaque, GError **err);
+/*
+ * Runs @fn on VM @only, or on every VM of the repository, where one
+ * being backed up (S3C_EXIT_LOCKED) is left for the next run: a warning,
+ * the last such error in *@locked, and the others go on
+ */
+bool s3c_each_vm(const S3cRepo *repo, const char *only, S3cVmFn fn,
+                 void *opaque, GError **locked, GError **err);
 
 /* output.c: progress and results for people and for controllers */
 
@@ -617,6 +713,7 @@ typedef struct S3cBackupOptions {
     char **disks;               /* NULL for every writable disk */
     bool full;
     int chain_limit;
+    int merge_after;            /* 0, or keep chains at this length */
     int cbw_timeout;
     uint64_t buffer_size;
     S3cLeaseOptions lock;
@@ -858,6 +955,48 @@ void s3c_restore_plan_clear(S3cRestorePlan *plan);
 json_object *s3c_restore_event(const S3cRestorePlan *plan, const char *name);
 int s3c_restore(const S3cRestoreOptions *opts, GError **err);
 int s3c_restore_instant(const S3cRestoreOptions *opts, GError **err);
+
+/* delete.c */
+
+typedef struct S3cDeleteOptions {
+    S3cRepoOptions repo;
+    const char *vm;
+    char **backups;             /* ids */
+    S3cLeaseOptions lock;
+    bool json;
+} S3cDeleteOptions;
+
+int s3c_delete(const S3cDeleteOptions *opts, GError **err);
+
+/* prune.c: deleting the backups that no keep rule keeps */
+
+typedef struct S3cPruneOptions {
+    S3cRepoOptions repo;
+    const char *vm;             /* NULL: every VM */
+    int64_t keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly;
+    int64_t keep_yearly;
+    int64_t keep_within_s;      /* 0: no such rule */
+    bool dry_run;
+    S3cLeaseOptions lock;
+    bool json;
+} S3cPruneOptions;
+
+int s3c_prune(const S3cPruneOptions *opts, GError **err);
+/* "7d", "2w3d", "1y6m", "12h": seconds, or -1 */
+int64_t s3c_parse_duration(const char *text);
+
+/* gc.c: deleting the objects of a VM's that no backup needs */
+
+typedef struct S3cGcOptions {
+    S3cRepoOptions repo;
+    const char *vm;             /* NULL: every VM */
+    int64_t grace_s;            /* objects younger than this stay */
+    bool dry_run;
+    S3cLeaseOptions lock;
+    bool json;
+} S3cGcOptions;
+
+int s3c_gc(const S3cGcOptions *opts, GError **err);
 
 /* list.c */
 

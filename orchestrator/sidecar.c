@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -59,16 +58,6 @@ static char *sidecar_program(void)
     return g_strdup("s3chain-sidecar");
 }
 
-/*
- * In the sidecar, before it runs: a sidecar whose command was killed
- * goes with it at once, instead of uploading images that no catalog
- * will name
- */
-static void die_with_parent(gpointer unused)
-{
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-}
-
 static bool start_sidecar(S3cSidecar *sc, GError **err)
 {
     const char *qmp_path = sc->own_qmp;
@@ -99,7 +88,7 @@ static bool start_sidecar(S3cSidecar *sc, GError **err)
                                      G_SPAWN_DO_NOT_REAP_CHILD |
                                      G_SPAWN_SEARCH_PATH |
                                      G_SPAWN_STDIN_FROM_DEV_NULL,
-                                     die_with_parent, NULL, &sc->pid, -1,
+                                     s3c_die_with_parent, NULL, &sc->pid, -1,
                                      log_fd, log_fd, &spawn_err);
     close(log_fd);
     if (!spawned) {

@@ -55,30 +55,25 @@ static Fault *add_fault(Verify *v, const S3cCatalog *cat,
  * qemu-img check of the image alone (its parents get theirs), and its
  * header's link to its parent, which must be the catalog's
  */
-static bool check_qcow2(Verify *v, json_object *disk, GPtrArray *faults,
-                        GError **err)
+static bool check_qcow2(Verify *v, const S3cCatalog *cat, json_object *disk,
+                        GPtrArray *faults, GError **err)
 {
     const char *key = s3c_json_str(disk, "image");
-    const char *parent = s3c_json_str(disk, "parent");
     g_autofree char *name = s3c_qemu_img_filename(&v->repo, key, true);
-    g_autofree char *want = parent ? s3c_catalog_image_name(parent) : NULL;
+    g_autofree char *want = s3c_catalog_backing_name(
+        cat, s3c_json_str(disk, "name"), s3c_json_str(disk, "parent"));
+    g_autofree char *named = NULL;
     const char *check[] = { "check", name, NULL };
-    const char *info[] = { "info", "--output=json", name, NULL };
-    g_autoptr(GString) out = g_string_new(NULL);
     g_autoptr(GError) local = NULL;
-    json_object *doc;
 
     if (s3c_qemu_img(&v->repo, check, NULL, NULL, NULL, &local) &&
-        s3c_qemu_img(&v->repo, info, NULL, NULL, out, &local)) {
-        doc = json_tokener_parse(out->str);
-        if (g_strcmp0(s3c_json_str(doc, "backing-filename"), want)) {
+        s3c_qemu_img_backing_name(&v->repo, key, &named, &local)) {
+        if (g_strcmp0(named, want)) {
             g_ptr_array_add(faults, g_strdup_printf(
                 "s3://%s/%s: its header names parent %s, the catalog %s",
-                v->repo.bucket, key,
-                s3c_json_str(doc, "backing-filename") ?: "none",
+                v->repo.bucket, key, named ? named : "none",
                 want ? want : "none"));
         }
-        json_object_put(doc);
         return true;
     }
     if (local->code == S3C_EXIT_INTERRUPTED) {
@@ -101,7 +96,7 @@ static bool verify_image(Verify *v, const S3cCatalog *cat, const char *id,
     if (!s3c_image_verify(&v->repo, key, s3c_json_int(disk, "virtual-size"),
                           v->opts->deep, faults, err) ||
         (v->opts->deep && !faults->len &&
-         !check_qcow2(v, disk, faults, err))) {
+         !check_qcow2(v, cat, disk, faults, err))) {
         return false;
     }
     for (guint i = 0; i < faults->len; i++) {

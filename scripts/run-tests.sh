@@ -101,18 +101,20 @@ command_tests_of() {
 
 command_tests() {
     command_tests_of "$env_file" -- test_backup test_restore test_catalog \
-        test_endpoints test_lease test_tls test_load test_libvirt
+        test_endpoints test_lease test_tls test_load test_libvirt \
+        test_lifecycle
 }
 
 # The second real server: OpenStack Swift with s3api (Debian's 2.30), a
 # reduced suite: chains, the bucket stopped, a kill mid-copy, the lease
 # taken over without conditional writes, restore of every point, verify
-# of damaged chains, load.  (Tests that count stderr's lines are not in
+# of damaged chains, load, deletes and their merges.  (Tests that count stderr's lines are not in
 # it: on Swift every run also warns that it has no conditional writes.)
 SWIFT_TESTS="test_backup.TestChain test_backup.TestFaults.test_radosgw_stopped
     test_backup.TestKilled.test_killed_mid_copy
     test_lease.TestLease.test_taken_over_from_another_host_once_it_ran_out
-    test_restore.TestRestore test_restore.TestVerify test_load"
+    test_restore.TestRestore test_restore.TestVerify test_load
+    test_lifecycle.TestDelete"
 swift_tests() {
     local swift_env status
     swift_env=$("$REPO/scripts/swift-server.sh" start) || return 1
@@ -164,7 +166,9 @@ sanitised_command_tests() {
         S3CHAIN_BIN="$BUILD/fuzz/s3chain" \
         S3CHAIN_QEMU_BUILD="$BUILD/qemu-sanitised" -- \
         test_catalog test_endpoints test_lease test_tls test_restore \
-        test_load test_backup.TestKilled test_backup.TestBadInput &&
+        test_load test_backup.TestKilled test_backup.TestBadInput \
+        test_lifecycle.TestDelete test_lifecycle.TestGc \
+        test_lifecycle.TestBadInput &&
         no_sanitiser_reports
 }
 

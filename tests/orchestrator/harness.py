@@ -7,6 +7,8 @@
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 
+import http.client
+import http.server
 import json
 import os
 import shutil
@@ -220,6 +222,70 @@ class GuestWriter(threading.Thread):
     def finish(self) -> None:
         self.stop.set()
         self.join()
+
+
+class RefusingProxy:
+    """Forwards every request to the S3 server, but answers those that
+    refuses() picks with its status and S3 error code, counting them"""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.split('://', 1)[1]
+        self.refused = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def forward(self) -> None:
+                length = int(self.headers.get('Content-Length') or 0)
+                body = self.rfile.read(length) if length else None
+                headers = dict(self.headers.items())
+                refusal = proxy.refuses(self.command, self.headers)
+                if refusal:
+                    proxy.refused += 1
+                    self.answer(refusal[0], [], (
+                        '<?xml version="1.0"?><Error><Code>'
+                        f'{refusal[1]}</Code></Error>').encode())
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+                conn.request(self.command, self.path, body=body,
+                             headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                self.answer(resp.status, resp.getheaders(), data)
+
+            def answer(self, status: int, headers, data: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() not in ('connection', 'keep-alive',
+                                            'transfer-encoding',
+                                            'content-length', 'date',
+                                            'server'):
+                        self.send_header(name, value)
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                if self.command != 'HEAD':
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = forward
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
+                                                     Handler)
+        self.httpd.daemon_threads = True
+        self.endpoint = f'http://127.0.0.1:{self.httpd.server_port}'
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def refuses(self, method: str, headers) -> Optional[Tuple[int, str]]:
+        """(status, S3 error code) to answer instead, or None"""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class Run:

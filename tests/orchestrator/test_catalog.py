@@ -103,7 +103,7 @@ def other_vms_image(cat: dict) -> None:
 CASES: Dict[str, tuple] = {
     'not JSON': (b'{"format": 1, "backups": [', 11, ['not JSON']),
     'an array': (b'[]', 11, ['not a JSON object']),
-    'a newer format': (setter(top, 'format', 2), 1, ['format 2', 'newer']),
+    'a newer format': (setter(top, 'format', 3), 1, ['format 3', 'newer']),
     'format as a string': (setter(top, 'format', '1'), 11, ['"format"']),
     'no backups': (dropper(top, 'backups'), 11, ['"backups"']),
     'backups an object': (setter(top, 'backups', {}), 11, ['"backups"']),
@@ -145,6 +145,20 @@ CASES: Dict[str, tuple] = {
                          ['"offline"']),
     'a checkpoint a number': (setter(disk1, 'checkpoint', 1), 11,
                               ['"checkpoint"']),
+    # what deleting adds: a deletion must never take an image another
+    # backup needs
+    'two disks on one image': (lambda c: disk1(c).__setitem__(
+        'image', disk(c, 0)['image']), 11, ['another disk']),
+    'an image of another disk': (lambda c: disk1(c).__setitem__(
+        'image', disk1(c)['image'].replace('/vd0/', '/vd1/')), 11,
+        ['image']),
+    'a state of neither': (setter(backup1, 'state', 'gone'), 11,
+                           ['state']),
+    'garbage a backup needs': (lambda c: c.__setitem__(
+        'garbage', [disk(c, 0)['image']]), 11, ['"garbage"']),
+    'garbage a number': (setter(top, 'garbage', [1]), 11, ['"garbage"']),
+    'a deleted id without a time': (setter(top, 'deleted', [{'id': 'x'}]),
+                                    11, ['"time"']),
 }
 
 

@@ -9,77 +9,25 @@
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 
-import http.client
-import http.server
 import json
-import threading
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
-from harness import BackupTestCase, Run
+from harness import BackupTestCase, RefusingProxy, Run
 
 LEASE = 4
 MiB = 1024 * 1024
 
 
-class NoConditionsProxy:
-    """Forwards every request to the S3 server, but answers a PUT with
-    If-Match or If-None-Match with 501 NotImplemented"""
+class NoConditionsProxy(RefusingProxy):
+    """Answers a PUT with If-Match or If-None-Match with 501
+    NotImplemented, as OpenStack Swift's s3api does"""
 
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream.split('://', 1)[1]
-        self.refused = 0
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = 'HTTP/1.1'
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def forward(self) -> None:
-                length = int(self.headers.get('Content-Length') or 0)
-                body = self.rfile.read(length) if length else None
-                headers = dict(self.headers.items())
-                if self.command == 'PUT' and (
-                        self.headers.get('If-Match') or
-                        self.headers.get('If-None-Match')):
-                    proxy.refused += 1
-                    self.answer(501, [], b'<?xml version="1.0"?><Error><Code>'
-                                b'NotImplemented</Code></Error>')
-                    return
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
-                conn.request(self.command, self.path, body=body,
-                             headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                conn.close()
-                self.answer(resp.status, resp.getheaders(), data)
-
-            def answer(self, status: int, headers, data: bytes) -> None:
-                self.send_response(status)
-                for name, value in headers:
-                    if name.lower() not in ('connection', 'keep-alive',
-                                            'transfer-encoding',
-                                            'content-length', 'date',
-                                            'server'):
-                        self.send_header(name, value)
-                self.send_header('Content-Length', str(len(data)))
-                self.end_headers()
-                if self.command != 'HEAD':
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = forward
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
-                                                     Handler)
-        self.httpd.daemon_threads = True
-        self.endpoint = f'http://127.0.0.1:{self.httpd.server_port}'
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def refuses(self, method: str, headers) -> Optional[Tuple[int, str]]:
+        if method == 'PUT' and (headers.get('If-Match') or
+                                headers.get('If-None-Match')):
+            return 501, 'NotImplemented'
+        return None
 
 
 class LeaseTestCase(BackupTestCase):
