@@ -41,11 +41,14 @@ typedef struct Gc {
  */
 static char *image_of(const char *disks, const char *key, const char **rest)
 {
-    const char *name = key + strlen(disks);
-    const char *slash = strchr(name, '/');
-    const char *qcow2 = slash ? strstr(slash, ".qcow2") : NULL;
+    const char *slash, *qcow2;
 
-    if (!g_str_has_prefix(key, disks) || !qcow2) {
+    if (!g_str_has_prefix(key, disks)) {
+        return NULL;
+    }
+    slash = strchr(key + strlen(disks), '/');
+    qcow2 = slash ? strstr(slash, ".qcow2") : NULL;
+    if (!qcow2) {
         return NULL;
     }
     *rest = qcow2 + strlen(".qcow2");
