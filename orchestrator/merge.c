@@ -339,12 +339,12 @@ bool s3c_lifecycle_finish(S3cLifecycle *lc, GError **err)
 /*
  * Whether the bucket lets this command delete at all: a DELETE of an
  * object that isn't there is refused by a policy that denies deletes,
- * and otherwise changes nothing
+ * and otherwise changes nothing (on a versioned bucket, it adds a delete
+ * marker to that one name)
  */
 static bool may_delete(S3cLifecycle *lc, GError **err)
 {
-    g_autofree char *probe = g_strdup_printf("%sdelete-probe-%08x",
-                                             lc->cat->dir, g_random_int());
+    g_autofree char *probe = g_strconcat(lc->cat->dir, "delete-probe", NULL);
 
     if (lc->may_delete) {
         return true;
