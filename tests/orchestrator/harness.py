@@ -397,6 +397,18 @@ class BackupTestCase(CommandRuns, unittest.TestCase):
                 '--repo', self.bucket.repo, '--runtime-dir', self.runtime,
                 '--json', *extra]
 
+    def slow_disks(self) -> None:
+        """The backup job reads through a throttle filter on each device,
+        so that a full backup lasts half a minute"""
+        self.vm.cmd('object-add', qom_type='throttle-group', id='slow',
+                    limits={'bps-read': 8 * MiB})
+        for i, name in enumerate(('vd0', 'vd1')):
+            self.vm.cmd('blockdev-add', driver='throttle',
+                        node_name=f'slow{i}', throttle_group='slow',
+                        file=f'disk{i}')
+            self.vm.cmd('qom-set', path=f'/machine/peripheral/{name}',
+                        property='drive', value=f'slow{i}')
+
     def restore(self, backup_id: str, disk: str) -> bytes:
         """The disk at backup @backup_id, read through s3chain"""
         secret = os.path.join(self.dir, 'secret')

@@ -16,7 +16,6 @@ from typing import Dict, Optional, Tuple
 from harness import BackupTestCase, RefusingProxy, Run
 
 LEASE = 4
-MiB = 1024 * 1024
 
 
 class NoConditionsProxy(RefusingProxy):
@@ -34,18 +33,6 @@ class LeaseTestCase(BackupTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.lock_key = f'{self.bucket.prefix}/s3chain/vms/vm1/lock'
-
-    def slow_disks(self) -> None:
-        """The backup job reads through a throttle filter on each device,
-        so that a full backup lasts several leases"""
-        self.vm.cmd('object-add', qom_type='throttle-group', id='slow',
-                    limits={'bps-read': 8 * MiB})
-        for i, name in enumerate(('vd0', 'vd1')):
-            self.vm.cmd('blockdev-add', driver='throttle',
-                        node_name=f'slow{i}', throttle_group='slow',
-                        file=f'disk{i}')
-            self.vm.cmd('qom-set', path=f'/machine/peripheral/{name}',
-                        property='drive', value=f'slow{i}')
 
     def elsewhere(self, *extra: str) -> Run:
         """The command as another host (another pod) runs it: in a UTS

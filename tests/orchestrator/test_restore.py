@@ -685,9 +685,21 @@ class TestServe(RestoreTestCase):
                         self.assertEqual(f.read(), body, name)
             finally:
                 subprocess.run(['umount', mnt], check=True)
+                # the loop device lets go of the file after umount returns;
+                # a FUSE export that ends before it did waits for ever
+                for _ in range(100):
+                    if not subprocess.run(['losetup', '-j', view],
+                                          capture_output=True,
+                                          text=True).stdout.strip():
+                        break
+                    time.sleep(0.1)
         finally:
             qsd.terminate()
-            qsd.wait()
+            try:
+                qsd.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                subprocess.run(['umount', '-l', view], check=False)
+                qsd.wait(timeout=30)
         self.stop(run)
 
     def test_writable_overlay_in_bucket(self) -> None:
