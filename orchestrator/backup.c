@@ -356,7 +356,8 @@ static json_object *result_of(json_object *entry, const char *vm)
 
 /*
  * With --merge-after: the backups past that length in the chain of a
- * disk just backed up, oldest first, each once
+ * disk just backed up, each once (s3c_lifecycle_finish() deletes them
+ * oldest first)
  */
 static GPtrArray *past_merge_limit(Backup *b)
 {

@@ -112,25 +112,6 @@ static void apply_rules(const S3cPruneOptions *opts, GArray *points)
     }
 }
 
-/* What the disks of the catalog's backups store, each image once */
-static uint64_t stored_bytes(const S3cCatalog *cat)
-{
-    json_object *backups = s3c_catalog_backups(cat);
-    uint64_t total = 0;
-
-    for (size_t i = 0; i < json_object_array_length(backups); i++) {
-        json_object *disks;
-
-        json_object_object_get_ex(json_object_array_get_idx(backups, i),
-                                  "disks", &disks);
-        for (size_t j = 0; j < json_object_array_length(disks); j++) {
-            total += s3c_json_int(json_object_array_get_idx(disks, j),
-                                  "bytes-stored");
-        }
-    }
-    return total;
-}
-
 static uint64_t point_bytes(json_object *backup)
 {
     json_object *disks;
@@ -140,6 +121,18 @@ static uint64_t point_bytes(json_object *backup)
     for (size_t j = 0; j < json_object_array_length(disks); j++) {
         total += s3c_json_int(json_object_array_get_idx(disks, j),
                               "bytes-stored");
+    }
+    return total;
+}
+
+/* What the disks of the catalog's backups store, each image once */
+static uint64_t stored_bytes(const S3cCatalog *cat)
+{
+    json_object *backups = s3c_catalog_backups(cat);
+    uint64_t total = 0;
+
+    for (size_t i = 0; i < json_object_array_length(backups); i++) {
+        total += point_bytes(json_object_array_get_idx(backups, i));
     }
     return total;
 }
