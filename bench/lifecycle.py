@@ -34,7 +34,7 @@ from vmbench import REPO, GiB, MiB, S3CHAIN, BucketBench, hmp, start_vm
 
 sys.path.insert(0, os.path.join(REPO, 'tests', 'orchestrator'))
 # pylint: disable=wrong-import-position
-from harness import RefusingProxy  # noqa: E402
+from harness import FaultProxy  # noqa: E402
 
 DISK = 16 * GiB
 DATA = 4 * GiB
@@ -149,7 +149,7 @@ class Bench(BucketBench):
                 'superseded': gc['superseded-chunks']['objects']}
 
 
-class CountingProxy(RefusingProxy):
+class CountingProxy(FaultProxy):
     """Forwards every request to the S3 server, counting them by method"""
 
     def __init__(self, upstream):

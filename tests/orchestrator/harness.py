@@ -224,9 +224,10 @@ class GuestWriter(threading.Thread):
         self.join()
 
 
-class RefusingProxy:
+class FaultProxy:
     """Forwards every request to the S3 server, but answers those that
-    refuses() picks with its status and S3 error code, counting them"""
+    refuses() picks with its status and S3 error code, counting them, and
+    holds each request for the seconds that holds() says first"""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.split('://', 1)[1]
@@ -243,6 +244,7 @@ class RefusingProxy:
                 length = int(self.headers.get('Content-Length') or 0)
                 body = self.rfile.read(length) if length else None
                 headers = dict(self.headers.items())
+                time.sleep(proxy.holds(self.command))
                 refusal = proxy.refuses(self.command, self.headers)
                 if refusal:
                     proxy.refused += 1
@@ -281,7 +283,11 @@ class RefusingProxy:
 
     def refuses(self, method: str, headers) -> Optional[Tuple[int, str]]:
         """(status, S3 error code) to answer instead, or None"""
-        raise NotImplementedError
+        return None
+
+    def holds(self, method: str) -> float:
+        """Seconds to wait before a request goes on"""
+        return 0
 
     def close(self) -> None:
         self.httpd.shutdown()

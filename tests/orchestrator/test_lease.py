@@ -13,12 +13,12 @@ import json
 import time
 from typing import Dict, Optional, Tuple
 
-from harness import BackupTestCase, RefusingProxy, Run
+from harness import BackupTestCase, FaultProxy, Run
 
 LEASE = 4
 
 
-class NoConditionsProxy(RefusingProxy):
+class NoConditionsProxy(FaultProxy):
     """Answers a PUT with If-Match or If-None-Match with 501
     NotImplemented, as OpenStack Swift's s3api does"""
 

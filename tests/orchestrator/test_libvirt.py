@@ -16,7 +16,8 @@ import time
 import unittest
 from typing import Dict, List
 
-from harness import Bucket, BucketFaults, CommandRuns, Run, command_env
+from harness import (Bucket, BucketFaults, CommandRuns, FaultProxy, Run,
+                     command_env)
 from libvirt_guest import (DISKS, URI, Domain, last_record, libvirtd,
                            replay, virsh)
 
@@ -204,14 +205,22 @@ class TestLibvirtFallbacks(LibvirtTestCase):
         self.assertUntainted()
 
 
+class SlowUploads(FaultProxy):
+    """Holds every upload a quarter of a second: a full backup of the
+    domain's disks takes a few seconds"""
+
+    def holds(self, method: str) -> float:
+        return 0.25 if method == 'PUT' else 0
+
+
 class TestLibvirtFaults(BucketFaults, LibvirtTestCase):
     """Each fault strikes mid-backup while the guest keeps writing"""
 
-    def fault(self, strike, *extra: str) -> int:
+    def fault(self, strike, *extra: str, env=None) -> int:
         first = self.backup()
         catalog = self.bucket.catalog(self.dom.name)
         # a full copy, slowed by a small buffer: the fault meets it running
-        run = self.start('--full', '--buffer-size', '4M', *extra)
+        run = self.start('--full', '--buffer-size', '4M', *extra, env=env)
         run.wait_started()
         strike(run)
         code, err = run.finish()
@@ -270,10 +279,16 @@ class TestLibvirtFaults(BucketFaults, LibvirtTestCase):
         self.fault(strike)
 
     def test_sigkill_later(self) -> None:
+        """Killed once bytes are copied; the uploads are held a while, so
+        that the copy can't end before the kill, however fast it is"""
+        proxy = SlowUploads(self.bucket.endpoint)
+        self.addCleanup(proxy.close)
+
         def strike(run) -> None:
-            time.sleep(1)
+            while run.wait_event('progress')['bytes-done'] == 0:
+                pass
             run.proc.kill()
-        self.fault(strike)
+        self.fault(strike, env=self.env(AWS_ENDPOINT_URL=proxy.endpoint))
 
 
 class TestLibvirtShutOff(LibvirtTestCase):

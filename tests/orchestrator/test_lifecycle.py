@@ -15,7 +15,7 @@ import time
 import unittest
 from typing import Dict, List, Optional, Set, Tuple
 
-from harness import S3CHAIN, BackupTestCase, RefusingProxy, Run
+from harness import S3CHAIN, BackupTestCase, FaultProxy, Run
 
 DAY = 86400
 
@@ -24,7 +24,7 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class DenyDeletes(RefusingProxy):
+class DenyDeletes(FaultProxy):
     """A bucket whose policy denies s3:DeleteObject"""
 
     def refuses(self, method: str, headers) -> Optional[Tuple[int, str]]:
