@@ -18,6 +18,12 @@
  * in the room the buffer has free.  With a read plan (s3chain-plan.c),
  * a read that the plan foresaw loads the blocks that the plan has for
  * its chunk, and other reads load just their blocks.
+ * A write of part of a stored chunk loads only the blocks it does not
+ * cover whole.  Its upload is a patch, an object with just the blocks
+ * written, while the chunk's patches stay few and small (see
+ * patch_blocks()); else the whole chunk goes up again.  Rewriting a
+ * scattered few clusters of a large image, as a merge of backups does,
+ * then moves about what was written rather than every chunk touched.
  * A chunk's sums are computed in the thread pool, so that hashing one
  * chunk overlaps the transfer of others instead of stalling the
  * AioContext.  An upload carries its MD5 as Content-MD5, which the server
@@ -67,6 +73,7 @@ typedef struct CachedChunk {
     uint64_t consumed;          /* bytes read from it since it loaded */
     unsigned users;
     uint64_t written;           /* blocks written whole since loaded */
+    uint64_t dirty;             /* blocks written since its last upload */
     bool hot;                   /* rewritten since its upload: kept */
     CoQueue waiters;
     QTAILQ_ENTRY(CachedChunk) lru;
@@ -122,6 +129,42 @@ static uint64_t all_blocks(S3chainImage *img)
 static uint64_t planned_blocks(S3chainImage *img, uint64_t index)
 {
     return img->planned ? img->planned[index] : all_blocks(img);
+}
+
+/*
+ * Whether stored chunk @ref can take a patch: its entry has the sums of
+ * the image's blocks, which a patch replaces some of
+ */
+static bool takes_patches(S3chainImage *img, const S3chainChunkRef *ref)
+{
+    return ref && !img->scratch && ref->has_crc32 && ref->block_sums &&
+           ref->block_size == img->block_size && blocks_per_chunk(img) > 1;
+}
+
+/*
+ * The object of chunk @ref that holds block @block: its newest patch
+ * holding it (its number), or its whole object (-1); *@offset is where
+ * the block is in that object.
+ */
+static int block_source(const S3chainChunkRef *ref, unsigned block,
+                        uint64_t block_size, uint64_t *offset)
+{
+    for (int i = ref->n_patches - 1; i >= 0; i--) {
+        uint64_t held = ref->patches[i].blocks;
+
+        if (held & BIT_ULL(block)) {
+            *offset = ctpop64(held & (BIT_ULL(block) - 1)) * block_size;
+            return i;
+        }
+    }
+    *offset = block * block_size;
+    return -1;
+}
+
+/* The tag of the newest object of chunk @ref */
+static const char *newest_tag(const S3chainChunkRef *ref)
+{
+    return ref->n_patches ? ref->patches[ref->n_patches - 1].tag : ref->tag;
 }
 
 /*
@@ -308,7 +351,17 @@ static void release_locked(S3chainImage *img, CachedChunk *c)
     }
 }
 
-/* The committed object of chunk @index is no longer the image's */
+/* The patches of chunk @index, stored as @ref, are no longer the image's */
+static void supersede_patches_locked(S3chainImage *img, uint64_t index,
+                                     const S3chainChunkRef *ref)
+{
+    for (unsigned i = 0; i < ref->n_patches; i++) {
+        g_ptr_array_add(img->superseded, s3chain_chunk_key(
+                            img->key, index, ref->patches[i].tag));
+    }
+}
+
+/* The committed objects of chunk @index are no longer the image's */
 static void supersede_locked(S3chainImage *img, uint64_t index)
 {
     S3chainChunkRef *ref = s3chain_manifest_lookup(img->manifest, index);
@@ -316,19 +369,148 @@ static void supersede_locked(S3chainImage *img, uint64_t index)
     if (ref) {
         g_ptr_array_add(img->superseded,
                         s3chain_chunk_key(img->key, index, ref->tag));
+        supersede_patches_locked(img, index, ref);
         s3chain_manifest_remove(img->manifest, index);
     }
     img->manifest_dirty = true;
 }
 
+static int coroutine_fn ensure_blocks_locked(S3chainImage *img,
+                                             CachedChunk *c, uint64_t need);
+
 typedef struct Upload {
     CachedChunk *chunk;
+    uint64_t patch;             /* blocks of a patch; 0: the whole chunk */
+    bool replaces;              /* the patch takes the place of the others */
+    uint8_t *body;              /* what goes up */
+    size_t len;
+    uint8_t *packed;            /* a patch's blocks, one after the other */
     char *tag;
     char *key;
     char *md5_b64;
+    uint32_t block_crcs[S3CHAIN_MAX_BLOCKS];
     S3chainChunkRef sums;
     S3chainRequest req;
 } Upload;
+
+/*
+ * The blocks of dirty chunk @c to upload as a patch over @ref, as it is
+ * stored, or 0 to upload it whole; *@replaces says that the patch also
+ * holds the blocks of the chunk's patches, and takes their place.  A
+ * chunk keeps at most S3CHAIN_MAX_PATCHES patches holding at most half
+ * its blocks in all: a read of it costs a few more requests at most,
+ * and the bucket holds at most half a chunk more than its bytes.
+ */
+static uint64_t patch_blocks(S3chainImage *img, CachedChunk *c,
+                             const S3chainChunkRef *ref, bool *replaces)
+{
+    unsigned half = blocks_per_chunk(img) / 2;
+    uint32_t sums[S3CHAIN_MAX_BLOCKS];
+    uint64_t patched = 0;
+    unsigned held = 0;
+
+    *replaces = false;
+    if (!takes_patches(img, ref) ||
+        !parse_block_sums(ref->block_sums, ref, blocks_per_chunk(img),
+                          sums)) {
+        return 0;
+    }
+    for (unsigned i = 0; i < ref->n_patches; i++) {
+        patched |= ref->patches[i].blocks;
+        held += ctpop64(ref->patches[i].blocks);
+    }
+    if (ref->n_patches < S3CHAIN_MAX_PATCHES &&
+        held + ctpop64(c->dirty) <= half) {
+        return c->dirty;
+    }
+    *replaces = true;
+    return ctpop64(patched | c->dirty) <= half ? patched | c->dirty : 0;
+}
+
+/*
+ * Decides how pinned dirty chunk @c goes up, into @u, and loads what
+ * that needs; it ends uploading.  Called and returns with img->lock
+ * held, which loading drops: writers wait for a chunk that loads or
+ * uploads, so what is decided holds.
+ */
+static int coroutine_fn prepare_upload_locked(S3chainImage *img,
+                                              CachedChunk *c, Upload *u)
+{
+    for (;;) {
+        S3chainChunkRef *ref = s3chain_manifest_lookup(img->manifest,
+                                                       c->index);
+        uint64_t need;
+        int ret;
+
+        u->patch = patch_blocks(img, c, ref, &u->replaces);
+        need = u->patch ?: all_blocks(img);
+        if (!(need & ~c->valid)) {
+            break;
+        }
+        ret = ensure_blocks_locked(img, c, need);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    c->state = CHUNK_UPLOADING;
+    u->chunk = c;
+    if (!u->patch) {
+        u->body = c->buf;
+        u->len = chunk_size(img);
+        return 0;
+    }
+    u->len = ctpop64(u->patch) * img->block_size;
+    u->body = u->packed = g_malloc(u->len);
+    for (uint64_t rest = u->patch, at = 0; rest; rest &= rest - 1) {
+        memcpy(u->packed + at, c->buf + ctz64(rest) * img->block_size,
+               img->block_size);
+        at += img->block_size;
+    }
+    return 0;
+}
+
+/*
+ * The entry of chunk @index once patch @u is stored: its blocks' sums
+ * and the chunk's CRC-32 as the patch makes them
+ */
+static void add_patch_locked(S3chainImage *img, uint64_t index, Upload *u)
+{
+    /* the chunk uploaded, so nothing changed its entry meanwhile */
+    S3chainChunkRef *stored = s3chain_manifest_lookup(img->manifest, index);
+    S3chainChunkRef ref;
+    uint32_t sums[S3CHAIN_MAX_BLOCKS];
+    unsigned n = blocks_per_chunk(img), k = 0;
+    S3chainPatchRef *patch;
+
+    assert(stored);
+    s3chain_chunk_ref_copy(&ref, stored);
+    /* patch_blocks() read them */
+    parse_block_sums(ref.block_sums, &ref, n, sums);
+    if (u->replaces) {
+        supersede_patches_locked(img, index, &ref);
+        for (unsigned i = 0; i < ref.n_patches; i++) {
+            g_free(ref.patches[i].tag);
+        }
+        ref.n_patches = 0;
+    }
+    assert(ref.n_patches < S3CHAIN_MAX_PATCHES);
+    patch = &ref.patches[ref.n_patches++];
+    patch->tag = g_strdup(u->tag);
+    memcpy(patch->md5, u->sums.md5, sizeof(patch->md5));
+    patch->blocks = u->patch;
+    ref.crc32 = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (u->patch & BIT_ULL(i)) {
+            sums[i] = u->block_crcs[k++];
+        }
+        ref.crc32 = crc32_combine(ref.crc32, sums[i], img->block_size);
+    }
+    g_free(ref.block_sums);
+    ref.block_sums = block_sums_hex(sums, n);
+    s3chain_manifest_set(img->manifest, index, &ref);
+    s3chain_chunk_ref_clear(&ref);
+    img->manifest_dirty = true;
+}
 
 /*
  * Uploads @chunks (dirty, pinned by the caller) in parallel.  Called and
@@ -347,14 +529,21 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
     for (size_t i = 0; i < n; i++) {
         CachedChunk *c = chunks[i];
         Upload *u = &uploads[i];
+        int err;
 
-        u->chunk = c;
-        if (buffer_is_zero(c->buf, chunk_size(img))) {
+        if (c->valid == all_blocks(img) &&
+            buffer_is_zero(c->buf, chunk_size(img))) {
             supersede_locked(img, c->index);
             c->state = CHUNK_CLEAN;
+            c->dirty = 0;
             continue;
         }
-        c->state = CHUNK_UPLOADING;
+        err = prepare_upload_locked(img, c, u);
+        if (err < 0) {
+            c->state = CHUNK_DIRTY;
+            ret = ret ? ret : err;
+            continue;
+        }
         u->tag = g_strdup_printf("%" PRIx64 ".%" PRIx64, img->session,
                                  ++img->serial);
         u->key = s3chain_chunk_key(img->key, c->index, u->tag);
@@ -364,29 +553,35 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
     /* Each chunk is hashed while those before it are on the wire */
     for (size_t i = 0; i < n; i++) {
         Upload *u = &uploads[i];
-        uint32_t block_crcs[S3CHAIN_MAX_BLOCKS];
 
         if (!u->key) {
             continue;
         }
-        u->req.ret = co_sums_of(u->chunk->buf, chunk_size(img), true, true,
-                                img->block_size, block_crcs, &u->sums);
+        u->req.ret = co_sums_of(u->body, u->len, true, !u->patch,
+                                img->block_size, u->block_crcs, &u->sums);
         if (u->req.ret < 0) {
             continue;
         }
         u->sums.block_size = img->block_size;
         u->md5_b64 = base64_md5(u->sums.md5);
-        u->sums.block_sums = block_sums_hex(block_crcs,
-                                            blocks_per_chunk(img));
+        if (!u->patch) {
+            u->sums.block_sums = block_sums_hex(u->block_crcs,
+                                                blocks_per_chunk(img));
+        }
         u->req = (S3chainRequest) {
             .method = "PUT",
             .key = u->key,
-            .body = u->chunk->buf,
-            .body_len = chunk_size(img),
+            .body = u->body,
+            .body_len = u->len,
             .content_md5 = u->md5_b64,
             .waiter = &waiter,
         };
-        trace_s3chain_upload_chunk(img->key, u->chunk->index, u->tag);
+        if (u->patch) {
+            trace_s3chain_upload_patch(img->key, u->chunk->index, u->tag,
+                                       u->patch);
+        } else {
+            trace_s3chain_upload_chunk(img->key, u->chunk->index, u->tag);
+        }
         s3chain_request_submit(img->conn, &u->req);
         sent = true;
     }
@@ -406,15 +601,21 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
                 u->chunk->state = CHUNK_DIRTY;
                 ret = ret ? ret : u->req.ret;
             } else {
-                supersede_locked(img, u->chunk->index);
-                u->sums.tag = u->tag;
-                s3chain_manifest_set(img->manifest, u->chunk->index,
-                                     &u->sums);
+                if (u->patch) {
+                    add_patch_locked(img, u->chunk->index, u);
+                } else {
+                    supersede_locked(img, u->chunk->index);
+                    u->sums.tag = u->tag;
+                    s3chain_manifest_set(img->manifest, u->chunk->index,
+                                         &u->sums);
+                }
                 u->chunk->state = CHUNK_CLEAN;
+                u->chunk->dirty = 0;
             }
             qemu_co_queue_restart_all(&u->chunk->waiters);
             s3chain_request_cleanup(&u->req);
         }
+        g_free(u->packed);
         g_free(u->tag);
         g_free(u->key);
         g_free(u->md5_b64);
@@ -486,8 +687,9 @@ static int coroutine_fn make_room_locked(S3chainImage *img)
     return 0;
 }
 
-/* Part of a chunk's object, loaded by one ranged GET */
+/* Blocks of a chunk in one of its objects, loaded by one ranged GET */
 typedef struct BlockRun {
+    const char *key;            /* the object */
     uint64_t first;             /* block */
     uint64_t count;
     QEMUIOVector qiov;
@@ -525,31 +727,49 @@ static bool coroutine_fn run_is_intact(S3chainImage *img, CachedChunk *c,
 
 /*
  * Loads blocks @todo of pinned chunk @c, stored as @ref: a ranged GET per
- * run of blocks, all in parallel.  Called and returns with img->lock
- * held; the blocks are marked loading meanwhile.
+ * run of blocks in one of its objects, all in parallel.  Called and
+ * returns with img->lock held; the blocks are marked loading meanwhile.
+ * A failure spoils a clean chunk, but not one holding what was written.
  */
 static int coroutine_fn load_blocks_locked(S3chainImage *img, CachedChunk *c,
                                            const S3chainChunkRef *ref,
                                            uint64_t todo)
 {
-    g_autofree char *key = s3chain_chunk_key(img->key, c->index, ref->tag);
-    BlockRun runs[S3CHAIN_MAX_BLOCKS / 2];
+    /* the whole object's, then each patch's */
+    char *keys[1 + S3CHAIN_MAX_PATCHES];
+    BlockRun runs[S3CHAIN_MAX_BLOCKS];
     S3chainWaiter waiter = { 0 };
     unsigned n = 0;
     int ret = 0;
 
+    keys[0] = s3chain_chunk_key(img->key, c->index, ref->tag);
+    for (unsigned i = 0; i < ref->n_patches; i++) {
+        keys[1 + i] = s3chain_chunk_key(img->key, c->index,
+                                        ref->patches[i].tag);
+    }
     for (uint64_t rest = todo; rest; n++) {
         BlockRun *run = &runs[n];
+        uint64_t at, next;
+        int source;
 
         run->first = ctz64(rest);
-        run->count = cto64(rest >> run->first);
+        source = block_source(ref, run->first, img->block_size, &at);
+        run->count = 1;
+        while (run->first + run->count < 64 &&
+               (rest & BIT_ULL(run->first + run->count)) &&
+               block_source(ref, run->first + run->count, img->block_size,
+                            &next) == source &&
+               next == at + run->count * img->block_size) {
+            run->count++;
+        }
         rest &= ~MAKE_64BIT_MASK(run->first, run->count);
+        run->key = keys[1 + source];
         qemu_iovec_init_buf(&run->qiov, c->buf + run->first * img->block_size,
                             run->count * img->block_size);
         run->req = (S3chainRequest) {
             .method = "GET",
-            .key = key,
-            .range_offset = run->first * img->block_size,
+            .key = run->key,
+            .range_offset = at,
             .range_bytes = run->count * img->block_size,
             .qiov = &run->qiov,
             .waiter = &waiter,
@@ -566,24 +786,27 @@ static int coroutine_fn load_blocks_locked(S3chainImage *img, CachedChunk *c,
 
         if (run->req.ret < 0) {
             if (!ret && run->req.ret != -ECANCELED) {
-                report_request_error(img, "read of", key, &run->req);
+                report_request_error(img, "read of", run->key, &run->req);
             }
             ret = ret ? ret : run->req.ret;
         } else if (!ret && !run_is_intact(img, c, ref, run)) {
-            trace_s3chain_chunk_corrupt(bucket(img), key);
+            trace_s3chain_chunk_corrupt(bucket(img), run->key);
             error_report("s3chain: chunk s3://%s/%s does not match its "
                          "checksum in the manifest; the image is damaged",
-                         bucket(img), key);
+                         bucket(img), run->key);
             ret = -EIO;
         }
         s3chain_request_cleanup(&run->req);
     }
+    for (unsigned i = 0; i <= ref->n_patches; i++) {
+        g_free(keys[i]);
+    }
     qemu_co_mutex_lock(&img->lock);
     c->loading &= ~todo;
-    if (ret < 0) {
-        c->ret = ret;
-    } else {
+    if (ret == 0) {
         c->valid |= todo;
+    } else if (!c->dirty) {
+        c->ret = ret;
     }
     qemu_co_queue_restart_all(&c->waiters);
     return ret;
@@ -599,9 +822,8 @@ static int coroutine_fn ensure_blocks_locked(S3chainImage *img,
 {
     S3chainChunkRef *stored = s3chain_manifest_lookup(img->manifest,
                                                       c->index);
-    g_autofree char *tag = NULL;
-    g_autofree char *block_sums = NULL;
     S3chainChunkRef ref;
+    int ret = 0;
 
     if (!(need & ~c->valid)) {
         return c->ret;
@@ -609,23 +831,25 @@ static int coroutine_fn ensure_blocks_locked(S3chainImage *img,
     /* only a chunk with an object has blocks that are not valid */
     assert(stored);
     /* a copy: a commit may replace the entry while the lock is dropped */
-    ref = *stored;
-    ref.tag = tag = g_strdup(stored->tag);
-    ref.block_sums = block_sums = g_strdup(stored->block_sums);
+    s3chain_chunk_ref_copy(&ref, stored);
     if (ref.block_size != img->block_size || !ref.has_crc32) {
         need = all_blocks(img);
     }
-    while (c->ret == 0 && (need & ~c->valid)) {
+    while (ret == 0 && c->ret == 0 && (need & ~c->valid)) {
         uint64_t todo = need & ~c->valid & ~c->loading;
 
         if (todo) {
-            todo = bridge_gaps(img, todo, ~(c->valid | c->loading));
-            load_blocks_locked(img, c, &ref, todo);
+            /* a gap's blocks may lie in other objects than its ends */
+            if (!ref.n_patches) {
+                todo = bridge_gaps(img, todo, ~(c->valid | c->loading));
+            }
+            ret = load_blocks_locked(img, c, &ref, todo);
         } else {
             qemu_co_queue_wait(&c->waiters, &img->lock);
         }
     }
-    return c->ret;
+    s3chain_chunk_ref_clear(&ref);
+    return ret ?: c->ret;
 }
 
 /* Adds chunk @index to the buffer, pinned and empty, in room made */
@@ -715,8 +939,9 @@ static void read_ahead_locked(S3chainImage *img, uint64_t first,
 
 /*
  * Returns chunk @index pinned, with blocks @need loaded.  With @for_write,
- * all of it is loaded and it is not being uploaded; with @overwrite, the
- * caller writes all of it, so nothing is loaded.
+ * it is not being uploaded, and all of it is loaded unless it can take a
+ * patch (@need are then the blocks the caller writes part of); with
+ * @overwrite, the caller writes all of it, so nothing is loaded.
  */
 static int coroutine_fn get_chunk_locked(S3chainImage *img, uint64_t index,
                                          bool for_write, bool overwrite,
@@ -747,8 +972,9 @@ retry:
             c->valid = all_blocks(img);
         }
     }
-    if (for_write) {
-        need = overwrite ? 0 : all_blocks(img);
+    if (for_write && !overwrite &&
+        !takes_patches(img, s3chain_manifest_lookup(img->manifest, index))) {
+        need = all_blocks(img);
     }
     ret = ensure_blocks_locked(img, c, need);
     /* a load in flight would land on what the caller writes */
@@ -973,7 +1199,7 @@ static bool uploaded_this_session(S3chainImage *img, uint64_t index)
 {
     S3chainChunkRef *ref = s3chain_manifest_lookup(img->manifest, index);
 
-    return ref && g_ascii_strtoull(ref->tag, NULL, 16) == img->session;
+    return ref && g_ascii_strtoull(newest_tag(ref), NULL, 16) == img->session;
 }
 
 /*
@@ -1040,7 +1266,11 @@ static int coroutine_fn write_locked(S3chainImage *img, uint64_t offset,
             done += n;
             continue;
         }
-        ret = get_chunk_locked(img, index, true, whole, 0, &c);
+        /* the blocks written in part are loaded first */
+        ret = get_chunk_locked(img, index, true, whole,
+                               s3chain_blocks_of(img->block_size, in_chunk,
+                                                 n) &
+                               ~whole_blocks(img, in_chunk, n), &c);
         if (ret < 0) {
             return ret;
         }
@@ -1050,6 +1280,8 @@ static int coroutine_fn write_locked(S3chainImage *img, uint64_t offset,
             memset(c->buf + in_chunk, 0, n);
         }
         c->written |= whole_blocks(img, in_chunk, n);
+        c->dirty |= s3chain_blocks_of(img->block_size, in_chunk, n);
+        c->valid |= s3chain_blocks_of(img->block_size, in_chunk, n);
         keep_if_rewritten_locked(img, c);
         c->state = CHUNK_DIRTY;
         release_locked(img, c);

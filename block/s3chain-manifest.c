@@ -17,7 +17,12 @@
  * hex digits each.  Version 1 had no CRC-32, version 2 no block sums,
  * version 3 entries end at BLOCK_SIZE (the sums are in the object's
  * S3CHAIN_BLOCK_SUMS_META); a chunk that an older writer stored keeps
- * its shorter entry when a later writer commits.
+ * its shorter entry when a later writer commits.  Version 5 entries may
+ * end with the chunk's patches, [["TAG", "MD5 hex", "BLOCKS hex"], ...]
+ * oldest first, BLOCKS a mask of 16 hex digits; the CRC-32 and block
+ * sums are then of the chunk as its patches make it.  A manifest says
+ * version 5 only when an entry has patches, so that version 4 readers
+ * read what needs nothing newer.
  *
  * Copyright (c) 2026 The s3chain authors
  *
@@ -35,15 +40,34 @@
 #include "s3chain.h"
 
 #define MANIFEST_FORMAT "s3chain-chunked"
-#define MANIFEST_VERSION 4
+#define MANIFEST_VERSION 5
+/* what a manifest without patches says it is */
+#define MANIFEST_VERSION_UNPATCHED 4
+
+void s3chain_chunk_ref_copy(S3chainChunkRef *dst, const S3chainChunkRef *src)
+{
+    *dst = *src;
+    dst->tag = g_strdup(src->tag);
+    dst->block_sums = g_strdup(src->block_sums);
+    for (unsigned i = 0; i < src->n_patches; i++) {
+        dst->patches[i].tag = g_strdup(src->patches[i].tag);
+    }
+}
+
+void s3chain_chunk_ref_clear(S3chainChunkRef *ref)
+{
+    g_free(ref->tag);
+    g_free(ref->block_sums);
+    for (unsigned i = 0; i < ref->n_patches; i++) {
+        g_free(ref->patches[i].tag);
+    }
+    memset(ref, 0, sizeof(*ref));
+}
 
 static void chunk_ref_free(gpointer p)
 {
-    S3chainChunkRef *ref = p;
-
-    g_free(ref->tag);
-    g_free(ref->block_sums);
-    g_free(ref);
+    s3chain_chunk_ref_clear(p);
+    g_free(p);
 }
 
 S3chainManifest *s3chain_manifest_new(uint64_t size, uint64_t chunk_size)
@@ -80,12 +104,11 @@ S3chainChunkRef *s3chain_manifest_lookup(S3chainManifest *m, uint64_t index)
 void s3chain_manifest_set(S3chainManifest *m, uint64_t index,
                           const S3chainChunkRef *ref)
 {
-    S3chainChunkRef *copy = g_memdup2(ref, sizeof(*ref));
+    S3chainChunkRef *copy = g_new(S3chainChunkRef, 1);
     uint64_t *key = g_new(uint64_t, 1);
 
     *key = index;
-    copy->tag = g_strdup(ref->tag);
-    copy->block_sums = g_strdup(ref->block_sums);
+    s3chain_chunk_ref_copy(copy, ref);
     g_tree_replace(m->chunks, key, copy);
 }
 
@@ -100,6 +123,13 @@ char *s3chain_chunk_key(const char *image_key, uint64_t index,
     return g_strdup_printf("%s.d/%016" PRIx64 ".%s", image_key, index, tag);
 }
 
+static void encode_md5(GString *out, const uint8_t *md5)
+{
+    for (int i = 0; i < 16; i++) {
+        g_string_append_printf(out, "%02x", md5[i]);
+    }
+}
+
 static gboolean encode_chunk(gpointer key, gpointer value, gpointer opaque)
 {
     GString *out = opaque;
@@ -108,9 +138,7 @@ static gboolean encode_chunk(gpointer key, gpointer value, gpointer opaque)
     g_string_append_printf(out, "%s[%" PRIu64 ", \"%s\", \"",
                            out->str[out->len - 1] == '[' ? "" : ", ",
                            *(uint64_t *)key, ref->tag);
-    for (int i = 0; i < sizeof(ref->md5); i++) {
-        g_string_append_printf(out, "%02x", ref->md5[i]);
-    }
+    encode_md5(out, ref->md5);
     if (ref->has_crc32) {
         g_string_append_printf(out, "\", \"%08" PRIx32, ref->crc32);
     }
@@ -121,18 +149,41 @@ static gboolean encode_chunk(gpointer key, gpointer value, gpointer opaque)
     if (ref->block_sums) {
         g_string_append_printf(out, ", \"%s\"", ref->block_sums);
     }
+    for (unsigned i = 0; i < ref->n_patches; i++) {
+        g_string_append_printf(out, "%s[\"%s\", \"", i ? ", " : ", [",
+                               ref->patches[i].tag);
+        encode_md5(out, ref->patches[i].md5);
+        g_string_append_printf(out, "\", \"%016" PRIx64 "\"]%s",
+                               ref->patches[i].blocks,
+                               i + 1 == ref->n_patches ? "]" : "");
+    }
     g_string_append_c(out, ']');
+    return false;
+}
+
+/* Sets *@opaque and stops at the first entry with patches */
+static gboolean find_patched(gpointer key, gpointer value, gpointer opaque)
+{
+    if (((S3chainChunkRef *)value)->n_patches) {
+        *(bool *)opaque = true;
+        return true;
+    }
     return false;
 }
 
 char *s3chain_manifest_encode(const S3chainManifest *m)
 {
     GString *out = g_string_new(NULL);
+    bool patched = false;
 
+    g_tree_foreach(m->chunks, find_patched, &patched);
     g_string_append_printf(out, "{\"format\": \"%s\", \"version\": %d, "
                            "\"size\": %" PRIu64 ", \"chunk-size\": %" PRIu64
                            ", \"generation\": %" PRIu64 ", \"chunks\": [",
-                           MANIFEST_FORMAT, MANIFEST_VERSION, m->size,
+                           MANIFEST_FORMAT,
+                           patched ? MANIFEST_VERSION
+                                   : MANIFEST_VERSION_UNPATCHED,
+                           m->size,
                            m->chunk_size, m->generation);
     g_tree_foreach(m->chunks, encode_chunk, out);
     g_string_append(out, "]}\n");
@@ -205,6 +256,53 @@ static bool is_valid_tag(const char *tag)
     return *tag && strspn(tag, "0123456789abcdef.") == strlen(tag);
 }
 
+/*
+ * Reads @list, version 5's patches of a chunk of @blocks blocks, into
+ * @ref: at most S3CHAIN_MAX_PATCHES of [TAG, MD5, BLOCKS], each holding
+ * some of the chunk's blocks
+ */
+static bool decode_patches(QList *list, unsigned blocks,
+                           S3chainChunkRef *ref)
+{
+    QListEntry *e;
+
+    if (!list || qlist_empty(list)) {
+        return false;
+    }
+    QLIST_FOREACH_ENTRY(list, e) {
+        QList *item = qobject_to(QList, qlist_entry_obj(e));
+        S3chainPatchRef *p = &ref->patches[ref->n_patches];
+        QString *fields[3] = { NULL };
+        const QListEntry *f;
+        const char *tag, *md5, *mask;
+        size_t n = 0;
+
+        if (!item || qlist_size(item) != 3 ||
+            ref->n_patches == S3CHAIN_MAX_PATCHES) {
+            return false;
+        }
+        for (f = qlist_first(item); f; f = qlist_next(f)) {
+            fields[n++] = qobject_to(QString, qlist_entry_obj(f));
+        }
+        if (!fields[0] || !fields[1] || !fields[2]) {
+            return false;
+        }
+        tag = qstring_get_str(fields[0]);
+        md5 = qstring_get_str(fields[1]);
+        mask = qstring_get_str(fields[2]);
+        if (!is_valid_tag(tag) || !decode_md5(md5, p->md5) ||
+            strlen(mask) != 16 || strspn(mask, "0123456789abcdef") != 16 ||
+            qemu_strtou64(mask, NULL, 16, &p->blocks) < 0 || !p->blocks ||
+            (blocks < 64 && p->blocks >> blocks)) {
+            return false;
+        }
+        /* borrowed from @list, as the entry's other strings are */
+        p->tag = (char *)tag;
+        ref->n_patches++;
+    }
+    return true;
+}
+
 S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
 {
     QObject *obj = qobject_from_json(json, NULL);
@@ -255,7 +353,7 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
     m->generation = generation;
     QLIST_FOREACH_ENTRY(chunks, e) {
         QList *item = qobject_to(QList, qlist_entry_obj(e));
-        QObject *fields[6] = { NULL };
+        QObject *fields[7] = { NULL };
         QNum *index_num, *block_size_num;
         QString *tag, *md5_hex, *crc32_hex, *block_sums;
         S3chainChunkRef ref = { 0 };
@@ -272,11 +370,12 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
                 n++;
             }
         }
-        if (n < 3 || n > MIN(version + 2, 6)) {
+        if (n < 3 || n > MIN(version + 2, 7)) {
             error_setg(errp, "manifest chunk entry is not [index, tag, md5%s]",
                        version < 2 ? "" : version < 3 ? ", crc32"
                        : version < 4 ? ", crc32, block-size"
-                       : ", crc32, block-size, block-sums");
+                       : version < 5 ? ", crc32, block-size, block-sums"
+                       : ", crc32, block-size, block-sums[, patches]");
             return NULL;
         }
         index_num = qobject_to(QNum, fields[0]);
@@ -294,8 +393,10 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
                                         &ref.crc32))) ||
             (n >= 5 && !is_valid_block_size(block_size_num, chunk_size,
                                             &ref.block_size)) ||
-            (n == 6 && !is_valid_block_sums(block_sums, chunk_size,
-                                            ref.block_size))) {
+            (n >= 6 && !is_valid_block_sums(block_sums, chunk_size,
+                                            ref.block_size)) ||
+            (n == 7 && !decode_patches(qobject_to(QList, fields[6]),
+                                       chunk_size / ref.block_size, &ref))) {
             error_setg(errp, "manifest chunk entry is malformed");
             return NULL;
         }
@@ -307,7 +408,7 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
         }
         last = index;
         ref.tag = (char *)qstring_get_str(tag);
-        ref.block_sums = n == 6 ? (char *)qstring_get_str(block_sums) : NULL;
+        ref.block_sums = n >= 6 ? (char *)qstring_get_str(block_sums) : NULL;
         s3chain_manifest_set(m, index, &ref);
     }
     return g_steal_pointer(&m);

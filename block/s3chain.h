@@ -93,17 +93,36 @@ char *s3chain_build_url(const BlockdevOptionsS3chain *opts, const char *key);
 
 /* s3chain-manifest.c: the manifest of a chunked image */
 
+/*
+ * A chunk's patches: at most this many objects, holding together at
+ * most half of its blocks, over the object it was stored whole in
+ */
+#define S3CHAIN_MAX_PATCHES 4
+
+/*
+ * An object with some blocks of a chunk, newer than its whole object's:
+ * the blocks of @blocks, in order, one after the other
+ */
+typedef struct S3chainPatchRef {
+    char *tag;                  /* names its object, as a chunk's tag */
+    uint8_t md5[16];            /* its ETag */
+    uint64_t blocks;            /* the blocks it holds, a bit each */
+} S3chainPatchRef;
+
 typedef struct S3chainChunkRef {
     char *tag;                  /* names the chunk's object */
     uint8_t md5[16];            /* as sent in Content-MD5: its ETag */
     bool has_crc32;             /* version 1 manifests have no CRC-32 */
-    uint32_t crc32;             /* zlib's, checked on each load */
+    uint32_t crc32;             /* zlib's, of the chunk with its patches */
     uint64_t block_size;        /* of its block sums; 0: it has none */
     /*
      * The CRC-32 of each block, 8 hex digits each (version 4), or NULL:
      * then a version 3 writer put them in S3CHAIN_BLOCK_SUMS_META
      */
     char *block_sums;
+    /* Version 5: oldest first; a block is read from the newest holding it */
+    unsigned n_patches;
+    S3chainPatchRef patches[S3CHAIN_MAX_PATCHES];
 } S3chainChunkRef;
 
 typedef struct S3chainManifest {
@@ -121,6 +140,9 @@ S3chainChunkRef *s3chain_manifest_lookup(S3chainManifest *m, uint64_t index);
 /* Names the object of chunk @index: a copy of @ref */
 void s3chain_manifest_set(S3chainManifest *m, uint64_t index,
                           const S3chainChunkRef *ref);
+/* @dst becomes a copy of @src, strings and all; clear it when done */
+void s3chain_chunk_ref_copy(S3chainChunkRef *dst, const S3chainChunkRef *src);
+void s3chain_chunk_ref_clear(S3chainChunkRef *ref);
 void s3chain_manifest_remove(S3chainManifest *m, uint64_t index);
 char *s3chain_manifest_encode(const S3chainManifest *m);
 /* Reads a CRC-32 written as the manifest writes it: 8 lower-case hex */

@@ -38,6 +38,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             g_assert(!c->block_sums ||
                      (c->block_size && strlen(c->block_sums) ==
                       8 * (m->chunk_size / c->block_size)));
+            /* patches: few, over sums, under the image's key, in blocks */
+            g_assert(c->n_patches <= S3C_MAX_PATCHES);
+            g_assert(!c->n_patches || c->block_sums);
+            for (unsigned p = 0; p < c->n_patches; p++) {
+                g_assert(g_str_has_prefix(c->patches[p].key,
+                                          "p/disks/vd0/x.qcow2.d/"));
+                g_assert(!strchr(c->patches[p].key +
+                                 strlen("p/disks/vd0/x.qcow2.d/"), '/'));
+                g_assert(c->patches[p].blocks &&
+                         !(m->chunk_size / c->block_size < 64 &&
+                           c->patches[p].blocks >>
+                           (m->chunk_size / c->block_size)));
+            }
             last = c->index;
         }
     } else {

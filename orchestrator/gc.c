@@ -70,6 +70,9 @@ static GHashTable *named_chunks(const S3cRepo *repo, const char *key,
         S3cChunk *c = g_ptr_array_index(m->chunks, i);
 
         g_hash_table_add(named, g_strdup(c->key));
+        for (unsigned p = 0; p < c->n_patches; p++) {
+            g_hash_table_add(named, g_strdup(c->patches[p].key));
+        }
     }
     return named;
 }

@@ -25,6 +25,10 @@ static void chunk_free(S3cChunk *c)
     g_free(c->key);
     g_free(c->md5);
     g_free(c->block_sums);
+    for (unsigned i = 0; i < c->n_patches; i++) {
+        g_free(c->patches[i].key);
+        g_free(c->patches[i].md5);
+    }
     g_free(c);
 }
 
@@ -46,7 +50,7 @@ static bool is_hex(const char *s, size_t len)
  * docs/object-layout.rst's limits, as block/s3chain.h and
  * block/s3chain-manifest.c hold them for the driver
  */
-#define MANIFEST_VERSION_MAX 4
+#define MANIFEST_VERSION_MAX 5
 #define MIN_CHUNK_SIZE (64 * 1024)
 #define MAX_CHUNK_SIZE (256 * 1024 * 1024)
 #define MAX_BLOCKS 64
@@ -97,6 +101,62 @@ static bool is_tag(const char *tag)
     return tag && *tag && strspn(tag, "0123456789abcdef.") == strlen(tag);
 }
 
+/* The key of the object of chunk @index of image @image, upload @tag */
+static char *chunk_key(const char *image, uint64_t index, const char *tag)
+{
+    return g_strdup_printf("%s.d/%016" G_GINT64_MODIFIER "x.%s", image,
+                           index, tag);
+}
+
+/*
+ * @list, version 5's patches of chunk @c: 1 to S3C_MAX_PATCHES of
+ * [TAG, MD5, BLOCKS], BLOCKS 16 lower-case hex digits, some of the
+ * chunk's blocks
+ */
+static bool parse_patches(json_object *list, const S3cManifest *m,
+                          S3cChunk *c, const char *where, GError **err)
+{
+    size_t n = json_object_is_type(list, json_type_array)
+               ? json_object_array_length(list) : 0;
+    unsigned blocks = m->chunk_size / c->block_size;
+
+    if (n < 1 || n > S3C_MAX_PATCHES) {
+        return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its patches "
+                   "are not a list of 1 to %d", c->index, S3C_MAX_PATCHES);
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_object *p = json_object_array_get_idx(list, i);
+        const char *field[3] = { NULL };
+        uint64_t mask;
+
+        for (size_t f = 0; f < 3 &&
+             json_object_is_type(p, json_type_array) &&
+             json_object_array_length(p) == 3; f++) {
+            json_object *v = json_object_array_get_idx(p, f);
+
+            field[f] = json_object_is_type(v, json_type_string)
+                       ? json_object_get_string(v) : NULL;
+        }
+        if (!is_tag(field[0]) || !is_hex(field[1], 32) || !field[2] ||
+            strlen(field[2]) != 16 ||
+            strspn(field[2], "0123456789abcdef") != 16) {
+            return bad(err, where, "chunk %" G_GUINT64_FORMAT ": patch %zu "
+                       "is not [tag, md5, blocks]", c->index, i);
+        }
+        mask = g_ascii_strtoull(field[2], NULL, 16);
+        if (!mask || (blocks < 64 && mask >> blocks)) {
+            return bad(err, where, "chunk %" G_GUINT64_FORMAT ": patch %zu "
+                       "holds no block, or blocks past the chunk's end",
+                       c->index, i);
+        }
+        c->patches[i].key = chunk_key(m->key, c->index, field[0]);
+        c->patches[i].md5 = g_ascii_strdown(field[1], -1);
+        c->patches[i].blocks = mask;
+        c->n_patches++;
+    }
+    return true;
+}
+
 /* Entry @i of a manifest's chunk list, checked into @c */
 static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
                         const S3cManifest *m, uint64_t last, S3cChunk *c,
@@ -107,11 +167,12 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
     json_object *index = n ? json_object_array_get_idx(entry, 0) : NULL;
     const char *tag = NULL, *md5 = NULL, *crc32 = NULL, *sums = NULL;
 
-    if (n < 3 || n > MIN(version + 2, 6)) {
+    if (n < 3 || n > MIN(version + 2, 7)) {
         return bad(err, where, "chunk entry %zu is not [index, tag, md5%s]",
                    i, version < 2 ? "" : version < 3 ? ", crc32"
                       : version < 4 ? ", crc32, block-size"
-                      : ", crc32, block-size, block-sums");
+                      : version < 5 ? ", crc32, block-size, block-sums"
+                      : ", crc32, block-size, block-sums[, patches]");
     }
     for (size_t f = 1; f < n && f < 4; f++) {
         json_object *v = json_object_array_get_idx(entry, f);
@@ -159,7 +220,7 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
         }
         c->block_size = block_size;
     }
-    if (n == 6) {
+    if (n >= 6) {
         json_object *v = json_object_array_get_idx(entry, 5);
         size_t len = 8 * (m->chunk_size / c->block_size);
 
@@ -172,8 +233,11 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
                        c->index);
         }
     }
-    c->key = g_strdup_printf("%s.d/%016" G_GINT64_MODIFIER "x.%s", m->key,
-                             c->index, tag);
+    if (n == 7 && !parse_patches(json_object_array_get_idx(entry, 6), m, c,
+                                 where, err)) {
+        return false;
+    }
+    c->key = chunk_key(m->key, c->index, tag);
     c->md5 = g_ascii_strdown(md5, -1);
     c->has_crc32 = crc32 != NULL;
     c->crc32 = crc32 ? g_ascii_strtoull(crc32, NULL, 16) : 0;
@@ -219,10 +283,10 @@ static bool parse_header(json_object *doc, S3cManifest *m, uint64_t *version,
 /*
  * docs/object-layout.rst: {"format": "s3chain-chunked", "version",
  * "size", "chunk-size", "generation",
- * "chunks": [[INDEX, TAG, MD5, CRC32, BLOCK_SIZE, BLOCK_SUMS], ...]} in
- * ascending INDEX order, no CRC32 in version 1, no BLOCK_SIZE before
- * version 3, no BLOCK_SUMS before version 4 (they were in the object's
- * metadata)
+ * "chunks": [[INDEX, TAG, MD5, CRC32, BLOCK_SIZE, BLOCK_SUMS, PATCHES],
+ * ...]} in ascending INDEX order, no CRC32 in version 1, no BLOCK_SIZE
+ * before version 3, no BLOCK_SUMS before version 4 (they were in the
+ * object's metadata), PATCHES only in version 5 and only if there are any
  */
 S3cManifest *s3c_manifest_parse(const char *key, const GString *text,
                                 const char *where, GError **err)
@@ -340,39 +404,94 @@ typedef struct DeepCheck {
     GError *error;              /* the first failure to read at all */
 } DeepCheck;
 
+/*
+ * Reads @key into *@body; its bytes must have MD5 @want.  A fault found
+ * in them goes in *@fault; a failure to read at all in @err.
+ */
+static bool get_checked(const DeepCheck *dc, const char *key,
+                        const char *want, GString **body, char **meta_sums,
+                        char **fault, GError **err)
+{
+    g_autofree char *md5 = NULL;
+    bool ok = meta_sums ? s3c_s3_get_meta(dc->repo, key, BLOCK_SUMS_META,
+                                          body, meta_sums, err)
+                        : s3c_s3_get(dc->repo, key, body, err);
+
+    if (!ok) {
+        if (!*err) {
+            *fault = g_strdup_printf("s3://%s/%s: missing", dc->repo->bucket,
+                                     key);
+        }
+        return false;
+    }
+    md5 = g_compute_checksum_for_data(G_CHECKSUM_MD5,
+                                      (const guchar *)(*body)->str,
+                                      (*body)->len);
+    if (strcmp(md5, want)) {
+        *fault = g_strdup_printf("s3://%s/%s: its bytes have MD5 %s, the "
+                                 "manifest says %s", dc->repo->bucket, key,
+                                 md5, want);
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Lays the patches of chunk @c over @body, its whole object's bytes: the
+ * chunk as a reader sees it
+ */
+static bool apply_patches(const DeepCheck *dc, const S3cChunk *c,
+                          GString *body, char **fault, GError **err)
+{
+    for (unsigned i = 0; i < c->n_patches; i++) {
+        const S3cPatch *p = &c->patches[i];
+        g_autoptr(GString) patch = NULL;
+        size_t at = 0;
+
+        if (!get_checked(dc, p->key, p->md5, &patch, NULL, fault, err)) {
+            return false;
+        }
+        if (patch->len != __builtin_popcountll(p->blocks) * c->block_size) {
+            *fault = g_strdup_printf("s3://%s/%s: %zu bytes, not the %d "
+                                     "blocks the manifest says it holds",
+                                     dc->repo->bucket, p->key, patch->len,
+                                     __builtin_popcountll(p->blocks));
+            return false;
+        }
+        for (uint64_t rest = p->blocks; rest; rest &= rest - 1) {
+            size_t to = __builtin_ctzll(rest) * c->block_size;
+
+            if (to + c->block_size > body->len) {
+                g_string_set_size(body, to + c->block_size);
+            }
+            memcpy(body->str + to, patch->str + at, c->block_size);
+            at += c->block_size;
+        }
+    }
+    return true;
+}
+
 static void read_chunk(gpointer data, gpointer opaque)
 {
     const S3cChunk *c = data;
     DeepCheck *dc = opaque;
     g_autoptr(GString) body = NULL;
     g_autoptr(GError) local = NULL;
-    g_autofree char *md5 = NULL;
     g_autofree char *meta_sums = NULL;
-    const char *block_sums;
     char *fault = NULL;
 
-    if (!s3c_s3_get_meta(dc->repo, c->key, BLOCK_SUMS_META, &body,
-                         &meta_sums, &local)) {
-        if (!local) {
-            fault = g_strdup_printf("s3://%s/%s: missing", dc->repo->bucket,
-                                    c->key);
-        }
-    } else {
+    if (get_checked(dc, c->key, c->md5, &body, &meta_sums, &fault, &local) &&
+        apply_patches(dc, c, body, &fault, &local)) {
         g_autofree char *want = NULL;
         uint32_t crc32 = crc32_of(body, c->block_size, &want);
+        const char *block_sums = c->block_sums ? c->block_sums : meta_sums;
 
-        md5 = g_compute_checksum_for_data(G_CHECKSUM_MD5,
-                                          (const guchar *)body->str,
-                                          body->len);
-        block_sums = c->block_sums ? c->block_sums : meta_sums;
-        if (strcmp(md5, c->md5)) {
-            fault = g_strdup_printf("s3://%s/%s: its bytes have MD5 %s, the "
-                                    "manifest says %s", dc->repo->bucket,
-                                    c->key, md5, c->md5);
-        } else if (c->has_crc32 && crc32 != c->crc32) {
-            fault = g_strdup_printf("s3://%s/%s: its bytes have CRC-32 %08x, "
-                                    "the manifest says %08x", dc->repo->bucket,
-                                    c->key, crc32, c->crc32);
+        if (c->has_crc32 && crc32 != c->crc32) {
+            fault = g_strdup_printf("s3://%s/%s: its bytes%s have CRC-32 "
+                                    "%08x, the manifest says %08x",
+                                    dc->repo->bucket, c->key,
+                                    c->n_patches ? " with its patches" : "",
+                                    crc32, c->crc32);
         } else if (c->block_size && g_strcmp0(block_sums, want)) {
             fault = g_strdup_printf("s3://%s/%s: its block sums (%s) are "
                                     "not those of its bytes",
@@ -423,6 +542,22 @@ static uint64_t qcow2_size_bound(uint64_t virtual_size)
     return virtual_size + virtual_size / 8 + 128 * 1024 * 1024;
 }
 
+/* Object @key, stored with MD5 @md5, is in @etags with that ETag */
+static void check_etag(const S3cRepo *repo, GHashTable *etags,
+                       const char *key, const char *md5, GPtrArray *faults)
+{
+    const char *etag = g_hash_table_lookup(etags, key);
+
+    if (!etag) {
+        g_ptr_array_add(faults, g_strdup_printf("s3://%s/%s: missing",
+                                                repo->bucket, key));
+    } else if (strcmp(etag, md5)) {
+        g_ptr_array_add(faults, g_strdup_printf(
+            "s3://%s/%s: its ETag is %s, the manifest's MD5 %s",
+            repo->bucket, key, etag, md5));
+    }
+}
+
 bool s3c_image_verify(const S3cRepo *repo, const char *key,
                       uint64_t virtual_size, bool deep, GPtrArray *faults,
                       GError **err)
@@ -466,15 +601,11 @@ bool s3c_image_verify(const S3cRepo *repo, const char *key,
     }
     for (size_t i = 0; i < m->chunks->len; i++) {
         const S3cChunk *c = g_ptr_array_index(m->chunks, i);
-        const char *etag = g_hash_table_lookup(etags, c->key);
 
-        if (!etag) {
-            g_ptr_array_add(faults, g_strdup_printf(
-                "s3://%s/%s: missing", repo->bucket, c->key));
-        } else if (strcmp(etag, c->md5)) {
-            g_ptr_array_add(faults, g_strdup_printf(
-                "s3://%s/%s: its ETag is %s, the manifest's MD5 %s",
-                repo->bucket, c->key, etag, c->md5));
+        check_etag(repo, etags, c->key, c->md5, faults);
+        for (unsigned p = 0; p < c->n_patches; p++) {
+            check_etag(repo, etags, c->patches[p].key, c->patches[p].md5,
+                       faults);
         }
     }
     return true;

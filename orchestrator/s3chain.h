@@ -164,14 +164,26 @@ bool s3c_s3_list(const S3cRepo *repo, const char *prefix, bool delimited,
 
 /* image.c: s3chain images in the bucket (docs/object-layout.rst) */
 
+/* docs/object-layout.rst: at most this many patches a chunk */
+#define S3C_MAX_PATCHES 4
+
+/* An object with some blocks of a chunk, over its whole object */
+typedef struct S3cPatch {
+    char *key;
+    char *md5;                  /* lower-case hex */
+    uint64_t blocks;            /* the blocks it holds, in order */
+} S3cPatch;
+
 typedef struct S3cChunk {
     uint64_t index;
     char *key;
     char *md5;                  /* lower-case hex */
     bool has_crc32;             /* manifests of version 1 have none */
-    uint32_t crc32;
+    uint32_t crc32;             /* of the chunk as its patches make it */
     uint64_t block_size;        /* of its block sums, or 0 */
     char *block_sums;           /* hex; NULL: in its object's metadata */
+    unsigned n_patches;         /* oldest first: the newest holding wins */
+    S3cPatch patches[S3C_MAX_PATCHES];
 } S3cChunk;
 
 typedef struct S3cManifest {

@@ -302,6 +302,29 @@ MANIFESTS: Dict[str, tuple] = {
         0, 'a1', MD5, '00000000', 65536, 'A' * 512]]), 11, ['block sums']),
     'block sums a number': (manifest_with(version=4, chunks=[[
         0, 'a1', MD5, '00000000', 65536, 7]]), 11, ['block sums']),
+    'patches in version 4': (manifest_with(version=4, chunks=[[
+        0, 'a1', MD5, '00000000', 65536, '0' * 512,
+        [['b1', MD5, '0000000000000001']]]]), 11, ['chunk entry 0']),
+    'no patches in the list': (manifest_with(version=5, chunks=[[
+        0, 'a1', MD5, '00000000', 65536, '0' * 512, []]]), 11,
+        ['patches']),
+    'five patches': (manifest_with(version=5, chunks=[[
+        0, 'a1', MD5, '00000000', 65536, '0' * 512,
+        [[f'b{i}', MD5, '0000000000000001'] for i in range(5)]]]), 11,
+        ['patches']),
+    'a patch with a path': (manifest_with(version=5, chunks=[[
+        0, 'a1', MD5, '00000000', 65536, '0' * 512,
+        [['../b1', MD5, '0000000000000001']]]]), 11, ['patch 0']),
+    'a patch of no block': (manifest_with(version=5, chunks=[[
+        0, 'a1', MD5, '00000000', 65536, '0' * 512,
+        [['b1', MD5, '0000000000000000']]]]), 11, ['patch 0']),
+    'a patch past the chunk': (manifest_with(
+        version=5, **{'chunk-size': 1 << 20}, chunks=[[
+            0, 'a1', MD5, '00000000', 65536, '0' * 128,
+            [['b1', MD5, '0000000000100000']]]]), 11, ['patch 0']),
+    'a patch mask in capitals': (manifest_with(version=5, chunks=[[
+        0, 'a1', MD5, '00000000', 65536, '0' * 512,
+        [['b1', MD5, '000000000000000A']]]]), 11, ['patch 0']),
 }
 
 

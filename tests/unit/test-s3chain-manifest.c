@@ -88,6 +88,56 @@ static void test_round_trip(void)
     g_assert_cmpstr(again, ==, json);
 }
 
+/* A chunk with patches makes the manifest version 5; without, it is 4 */
+static void test_patches(void)
+{
+    g_autoptr(S3chainManifest) m = s3chain_manifest_new(2 * MiB, 1 * MiB);
+    g_autoptr(S3chainManifest) back = NULL;
+    g_autofree char *json = NULL;
+    g_autofree char *again = NULL;
+    S3chainChunkRef ref = ref_a;
+    S3chainChunkRef *got;
+
+    ref.tag = (char *)"1.1";
+    ref.block_size = 64 * KiB;
+    ref.block_sums = (char *)SUMS_16;
+    ref.n_patches = 2;
+    ref.patches[0] = (S3chainPatchRef) { .tag = (char *)"2.1",
+                                         .blocks = 0x8001 };
+    ref.patches[1] = (S3chainPatchRef) { .tag = (char *)"3.a",
+                                         .blocks = 0x10 };
+    memcpy(ref.patches[0].md5, ref_a.md5, 16);
+    s3chain_manifest_set(m, 1, &ref);
+    json = s3chain_manifest_encode(m);
+    g_assert_cmpstr(json, ==,
+        "{\"format\": \"s3chain-chunked\", \"version\": 5, "
+        "\"size\": 2097152, \"chunk-size\": 1048576, \"generation\": 0, "
+        "\"chunks\": [[1, \"1.1\", \"d41d8cd98f00b204e9800998ecf8427e\", "
+        "\"0a1b2c3d\", 65536, \"" SUMS_16 "\", "
+        "[[\"2.1\", \"d41d8cd98f00b204e9800998ecf8427e\", "
+        "\"0000000000008001\"], "
+        "[\"3.a\", \"00000000000000000000000000000000\", "
+        "\"0000000000000010\"]]]]}\n");
+
+    back = s3chain_manifest_decode(json, &error_abort);
+    got = s3chain_manifest_lookup(back, 1);
+    g_assert_cmpuint(got->n_patches, ==, 2);
+    g_assert_cmpstr(got->patches[0].tag, ==, "2.1");
+    g_assert_cmpmem(got->patches[0].md5, 16, ref_a.md5, 16);
+    g_assert_cmphex(got->patches[0].blocks, ==, 0x8001);
+    g_assert_cmpstr(got->patches[1].tag, ==, "3.a");
+    g_assert_cmphex(got->patches[1].blocks, ==, 0x10);
+    again = s3chain_manifest_encode(back);
+    g_assert_cmpstr(again, ==, json);
+
+    /* patches gone, the version is 4 again */
+    ref.n_patches = 0;
+    s3chain_manifest_set(back, 1, &ref);
+    g_free(again);
+    again = s3chain_manifest_encode(back);
+    g_assert_nonnull(strstr(again, "\"version\": 4,"));
+}
+
 /* What a version 1 writer stored still reads */
 static void test_version_1(void)
 {
@@ -135,7 +185,7 @@ static void test_damaged(void)
 {
     decode_fails("not json", "not a JSON object");
     decode_fails("{\"format\": \"qcow2\"}", "format is not s3chain-chunked");
-    decode_fails(HEAD(5, 100, 65536) "\"chunks\": []}", "version 5");
+    decode_fails(HEAD(6, 100, 65536) "\"chunks\": []}", "version 6");
     decode_fails(HEAD(0, 100, 65536) "\"chunks\": []}", "version 0");
     decode_fails(HEAD(1, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
                  CRC32 "]]}", "not [index, tag, md5]");
@@ -150,6 +200,39 @@ static void test_damaged(void)
     decode_fails(HEAD(3, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
                  CRC32 ", 65536, \"0a1b2c3d\"]]}", "not [index, tag, md5, "
                  "crc32, block-size]");
+    decode_fails(HEAD(5, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
+                 CRC32 ", 65536, \"0a1b2c3d\", [], 1]]}", "not [index, tag, "
+                 "md5, crc32, block-size, block-sums[, patches]]");
+    /* patches: [tag, md5, blocks], 1 to 4, of blocks the chunk has */
+    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
+                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", []]]}",
+                 "malformed");
+    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
+                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
+                 "[[\"2.1\", " MD5 ", \"0000000000000004\"]]]]}",
+                 "malformed");
+    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
+                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
+                 "[[\"2.1\", " MD5 ", \"0000000000000000\"]]]]}",
+                 "malformed");
+    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
+                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
+                 "[[\"2.1\", " MD5 ", \"1\"]]]]}", "malformed");
+    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
+                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
+                 "[[\"../2\", " MD5 ", \"0000000000000001\"]]]]}",
+                 "malformed");
+    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
+                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
+                 "[[\"2.1\", " MD5 "]]]]}", "malformed");
+    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
+                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
+                 "[[\"2.1\", " MD5 ", \"0000000000000001\"], "
+                 "[\"2.2\", " MD5 ", \"0000000000000001\"], "
+                 "[\"2.3\", " MD5 ", \"0000000000000001\"], "
+                 "[\"2.4\", " MD5 ", \"0000000000000001\"], "
+                 "[\"2.5\", " MD5 ", \"0000000000000001\"]]]]}",
+                 "malformed");
     /* one sum of 8 lower-case hex digits per block */
     decode_fails(HEAD(4, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
                  CRC32 ", 65536, \"0a1b2c3\"]]}", "malformed");
@@ -190,6 +273,7 @@ int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/s3chain/manifest/round-trip", test_round_trip);
+    g_test_add_func("/s3chain/manifest/patches", test_patches);
     g_test_add_func("/s3chain/manifest/version-1", test_version_1);
     g_test_add_func("/s3chain/manifest/chunk-key", test_chunk_key);
     g_test_add_func("/s3chain/manifest/damaged", test_damaged);
