@@ -18,7 +18,8 @@
    each, 4 KiB): its wall time, and its requests, counted by a proxy
    in a second run on the same set.
 
-Usage: lifecycle.py ENV_FILE WORKDIR PREFIX
+Usage: lifecycle.py ENV_FILE WORKDIR PREFIX [merge] [forever] [gc]
+(the parts to run, 1 to 3; all by default)
 """
 
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -149,17 +150,6 @@ class Bench(BucketBench):
                 'superseded': gc['superseded-chunks']['objects']}
 
 
-class CountingProxy(FaultProxy):
-    """Forwards every request to the S3 server, counting them by method"""
-
-    def __init__(self, upstream):
-        self.counts = {}
-        super().__init__(upstream)
-
-    def refuses(self, method, headers):
-        self.counts[method] = self.counts.get(method, 0) + 1
-
-
 def plant(bench, name):
     """10,000 objects of 100 images no catalog names, beside a backup"""
     base = f'{bench.prefix}/{name}/s3chain/vms/bench/disks/vd0'
@@ -175,7 +165,19 @@ def plant(bench, name):
 
 def main():
     env_file, work, prefix = sys.argv[1:4]
+    parts = sys.argv[4:] or ['merge', 'forever', 'gc']
     bench = Bench(env_file, work, prefix)
+    if 'merge' in parts:
+        delete_oldest(bench)
+    if 'forever' in parts:
+        merge_after(bench)
+    if 'gc' in parts:
+        gc_many(bench)
+    bench.vm.shutdown()
+    bench.stop_sidecar()
+
+
+def delete_oldest(bench):
     print('1. deleting the oldest point (the full, 4 GiB on a 16 GiB disk) '
           'under 10 incrementals of 64 MiB')
     print(f'{"guest writes":<28} {"seconds":>8} {"uploaded":>10} '
@@ -188,6 +190,9 @@ def main():
               f'{r["merged-stored"] / MiB:9.0f}M '
               f'{r["uploaded"] / r["merged-stored"]:6.2f}')
     print()
+
+
+def merge_after(bench):
     print('2. 30 backups, 64 MiB dirtied in 1 MiB pieces between them')
     print(f'{"":<28} {"read GiB":>9} {"upl. GiB":>9} {"fulls":>6} '
           f'{"kept GiB":>9} {"superseded":>10}')
@@ -202,19 +207,20 @@ def main():
     print(f'{"ratio (merge / full)":<28} {a["read"] / b["read"]:9.2f} '
           f'{a["uploaded"] / b["uploaded"]:9.2f}')
     print()
+
+
+def gc_many(bench):
     bench.backup('gc')
     n = plant(bench, 'gc')
     took, _ = bench.command('gc', '--repo', bench.repo('gc'), '--vm',
                             'bench', '--grace', '0')
     plant(bench, 'gc')
-    proxy = CountingProxy(bench.env['S3CHAIN_ENDPOINT'])
+    proxy = FaultProxy(bench.env['S3CHAIN_ENDPOINT'])
     bench.proc_env['AWS_ENDPOINT_URL'] = proxy.endpoint
     bench.command('gc', '--repo', bench.repo('gc'), '--vm', 'bench',
                   '--grace', '0')
-    counts = ', '.join(f'{k} {v}' for k, v in sorted(proxy.counts.items()))
+    counts = ', '.join(f'{k} {v}' for k, v in sorted(proxy.methods.items()))
     print(f'3. gc of {n} objects: {took:.1f} s; requests: {counts}')
-    bench.vm.shutdown()
-    bench.stop_sidecar()
 
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@
 # forever against a new full every 10, and gc of 10,000 objects cost:
 # bench/lifecycle.py says how each is measured.
 #
-# Usage: bench/lifecycle.sh
+# Usage: bench/lifecycle.sh [merge] [forever] [gc]   (all by default)
 # Needs scripts/build.sh done; starts the S3 server.
 # Writes bench/results/lifecycle.txt.
 #
@@ -19,5 +19,5 @@ BENCH=lifecycle
 {
     echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, radosgw on 127.0.0.1, $(git -C "$REPO" describe --always --dirty)"
     "$QEMU_BUILD/pyvenv/bin/python3" "$REPO/bench/lifecycle.py" \
-        "$env_file" "$work" "$prefix"
-} | tee "$REPO/bench/results/lifecycle.txt"
+        "$env_file" "$work" "$prefix" "$@"
+} | tee "$REPO/bench/results/lifecycle${1:+-$(IFS=-; echo "$*")}.txt"

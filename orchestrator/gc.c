@@ -183,8 +183,8 @@ static bool gc_vm(Gc *gc, const char *vm, GError **err)
         gc->now = g_get_real_time() / G_USEC_PER_SEC;
         ok = classify(gc, cat, objects, doomed, err);
     }
-    for (guint i = 0; ok && !gc->opts->dry_run && i < doomed->len; i++) {
-        ok = s3c_s3_delete(gc->repo, g_ptr_array_index(doomed, i), err);
+    if (ok && !gc->opts->dry_run) {
+        ok = s3c_s3_delete_many(gc->repo, doomed, err);
     }
     s3c_lifecycle_close(&lc);
     s3c_catalog_clear(&peek);

@@ -41,29 +41,37 @@ bool s3c_image_delete(const S3cRepo *repo, const char *key,
                       S3cMergeStats *stats, GError **err)
 {
     g_autoptr(GPtrArray) objects = NULL;
+    g_autoptr(GPtrArray) rest = g_ptr_array_new();
+    uint64_t rest_bytes = 0;
 
     if (!s3c_s3_list(repo, key, false, &objects, NULL, err)) {
         return false;
     }
     /* the manifest first: what is left is no image, only objects */
-    for (guint pass = 0; pass < 2; pass++) {
-        bool manifests = pass == 0;
+    for (guint i = 0; i < objects->len; i++) {
+        S3cObject *o = g_ptr_array_index(objects, i);
 
-        for (guint i = 0; i < objects->len; i++) {
-            S3cObject *o = g_ptr_array_index(objects, i);
-
-            if (!of_image(o->key, key) ||
-                (strcmp(o->key, key) == 0) != manifests) {
-                continue;
-            }
-            if (!s3c_s3_delete(repo, o->key, err)) {
-                return false;
-            }
-            stats->objects_deleted++;
-            stats->bytes_deleted += o->size;
+        if (!of_image(o->key, key)) {
+            continue;
         }
-        crash_point(manifests ? "unlinked" : "emptied");
+        if (strcmp(o->key, key)) {
+            g_ptr_array_add(rest, o->key);
+            rest_bytes += o->size;
+            continue;
+        }
+        if (!s3c_s3_delete(repo, o->key, err)) {
+            return false;
+        }
+        stats->objects_deleted++;
+        stats->bytes_deleted += o->size;
     }
+    crash_point("unlinked");
+    if (!s3c_s3_delete_many(repo, rest, err)) {
+        return false;
+    }
+    stats->objects_deleted += rest->len;
+    stats->bytes_deleted += rest_bytes;
+    crash_point("emptied");
     return true;
 }
 

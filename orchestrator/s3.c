@@ -18,6 +18,8 @@
 
 #define S3_ATTEMPTS 4
 #define S3_TIMEOUT_S 30
+/* S3's most keys in one DeleteObjects */
+#define S3_DELETE_BATCH 1000
 
 typedef struct S3Request {
     const char *method;
@@ -27,6 +29,8 @@ typedef struct S3Request {
     size_t len;
     const char *if_none_match;  /* "*": create only */
     const char *if_match;       /* an ETag: replace only that version */
+    const char *content_md5;    /* base64, of data */
+    bool has_fallback;          /* the caller does without: 501 is no error */
     const char *meta;           /* a header of the response to keep */
     char **meta_value;          /* where to, NULL if it has none */
     S3cStamp *stamp;            /* the response's ETag and dates, if wanted */
@@ -96,7 +100,7 @@ static bool perform(const S3cRepo *repo, const S3Request *req,
     char amz_date[17];
     time_t now = time(NULL);
     struct tm tm;
-    S3chainHeader headers[6];
+    S3chainHeader headers[7];
     size_t nheaders = 0;
     const S3chainSigV4Key key = {
         .access_key_id = repo->access_key_id,
@@ -124,6 +128,10 @@ static bool perform(const S3cRepo *repo, const S3Request *req,
     if (req->if_none_match) {
         headers[nheaders++] = (S3chainHeader){ "if-none-match",
                                                req->if_none_match };
+    }
+    if (req->content_md5) {
+        headers[nheaders++] = (S3chainHeader){ "content-md5",
+                                               req->content_md5 };
     }
     sreq = (S3chainSigV4Request){
         .method = req->method, .path = path, .query = req->query,
@@ -199,6 +207,15 @@ static void no_bucket(const S3cRepo *repo, GError **err)
                 repo->bucket, repo->endpoint);
 }
 
+static void refused_delete(const S3cRepo *repo, const char *key,
+                           const char *why, GError **err)
+{
+    g_set_error(err, S3C_ERROR, S3C_EXIT_ACCESS_DENIED,
+                "the bucket refuses to delete s3://%s/%s (%s): its policy or "
+                "an Object Lock retention forbids it", repo->bucket, key,
+                why);
+}
+
 /*
  * Sends @req, retrying what may pass (block/s3chain-retry.c, the driver's
  * policy too).  Returns the final response's status, or 0 with @err set.
@@ -224,7 +241,7 @@ static long request(const S3cRepo *repo, const S3Request *req,
             return 0;
         }
         if (done && resp.status == 501 &&
-            (req->if_match || req->if_none_match)) {
+            (req->if_match || req->if_none_match || req->has_fallback)) {
             /* the caller has a way without conditional writes */
             return resp.status;
         }
@@ -264,10 +281,7 @@ static long request(const S3cRepo *repo, const S3Request *req,
         code = error_code(body);
         if (resp.status == 403 && !strcmp(req->method, "DELETE")) {
             /* the credentials did the rest: a policy or a lock says no */
-            g_set_error(err, S3C_ERROR, S3C_EXIT_ACCESS_DENIED,
-                        "the bucket refuses to delete s3://%s/%s (%s): its "
-                        "policy or an Object Lock retention forbids it",
-                        repo->bucket, what, *code ? code : "HTTP 403");
+            refused_delete(repo, what, *code ? code : "HTTP 403", err);
             return 0;
         }
         if (resp.status != 400 || strstr(code, "Signature") ||
@@ -388,6 +402,139 @@ bool s3c_s3_delete(const S3cRepo *repo, const char *key, GError **err)
         return true;
     }
     return status ? unexpected(repo, &req, status, out, err) : false;
+}
+
+/* The first <Error> of a DeleteObjects answer, as GMarkup walks it */
+typedef struct DeleteErrors {
+    bool in_error;
+    const char *field;          /* "Key" or "Code", whose text comes */
+    char *key;
+    char *code;
+    unsigned count;
+} DeleteErrors;
+
+static void delete_errors_start(GMarkupParseContext *ctx, const char *name,
+                                const char **attr_names,
+                                const char **attr_values, gpointer opaque,
+                                GError **err)
+{
+    DeleteErrors *de = opaque;
+
+    if (!strcmp(name, "Error")) {
+        de->in_error = true;
+        de->count++;
+    } else if (de->in_error && de->count == 1 &&
+               (!strcmp(name, "Key") || !strcmp(name, "Code"))) {
+        de->field = !strcmp(name, "Key") ? "Key" : "Code";
+    }
+}
+
+static void delete_errors_end(GMarkupParseContext *ctx, const char *name,
+                              gpointer opaque, GError **err)
+{
+    DeleteErrors *de = opaque;
+
+    de->field = NULL;
+    if (!strcmp(name, "Error")) {
+        de->in_error = false;
+    }
+}
+
+static void delete_errors_text(GMarkupParseContext *ctx, const char *text,
+                               gsize len, gpointer opaque, GError **err)
+{
+    DeleteErrors *de = opaque;
+    char **to = !de->field ? NULL : !strcmp(de->field, "Key") ? &de->key
+                                                               : &de->code;
+
+    if (to) {
+        g_free(*to);
+        *to = g_strndup(text, len);
+    }
+}
+
+/*
+ * Deletes @keys[0..@n) with one DeleteObjects.  Returns 1 if all went,
+ * 0 with @err set, or -1 if the server can't do it or failed some for
+ * a reason of its own: the caller deletes them one by one.
+ */
+static int delete_batch(const S3cRepo *repo, char **keys, size_t n,
+                        GError **err)
+{
+    static const GMarkupParser parser = {
+        .start_element = delete_errors_start,
+        .end_element = delete_errors_end,
+        .text = delete_errors_text,
+    };
+    g_autoptr(GString) xml = g_string_new("<Delete><Quiet>true</Quiet>");
+    g_autoptr(GString) out = g_string_new(NULL);
+    g_autoptr(GChecksum) sum = g_checksum_new(G_CHECKSUM_MD5);
+    g_autofree char *md5_b64 = NULL;
+    DeleteErrors de = { 0 };
+    GMarkupParseContext *ctx;
+    uint8_t md5[16];
+    gsize md5_len = sizeof(md5);
+    bool parsed;
+    long status;
+    int ret;
+
+    for (size_t i = 0; i < n; i++) {
+        g_autofree char *escaped = g_markup_escape_text(keys[i], -1);
+
+        g_string_append_printf(xml, "<Object><Key>%s</Key></Object>",
+                               escaped);
+    }
+    g_string_append(xml, "</Delete>");
+    g_checksum_update(sum, (const guchar *)xml->str, xml->len);
+    g_checksum_get_digest(sum, md5, &md5_len);
+    md5_b64 = g_base64_encode(md5, sizeof(md5));
+    {
+        const S3Request req = {
+            .method = "POST", .key = "", .query = "delete=",
+            .data = xml->str, .len = xml->len, .content_md5 = md5_b64,
+            .has_fallback = true,
+        };
+
+        status = request(repo, &req, out, err);
+        if (status == 0 || status == 501) {
+            return status ? -1 : 0;
+        }
+        if (status != 200) {
+            return unexpected(repo, &req, status, out, err);
+        }
+    }
+    ctx = g_markup_parse_context_new(&parser, 0, &de, NULL);
+    parsed = g_markup_parse_context_parse(ctx, out->str, out->len, NULL) &&
+             g_markup_parse_context_end_parse(ctx, NULL);
+    g_markup_parse_context_free(ctx);
+    if (parsed && de.count && !g_strcmp0(de.code, "AccessDenied")) {
+        refused_delete(repo, de.key ? de.key : keys[0], de.code, err);
+        ret = 0;
+    } else {
+        ret = parsed && !de.count ? 1 : -1;
+    }
+    g_free(de.key);
+    g_free(de.code);
+    return ret;
+}
+
+bool s3c_s3_delete_many(const S3cRepo *repo, GPtrArray *keys, GError **err)
+{
+    for (guint at = 0; at < keys->len; at += S3_DELETE_BATCH) {
+        size_t n = MIN(S3_DELETE_BATCH, keys->len - at);
+        char **batch = (char **)keys->pdata + at;
+        int ret = delete_batch(repo, batch, n, err);
+
+        if (ret == 0) {
+            return false;
+        }
+        for (size_t i = 0; ret < 0 && i < n; i++) {
+            if (!s3c_s3_delete(repo, batch[i], err)) {
+                return false;
+            }
+        }
+    }
+    return true;
 }
 
 bool s3c_s3_check_bucket(const S3cRepo *repo, GError **err)

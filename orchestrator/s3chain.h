@@ -130,6 +130,12 @@ S3cPutOutcome s3c_s3_put_if(const S3cRepo *repo, const char *key,
                             const char *if_match, S3cStamp *stamp,
                             GError **err);
 bool s3c_s3_delete(const S3cRepo *repo, const char *key, GError **err);
+/*
+ * Deletes @keys (of char *) with DeleteObjects, a thousand at a time, or
+ * one by one where the server can't; a refusal is S3C_EXIT_ACCESS_DENIED
+ * naming a key (others of its thousand may be gone)
+ */
+bool s3c_s3_delete_many(const S3cRepo *repo, GPtrArray *keys, GError **err);
 /* Checks that the bucket exists and the credentials may list it */
 bool s3c_s3_check_bucket(const S3cRepo *repo, GError **err);
 

@@ -7,6 +7,7 @@
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 
+import collections
 import http.client
 import http.server
 import json
@@ -227,11 +228,13 @@ class GuestWriter(threading.Thread):
 class FaultProxy:
     """Forwards every request to the S3 server, but answers those that
     refuses() picks with its status and S3 error code, counting them, and
-    holds each request for the seconds that holds() says first"""
+    holds each request for the seconds that holds() says first; counts
+    requests by method"""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.split('://', 1)[1]
         self.refused = 0
+        self.methods: collections.Counter = collections.Counter()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -245,12 +248,13 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else None
                 headers = dict(self.headers.items())
                 time.sleep(proxy.holds(self.command))
+                proxy.methods[self.command] += 1
                 refusal = proxy.refuses(self.command, self.headers)
                 if refusal:
                     proxy.refused += 1
-                    self.answer(refusal[0], [], (
-                        '<?xml version="1.0"?><Error><Code>'
-                        f'{refusal[1]}</Code></Error>').encode())
+                    self.answer(refusal[0], [], refusal[2] if len(refusal) > 2
+                                else ('<?xml version="1.0"?><Error><Code>'
+                                      f'{refusal[1]}</Code></Error>').encode())
                     return
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
                 conn.request(self.command, self.path, body=body,
@@ -281,8 +285,9 @@ class FaultProxy:
         self.endpoint = f'http://127.0.0.1:{self.httpd.server_port}'
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def refuses(self, method: str, headers) -> Optional[Tuple[int, str]]:
-        """(status, S3 error code) to answer instead, or None"""
+    def refuses(self, method: str, headers) -> Optional[tuple]:
+        """(status, S3 error code[, the whole body]) to answer instead, or
+        None"""
         return None
 
     def holds(self, method: str) -> float:

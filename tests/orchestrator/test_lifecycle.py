@@ -31,6 +31,30 @@ class DenyDeletes(FaultProxy):
         return (403, 'AccessDenied') if method == 'DELETE' else None
 
 
+class LockedObjects(FaultProxy):
+    """A bucket whose objects are under Object Lock retention, but for the
+    delete probe: S3 answers a DeleteObjects 200, with an AccessDenied
+    <Error> for each key"""
+
+    def refuses(self, method: str, headers) -> Optional[tuple]:
+        if method == 'POST':
+            return 200, '', (
+                '<?xml version="1.0"?><DeleteResult><Error><Key>'
+                f'{self.key}</Key><Code>AccessDenied</Code><Message>Access '
+                'Denied because object protected by object lock.</Message>'
+                '</Error></DeleteResult>').encode()
+        return None
+
+    key = ''
+
+
+class NoDeleteObjects(FaultProxy):
+    """A server without DeleteObjects"""
+
+    def refuses(self, method: str, headers) -> Optional[tuple]:
+        return (501, 'NotImplemented') if method == 'POST' else None
+
+
 class LifecycleCase(BackupTestCase):
     def setUp(self) -> None:
         super().setUp()
@@ -334,6 +358,51 @@ class TestGc(LifecycleCase):
         self.assertAllExact()
         again = self.run_ok(self.lifecycle('gc', '--all', '--grace', '0'))
         self.assertEqual(again['objects'], 0)
+
+
+    def test_deletes_a_thousand_at_a_time(self) -> None:
+        """gc deletes with DeleteObjects, a request a thousand keys; a key
+        under retention is refused by name; a server without it gets one
+        DELETE a key"""
+        ids = self.chain(1)
+        dead = f'{self.bucket.prefix}/s3chain/vms/vm1/disks/vd0/' \
+               '20200101T000000Z-dead.qcow2'
+        planted = [dead + f'.d/{i:016x}.1.1' for i in range(1100)]
+        for key in planted:
+            self.bucket.put(key, b'x')
+        gc = self.lifecycle('gc', '--vm', 'vm1', '--grace', '0')
+
+        locked = LockedObjects(self.bucket.endpoint)
+        locked.key = planted[0]
+        self.addCleanup(locked.close)
+        run = Run(gc, self.env(AWS_ENDPOINT_URL=locked.endpoint))
+        code, err = run.finish()
+        self.assertEqual(code, 5, err)
+        self.assertIn(f'refuses to delete s3://{self.bucket.name}/'
+                      f'{planted[0]} (AccessDenied)', err)
+        self.assertEqual(len([l for l in err.splitlines() if l.strip()]), 1,
+                         err)
+        self.assertTrue(set(planted) <= set(self.bucket.objects()))
+
+        counting = FaultProxy(self.bucket.endpoint)
+        self.addCleanup(counting.close)
+        done = self.run_ok(gc, self.env(AWS_ENDPOINT_URL=counting.endpoint))
+        self.assertEqual(done['objects'], len(planted))
+        self.assertFalse(set(planted) & set(self.bucket.objects()))
+        self.assertEqual(counting.methods['POST'], 2)
+        # the VM's lock and the like, not a DELETE a key
+        self.assertLess(counting.methods['DELETE'], 5)
+
+        for key in planted[:5]:
+            self.bucket.put(key, b'x')
+        without = NoDeleteObjects(self.bucket.endpoint)
+        self.addCleanup(without.close)
+        done = self.run_ok(gc, self.env(AWS_ENDPOINT_URL=without.endpoint))
+        self.assertEqual(done['objects'], 5)
+        self.assertFalse(set(planted) & set(self.bucket.objects()))
+        self.assertGreaterEqual(without.methods['DELETE'], 5)
+        self.assertEqual(self.listed(), ids)
+        self.assertAllExact()
 
 
 class TestCrash(LifecycleCase):
