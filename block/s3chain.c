@@ -273,13 +273,37 @@ static void s3chain_free_state(BDRVS3chainState *s)
     s->opts = NULL;
 }
 
+/*
+ * libcurl's global state, set up by the first connection rather than
+ * when the module loads, so that a QEMU that never uses s3chain never
+ * pays for it (as curl.c does); opens and creates run in the main loop
+ */
+static bool s3chain_curl_init(Error **errp)
+{
+    static bool initialized;
+    CURLcode code;
+
+    if (initialized) {
+        return true;
+    }
+    code = curl_global_init(CURL_GLOBAL_ALL);
+    if (code != CURLE_OK) {
+        error_setg(errp, "s3chain: libcurl initialization failed: %s",
+                   curl_easy_strerror(code));
+        return false;
+    }
+    initialized = true;
+    return true;
+}
+
 static S3chainConn *s3chain_connect(BlockdevOptionsS3chain *opts,
                                     AioContext *ctx, Error **errp)
 {
     S3chainConnSettings set;
     S3chainConn *conn;
 
-    if (!s3chain_settings_from_opts(opts, &set, errp)) {
+    if (!s3chain_curl_init(errp) ||
+        !s3chain_settings_from_opts(opts, &set, errp)) {
         return NULL;
     }
     conn = s3chain_conn_new(&set, ctx);
@@ -363,8 +387,10 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
     trace_s3chain_open(s->opts->bucket, s->opts->key, s->size,
                        s->etag ?: "");
     if (flags & BDRV_O_RDWR) {
+        bdrv_graph_rdlock_main_loop();
         ret = bdrv_apply_auto_read_only(bs, "s3chain: an image stored as "
                                         "one object is read-only", errp);
+        bdrv_graph_rdunlock_main_loop();
         if (ret < 0) {
             goto fail;
         }
@@ -683,7 +709,6 @@ static BlockDriver bdrv_s3chain = {
 
 static void s3chain_block_init(void)
 {
-    curl_global_init(CURL_GLOBAL_ALL);
     bdrv_register(&bdrv_s3chain);
 }
 
