@@ -14,8 +14,10 @@ set -euo pipefail
 BENCH=full-backup
 . "$(dirname "$0")/common.sh"
 
+# before tee truncates the results file, which would make the tree dirty
+tree=$(git -C "$REPO" describe --always --dirty)
 {
-    echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, radosgw on 127.0.0.1, $(git -C "$REPO" describe --always --dirty)"
+    echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, radosgw on 127.0.0.1, $tree"
     "$QEMU_BUILD/pyvenv/bin/python3" "$REPO/bench/full-backup.py" \
         "$env_file" "$work" "$prefix" "${1:-3}"
 } | tee "$REPO/bench/results/full-backup.txt"

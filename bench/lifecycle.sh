@@ -16,8 +16,10 @@ export S3CHAIN_S3_BYTES=${S3CHAIN_S3_BYTES:-48G}
 BENCH=lifecycle
 . "$(dirname "$0")/common.sh"
 
+# before tee truncates the results file, which would make the tree dirty
+tree=$(git -C "$REPO" describe --always --dirty)
 {
-    echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, radosgw on 127.0.0.1, $(git -C "$REPO" describe --always --dirty)"
+    echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, radosgw on 127.0.0.1, $tree"
     "$QEMU_BUILD/pyvenv/bin/python3" "$REPO/bench/lifecycle.py" \
         "$env_file" "$work" "$prefix" "$@"
 } | tee "$REPO/bench/results/lifecycle${1:+-$(IFS=-; echo "$*")}.txt"
