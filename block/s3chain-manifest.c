@@ -19,8 +19,9 @@
  * S3CHAIN_BLOCK_SUMS_META); a chunk that an older writer stored keeps
  * its shorter entry when a later writer commits.  Version 5 entries may
  * end with the chunk's patches, [["TAG", "MD5 hex", "BLOCKS hex"], ...]
- * oldest first, BLOCKS a mask of 16 hex digits; the CRC-32 and block
- * sums are then of the chunk as its patches make it.  A manifest says
+ * oldest first, BLOCKS a mask of 16 hex digits, in entries whose blocks
+ * are s3chain_block_size()'s; the CRC-32 and block sums are then of the
+ * chunk as its patches make it.  A manifest says
  * version 5 only when an entry has patches, so that version 4 readers
  * read what needs nothing newer.
  *
@@ -395,8 +396,10 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
                                             &ref.block_size)) ||
             (n >= 6 && !is_valid_block_sums(block_sums, chunk_size,
                                             ref.block_size)) ||
-            (n == 7 && !decode_patches(qobject_to(QList, fields[6]),
-                                       chunk_size / ref.block_size, &ref))) {
+            (n == 7 && (ref.block_size != s3chain_block_size(chunk_size) ||
+                        !decode_patches(qobject_to(QList, fields[6]),
+                                        chunk_size / ref.block_size,
+                                        &ref)))) {
             error_setg(errp, "manifest chunk entry is malformed");
             return NULL;
         }

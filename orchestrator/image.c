@@ -120,6 +120,12 @@ static bool parse_patches(json_object *list, const S3cManifest *m,
                ? json_object_array_length(list) : 0;
     unsigned blocks = m->chunk_size / c->block_size;
 
+    /* block/s3chain.h's s3chain_block_size(): writers patch only those */
+    if (c->block_size != MAX(MIN_CHUNK_SIZE, m->chunk_size / MAX_BLOCKS)) {
+        return bad(err, where, "chunk %" G_GUINT64_FORMAT ": it has patches "
+                   "but not blocks of %" G_GUINT64_FORMAT " bytes", c->index,
+                   MAX(MIN_CHUNK_SIZE, m->chunk_size / MAX_BLOCKS));
+    }
     if (n < 1 || n > S3C_MAX_PATCHES) {
         return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its patches "
                    "are not a list of 1 to %d", c->index, S3C_MAX_PATCHES);

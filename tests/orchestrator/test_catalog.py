@@ -322,6 +322,9 @@ MANIFESTS: Dict[str, tuple] = {
         version=5, **{'chunk-size': 1 << 20}, chunks=[[
             0, 'a1', MD5, '00000000', 65536, '0' * 128,
             [['b1', MD5, '0000000000100000']]]]), 11, ['patch 0']),
+    'patches over large blocks': (manifest_with(version=5, chunks=[[
+        0, 'a1', MD5, '00000000', 131072, '0' * 256,
+        [['b1', MD5, '0000000000000001']]]]), 11, ['not blocks of 65536']),
     'a patch mask in capitals': (manifest_with(version=5, chunks=[[
         0, 'a1', MD5, '00000000', 65536, '0' * 512,
         [['b1', MD5, '000000000000000A']]]]), 11, ['patch 0']),

@@ -207,6 +207,11 @@ static void test_damaged(void)
     decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
                  ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", []]]}",
                  "malformed");
+    /* patches only over the blocks writers use, a 64th of this chunk */
+    decode_fails(HEAD(5, 8388608, 8388608) "\"chunks\": [[0, \"1.1\", "
+                 MD5 ", " CRC32 ", 262144, \"" SUMS_16 SUMS_16 "\", "
+                 "[[\"2.1\", " MD5 ", \"0000000000000001\"]]]]}",
+                 "malformed");
     decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
                  ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
                  "[[\"2.1\", " MD5 ", \"0000000000000004\"]]]]}",
