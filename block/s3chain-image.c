@@ -388,7 +388,8 @@ typedef struct Upload {
     char *tag;
     char *key;
     char *md5_b64;
-    uint32_t block_crcs[S3CHAIN_MAX_BLOCKS];
+    uint32_t block_crcs[S3CHAIN_MAX_BLOCKS];  /* of what goes up */
+    uint32_t stored_sums[S3CHAIN_MAX_BLOCKS]; /* a patch's chunk's, before */
     S3chainChunkRef sums;
     S3chainRequest req;
 } Upload;
@@ -396,16 +397,17 @@ typedef struct Upload {
 /*
  * The blocks of dirty chunk @c to upload as a patch over @ref, as it is
  * stored, or 0 to upload it whole; *@replaces says that the patch also
- * holds the blocks of the chunk's patches, and takes their place.  A
+ * holds the blocks of the chunk's patches, and takes their place, and
+ * @sums receive the block sums of @ref, which the patch updates.  A
  * chunk keeps at most S3CHAIN_MAX_PATCHES patches holding at most half
  * its blocks in all: a read of it costs a few more requests at most,
  * and the bucket holds at most half a chunk more than its bytes.
  */
 static uint64_t patch_blocks(S3chainImage *img, CachedChunk *c,
-                             const S3chainChunkRef *ref, bool *replaces)
+                             const S3chainChunkRef *ref, bool *replaces,
+                             uint32_t *sums)
 {
     unsigned half = blocks_per_chunk(img) / 2;
-    uint32_t sums[S3CHAIN_MAX_BLOCKS];
     uint64_t patched = 0;
     unsigned held = 0;
 
@@ -442,7 +444,8 @@ static int coroutine_fn prepare_upload_locked(S3chainImage *img,
         uint64_t need;
         int ret;
 
-        u->patch = patch_blocks(img, c, ref, &u->replaces);
+        u->patch = patch_blocks(img, c, ref, &u->replaces,
+                                u->stored_sums);
         need = u->patch ?: all_blocks(img);
         if (!(need & ~c->valid)) {
             break;
@@ -478,14 +481,12 @@ static void add_patch_locked(S3chainImage *img, uint64_t index, Upload *u)
     /* the chunk uploaded, so nothing changed its entry meanwhile */
     S3chainChunkRef *stored = s3chain_manifest_lookup(img->manifest, index);
     S3chainChunkRef ref;
-    uint32_t sums[S3CHAIN_MAX_BLOCKS];
+    uint32_t *sums = u->stored_sums;
     unsigned n = blocks_per_chunk(img), k = 0;
     S3chainPatchRef *patch;
 
     assert(stored);
     s3chain_chunk_ref_copy(&ref, stored);
-    /* patch_blocks() read them */
-    parse_block_sums(ref.block_sums, &ref, n, sums);
     if (u->replaces) {
         supersede_patches_locked(img, index, &ref);
         for (unsigned i = 0; i < ref.n_patches; i++) {
@@ -1252,6 +1253,8 @@ static int coroutine_fn write_locked(S3chainImage *img, uint64_t offset,
         uint64_t in_chunk = pos % chunk_size(img);
         uint64_t n = MIN(bytes - done, chunk_size(img) - in_chunk);
         bool whole = n == chunk_size(img);
+        uint64_t touched = s3chain_blocks_of(img->block_size, in_chunk, n);
+        uint64_t covered = whole_blocks(img, in_chunk, n);
         CachedChunk *c;
         int ret;
 
@@ -1267,10 +1270,8 @@ static int coroutine_fn write_locked(S3chainImage *img, uint64_t offset,
             continue;
         }
         /* the blocks written in part are loaded first */
-        ret = get_chunk_locked(img, index, true, whole,
-                               s3chain_blocks_of(img->block_size, in_chunk,
-                                                 n) &
-                               ~whole_blocks(img, in_chunk, n), &c);
+        ret = get_chunk_locked(img, index, true, whole, touched & ~covered,
+                               &c);
         if (ret < 0) {
             return ret;
         }
@@ -1279,9 +1280,9 @@ static int coroutine_fn write_locked(S3chainImage *img, uint64_t offset,
         } else {
             memset(c->buf + in_chunk, 0, n);
         }
-        c->written |= whole_blocks(img, in_chunk, n);
-        c->dirty |= s3chain_blocks_of(img->block_size, in_chunk, n);
-        c->valid |= s3chain_blocks_of(img->block_size, in_chunk, n);
+        c->written |= covered;
+        c->dirty |= touched;
+        c->valid |= touched;
         keep_if_rewritten_locked(img, c);
         c->state = CHUNK_DIRTY;
         release_locked(img, c);

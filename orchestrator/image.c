@@ -119,12 +119,13 @@ static bool parse_patches(json_object *list, const S3cManifest *m,
     size_t n = json_object_is_type(list, json_type_array)
                ? json_object_array_length(list) : 0;
     unsigned blocks = m->chunk_size / c->block_size;
-
     /* block/s3chain.h's s3chain_block_size(): writers patch only those */
-    if (c->block_size != MAX(MIN_CHUNK_SIZE, m->chunk_size / MAX_BLOCKS)) {
+    uint64_t block_size = MAX(MIN_CHUNK_SIZE, m->chunk_size / MAX_BLOCKS);
+
+    if (c->block_size != block_size) {
         return bad(err, where, "chunk %" G_GUINT64_FORMAT ": it has patches "
                    "but not blocks of %" G_GUINT64_FORMAT " bytes", c->index,
-                   MAX(MIN_CHUNK_SIZE, m->chunk_size / MAX_BLOCKS));
+                   block_size);
     }
     if (n < 1 || n > S3C_MAX_PATCHES) {
         return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its patches "

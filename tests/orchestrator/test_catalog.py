@@ -254,6 +254,18 @@ def manifest_with(**fields) -> bytes:
     return json.dumps(dict(GOOD_MANIFEST, **fields)).encode()
 
 
+def patched(patches: list, version: int = 5, block_size: int = 65536,
+            chunk_size: int = 4 << 20) -> bytes:
+    """A manifest of one chunk with block sums and @patches"""
+    sums = '0' * (8 * (chunk_size // block_size))
+    return manifest_with(version=version, **{'chunk-size': chunk_size},
+                         chunks=[[0, 'a1', MD5, '00000000', block_size, sums,
+                                  patches]])
+
+
+ONE_BLOCK = '0000000000000001'
+
+
 # name: (the manifest's body, exit code, words the fault must hold)
 MANIFESTS: Dict[str, tuple] = {
     'not JSON': (b'{"format": "s3chain-chunked", ', 11, ['JSON object']),
@@ -302,32 +314,22 @@ MANIFESTS: Dict[str, tuple] = {
         0, 'a1', MD5, '00000000', 65536, 'A' * 512]]), 11, ['block sums']),
     'block sums a number': (manifest_with(version=4, chunks=[[
         0, 'a1', MD5, '00000000', 65536, 7]]), 11, ['block sums']),
-    'patches in version 4': (manifest_with(version=4, chunks=[[
-        0, 'a1', MD5, '00000000', 65536, '0' * 512,
-        [['b1', MD5, '0000000000000001']]]]), 11, ['chunk entry 0']),
-    'no patches in the list': (manifest_with(version=5, chunks=[[
-        0, 'a1', MD5, '00000000', 65536, '0' * 512, []]]), 11,
-        ['patches']),
-    'five patches': (manifest_with(version=5, chunks=[[
-        0, 'a1', MD5, '00000000', 65536, '0' * 512,
-        [[f'b{i}', MD5, '0000000000000001'] for i in range(5)]]]), 11,
-        ['patches']),
-    'a patch with a path': (manifest_with(version=5, chunks=[[
-        0, 'a1', MD5, '00000000', 65536, '0' * 512,
-        [['../b1', MD5, '0000000000000001']]]]), 11, ['patch 0']),
-    'a patch of no block': (manifest_with(version=5, chunks=[[
-        0, 'a1', MD5, '00000000', 65536, '0' * 512,
-        [['b1', MD5, '0000000000000000']]]]), 11, ['patch 0']),
-    'a patch past the chunk': (manifest_with(
-        version=5, **{'chunk-size': 1 << 20}, chunks=[[
-            0, 'a1', MD5, '00000000', 65536, '0' * 128,
-            [['b1', MD5, '0000000000100000']]]]), 11, ['patch 0']),
-    'patches over large blocks': (manifest_with(version=5, chunks=[[
-        0, 'a1', MD5, '00000000', 131072, '0' * 256,
-        [['b1', MD5, '0000000000000001']]]]), 11, ['not blocks of 65536']),
-    'a patch mask in capitals': (manifest_with(version=5, chunks=[[
-        0, 'a1', MD5, '00000000', 65536, '0' * 512,
-        [['b1', MD5, '000000000000000A']]]]), 11, ['patch 0']),
+    'patches in version 4': (patched([['b1', MD5, ONE_BLOCK]], version=4),
+                             11, ['chunk entry 0']),
+    'no patches in the list': (patched([]), 11, ['patches']),
+    'five patches': (patched([[f'b{i}', MD5, ONE_BLOCK] for i in range(5)]),
+                     11, ['patches']),
+    'a patch with a path': (patched([['../b1', MD5, ONE_BLOCK]]), 11,
+                            ['patch 0']),
+    'a patch of no block': (patched([['b1', MD5, '0' * 16]]), 11,
+                            ['patch 0']),
+    'a patch past the chunk': (patched([['b1', MD5, '0000000000100000']],
+                                       chunk_size=1 << 20), 11, ['patch 0']),
+    'patches over large blocks': (patched([['b1', MD5, ONE_BLOCK]],
+                                          block_size=131072), 11,
+                                  ['not blocks of 65536']),
+    'a patch mask in capitals': (patched([['b1', MD5, '000000000000000A']]),
+                                 11, ['patch 0']),
 }
 
 

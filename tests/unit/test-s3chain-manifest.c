@@ -180,6 +180,10 @@ static void decode_fails(const char *json, const char *message_part)
     "\"size\": " #size ", \"chunk-size\": " #chunk ", \"generation\": 1, "
 #define MD5 "\"d41d8cd98f00b204e9800998ecf8427e\""
 #define CRC32 "\"0a1b2c3d\""
+/* A version 5 manifest of a chunk of two blocks with @patches */
+#define PATCHED(patches) \
+    HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5 ", " CRC32 \
+    ", 65536, \"0a1b2c3d0a1b2c3d\", " patches "]]}"
 
 static void test_damaged(void)
 {
@@ -204,39 +208,25 @@ static void test_damaged(void)
                  CRC32 ", 65536, \"0a1b2c3d\", [], 1]]}", "not [index, tag, "
                  "md5, crc32, block-size, block-sums[, patches]]");
     /* patches: [tag, md5, blocks], 1 to 4, of blocks the chunk has */
-    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
-                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", []]]}",
-                 "malformed");
+    decode_fails(PATCHED("[]"), "malformed");
     /* patches only over the blocks writers use, a 64th of this chunk */
     decode_fails(HEAD(5, 8388608, 8388608) "\"chunks\": [[0, \"1.1\", "
                  MD5 ", " CRC32 ", 262144, \"" SUMS_16 SUMS_16 "\", "
                  "[[\"2.1\", " MD5 ", \"0000000000000001\"]]]]}",
                  "malformed");
-    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
-                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
-                 "[[\"2.1\", " MD5 ", \"0000000000000004\"]]]]}",
+    decode_fails(PATCHED("[[\"2.1\", " MD5 ", \"0000000000000004\"]]"),
                  "malformed");
-    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
-                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
-                 "[[\"2.1\", " MD5 ", \"0000000000000000\"]]]]}",
+    decode_fails(PATCHED("[[\"2.1\", " MD5 ", \"0000000000000000\"]]"),
                  "malformed");
-    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
-                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
-                 "[[\"2.1\", " MD5 ", \"1\"]]]]}", "malformed");
-    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
-                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
-                 "[[\"../2\", " MD5 ", \"0000000000000001\"]]]]}",
+    decode_fails(PATCHED("[[\"2.1\", " MD5 ", \"1\"]]"), "malformed");
+    decode_fails(PATCHED("[[\"../2\", " MD5 ", \"0000000000000001\"]]"),
                  "malformed");
-    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
-                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
-                 "[[\"2.1\", " MD5 "]]]]}", "malformed");
-    decode_fails(HEAD(5, 200000, 131072) "\"chunks\": [[0, \"1.1\", " MD5
-                 ", " CRC32 ", 65536, \"0a1b2c3d0a1b2c3d\", "
-                 "[[\"2.1\", " MD5 ", \"0000000000000001\"], "
-                 "[\"2.2\", " MD5 ", \"0000000000000001\"], "
-                 "[\"2.3\", " MD5 ", \"0000000000000001\"], "
-                 "[\"2.4\", " MD5 ", \"0000000000000001\"], "
-                 "[\"2.5\", " MD5 ", \"0000000000000001\"]]]]}",
+    decode_fails(PATCHED("[[\"2.1\", " MD5 "]]"), "malformed");
+    decode_fails(PATCHED("[[\"2.1\", " MD5 ", \"0000000000000001\"], "
+                         "[\"2.2\", " MD5 ", \"0000000000000001\"], "
+                         "[\"2.3\", " MD5 ", \"0000000000000001\"], "
+                         "[\"2.4\", " MD5 ", \"0000000000000001\"], "
+                         "[\"2.5\", " MD5 ", \"0000000000000001\"]]"),
                  "malformed");
     /* one sum of 8 lower-case hex digits per block */
     decode_fails(HEAD(4, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
