@@ -307,7 +307,8 @@ static json_object *catalog_entry(Backup *b)
         "completed", json_object_new_string(completed),
         "type", json_object_new_string(any_incremental ? "incremental"
                                                        : "full"),
-        "source", json_object_new_string(b->run.opts->libvirt_domain
+        "source", json_object_new_string(b->run.opts->kubevirt ? "kubevirt"
+                                         : b->run.opts->libvirt_domain
                                          ? "libvirt" : "qmp"),
         "offline", json_object_new_boolean(b->run.offline),
         "duration", s3c_json_seconds(
@@ -332,7 +333,8 @@ static json_object *result_of(json_object *entry, const char *vm)
         json_object *r = json_object_new_object();
 
         for (const char *const *k = (const char *const[]){
-                 "name", "type", "reason", "parent", "bytes-copied",
+                 "name", "type", "reason", "parent", "checkpoint",
+                 "bytes-copied",
                  "bytes-stored", "duration",
                  NULL }; *k; k++) {
             if (json_object_object_get_ex(d, *k, &v)) {
@@ -472,7 +474,8 @@ static bool finish(Backup *b, GError **err)
 {
     json_object *entry, *result;
 
-    if (!b->source->ops->finish(b->source, &b->run, err) ||
+    if ((b->source->ops->finish &&
+         !b->source->ops->finish(b->source, &b->run, err)) ||
         !commit_targets(b, err)) {
         return false;
     }
@@ -492,7 +495,9 @@ static bool finish(Backup *b, GError **err)
         json_object_put(entry);
         return false;
     }
-    b->source->ops->committed(b->source, &b->run);
+    if (b->source->ops->committed) {
+        b->source->ops->committed(b->source, &b->run);
+    }
     result = result_of(entry, b->cat.vm);
     maintain(b, result);
     if (b->run.opts->json) {
@@ -519,11 +524,12 @@ int s3c_backup(const S3cBackupOptions *opts, GError **err)
     b.run.checkpoint = checkpoint;
     b.run.sidecar = &b.sidecar;
     /* a source that can't be reached is told before anything is locked */
-    b.source = opts->libvirt_domain ? s3c_source_libvirt_new(opts, err)
-                                    : s3c_source_qmp_new(opts);
+    b.source = opts->kubevirt ? s3c_source_kubevirt_new(opts)
+               : opts->libvirt_domain ? s3c_source_libvirt_new(opts, err)
+               : s3c_source_qmp_new(opts);
     ok = b.source && prepare(&b, err) && run_backup(&b, err) &&
          finish(&b, err);
-    if (!ok && b.prepared) {
+    if (!ok && b.prepared && b.source->ops->abandon) {
         b.source->ops->abandon(b.source, &b.run);
     }
     if (!ok) {

@@ -75,11 +75,15 @@ static const char backup_help[] =
 "                      [OPTION]...\n"
 "       s3chain backup --libvirt DOMAIN [--connect URI]\n"
 "                      --repo s3://BUCKET[/PREFIX] [OPTION]...\n"
+"       s3chain backup --kubevirt FILE --export-token-file FILE\n"
+"                      --repo s3://BUCKET[/PREFIX] [OPTION]...\n"
 "Back up the disks of a running VM into an S3 bucket: the first backup of\n"
 "a disk is full, the next ones incremental, streamed through a\n"
 "qemu-storage-daemon sidecar: from a plain QEMU over its QMP socket with\n"
 "no temporary disk, or from a libvirt domain through libvirt's backup API\n"
-"(pull mode, with a scratch file per disk; docs/libvirt.rst).\n"
+"(pull mode, with a scratch file per disk; docs/libvirt.rst), or from\n"
+"KubeVirt's export server for a pull-mode VirtualMachineBackup\n"
+"(docs/kubernetes.rst).\n"
 "\n"
 "  --vm NAME             the VM's name in the repository (with --libvirt,\n"
 "                        the domain's name unless given)\n"
@@ -89,6 +93,16 @@ static const char backup_help[] =
 "  --scratch-dir DIR     where libvirt keeps what the guest rewrites\n"
 "                        during the backup (/var/tmp); it must have room\n"
 "                        for the disks' size\n"
+"  --kubevirt FILE       a VirtualMachineBackup in Pull mode, as kubectl\n"
+"                        get -o json prints it (- for stdin), its export\n"
+"                        ready; --vm defaults to NAMESPACE.VM\n"
+"  --kubevirt-tracker FILE\n"
+"                        its VirtualMachineBackupTracker, as read before\n"
+"                        the backup was created (an Incremental needs it)\n"
+"  --export-token-file FILE\n"
+"                        the export's token, a file of mode 0600\n"
+"  --export-ca-file FILE the export server's CA (default: the backup's\n"
+"                        status.endpointCert)\n"
 "  --sidecar-qmp SOCKET  a running qemu-storage-daemon sidecar; without\n"
 "                        it, one is started (S3CHAIN_SIDECAR names it)\n"
 "  --runtime-dir DIR     sockets and transient secret files (default\n"
@@ -269,6 +283,8 @@ enum {
     OPT_LIBVIRT, OPT_CONNECT, OPT_SCRATCH_DIR, OPT_MERGE_AFTER, OPT_ALL,
     OPT_DRY_RUN, OPT_GRACE, OPT_KEEP_LAST, OPT_KEEP_HOURLY, OPT_KEEP_DAILY,
     OPT_KEEP_WEEKLY, OPT_KEEP_MONTHLY, OPT_KEEP_YEARLY, OPT_KEEP_WITHIN,
+    OPT_KUBEVIRT, OPT_KUBEVIRT_TRACKER, OPT_EXPORT_TOKEN_FILE,
+    OPT_EXPORT_CA_FILE,
 };
 
 typedef struct OptionSpec {
@@ -298,6 +314,10 @@ static const OptionSpec option_specs[] = {
     ARG("libvirt", OPT_LIBVIRT, CMD_BACKUP | CMD_RESTORE),
     ARG("connect", OPT_CONNECT, CMD_BACKUP | CMD_RESTORE),
     ARG("scratch-dir", OPT_SCRATCH_DIR, CMD_BACKUP),
+    ARG("kubevirt", OPT_KUBEVIRT, CMD_BACKUP),
+    ARG("kubevirt-tracker", OPT_KUBEVIRT_TRACKER, CMD_BACKUP),
+    ARG("export-token-file", OPT_EXPORT_TOKEN_FILE, CMD_BACKUP),
+    ARG("export-ca-file", OPT_EXPORT_CA_FILE, CMD_BACKUP),
     ARG("disk", OPT_DISK, CMD_BACKUP | CMD_SERVE),
     FLAG("full", OPT_FULL, CMD_BACKUP),
     ARG("chain-limit", OPT_CHAIN_LIMIT, CMD_BACKUP),
@@ -338,6 +358,7 @@ typedef struct Args {
     const char *vm, *qmp, *sidecar_qmp, *runtime_dir, *guest_agent;
     const char *backup, *before, *format, *listen, *overlay;
     const char *libvirt, *connect, *scratch_dir;
+    S3cKubevirtOptions kubevirt;
     GPtrArray *disks, *targets, *backups;
     bool full, break_lock, json, force, instant, deep, writable, all;
     bool dry_run, chain_limit_given;
@@ -433,6 +454,8 @@ static bool run_backup(Args *a, GError **err)
         .libvirt_domain = a->libvirt, .libvirt_uri = a->connect,
         .scratch_dir = a->scratch_dir,
     };
+    const S3cKubevirtOptions *kv = &a->kubevirt;
+    g_autoptr(S3cKubevirtBackup) kubevirt = NULL;
 
     if (a->libvirt && (a->qmp || a->guest_agent)) {
         return usage_error(err, "--libvirt takes the place of --qmp and "
@@ -443,6 +466,16 @@ static bool run_backup(Args *a, GError **err)
         return usage_error(err, "--connect and --scratch-dir go with "
                            "--libvirt");
     }
+    if ((kv->tracker_file || kv->token_file || kv->ca_file) &&
+        !kv->backup_file) {
+        return usage_error(err, "--kubevirt-tracker, --export-token-file "
+                           "and --export-ca-file go with --kubevirt");
+    }
+    if (kv->backup_file && (a->qmp || a->libvirt || a->guest_agent)) {
+        return usage_error(err, "--kubevirt takes the place of --qmp, "
+                           "--libvirt and --guest-agent: KubeVirt owns "
+                           "the VM and freezes its guest");
+    }
     if (a->libvirt && !a->vm) {
         opts.vm = a->libvirt;
     }
@@ -451,9 +484,25 @@ static bool run_backup(Args *a, GError **err)
                            "bucket, --chain-limit with new fulls: give one");
     }
     opts.merge_after = a->merge_after;
-    if (!opts.vm || !(a->qmp || a->libvirt) || !a->repo.url) {
+    if ((!opts.vm && !kv->backup_file) ||
+        !(a->qmp || a->libvirt || kv->backup_file) || !a->repo.url) {
         return usage_error(err, "backup needs --vm, --qmp and --repo, or "
-                           "--libvirt and --repo");
+                           "--libvirt and --repo, or --kubevirt and --repo");
+    }
+    if (kv->backup_file) {
+        kubevirt = s3c_kubevirt_load(kv, err);
+        if (!kubevirt) {
+            return false;
+        }
+        opts.kubevirt = kubevirt;
+        if (!opts.vm) {
+            opts.vm = s3c_kubevirt_vm(kubevirt);
+        }
+    }
+    if (!opts.vm) {
+        return usage_error(err, "the VirtualMachineBackup's source is a "
+                           "tracker: give the tracker with "
+                           "--kubevirt-tracker, or the VM's name with --vm");
     }
     opts.disks = strv_or_null(a->disks);
     return s3c_backup(&opts, err) == S3C_EXIT_OK;
@@ -672,6 +721,10 @@ static bool parse_option(Args *a, int id, const char *name, GError **err)
     case OPT_LIBVIRT: a->libvirt = optarg; break;
     case OPT_CONNECT: a->connect = optarg; break;
     case OPT_SCRATCH_DIR: a->scratch_dir = optarg; break;
+    case OPT_KUBEVIRT: a->kubevirt.backup_file = optarg; break;
+    case OPT_KUBEVIRT_TRACKER: a->kubevirt.tracker_file = optarg; break;
+    case OPT_EXPORT_TOKEN_FILE: a->kubevirt.token_file = optarg; break;
+    case OPT_EXPORT_CA_FILE: a->kubevirt.ca_file = optarg; break;
     case OPT_DISK: g_ptr_array_add(a->disks, optarg); break;
     case OPT_TARGET: g_ptr_array_add(a->targets, optarg); break;
     case OPT_FULL: a->full = true; break;

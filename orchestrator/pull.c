@@ -2,7 +2,8 @@
  * pull.c: the pull-mode copier: maps what a disk's NBD export at the
  * backup's instant holds (or what its dirty bitmap marks), then copies it
  * into the sidecar's export of the new image, with libnbd, many requests
- * in flight on both sides
+ * in flight on both sides; or copies what KubeVirt's export server maps,
+ * read over HTTPS (export.c)
  *
  * Copyright (c) 2026 The s3chain authors
  *
@@ -25,12 +26,6 @@
 /* the flag of a dirty extent in a qemu:dirty-bitmap context */
 #define DIRTY_FLAG 1
 
-typedef struct Extent {
-    uint64_t offset;
-    uint64_t length;
-    bool zero;                  /* write zeroes instead of data */
-} Extent;
-
 typedef enum PieceState {
     PIECE_FREE,
     PIECE_READING,
@@ -46,20 +41,21 @@ typedef struct Piece {
     bool zero;
     char *buf;
     int error;                  /* errno of a failed read or write */
+    GError *failure;            /* of a failed read of an export */
 } Piece;
 
 typedef struct Copy {
     S3cPullDisk *disk;
-    struct nbd_handle *source;
+    struct nbd_handle *source;  /* NULL when disk->export reads it */
     struct nbd_handle *target;
-    GArray *extents;            /* of Extent, ascending */
+    GArray *extents;            /* of S3cExtent, ascending */
 } Copy;
 
 /* What one block-status walk of a context has found so far */
 typedef struct MapWalk {
     const char *context;
     uint64_t reached;           /* where the replies so far end */
-    GArray *runs;               /* of Extent; zero = the flags matched */
+    GArray *runs;               /* of S3cExtent; zero = the flags matched */
     uint32_t flags_mask;        /* a run is kept when flags & mask == want */
     uint32_t flags_want;
 } MapWalk;
@@ -154,7 +150,7 @@ static int map_extents(void *opaque, const char *context, uint64_t offset,
         return 0;
     }
     for (size_t i = 0; i + 1 < n; i += 2) {
-        Extent run = { .offset = offset, .length = entries[i] };
+        S3cExtent run = { .offset = offset, .length = entries[i] };
 
         if ((entries[i + 1] & w->flags_mask) == w->flags_want) {
             g_array_append_val(w->runs, run);
@@ -174,7 +170,7 @@ static bool walk(Copy *c, const char *context, uint32_t mask, uint32_t want,
 {
     MapWalk w = {
         .context = context, .flags_mask = mask, .flags_want = want,
-        .runs = g_array_new(false, false, sizeof(Extent)),
+        .runs = g_array_new(false, false, sizeof(S3cExtent)),
     };
     uint64_t at = from;
     bool ok = true;
@@ -200,8 +196,8 @@ static bool walk(Copy *c, const char *context, uint32_t mask, uint32_t want,
             break;
         }
         for (guint i = 0; i < w.runs->len; i++) {
-            Extent run = g_array_index(w.runs, Extent, i);
-            Extent *last = out->len ? &g_array_index(out, Extent,
+            S3cExtent run = g_array_index(w.runs, S3cExtent, i);
+            S3cExtent *last = out->len ? &g_array_index(out, S3cExtent,
                                                      out->len - 1) : NULL;
 
             if (run.offset >= to) {
@@ -220,6 +216,14 @@ static bool walk(Copy *c, const char *context, uint32_t mask, uint32_t want,
     return ok;
 }
 
+static void count_bytes(Copy *c)
+{
+    for (guint i = 0; i < c->extents->len; i++) {
+        c->disk->bytes_total += g_array_index(c->extents, S3cExtent,
+                                              i).length;
+    }
+}
+
 /*
  * What to copy.  A full backup copies the data the disk holds: its
  * target is a new, empty image.  An incremental one copies each dirty
@@ -230,7 +234,7 @@ static bool map_disk(Copy *c, GError **err)
 {
     S3cPullDisk *d = c->disk;
     int64_t size = nbd_get_size(c->source);
-    g_autoptr(GArray) dirty = g_array_new(false, false, sizeof(Extent));
+    g_autoptr(GArray) dirty = g_array_new(false, false, sizeof(S3cExtent));
 
     if (size < 0) {
         return nbd_failed(err, d->source_error, "disk %s", d->name);
@@ -246,8 +250,8 @@ static bool map_disk(Copy *c, GError **err)
         return false;
     }
     for (guint i = 0; i < dirty->len; i++) {
-        Extent run = g_array_index(dirty, Extent, i);
-        g_autoptr(GArray) zeroes = g_array_new(false, false, sizeof(Extent));
+        S3cExtent run = g_array_index(dirty, S3cExtent, i);
+        g_autoptr(GArray) zeroes = g_array_new(false, false, sizeof(S3cExtent));
         uint64_t at = run.offset;
 
         if (!walk(c, BASE_ALLOCATION, LIBNBD_STATE_ZERO,
@@ -256,17 +260,17 @@ static bool map_disk(Copy *c, GError **err)
             return false;
         }
         for (guint j = 0; j <= zeroes->len; j++) {
-            Extent *z = j < zeroes->len ? &g_array_index(zeroes, Extent, j)
+            S3cExtent *z = j < zeroes->len ? &g_array_index(zeroes, S3cExtent, j)
                                         : NULL;
             uint64_t end = z ? z->offset : run.offset + run.length;
 
             if (end > at) {
-                Extent data = { .offset = at, .length = end - at };
+                S3cExtent data = { .offset = at, .length = end - at };
 
                 g_array_append_val(c->extents, data);
             }
             if (z) {
-                Extent zero = *z;
+                S3cExtent zero = *z;
 
                 zero.zero = true;
                 g_array_append_val(c->extents, zero);
@@ -274,9 +278,7 @@ static bool map_disk(Copy *c, GError **err)
             }
         }
     }
-    for (guint i = 0; i < c->extents->len; i++) {
-        d->bytes_total += g_array_index(c->extents, Extent, i).length;
-    }
+    count_bytes(c);
     return true;
 }
 
@@ -289,6 +291,14 @@ static int piece_read(void *opaque, int *error)
     return 1;
 }
 
+static void piece_fetched(void *opaque, GError *failure)
+{
+    Piece *p = opaque;
+
+    p->failure = failure;
+    p->state = PIECE_READ;
+}
+
 static int piece_written(void *opaque, int *error)
 {
     Piece *p = opaque;
@@ -298,26 +308,39 @@ static int piece_written(void *opaque, int *error)
     return 1;
 }
 
-/* Lets libnbd move both connections along, for up to @timeout_ms */
+static void watch(struct nbd_handle *h, struct pollfd *fd)
+{
+    unsigned dir = nbd_aio_get_direction(h);
+
+    fd->fd = nbd_aio_get_fd(h);
+    fd->events = (dir & LIBNBD_AIO_DIRECTION_READ ? POLLIN : 0) |
+                 (dir & LIBNBD_AIO_DIRECTION_WRITE ? POLLOUT : 0);
+    fd->revents = 0;
+}
+
+/*
+ * Lets libnbd move both connections along (or libcurl the export's
+ * reads, and libnbd the target), for up to @timeout_ms
+ */
 static bool poll_both(Copy *c, int timeout_ms, GError **err)
 {
     struct nbd_handle *handles[] = { c->source, c->target };
     struct pollfd fds[2];
 
-    for (int i = 0; i < 2; i++) {
-        unsigned dir = nbd_aio_get_direction(handles[i]);
-
-        fds[i].fd = nbd_aio_get_fd(handles[i]);
-        fds[i].events = (dir & LIBNBD_AIO_DIRECTION_READ ? POLLIN : 0) |
-                        (dir & LIBNBD_AIO_DIRECTION_WRITE ? POLLOUT : 0);
-        fds[i].revents = 0;
+    watch(c->target, &fds[1]);
+    if (c->disk->export) {
+        if (!s3c_export_wait(c->disk->export, &fds[1], timeout_ms, err)) {
+            return false;
+        }
+    } else {
+        watch(c->source, &fds[0]);
+        if (poll(fds, 2, timeout_ms) < 0 && errno != EINTR) {
+            g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL, "poll: %s",
+                        g_strerror(errno));
+            return false;
+        }
     }
-    if (poll(fds, 2, timeout_ms) < 0 && errno != EINTR) {
-        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL, "poll: %s",
-                    g_strerror(errno));
-        return false;
-    }
-    for (int i = 0; i < 2; i++) {
+    for (int i = c->disk->export ? 1 : 0; i < 2; i++) {
         int rc = 0;
 
         if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -358,6 +381,10 @@ static bool piece_advance(Copy *c, Piece *p, GError **err)
                               (nbd_completion_callback) {
                                   .callback = piece_written,
                                   .user_data = p }, 0);
+    } else if (c->disk->export) {
+        s3c_export_read(c->disk->export, p->buf, p->length, p->offset,
+                        piece_fetched, p);
+        cookie = 0;
     } else {
         cookie = nbd_aio_pread(c->source, p->buf, p->length, p->offset,
                                (nbd_completion_callback) {
@@ -379,6 +406,9 @@ static bool piece_advance(Copy *c, Piece *p, GError **err)
 
 static void close_handles(Copy *c)
 {
+    if (c->disk->export) {
+        s3c_export_cancel(c->disk->export);
+    }
     if (c->target) {
         nbd_shutdown(c->target, 0);
         nbd_close(c->target);
@@ -406,6 +436,11 @@ static bool copy_disk(Copy *c, guint pieces, Progress *progress,
         for (guint i = 0; ok && i < pieces; i++) {
             Piece *p = &slots[i];
 
+            if (p->failure) {
+                g_propagate_error(err, g_steal_pointer(&p->failure));
+                ok = false;
+                break;
+            }
             if (p->error) {
                 g_set_error(err, S3C_ERROR, p->state == PIECE_READ
                             ? c->disk->source_error : S3C_EXIT_TRANSIENT,
@@ -423,7 +458,7 @@ static bool copy_disk(Copy *c, guint pieces, Progress *progress,
                 p->state = PIECE_FREE;
             }
             if (p->state == PIECE_FREE && next < c->extents->len) {
-                Extent *e = &g_array_index(c->extents, Extent, next);
+                S3cExtent *e = &g_array_index(c->extents, S3cExtent, next);
 
                 p->offset = e->offset + cut;
                 p->length = MIN(e->length - cut, PIECE_SIZE);
@@ -469,6 +504,7 @@ static bool copy_disk(Copy *c, guint pieces, Progress *progress,
     }
     for (guint i = 0; i < pieces; i++) {
         g_free(slots[i].buf);
+        g_clear_error(&slots[i].failure);
     }
     c->disk->seconds = (g_get_monotonic_time() - start) / 1e6;
     return ok;
@@ -501,17 +537,25 @@ bool s3c_pull_copy(S3cPullDisk *disks, guint n, uint64_t memory,
             c->disk->source_peer = "the VM";
             c->disk->source_error = S3C_EXIT_VM_UNREACHABLE;
         }
-        c->extents = g_array_new(false, false, sizeof(Extent));
-        c->source = connect_export(disks[i].source_socket,
-                                   disks[i].source_export, contexts,
-                                   c->disk->source_peer,
-                                   c->disk->source_error, err);
-        c->target = c->source
-                    ? connect_export(disks[i].target_socket,
-                                     disks[i].target_export, NULL,
-                                     "the sidecar", S3C_EXIT_TRANSIENT, err)
-                    : NULL;
-        ok = c->target && map_disk(c, err);
+        c->extents = g_array_new(false, false, sizeof(S3cExtent));
+        if (!c->disk->export) {
+            c->source = connect_export(disks[i].source_socket,
+                                       disks[i].source_export, contexts,
+                                       c->disk->source_peer,
+                                       c->disk->source_error, err);
+            ok = c->source != NULL;
+        }
+        c->target = ok ? connect_export(disks[i].target_socket,
+                                        disks[i].target_export, NULL,
+                                        "the sidecar", S3C_EXIT_TRANSIENT,
+                                        err)
+                       : NULL;
+        if (c->target && c->disk->export) {
+            g_array_append_vals(c->extents, c->disk->extents->data,
+                                c->disk->extents->len);
+            count_bytes(c);
+        }
+        ok = c->target && (c->disk->export || map_disk(c, err));
         progress.total += disks[i].bytes_total;
     }
     for (guint i = 0; ok && i < n; i++) {

@@ -21,24 +21,31 @@ static char *env_or(const char *given, const char *name, const char *dflt)
     return g_strdup(v && *v ? v : dflt);
 }
 
+bool s3c_private_file_ok(const char *path, const char *what, GError **err)
+{
+    struct stat st;
+
+    if (stat(path, &st) < 0) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE, "cannot read %s %s: %s",
+                    what, path, g_strerror(errno));
+        return false;
+    }
+    if (st.st_mode & 077) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "%s %s may be read by others; chmod 600 it", what, path);
+        return false;
+    }
+    return true;
+}
+
 /* AWS's shared credentials file; refused when others may read it */
 static bool load_credentials_file(S3cRepo *repo, const char *path,
                                   const char *profile, GError **err)
 {
     g_autoptr(GKeyFile) kf = g_key_file_new();
     g_autoptr(GError) local = NULL;
-    struct stat st;
 
-    if (stat(path, &st) < 0) {
-        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
-                    "cannot read credentials file %s: %s", path,
-                    g_strerror(errno));
-        return false;
-    }
-    if (st.st_mode & 077) {
-        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
-                    "credentials file %s may be read by others; "
-                    "chmod 600 it", path);
+    if (!s3c_private_file_ok(path, "credentials file", err)) {
         return false;
     }
     if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &local)) {

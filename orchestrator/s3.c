@@ -16,7 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define S3_ATTEMPTS 4
 #define S3_TIMEOUT_S 30
 /* S3's most keys in one DeleteObjects */
 #define S3_DELETE_BATCH 1000
@@ -82,6 +81,11 @@ void s3c_stamp_clear(S3cStamp *stamp)
 {
     g_clear_pointer(&stamp->etag, g_free);
     stamp->last_modified = stamp->server_time = -1;
+}
+
+int64_t s3c_retry_pause_us(int attempt)
+{
+    return (250000LL << attempt) + g_random_int_range(0, 100000);
 }
 
 static bool perform(const S3cRepo *repo, const S3Request *req,
@@ -257,7 +261,7 @@ static long request(const S3cRepo *repo, const S3Request *req,
         if (done && !s3chain_status_is_transient(resp.status)) {
             break;
         }
-        if (attempt >= (repo->attempts ? repo->attempts : S3_ATTEMPTS) ||
+        if (attempt >= (repo->attempts ? repo->attempts : S3C_ATTEMPTS) ||
             s3c_interrupted ||
             (!done && !s3chain_curl_error_is_transient(resp.curl_code))) {
             if (!done) {
@@ -274,7 +278,7 @@ static long request(const S3cRepo *repo, const S3Request *req,
             }
             return 0;
         }
-        g_usleep((250000 << attempt) + g_random_int_range(0, 100000));
+        g_usleep(s3c_retry_pause_us(attempt));
     }
 
     if (resp.status == 403 || resp.status == 401 || resp.status == 400) {

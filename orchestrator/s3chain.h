@@ -68,6 +68,11 @@ typedef struct S3cRepoOptions {
 } S3cRepoOptions;
 
 bool s3c_repo_init(S3cRepo *repo, const S3cRepoOptions *opts, GError **err);
+/*
+ * A file of secrets (@what, for the message) that only its owner may
+ * read; else S3C_EXIT_USAGE
+ */
+bool s3c_private_file_ok(const char *path, const char *what, GError **err);
 void s3c_repo_clear(S3cRepo *repo);
 /*
  * The environment for a process the command starts: its own, without the
@@ -85,6 +90,11 @@ json_object *s3c_repo_location(const S3cRepo *repo, const char *key,
                                const char *token_secret_id);
 
 /* s3.c: the few S3 requests the command makes itself */
+
+/* Tries of a request that may pass again (the bucket's, an export's) */
+#define S3C_ATTEMPTS 4
+/* The pause after failed try @attempt (from 1): doubling, jittered */
+int64_t s3c_retry_pause_us(int attempt);
 
 /*
  * GETs @key into @body.  Returns false with *@body NULL when there is no
@@ -717,6 +727,27 @@ void s3c_output_info(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
 /* backup.c: one backup of a VM's disks, whichever source they come from */
 
+/* source-kubevirt.c: a pull-mode VirtualMachineBackup, as read from files */
+typedef struct S3cKubevirtOptions {
+    const char *backup_file;    /* its JSON ("-": stdin) */
+    const char *tracker_file;   /* its tracker's, read before it began */
+    const char *token_file;     /* the export's token, mode 0600 */
+    const char *ca_file;        /* else its status.endpointCert */
+} S3cKubevirtOptions;
+
+typedef struct S3cKubevirtBackup S3cKubevirtBackup;
+
+/*
+ * Reads and checks what the options name: a bad or unfinished object is
+ * S3C_EXIT_USAGE, a failed backup S3C_EXIT_VM_UNREACHABLE
+ */
+S3cKubevirtBackup *s3c_kubevirt_load(const S3cKubevirtOptions *o,
+                                     GError **err);
+/* NAMESPACE.VM, as the repository names the VM by default; or NULL */
+const char *s3c_kubevirt_vm(const S3cKubevirtBackup *kv);
+void s3c_kubevirt_free(S3cKubevirtBackup *kv);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(S3cKubevirtBackup, s3c_kubevirt_free)
+
 typedef struct S3cBackupOptions {
     S3cRepoOptions repo;
     const char *vm;
@@ -725,6 +756,7 @@ typedef struct S3cBackupOptions {
     const char *libvirt_domain;
     const char *libvirt_uri;    /* NULL for libvirt's default */
     const char *scratch_dir;    /* libvirt's pull-mode scratch files */
+    const S3cKubevirtBackup *kubevirt;  /* or a VirtualMachineBackup */
     const char *sidecar_qmp;
     const char *runtime_dir;
     const char *guest_agent;
@@ -801,7 +833,10 @@ typedef struct S3cSourceOps {
     bool (*start)(S3cSource *src, S3cBackupRun *run, GError **err);
     /* Waits until every disk's data is in its target, with progress */
     bool (*copy)(S3cSource *src, S3cBackupRun *run, GError **err);
-    /* Lets go of the targets and gives the VM back as it was */
+    /*
+     * Lets go of the targets and gives the VM back as it was (these
+     * three may be NULL: the VM is someone else's to give back)
+     */
     bool (*finish)(S3cSource *src, S3cBackupRun *run, GError **err);
     /* After the catalog holds the backup: drops older checkpoints */
     void (*committed)(S3cSource *src, S3cBackupRun *run);
@@ -838,6 +873,8 @@ bool s3c_vm_clear_leftovers(S3cQmp *vm, GError **err);
 void s3c_vm_clear_dead_bitmaps(S3cQmp *vm, S3cDisk *disk,
                                const S3cCatalog *cat);
 
+S3cSource *s3c_source_kubevirt_new(const S3cBackupOptions *opts);
+
 /* source-libvirt.c: libvirt's backup API, pull mode */
 S3cSource *s3c_source_libvirt_new(const S3cBackupOptions *opts,
                                   GError **err);
@@ -853,12 +890,71 @@ GPtrArray *s3c_libvirt_offline_disks(const char *uri, const char *domain,
  */
 void s3c_libvirt_forget_checkpoints(const char *uri, const char *domain);
 
-/* pull.c: copying changed extents from one NBD export into another */
+/* export.c: KubeVirt's export server, for pull-mode VirtualMachineBackups */
+
+/* A run of a disk to copy: data, or zeroes to write */
+typedef struct S3cExtent {
+    uint64_t offset;
+    uint64_t length;
+    bool zero;
+} S3cExtent;
+
+/* One volume's map and data endpoints */
+typedef struct S3cExport S3cExport;
+
+/*
+ * @token goes in a header of every request; with neither @ca_pem nor
+ * @ca_file the system's CAs verify the server
+ */
+S3cExport *s3c_export_new(const char *volume, const char *map_url,
+                          const char *data_url, const char *token,
+                          const char *ca_pem, const char *ca_file);
+void s3c_export_free(S3cExport *e);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(S3cExport, s3c_export_free)
+/*
+ * Reads the volume's whole map, page by page, into what to copy into a
+ * new image: its data into @whole (of S3cExtent), and of an
+ * @incremental export what changed into @changed, zeroes included.
+ * *@size is where the map ends.  A map that contradicts itself is
+ * S3C_EXIT_DAMAGED.
+ */
+bool s3c_export_map(S3cExport *e, bool incremental, GArray *whole,
+                    GArray *changed, uint64_t *size, GError **err);
+/*
+ * One page of it (@body), asked for from @at: *@end is where its
+ * extents end, *@more whether a next page starts there
+ */
+bool s3c_export_parse_page(const char *volume, const char *body, size_t len,
+                           bool incremental, uint64_t at, GArray *whole,
+                           GArray *changed, uint64_t *end, bool *more,
+                           GError **err);
+/* How a read ended: @failure (the callee's) is NULL when it is whole */
+typedef void (*S3cExportDone)(void *opaque, GError *failure);
+/*
+ * Starts reading @length bytes at @offset into @buf; s3c_export_wait()
+ * calls @done once it is whole or failed for good
+ */
+void s3c_export_read(S3cExport *e, char *buf, uint32_t length,
+                     uint64_t offset, S3cExportDone done, void *opaque);
+struct pollfd;
+/*
+ * Moves the reads along, waiting up to @timeout_ms for them or for
+ * @also, whose revents it sets
+ */
+bool s3c_export_wait(S3cExport *e, struct pollfd *also, int timeout_ms,
+                     GError **err);
+/* Drops every read in flight, calling no @done */
+void s3c_export_cancel(S3cExport *e);
+
+/* pull.c: copying changed extents from an export into the sidecar's */
 
 typedef struct S3cPullDisk {
     const char *name;           /* for messages */
-    const char *source_socket;  /* the VM's export at the instant */
+    /* the disk at the instant: an NBD export, or KubeVirt's over HTTPS */
+    const char *source_socket;
     const char *source_export;
+    S3cExport *export;
+    GArray *extents;            /* with @export: what to copy, mapped */
     const char *source_peer;    /* who serves it ("the VM"), for messages */
     int source_error;           /* the exit code of a failure to read it */
     const char *dirty_context;  /* qemu:dirty-bitmap:..., NULL for full */

@@ -50,9 +50,10 @@ ceph_pkgs=(ceph-mon ceph-osd ceph-base ceph-common radosgw)
 swift_pkgs=(swift-proxy swift-account swift-container swift-object
             python3-swift memcached)
 # fuse3 and e2fsprogs: a served backup mounted through a FUSE export;
+# python3-libnbd: the stand-in of KubeVirt's export server reads NBD;
 # openssl: the certificates of radosgw's TLS endpoint; clang and its
 # runtime: the fuzzers (libFuzzer, ASan, UBSan)
-test_pkgs=(python3-boto3 jq xxd psmisc procps fuse3 e2fsprogs openssl
+test_pkgs=(python3-boto3 python3-libnbd jq xxd psmisc procps fuse3 e2fsprogs openssl
            clang libclang-rt-14-dev)
 
 missing=()

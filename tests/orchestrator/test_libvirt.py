@@ -61,6 +61,10 @@ class LibvirtTestCase(CommandRuns, unittest.TestCase):
                 '--repo', self.bucket.repo, '--runtime-dir', self.runtime,
                 '--scratch-dir', self.scratch, '--json', *extra]
 
+    def repo_vm(self) -> str:
+        """The VM's name in the repository"""
+        return self.dom.name
+
     def types(self, result: dict) -> Dict[str, tuple]:
         return {d['name']: (d['type'], d['reason']) for d in result['disks']}
 
@@ -68,8 +72,8 @@ class LibvirtTestCase(CommandRuns, unittest.TestCase):
         """Every disk of a backup, as `s3chain restore` writes it"""
         targets = {d: os.path.join(self.dir, f'restored-{d}.raw')
                    for d in DISKS}
-        args = ['restore', '--vm', self.dom.name, '--repo', self.bucket.repo,
-                '--backup', backup_id, '--json']
+        args = ['restore', '--vm', self.repo_vm(), '--repo',
+                self.bucket.repo, '--backup', backup_id, '--json']
         for disk, path in targets.items():
             args += ['--target', f'{disk}={path}']
         code, err = Run(args, self.env()).finish()
