@@ -301,7 +301,7 @@ static char *object_url(S3chainConn *conn, const char *key)
     return g_strdup_printf("%s/%s/%s", conn->settings.endpoint, bucket, path);
 }
 
-static struct curl_slist *signed_headers(S3chainRequest *req, Error **errp)
+static struct curl_slist *signed_headers(S3chainRequest *req)
 {
     S3chainConn *conn = req->conn;
     const S3chainConnSettings *set = &conn->settings;
@@ -360,13 +360,9 @@ static struct curl_slist *signed_headers(S3chainRequest *req, Error **errp)
             .payload_sha256 = payload,
         };
         g_autofree char *auth = s3chain_sigv4_authorization(&key, amz_date,
-                                                            &sreq, errp);
+                                                            &sreq);
         g_autofree char *line = NULL;
 
-        if (!auth) {
-            curl_slist_free_all(list);
-            return NULL;
-        }
         line = g_strdup_printf("Authorization: %s", auth);
         list = curl_slist_append(list, line);
     }
@@ -392,16 +388,9 @@ static bool setup_handle_locked(S3chainRequest *req)
     S3chainConn *conn = req->conn;
     const S3chainConnSettings *set = &conn->settings;
     g_autofree char *url = object_url(conn, req->key);
-    Error *local_err = NULL;
     CURL *easy = req->easy;
 
-    req->header_list = signed_headers(req, &local_err);
-    if (!req->header_list) {
-        req->ret = -EIO;
-        req->error_text = g_strdup(error_get_pretty(local_err));
-        error_free(local_err);
-        return false;
-    }
+    req->header_list = signed_headers(req);
     if (curl_easy_setopt(easy, CURLOPT_URL, url) ||
         curl_easy_setopt(easy, CURLOPT_HTTPHEADER, req->header_list) ||
         curl_easy_setopt(easy, CURLOPT_PRIVATE, req) ||

@@ -11,9 +11,6 @@
  */
 
 #include "qemu/osdep.h"
-#include "qapi/error.h"
-#include "crypto/hash.h"
-#include "crypto/hmac.h"
 #include "s3chain-sigv4.h"
 
 static bool is_unreserved(char c)
@@ -192,69 +189,46 @@ char *s3chain_sigv4_string_to_sign(const char *amz_date, const char *region,
                                    const char *service,
                                    const char *canonical_request)
 {
-    g_autofree char *hash = NULL;
+    char hash[2 * S3CHAIN_SHA256_LEN + 1];
 
-    if (qcrypto_hash_digest(QCRYPTO_HASH_ALGO_SHA256, canonical_request,
-                            strlen(canonical_request), &hash,
-                            &error_abort) < 0) {
-        return NULL;
-    }
+    s3chain_sha256_hex(canonical_request, strlen(canonical_request), hash);
     return g_strdup_printf("AWS4-HMAC-SHA256\n%s\n%.8s/%s/%s/aws4_request\n%s",
                            amz_date, amz_date, region, service, hash);
 }
 
-static int hmac_sha256(const uint8_t *key, size_t key_len, const char *data,
-                       uint8_t **out, Error **errp)
+char *s3chain_sigv4_signature(const S3chainSigV4Key *key,
+                              const char *amz_date,
+                              const char *string_to_sign)
 {
-    g_autoptr(QCryptoHmac) hmac = NULL;
-    size_t out_len = 0;
-
-    hmac = qcrypto_hmac_new(QCRYPTO_HASH_ALGO_SHA256, key, key_len, errp);
-    if (!hmac) {
-        return -1;
-    }
-    return qcrypto_hmac_bytes(hmac, data, strlen(data), out, &out_len, errp);
-}
-
-int s3chain_sigv4_signature(const S3chainSigV4Key *key, const char *amz_date,
-                            const char *string_to_sign, char **signature,
-                            Error **errp)
-{
-    const size_t len = qcrypto_hash_digest_len(QCRYPTO_HASH_ALGO_SHA256);
     g_autofree char *secret = g_strconcat("AWS4", key->secret_access_key,
                                           NULL);
     g_autofree char *date = g_strndup(amz_date, 8);
     const char *scope[] = {
         date, key->region, key->service, "aws4_request", string_to_sign,
     };
-    g_autofree uint8_t *mac = NULL;
+    uint8_t mac[S3CHAIN_SHA256_LEN];
     GString *hex;
 
-    for (size_t i = 0; i < G_N_ELEMENTS(scope); i++) {
-        uint8_t *next = NULL;
-        int ret = mac ? hmac_sha256(mac, len, scope[i], &next, errp)
-                      : hmac_sha256((uint8_t *)secret, strlen(secret),
-                                    scope[i], &next, errp);
+    /* each step's key is the last step's MAC, the first the secret's */
+    s3chain_hmac_sha256((const uint8_t *)secret, strlen(secret), scope[0],
+                        strlen(scope[0]), mac);
+    for (size_t i = 1; i < G_N_ELEMENTS(scope); i++) {
+        uint8_t next[S3CHAIN_SHA256_LEN];
 
-        if (ret < 0) {
-            return -1;
-        }
-        g_free(mac);
-        mac = next;
+        s3chain_hmac_sha256(mac, sizeof(mac), scope[i], strlen(scope[i]),
+                            next);
+        memcpy(mac, next, sizeof(mac));
     }
-
-    hex = g_string_sized_new(len * 2 + 1);
-    for (size_t i = 0; i < len; i++) {
+    hex = g_string_sized_new(2 * sizeof(mac) + 1);
+    for (size_t i = 0; i < sizeof(mac); i++) {
         g_string_append_printf(hex, "%02x", mac[i]);
     }
-    *signature = g_string_free(hex, false);
-    return 0;
+    return g_string_free(hex, false);
 }
 
 char *s3chain_sigv4_authorization(const S3chainSigV4Key *key,
                                   const char *amz_date,
-                                  const S3chainSigV4Request *req,
-                                  Error **errp)
+                                  const S3chainSigV4Request *req)
 {
     g_autofree char *signed_headers = NULL;
     g_autofree char *canonical = NULL;
@@ -264,10 +238,7 @@ char *s3chain_sigv4_authorization(const S3chainSigV4Key *key,
     canonical = s3chain_sigv4_canonical_request(req, &signed_headers);
     to_sign = s3chain_sigv4_string_to_sign(amz_date, key->region,
                                            key->service, canonical);
-    if (s3chain_sigv4_signature(key, amz_date, to_sign, &signature,
-                                errp) < 0) {
-        return NULL;
-    }
+    signature = s3chain_sigv4_signature(key, amz_date, to_sign);
     return g_strdup_printf("AWS4-HMAC-SHA256 Credential=%s/%.8s/%s/%s/"
                            "aws4_request, SignedHeaders=%s, Signature=%s",
                            key->access_key_id, amz_date, key->region,

@@ -1,7 +1,7 @@
 /*
  * s3chain: AWS Signature Version 4 for S3 requests
  *
- * Needs only glib and QEMU's crypto API, so that the s3chain command
+ * Needs only glib and the two digests below, so that the s3chain command
  * signs with the same code as the driver.
  *
  * Copyright (c) 2026 The s3chain authors
@@ -11,6 +11,21 @@
 
 #ifndef BLOCK_S3CHAIN_SIGV4_H
 #define BLOCK_S3CHAIN_SIGV4_H
+
+#define S3CHAIN_SHA256_LEN 32
+
+/*
+ * The digests the signer needs, defined by each program that links it:
+ * over QEMU's crypto in the driver (s3chain-crypto.c), over glib in the
+ * s3chain command.  Neither can fail.
+ */
+/* SHA-256 of @data as lower-case hex, NUL-terminated, into @hex */
+void s3chain_sha256_hex(const char *data, size_t len,
+                        char hex[2 * S3CHAIN_SHA256_LEN + 1]);
+/* HMAC-SHA-256 of @data under @key into @mac */
+void s3chain_hmac_sha256(const uint8_t *key, size_t key_len,
+                         const char *data, size_t len,
+                         uint8_t mac[S3CHAIN_SHA256_LEN]);
 
 /*
  * Percent-encodes @s as SigV4 wants: everything but A-Z a-z 0-9 - . _ ~
@@ -44,9 +59,10 @@ char *s3chain_sigv4_canonical_request(const S3chainSigV4Request *req,
 char *s3chain_sigv4_string_to_sign(const char *amz_date, const char *region,
                                    const char *service,
                                    const char *canonical_request);
-int s3chain_sigv4_signature(const S3chainSigV4Key *key, const char *amz_date,
-                            const char *string_to_sign, char **signature,
-                            Error **errp);
+/* The signature of @string_to_sign, in hex */
+char *s3chain_sigv4_signature(const S3chainSigV4Key *key,
+                              const char *amz_date,
+                              const char *string_to_sign);
 /*
  * Signs @req at @amz_date ("YYYYMMDDTHHMMSSZ", which must also be the
  * value of its x-amz-date header) and returns the Authorization header's
@@ -54,7 +70,6 @@ int s3chain_sigv4_signature(const S3chainSigV4Key *key, const char *amz_date,
  */
 char *s3chain_sigv4_authorization(const S3chainSigV4Key *key,
                                   const char *amz_date,
-                                  const S3chainSigV4Request *req,
-                                  Error **errp);
+                                  const S3chainSigV4Request *req);
 
 #endif

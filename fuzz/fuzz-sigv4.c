@@ -8,8 +8,6 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "s3chain.h"
-#include "qemu/osdep.h"
-#include "qapi/error.h"
 #include "../block/s3chain-sigv4.h"
 
 #include <string.h>
@@ -102,7 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     authorization = s3chain_sigv4_authorization(&key, "20260101T000000Z",
-                                                &req, NULL);
+                                                &req);
     g_assert(authorization);
     g_assert(g_str_has_prefix(authorization, "AWS4-HMAC-SHA256 Credential="));
     return 0;

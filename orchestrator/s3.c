@@ -6,8 +6,6 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "s3chain.h"
-#include "qemu/osdep.h"
-#include "qapi/error.h"
 #include "../block/s3chain-retry.h"
 #include "../block/s3chain-sigv4.h"
 
@@ -142,7 +140,7 @@ static bool perform(const S3cRepo *repo, const S3Request *req,
         .headers = headers, .nheaders = nheaders,
         .payload_sha256 = payload,
     };
-    auth = s3chain_sigv4_authorization(&key, amz_date, &sreq, &error_abort);
+    auth = s3chain_sigv4_authorization(&key, amz_date, &sreq);
 
     for (size_t i = 1; i < nheaders; i++) {
         g_autofree char *h = g_strdup_printf("%s: %s", headers[i].name,

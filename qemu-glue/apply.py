@@ -53,6 +53,7 @@ def apply_build(tree):
     edit(os.path.join(tree, 'block/meson.build'),
          "  [rbd, 'rbd', files('rbd.c')],\n",
          "  [curl, 's3chain', files('s3chain.c', 's3chain-cache.c',\n"
+         "                          's3chain-crypto.c',\n"
          "                          's3chain-http.c', 's3chain-image.c',\n"
          "                          's3chain-manifest.c', 's3chain-plan.c',\n"
          "                          's3chain-retry.c', 's3chain-sigv4.c',\n"
@@ -83,9 +84,11 @@ def apply_trace(tree):
 def apply_unit(tree):
     edit(os.path.join(tree, 'tests/unit/meson.build'),
          "  'test-fifo': [],\n",
-         "  'test-s3chain-sigv4': [crypto, '../../block/s3chain-sigv4.c'],\n"
+         "  'test-s3chain-sigv4': [crypto, '../../block/s3chain-sigv4.c',\n"
+         "                         '../../block/s3chain-crypto.c'],\n"
          "  'test-s3chain-url': [crypto, '../../block/s3chain-url.c',\n"
-         "                       '../../block/s3chain-sigv4.c'],\n"
+         "                       '../../block/s3chain-sigv4.c',\n"
+         "                       '../../block/s3chain-crypto.c'],\n"
          "  'test-s3chain-manifest': ['../../block/s3chain-manifest.c'],\n"
          "  'test-s3chain-plan': ['../../block/s3chain-plan.c'],\n")
 

@@ -214,8 +214,7 @@ static void test_vector(gconstpointer opaque)
     to_sign = s3chain_sigv4_string_to_sign(amz_date, key.region, key.service,
                                            canonical);
     g_assert_cmpstr(to_sign, ==, want_to_sign);
-    g_assert_cmpint(s3chain_sigv4_signature(&key, amz_date, to_sign,
-                                            &signature, &error_abort), ==, 0);
+    signature = s3chain_sigv4_signature(&key, amz_date, to_sign);
     g_assert_cmpstr(signature, ==, g_strstrip(want_signature));
     free_request(&req);
 }
@@ -298,8 +297,7 @@ static void test_s3_example(gconstpointer opaque)
         .nheaders = n,
         .payload_sha256 = ex->payload,
     };
-    auth = s3chain_sigv4_authorization(&key, "20130524T000000Z", &req,
-                                       &error_abort);
+    auth = s3chain_sigv4_authorization(&key, "20130524T000000Z", &req);
     want = g_strdup_printf("Signature=%s", ex->signature);
     g_assert_true(g_str_has_suffix(auth, want));
     g_assert_true(g_str_has_prefix(auth, "AWS4-HMAC-SHA256 Credential="

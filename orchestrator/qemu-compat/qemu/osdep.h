@@ -1,6 +1,7 @@
 /*
- * The part of QEMU's osdep.h that block/s3chain-sigv4.c needs, so that
- * the s3chain command compiles the driver's signer unchanged.
+ * The part of QEMU's osdep.h that block/s3chain-sigv4.c and
+ * s3chain-retry.c need (the system headers QEMU's osdep.h includes
+ * first), so that the s3chain command compiles them unchanged.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -12,7 +13,5 @@
 #include <stdint.h>
 #include <string.h>
 #include <glib.h>
-
-typedef struct Error Error;
 
 #endif
