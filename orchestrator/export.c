@@ -43,6 +43,7 @@ struct S3cExport {
     char *ca_file;
     CURLM *multi;
     GPtrArray *reads;               /* of ExportRead: in flight or waiting */
+    bool answered;                  /* the server's TLS has verified */
 };
 
 typedef struct ExportRead {
@@ -129,7 +130,12 @@ static bool may_retry(S3cExport *e, const char *what, CURLcode rc,
 {
     g_autofree char *said = body_excerpt(body);
 
-    if (rc != CURLE_OK && s3chain_curl_error_is_tls(rc)) {
+    /*
+     * Once the server has answered, its certificate verified: a handshake
+     * cut short is the server going away, which another try may outlast
+     */
+    if (rc != CURLE_OK && s3chain_curl_error_is_tls(rc) &&
+        !(e->answered && rc == CURLE_SSL_CONNECT_ERROR)) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
                     "%s: TLS with the export server failed: %s; its "
                     "certificate must be signed by the backup's CA "
@@ -141,7 +147,8 @@ static bool may_retry(S3cExport *e, const char *what, CURLcode rc,
         g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
                     "%s: cannot read from the export server: %s", what,
                     *curl_error ? curl_error : curl_easy_strerror(rc));
-        return s3chain_curl_error_is_transient(rc);
+        return s3chain_curl_error_is_transient(rc) ||
+               rc == CURLE_SSL_CONNECT_ERROR;
     }
     if (status == 401 || status == 403) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_ACCESS_DENIED,
@@ -201,6 +208,7 @@ static bool get_page(S3cExport *e, const char *url, const char *what,
                         what, MAP_PAGE_MAX_BYTES >> 20);
             return false;
         }
+        e->answered |= *rc == CURLE_OK;
         if (*rc == CURLE_OK && status == 200) {
             return true;
         }
@@ -408,7 +416,8 @@ static size_t read_into(char *data, size_t size, size_t n, void *opaque)
     curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
     if (status != 200) {
         g_string_append_len(r->error_body, data,
-                            MIN(size * n, ERROR_BODY_MAX));
+                            MIN(size * n, ERROR_BODY_MAX -
+                                MIN(r->error_body->len, ERROR_BODY_MAX)));
         return size * n;
     }
     if (r->got + size * n > r->length) {
@@ -477,6 +486,7 @@ static void read_ended(ExportRead *r, CURLcode rc)
     void *opaque;
 
     curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
+    e->answered |= rc == CURLE_OK;
     curl_multi_remove_handle(e->multi, r->curl);
     curl_easy_cleanup(r->curl);
     r->curl = NULL;

@@ -404,9 +404,10 @@ static bool piece_advance(Copy *c, Piece *p, GError **err)
     return true;
 }
 
+/* @c may be one a failure left unset: no disk, no handles */
 static void close_handles(Copy *c)
 {
-    if (c->disk->export) {
+    if (c->disk && c->disk->export) {
         s3c_export_cancel(c->disk->export);
     }
     if (c->target) {

@@ -257,11 +257,11 @@ class KubevirtTestCase(LibvirtTestCase):
         return result
 
     def refused_export(self, code: int, words=(), ca: Optional[str] = None,
-                       **faults) -> str:
+                       full: bool = False, **faults) -> str:
         """A backup the export's fault (or a CA of @ca) fails: one line,
         @code, nothing committed"""
         catalog = self.bucket.objects()
-        self.begin_backup(**faults)
+        self.begin_backup(full, **faults)
         try:
             err = self.run_refused(self.args(status=self.status(ca=ca)),
                                    code, words=words)
@@ -381,12 +381,13 @@ class TestKubevirtFaults(KubevirtTestCase):
         self.assertExact(result)
 
     def test_export_server_dies_mid_stream(self) -> None:
+        # a full copy: more than the guest's few MiB of changes
         self.refused_export(8, ('data at offset', 'export server'),
-                            die_after=4 << 20)
+                            full=True, die_after=4 << 20)
         self.assertNextFollows()
 
     def test_503s_are_retried(self) -> None:
-        self.begin_backup(fail_data=2)
+        self.begin_backup(full=True, fail_data=3)
         result = self.backup()
         self.end_backup(completed=True)
         self.assertExact(result)
