@@ -32,7 +32,7 @@ import time
 import uuid
 
 from vmbench import (GiB, MiB, QEMU_IMG, REPO, S3CHAIN, BucketBench,
-                     start_vm)
+                     define_domain, dirty_image, start_vm)
 
 # pylint: disable=wrong-import-position
 from boto3.s3.transfer import TransferConfig  # noqa: E402
@@ -77,53 +77,6 @@ class Bench(BucketBench):
             os.chmod(path, 0o666)
         os.remove(raw)
         os.chmod(self.work, 0o755)
-
-    def dirty(self, image, amount, seed):
-        """@amount bytes rewritten in 1 MiB pieces, the same for @seed"""
-        rnd = random.Random(seed)
-        cmds = []
-        for _ in range(amount // MiB):
-            off = rnd.randrange(0, SIZE // MiB) * MiB
-            cmds += ['-c', f'write -P {rnd.randrange(1, 255)} {off} 1M']
-        subprocess.run([QEMU_IMG.replace('qemu-img', 'qemu-io'), '-f',
-                        'qcow2', *cmds, image], check=True,
-                       stdout=subprocess.DEVNULL)
-
-    # the domain and the plain VM
-
-    def define(self, domain, image):
-        kernel = os.path.join(REPO, 'build', 'guest', 'vmlinuz')
-        initrd = os.path.join(REPO, 'build', 'guest', 'initramfs.img')
-        xml = os.path.join(self.work, f'{domain}.xml')
-        # the guest's writer (tests/guest/writer.c) writes a 64 KiB
-        # record every 20 ms, to vda and to a small raw vdb in turn, so
-        # that the backups have a scratch to keep; only vda is backed up
-        second = os.path.join(self.work, f'{domain}-vdb.raw')
-        with open(second, 'wb') as f:
-            f.truncate(64 * MiB)
-        os.chmod(second, 0o666)
-        with open(xml, 'w', encoding='ascii') as f:
-            f.write(f'''<domain type='qemu'>
-  <name>{domain}</name>
-  <memory unit='MiB'>256</memory>
-  <os><type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{kernel}</kernel><initrd>{initrd}</initrd>
-    <cmdline>console=ttyS0 quiet s3w.delay=20</cmdline></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{image}'/><target dev='vda' bus='virtio'/>
-    </disk>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source file='{second}'/><target dev='vdb' bus='virtio'/>
-    </disk>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-''')
-        virsh('define', xml)
 
     def start_sidecar(self):
         self.sidecar = subprocess.Popen(
@@ -203,7 +156,7 @@ class Bench(BucketBench):
     def run(self, rounds, dirty_mibs):
         self.make_image()
         for tool, domain in self.domains.items():
-            self.define(domain, self.images[tool])
+            define_domain(self.work, domain, self.images[tool])
             virsh('start', domain)
         self.start_vm()
         lv_args = ['--libvirt', self.domains['s3chain'], '--connect', URI,
@@ -228,7 +181,7 @@ class Bench(BucketBench):
                     virsh('destroy', domain)
                 self.vm.shutdown()
                 for image in self.images.values():
-                    self.dirty(image, mib * MiB, seed)
+                    dirty_image(image, SIZE, mib * MiB, seed)
                 for domain in self.domains.values():
                     virsh('start', domain)
                 self.start_vm()

@@ -1,12 +1,15 @@
 """What the benchmarks that drive a VM share: the build's paths, QEMU's
 python package on the import path, the bucket and the processes'
 environment, a stock qemu-system with one scsi-hd disk (vd0), a guest
-that writes through HMP's qemu-io, the sidecar, `s3chain backup`, the
-OADP temp-volume pipeline, and the CPU time of processes."""
+that writes through HMP's qemu-io, a libvirt domain whose guest writes
+all the time, changes made by qemu-io on a shut-off qcow2, the sidecar,
+`s3chain backup`, the OADP temp-volume pipeline, and the CPU time of
+processes."""
 
 # SPDX-License-Identifier: GPL-2.0-or-later
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -174,6 +177,56 @@ def start_vm(work, disk, fmt):
 def hmp(vm, line):
     out = vm.cmd('human-monitor-command', command_line=line)
     assert 'failed' not in out and 'rror' not in out, out
+
+
+def dirty_image(image, disk_size, amount, seed):
+    """@amount bytes of the qcow2 @image rewritten by qemu-io in 1 MiB
+    pieces, the same for the same @seed; its persistent bitmaps record
+    them"""
+    rnd = random.Random(seed)
+    cmds = []
+    for _ in range(amount // MiB):
+        off = rnd.randrange(0, disk_size // MiB) * MiB
+        cmds += ['-c', f'write -P {rnd.randrange(1, 255)} {off} 1M']
+    subprocess.run([QEMU_IMG.replace('qemu-img', 'qemu-io'), '-f', 'qcow2',
+                    *cmds, image], check=True, stdout=subprocess.DEVNULL)
+
+
+def define_domain(work, domain, image):
+    """A libvirt domain with the qcow2 @image as vda, whose guest (the
+    tests' writer, tests/guest/writer.c) writes a 64 KiB record every
+    20 ms to vda and to a small raw vdb in turn, so that backups have a
+    scratch to keep"""
+    kernel = os.path.join(REPO, 'build', 'guest', 'vmlinuz')
+    initrd = os.path.join(REPO, 'build', 'guest', 'initramfs.img')
+    xml = os.path.join(work, f'{domain}.xml')
+    second = os.path.join(work, f'{domain}-vdb.raw')
+    with open(second, 'wb') as f:
+        f.truncate(64 * MiB)
+    os.chmod(second, 0o666)
+    with open(xml, 'w', encoding='ascii') as f:
+        f.write(f'''<domain type='qemu'>
+  <name>{domain}</name>
+  <memory unit='MiB'>256</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel><initrd>{initrd}</initrd>
+    <cmdline>console=ttyS0 quiet s3w.delay=20</cmdline></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{image}'/><target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{second}'/><target dev='vdb' bus='virtio'/>
+    </disk>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+''')
+    subprocess.run(['virsh', '-q', '-c', 'qemu:///system', 'define', xml],
+                   check=True, stdout=subprocess.DEVNULL)
 
 
 def dirty(vm, disk_size, amount, rnd):

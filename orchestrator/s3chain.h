@@ -743,6 +743,12 @@ typedef struct S3cKubevirtBackup S3cKubevirtBackup;
  */
 S3cKubevirtBackup *s3c_kubevirt_load(const S3cKubevirtOptions *o,
                                      GError **err);
+/*
+ * The VirtualMachineBackup in @text (@what in messages), checked as
+ * s3c_kubevirt_load() checks it, without tracker or token
+ */
+S3cKubevirtBackup *s3c_kubevirt_parse(const char *what, const char *text,
+                                      size_t len, GError **err);
 /* NAMESPACE.VM, as the repository names the VM by default; or NULL */
 const char *s3c_kubevirt_vm(const S3cKubevirtBackup *kv);
 void s3c_kubevirt_free(S3cKubevirtBackup *kv);

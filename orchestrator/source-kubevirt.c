@@ -67,31 +67,38 @@ static bool bad_input(GError **err, const char *file, const char *fmt, ...)
     return false;
 }
 
-/* A JSON object from @path ("-": stdin), as `kubectl get -o json` prints */
-static json_object *load_object(const char *path, const char *kind,
-                                GError **err)
+/* The bytes of @path ("-": stdin), as `kubectl get -o json` prints them */
+static char *read_text(const char *path, const char *kind, gsize *len,
+                       GError **err)
 {
     g_autoptr(GError) local = NULL;
-    g_autofree char *text = NULL;
-    gsize len = 0;
-    json_tokener *tok;
-    json_object *obj;
+    char *text = NULL;
 
     if (!strcmp(path, "-")) {
         g_autoptr(GIOChannel) in = g_io_channel_unix_new(0);
 
         g_io_channel_set_encoding(in, NULL, NULL);
-        g_io_channel_read_to_end(in, &text, &len, &local);
+        g_io_channel_read_to_end(in, &text, len, &local);
     } else {
-        g_file_get_contents(path, &text, &len, &local);
+        g_file_get_contents(path, &text, len, &local);
     }
     if (local) {
+        g_free(text);
         bad_input(err, path, "cannot read the %s: %s", kind, local->message);
         return NULL;
     }
+    return text;
+}
+
+/* The JSON object of @text, a @kind of KubeVirt's backup API */
+static json_object *parse_object(const char *what, const char *text,
+                                 size_t len, const char *kind, GError **err)
+{
+    json_tokener *tok;
+    json_object *obj;
+
     if (len > OBJECT_MAX_BYTES) {
-        bad_input(err, path, "%" G_GSIZE_FORMAT " bytes is no %s", len,
-                  kind);
+        bad_input(err, what, "%zu bytes is no %s", len, kind);
         return NULL;
     }
     tok = json_tokener_new();
@@ -100,7 +107,7 @@ static json_object *load_object(const char *path, const char *kind,
         !json_object_is_type(obj, json_type_object)) {
         json_tokener_free(tok);
         json_object_put(obj);
-        bad_input(err, path, "is not a %s in JSON (kubectl get -o json)",
+        bad_input(err, what, "is not a %s in JSON (kubectl get -o json)",
                   kind);
         return NULL;
     }
@@ -109,7 +116,7 @@ static json_object *load_object(const char *path, const char *kind,
         !g_str_has_prefix(s3c_json_str(obj, "apiVersion") ?: "",
                           API_GROUP)) {
         json_object_put(obj);
-        bad_input(err, path, "is no %s of %s*", kind, API_GROUP);
+        bad_input(err, what, "is no %s of %s*", kind, API_GROUP);
         return NULL;
     }
     return obj;
@@ -217,9 +224,11 @@ static bool read_backup(S3cKubevirtBackup *kv, const char *file,
     kv->name = g_strdup_printf("%s/%s", ns, name);
     mode = member_str(obj, "spec.mode");
     if (g_strcmp0(mode, "Pull")) {
+        g_autofree char *shown = g_strescape(mode ? mode : "Push", NULL);
+
         return bad_input(err, file, "VirtualMachineBackup %s is in %s mode: "
                          "s3chain reads pull-mode backups; create it with "
-                         "spec.mode: Pull", kv->name, mode ? mode : "Push");
+                         "spec.mode: Pull", kv->name, shown);
     }
     source_kind = member_str(obj, "spec.source.kind");
     if (!g_strcmp0(source_kind, "VirtualMachine") &&
@@ -233,9 +242,12 @@ static bool read_backup(S3cKubevirtBackup *kv, const char *file,
 
         if (!g_strcmp0(s3c_json_str(c, "type"), "Failed") &&
             !g_strcmp0(s3c_json_str(c, "status"), "True")) {
+            /* KubeVirt's words, on the one line an error has */
+            g_autofree char *why = g_strescape(
+                s3c_json_str(c, "message") ?: "no reason given", NULL);
+
             g_set_error(err, S3C_ERROR, S3C_EXIT_VM_UNREACHABLE,
-                        "VirtualMachineBackup %s failed: %s", kv->name,
-                        s3c_json_str(c, "message") ?: "no reason given");
+                        "VirtualMachineBackup %s failed: %s", kv->name, why);
             return false;
         }
     }
@@ -279,14 +291,24 @@ static bool read_tracker(S3cKubevirtBackup *kv, const char *file,
 typedef bool (*ReadObject)(S3cKubevirtBackup *kv, const char *file,
                            json_object *obj, GError **err);
 
-static bool read_file(S3cKubevirtBackup *kv, const char *path,
-                      const char *kind, ReadObject read, GError **err)
+static bool read_object(S3cKubevirtBackup *kv, const char *what,
+                        const char *text, size_t len, const char *kind,
+                        ReadObject read, GError **err)
 {
-    json_object *obj = load_object(path, kind, err);
-    bool ok = obj && read(kv, path, obj, err);
+    json_object *obj = parse_object(what, text, len, kind, err);
+    bool ok = obj && read(kv, what, obj, err);
 
     json_object_put(obj);
     return ok;
+}
+
+static bool read_file(S3cKubevirtBackup *kv, const char *path,
+                      const char *kind, ReadObject read, GError **err)
+{
+    gsize len = 0;
+    g_autofree char *text = read_text(path, kind, &len, err);
+
+    return text && read_object(kv, path, text, len, kind, read, err);
 }
 
 /* A token from a file no one else may read, its line end dropped */
@@ -309,12 +331,32 @@ static bool read_token(S3cKubevirtBackup *kv, const char *path,
     return true;
 }
 
-S3cKubevirtBackup *s3c_kubevirt_load(const S3cKubevirtOptions *o,
-                                     GError **err)
+static S3cKubevirtBackup *kubevirt_new(void)
 {
     S3cKubevirtBackup *kv = g_new0(S3cKubevirtBackup, 1);
 
     kv->volumes = g_array_new(false, true, sizeof(KubevirtVolume));
+    return kv;
+}
+
+S3cKubevirtBackup *s3c_kubevirt_parse(const char *what, const char *text,
+                                      size_t len, GError **err)
+{
+    S3cKubevirtBackup *kv = kubevirt_new();
+
+    if (!read_object(kv, what, text, len, "VirtualMachineBackup",
+                     read_backup, err)) {
+        s3c_kubevirt_free(kv);
+        return NULL;
+    }
+    return kv;
+}
+
+S3cKubevirtBackup *s3c_kubevirt_load(const S3cKubevirtOptions *o,
+                                     GError **err)
+{
+    S3cKubevirtBackup *kv = kubevirt_new();
+
     kv->ca_file = g_strdup(o->ca_file);
     if (!read_file(kv, o->backup_file, "VirtualMachineBackup",
                    read_backup, err) ||

@@ -16,7 +16,7 @@ set -euo pipefail
 seconds=${1:-20}
 shift || true
 harnesses=("$@")
-[ ${#harnesses[@]} -gt 0 ] || harnesses=(catalog manifest lock listing qmp sigv4 xml export)
+[ ${#harnesses[@]} -gt 0 ] || harnesses=(catalog manifest lock listing qmp sigv4 xml export kubevirt)
 dir=$BUILD/fuzz
 
 if [ ! -f "$dir/build.ninja" ]; then

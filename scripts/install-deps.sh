@@ -51,9 +51,10 @@ swift_pkgs=(swift-proxy swift-account swift-container swift-object
             python3-swift memcached)
 # fuse3 and e2fsprogs: a served backup mounted through a FUSE export;
 # python3-libnbd: the stand-in of KubeVirt's export server reads NBD;
+# python3-yaml: the example manifests are parsed and checked;
 # openssl: the certificates of radosgw's TLS endpoint; clang and its
 # runtime: the fuzzers (libFuzzer, ASan, UBSan)
-test_pkgs=(python3-boto3 python3-libnbd jq xxd psmisc procps fuse3 e2fsprogs openssl
+test_pkgs=(python3-boto3 python3-libnbd python3-yaml jq xxd psmisc procps fuse3 e2fsprogs openssl
            clang libclang-rt-14-dev)
 
 missing=()

@@ -102,7 +102,7 @@ command_tests_of() {
 command_tests() {
     command_tests_of "$env_file" -- test_backup test_restore test_catalog \
         test_endpoints test_lease test_tls test_load test_libvirt \
-        test_kubevirt test_lifecycle
+        test_kubevirt test_manifests test_lifecycle
 }
 
 # The second real server: OpenStack Swift with s3api (Debian's 2.30), a

@@ -25,6 +25,7 @@ import urllib.parse
 import nbd
 
 READ_CHUNK = 256 * 1024
+MAP_STEP = 1 << 30
 PAGE_SIZE = 512
 STATE_HOLE = 1
 STATE_ZERO = 2
@@ -102,7 +103,8 @@ class Export:
                         pos += n
                     return 0
 
-                h.block_status(end - at, at, callback)
+                # a request's length is 32 bits without extended headers
+                h.block_status(min(end - at, MAP_STEP), at, callback)
                 if not all(found.values()):
                     raise ValueError(f'no extent at {at}')
                 if self.args.bitmap:
