@@ -16,6 +16,9 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 set -euo pipefail
 BENCH=kubevirt-backup
+# three copies of a 4 GiB disk and more: memstore would hold them in RAM
+export S3CHAIN_S3_STORE=${S3CHAIN_S3_STORE:-bluestore}
+export S3CHAIN_S3_BYTES=${S3CHAIN_S3_BYTES:-48G}
 . "$(dirname "$0")/common.sh"
 
 "$REPO/scripts/libvirtd.sh" start

@@ -40,7 +40,6 @@ struct S3cKubevirtBackup {
 
 typedef struct KubevirtSource {
     S3cSource source;
-    const S3cBackupOptions *opts;
     const S3cKubevirtBackup *kv;
     GPtrArray *exports;         /* of S3cExport, one per volume */
     GPtrArray *whole;           /* of GArray: each volume's data */
@@ -587,7 +586,6 @@ S3cSource *s3c_source_kubevirt_new(const S3cBackupOptions *opts)
     KubevirtSource *s = g_new0(KubevirtSource, 1);
 
     s->source.ops = &kubevirt_ops;
-    s->opts = opts;
     s->kv = opts->kubevirt;
     s->exports = g_ptr_array_new_with_free_func(
         (GDestroyNotify)s3c_export_free);
