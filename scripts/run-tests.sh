@@ -99,10 +99,19 @@ command_tests_of() {
     )
 }
 
+# memstore's accounting of what the OSD holds drifts with every write and
+# delete: a whole run on one server once saw the OSD "full" (a failsafe
+# at 1677721600 %) while it held a few objects, so the KubeVirt tests get
+# a server of their own, started anew
 command_tests() {
+    local status=0
     command_tests_of "$env_file" -- test_backup test_restore test_catalog \
         test_endpoints test_lease test_tls test_load test_libvirt \
-        test_kubevirt test_manifests test_lifecycle
+        test_lifecycle || status=1
+    "$REPO/scripts/s3-server.sh" stop
+    env_file=$("$REPO/scripts/s3-server.sh" start) || return 1
+    command_tests_of "$env_file" -- test_kubevirt test_manifests || status=1
+    return $status
 }
 
 # The second real server: OpenStack Swift with s3api (Debian's 2.30), a
