@@ -19,9 +19,9 @@ static char *catalog_key(const S3cCatalog *cat)
     return g_strconcat(cat->dir, "catalog.json", NULL);
 }
 
-static bool valid_name(const char *name)
+bool s3c_plain_name(const char *name, size_t max_len)
 {
-    if (!*name || strlen(name) > 128 || name[0] == '.') {
+    if (!name || !*name || strlen(name) > max_len || name[0] == '.') {
         return false;
     }
     for (const char *p = name; *p; p++) {
@@ -30,6 +30,11 @@ static bool valid_name(const char *name)
         }
     }
     return true;
+}
+
+static bool valid_name(const char *name)
+{
+    return s3c_plain_name(name, S3C_NAME_MAX);
 }
 
 /* An ISO 8601 time; UTC unless it says otherwise */

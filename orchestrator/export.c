@@ -478,9 +478,6 @@ static void read_ended(ExportRead *r, CURLcode rc)
 {
     S3cExport *e = r->export;
     long status = 0;
-    g_autofree char *what = g_strdup_printf(
-        "volume %s: data at offset %" G_GUINT64_FORMAT, e->volume,
-        r->offset);
     GError *failure = NULL;
     S3cExportDone done;
     void *opaque;
@@ -490,24 +487,29 @@ static void read_ended(ExportRead *r, CURLcode rc)
     curl_multi_remove_handle(e->multi, r->curl);
     curl_easy_cleanup(r->curl);
     r->curl = NULL;
-    if (r->too_long) {
-        g_set_error(&failure, S3C_ERROR, S3C_EXIT_DAMAGED,
-                    "%s: the export server sent more than the %u bytes "
-                    "asked for", what, r->length);
-    } else if (rc == CURLE_OK && status == 200 && r->got < r->length) {
-        g_set_error(&failure, S3C_ERROR, S3C_EXIT_DAMAGED,
-                    "%s: the export server sent %u of %u bytes: the map "
-                    "names bytes past the disk's end", what, r->got,
-                    r->length);
-    } else if (rc == CURLE_OK && status == 200) {
-        /* whole */
-    } else if (may_retry(e, what, rc, r->curl_error, status, r->error_body,
-                         &failure) &&
-               r->attempt < S3C_ATTEMPTS && !s3c_interrupted) {
-        g_clear_error(&failure);
-        r->retry_at = g_get_monotonic_time() +
-                      s3c_retry_pause_us(r->attempt++);
-        return;
+    if (r->too_long || rc != CURLE_OK || status != 200 ||
+        r->got < r->length) {
+        g_autofree char *what = g_strdup_printf(
+            "volume %s: data at offset %" G_GUINT64_FORMAT, e->volume,
+            r->offset);
+
+        if (r->too_long) {
+            g_set_error(&failure, S3C_ERROR, S3C_EXIT_DAMAGED,
+                        "%s: the export server sent more than the %u bytes "
+                        "asked for", what, r->length);
+        } else if (rc == CURLE_OK && status == 200) {
+            g_set_error(&failure, S3C_ERROR, S3C_EXIT_DAMAGED,
+                        "%s: the export server sent %u of %u bytes: the "
+                        "map names bytes past the disk's end", what, r->got,
+                        r->length);
+        } else if (may_retry(e, what, rc, r->curl_error, status,
+                             r->error_body, &failure) &&
+                   r->attempt < S3C_ATTEMPTS && !s3c_interrupted) {
+            g_clear_error(&failure);
+            r->retry_at = g_get_monotonic_time() +
+                          s3c_retry_pause_us(r->attempt++);
+            return;
+        }
     }
     done = r->done;
     opaque = r->opaque;

@@ -500,9 +500,12 @@ static bool run_backup(Args *a, GError **err)
         }
     }
     if (!opts.vm) {
-        return usage_error(err, "the VirtualMachineBackup's source is a "
-                           "tracker: give the tracker with "
-                           "--kubevirt-tracker, or the VM's name with --vm");
+        return usage_error(err, "the VirtualMachineBackup names no VM the "
+                           "repository can name NAMESPACE.VM (its source "
+                           "is a tracker, or the name is over %d "
+                           "characters): give the tracker with "
+                           "--kubevirt-tracker, or the VM's name with --vm",
+                           S3C_NAME_MAX);
     }
     opts.disks = strv_or_null(a->disks);
     return s3c_backup(&opts, err) == S3C_EXIT_OK;

@@ -538,7 +538,10 @@ bool s3c_pull_copy(S3cPullDisk *disks, guint n, uint64_t memory,
             c->disk->source_peer = "the VM";
             c->disk->source_error = S3C_EXIT_VM_UNREACHABLE;
         }
-        c->extents = g_array_new(false, false, sizeof(S3cExtent));
+        /* an export's map is read already; an NBD source's, below */
+        c->extents = c->disk->export
+                     ? g_array_ref(c->disk->extents)
+                     : g_array_new(false, false, sizeof(S3cExtent));
         if (!c->disk->export) {
             c->source = connect_export(disks[i].source_socket,
                                        disks[i].source_export, contexts,
@@ -552,8 +555,6 @@ bool s3c_pull_copy(S3cPullDisk *disks, guint n, uint64_t memory,
                                         err)
                        : NULL;
         if (c->target && c->disk->export) {
-            g_array_append_vals(c->extents, c->disk->extents->data,
-                                c->disk->extents->len);
             count_bytes(c);
         }
         ok = c->target && (c->disk->export || map_disk(c, err));

@@ -522,6 +522,15 @@ void s3c_sidecar_close(S3cSidecar *sc);
 
 /* catalog.c: the backups of a VM, as kept in the bucket */
 
+/* The longest name of a VM, disk or backup in a catalog */
+#define S3C_NAME_MAX 128
+/*
+ * @name is letters, digits, '-', '_' and '.', not first, and at most
+ * @max_len long: a name the catalog keeps (S3C_NAME_MAX), or a peer's
+ * that messages quote
+ */
+bool s3c_plain_name(const char *name, size_t max_len);
+
 /* A backup's checkpoint is the bitmap of this prefix and its id */
 #define S3C_CHECKPOINT_PREFIX "s3chain-"
 

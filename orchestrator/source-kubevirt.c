@@ -16,6 +16,8 @@
 #define TYPE_INCREMENTAL "Incremental"
 /* libvirt's default granularity of a qcow2 disk's checkpoint bitmap */
 #define CHECKPOINT_GRANULARITY (64 * 1024)
+/* Kubernetes' longest object name */
+#define KUBE_NAME_MAX 253
 /* A VirtualMachineBackup or tracker as kubectl prints it is a few KiB */
 #define OBJECT_MAX_BYTES (4 * 1024 * 1024)
 
@@ -146,18 +148,23 @@ static const char *member_str(json_object *obj, const char *path)
            ? json_object_get_string(v) : NULL;
 }
 
-/* What the catalog may name: a volume, a VM */
-static bool plain_name(const char *name)
+/* A Kubernetes object's or a checkpoint's name, safe to quote */
+static bool kube_name(const char *name)
 {
-    if (!name || !*name || strlen(name) > 253 || name[0] == '.') {
-        return false;
+    return s3c_plain_name(name, KUBE_NAME_MAX);
+}
+
+/* NAMESPACE.VM, if the catalog can name a VM so; else NULL */
+static char *default_vm(const char *ns, const char *vm)
+{
+    g_autofree char *name = NULL;
+
+    if (!kube_name(ns) || !kube_name(vm)) {
+        return NULL;
     }
-    for (const char *c = name; *c; c++) {
-        if (!g_ascii_isalnum(*c) && !strchr("-_.", *c)) {
-            return false;
-        }
-    }
-    return true;
+    name = g_strdup_printf("%s.%s", ns, vm);
+    return s3c_plain_name(name, S3C_NAME_MAX) ? g_steal_pointer(&name)
+                                              : NULL;
 }
 
 static bool endpoint_ok(const char *url)
@@ -187,10 +194,11 @@ static bool read_volumes(S3cKubevirtBackup *kv, const char *file,
         };
 
         g_array_append_val(kv->volumes, vol);
-        if (!plain_name(vol.name)) {
+        /* the catalog names the disk after it */
+        if (!s3c_plain_name(vol.name, S3C_NAME_MAX)) {
             return bad_input(err, file, "status.includedVolumes[%zu] has "
-                             "no volumeName of letters, digits, '-', '_' "
-                             "and '.'", i);
+                             "no volumeName of at most %d letters, digits, "
+                             "'-', '_' and '.'", i, S3C_NAME_MAX);
         }
         for (size_t j = 0; j < i; j++) {
             if (!strcmp(g_array_index(kv->volumes, KubevirtVolume,
@@ -216,7 +224,7 @@ static bool read_backup(S3cKubevirtBackup *kv, const char *file,
 
     ns = member_str(obj, "metadata.namespace");
     name = member_str(obj, "metadata.name");
-    if (!plain_name(ns) || !plain_name(name)) {
+    if (!kube_name(ns) || !kube_name(name)) {
         return bad_input(err, file, "has no metadata.namespace and "
                          "metadata.name");
     }
@@ -230,10 +238,8 @@ static bool read_backup(S3cKubevirtBackup *kv, const char *file,
                          "spec.mode: Pull", kv->name, shown);
     }
     source_kind = member_str(obj, "spec.source.kind");
-    if (!g_strcmp0(source_kind, "VirtualMachine") &&
-        plain_name(member_str(obj, "spec.source.name"))) {
-        kv->vm = g_strdup_printf("%s.%s", ns,
-                                 member_str(obj, "spec.source.name"));
+    if (!g_strcmp0(source_kind, "VirtualMachine")) {
+        kv->vm = default_vm(ns, member_str(obj, "spec.source.name"));
     }
     failed = member(obj, "status.conditions");
     for (size_t i = 0; i < s3c_json_len(failed); i++) {
@@ -258,7 +264,7 @@ static bool read_backup(S3cKubevirtBackup *kv, const char *file,
     }
     kv->incremental = !strcmp(type, TYPE_INCREMENTAL);
     kv->checkpoint = g_strdup(member_str(obj, "status.checkpointName"));
-    if (kv->checkpoint && !plain_name(kv->checkpoint)) {
+    if (kv->checkpoint && !kube_name(kv->checkpoint)) {
         return bad_input(err, file, "status.checkpointName is no "
                          "checkpoint's name");
     }
@@ -275,14 +281,14 @@ static bool read_tracker(S3cKubevirtBackup *kv, const char *file,
     const char *ns, *vm;
 
     kv->base = g_strdup(member_str(obj, "status.latestCheckpoint.name"));
-    if (kv->base && !plain_name(kv->base)) {
+    if (kv->base && !kube_name(kv->base)) {
         return bad_input(err, file, "status.latestCheckpoint.name is no "
                          "checkpoint's name");
     }
     ns = member_str(obj, "metadata.namespace");
     vm = member_str(obj, "spec.source.name");
-    if (!kv->vm && plain_name(ns) && plain_name(vm)) {
-        kv->vm = g_strdup_printf("%s.%s", ns, vm);
+    if (!kv->vm) {
+        kv->vm = default_vm(ns, vm);
     }
     return true;
 }

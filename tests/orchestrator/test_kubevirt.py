@@ -21,7 +21,7 @@ import unittest
 from typing import Dict, List, Optional
 
 from harness import Run
-from libvirt_guest import DISKS, last_record, replay, virsh
+from libvirt_guest import DISKS, virsh
 from test_libvirt import LibvirtTestCase
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,6 +65,7 @@ class KubevirtTestCase(LibvirtTestCase):
     libvirt pull backup with a checkpoint, and the export server's
     stand-in in front of it), its status and tracker as files, and
     `s3chain backup --kubevirt`"""
+    backed_up = tuple(VOLUMES)
 
     def setUp(self) -> None:
         super().setUp()
@@ -88,39 +89,6 @@ class KubevirtTestCase(LibvirtTestCase):
 
     def repo_vm(self) -> str:
         return self.vm
-
-    def restored(self, backup_id: str, targets=None) -> Dict[str, bytes]:
-        """Each volume of a backup, as `s3chain restore` writes it"""
-        targets = targets or {v: os.path.join(self.dir, f'restored-{v}.raw')
-                              for v in VOLUMES}
-        args = ['restore', '--vm', self.vm, '--repo', self.bucket.repo,
-                '--backup', backup_id, '--json']
-        for volume, path in targets.items():
-            args += ['--target', f'{volume}={path}']
-        code, err = Run(args, self.env()).finish()
-        self.assertEqual(code, 0, err)
-        out = {}
-        for volume, path in targets.items():
-            with open(path, 'rb') as f:
-                out[volume] = f.read(DISKS[volume][1])
-            if path.startswith(self.dir):
-                os.remove(path)
-        return out
-
-    def assertExact(self, result: dict, targets=None) -> int:
-        """Each volume is the guest's disk at one instant"""
-        images = self.restored(result['backup'], targets)
-        upto = last_record(images, self.dom.start_seq)
-        expected = replay(self.dom.base, self.dom.start_seq, upto)
-        for volume in VOLUMES:
-            self.assertEqual(len(images[volume]), len(expected[volume]))
-            if images[volume] != expected[volume]:
-                first = next(i for i in range(len(expected[volume]))
-                             if images[volume][i] != expected[volume][i])
-                self.fail(f'backup {result["backup"]} of {volume} is not '
-                          f'the guest\'s disk after record {upto}: first '
-                          f'difference at byte {first}')
-        return upto
 
     def begin_backup(self, full: bool = False, **faults) -> None:
         """What KubeVirt does for a new VirtualMachineBackup in Pull mode:
