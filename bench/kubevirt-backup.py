@@ -2,12 +2,13 @@
 """Backups through KubeVirt's pull-mode export endpoints, against their
 baselines, in the same run and to the same radosgw:
 
-- full: `s3chain backup --kubevirt` of a 4 GiB disk full of data, read
-  through the export server's map and data endpoints (the tests' stand-in
-  of virt-exportserver, kubevirt_export.py, in front of a real libvirt
-  pull backup), against one `curl` of the data endpoint into a file (a
-  single stream, as KubeVirt's published NBD pull figure is), and
-  against s3chain over QMP on a plain QEMU with a copy of the disk;
+- full: `s3chain backup --kubevirt` of a disk full of data (4 GiB, or
+  S3CHAIN_BENCH_GIB), read through the export server's map and data
+  endpoints (the tests' stand-in of virt-exportserver,
+  kubevirt_export.py, in front of a real libvirt pull backup), against
+  one `curl` of the data endpoint into a file (a single stream, as
+  KubeVirt's published NBD pull figure is), and against s3chain over
+  QMP on a plain QEMU with a copy of the disk;
 - incremental, 64 MiB and 1 GiB dirty: against OADP's push pipeline, a
   libvirt push-mode backup into a local qcow2 (KubeVirt's Push mode
   writes it onto a PVC) and then that file uploaded whole (boto3, 8 MiB
@@ -33,7 +34,8 @@ import uuid
 from vmbench import (GiB, MiB, QEMU_IMG, REPO, S3CHAIN, BucketBench,
                      define_domain, dirty_image, start_vm)
 
-SIZE = 4 * GiB
+# S3CHAIN_BENCH_GIB: the disk's size (4 GiB unless set)
+SIZE = int(os.environ.get('S3CHAIN_BENCH_GIB', '4')) * GiB
 URI = 'qemu:///system'
 STAND_IN = os.path.join(REPO, 'tests', 'orchestrator', 'kubevirt_export.py')
 TOKEN = 'bench-export-token'
@@ -274,6 +276,7 @@ class Bench(BucketBench):
         kv_s, kv, kv_rss, kv_sc = self.kubevirt(kv_repo)
         q_s, q, _, q_sc = self.s3chain(qmp_args, qmp_repo)
         push_s, push_local = self.oadp_push(f'{base}/oadp/full.qcow2')
+        full = f'full {SIZE // GiB} GiB'
         print(f'{"backup":<22} {"tool":<34} {"wall s":>7} {"MB/s":>6} '
               f'{"uploaded MiB":>12} {"local MiB":>9} {"cmd RSS":>7} '
               f'{"sidecar RSS":>11}')
@@ -286,15 +289,16 @@ class Bench(BucketBench):
                   f'{"-" if sc is None else f"{sc / MiB:.0f}":>11}',
                   flush=True)
 
-        row('full 4 GiB', 'curl of the data endpoint, 1 stream', curl_s, 0,
+        row(full, 'curl of the data endpoint, 1 stream', curl_s, 0,
             SIZE, None, None, moved=SIZE)
-        row('full 4 GiB', 's3chain --kubevirt', kv_s,
+        row(full, 's3chain --kubevirt', kv_s,
             kv['disks'][0]['bytes-stored'], 0, kv_rss, kv_sc)
-        row('full 4 GiB', 's3chain over QMP', q_s,
+        row(full, 's3chain over QMP', q_s,
             q['disks'][0]['bytes-stored'], 0, None, q_sc)
-        row('full 4 GiB', 'push qcow2 + upload (OADP)', push_s, push_local,
+        row(full, 'push qcow2 + upload (OADP)', push_s, push_local,
             push_local, None, None)
-        ratios = [f'full: curl / s3chain --kubevirt = {curl_s / kv_s:.2f}, '
+        ratios = [f'{full}: curl / s3chain --kubevirt = '
+                  f'{curl_s / kv_s:.2f}, '
                   f'QMP / --kubevirt = {q_s / kv_s:.2f}, push + upload / '
                   f'--kubevirt = {push_s / kv_s:.2f}']
         for mib in dirty_mibs:

@@ -8,7 +8,7 @@
 # sidecar.  The export server is the tests' stand-in (kubevirt_export.py)
 # in front of a real libvirt pull backup.
 #
-# Usage: bench/kubevirt-backup.sh [DIRTY_MIB...]   (64 1024)
+# Usage: [S3CHAIN_BENCH_GIB=4] bench/kubevirt-backup.sh [DIRTY_MIB...]   (64 1024)
 # Needs scripts/build.sh done; starts the S3 server and libvirtd
 # (scripts/libvirtd.sh).  Writes the table to
 # bench/results/kubevirt-backup.txt.

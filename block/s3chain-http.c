@@ -12,7 +12,6 @@
 #include "qemu/lockable.h"
 #include "qemu/units.h"
 #include "s3chain.h"
-#include "s3chain-retry.h"
 #include "trace.h"
 
 /* SHA-256 of an empty payload */
@@ -25,8 +24,6 @@
  */
 #define UNSIGNED_PAYLOAD "UNSIGNED-PAYLOAD"
 
-#define RETRY_BASE_MS 100
-#define RETRY_MAX_MS 5000
 #define ERROR_BODY_MAX (4 * KiB)
 /* curl's default of 16 KiB costs a recv() and a poll() per 8 KiB */
 #define RECEIVE_BUFFER_SIZE (512L * KiB)
@@ -111,23 +108,7 @@ static int conn_timer_cb(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
-static char *error_code_of(GString *body)
-{
-    const char *start, *end;
-
-    if (!body) {
-        return NULL;
-    }
-    start = strstr(body->str, "<Code>");
-    end = start ? strstr(start, "</Code>") : NULL;
-    if (!end) {
-        return NULL;
-    }
-    start += strlen("<Code>");
-    return g_strndup(start, end - start);
-}
-
-static const char *hint_for(long status, const char *code)
+static const char *hint_for(S3chainOutcome outcome, const char *code)
 {
     if (code && (!strcmp(code, "SignatureDoesNotMatch") ||
                  !strcmp(code, "InvalidAccessKeyId"))) {
@@ -136,35 +117,32 @@ static const char *hint_for(long status, const char *code)
     if (code && !strcmp(code, "NoSuchBucket")) {
         return "check the bucket name and the endpoint";
     }
-    switch (status) {
-    case 403:
+    switch (outcome) {
+    case S3CHAIN_OUTCOME_DENIED:
         return "check the credentials and the bucket's policy";
-    case 404:
+    case S3CHAIN_OUTCOME_NOT_FOUND:
         return "check the bucket and key";
-    case 412:
+    case S3CHAIN_OUTCOME_PRECONDITION:
         return "a precondition failed: the object changed, or exists";
-    case 501:
-    case 505:
+    case S3CHAIN_OUTCOME_UNSUPPORTED:
         return "the server does not implement this request";
     default:
         return "see the server's logs";
     }
 }
 
-static int errno_for_status(long status)
+static int errno_for(S3chainOutcome outcome)
 {
-    switch (status) {
-    case 401:
-    case 403:
+    switch (outcome) {
+    case S3CHAIN_OUTCOME_DENIED:
         return -EACCES;
-    case 404:
+    case S3CHAIN_OUTCOME_NOT_FOUND:
         return -ENOENT;
-    case 412:
+    case S3CHAIN_OUTCOME_PRECONDITION:
         return -ESTALE;
-    case 416:
+    case S3CHAIN_OUTCOME_RANGE:
         return -EINVAL;
-    case 501:
-    case 505:
+    case S3CHAIN_OUTCOME_UNSUPPORTED:
         return -ENOTSUP;
     default:
         return -EIO;
@@ -177,6 +155,7 @@ static int errno_for_status(long status)
  */
 static bool classify_locked(S3chainRequest *req, CURLcode result)
 {
+    S3chainOutcome outcome;
     const char *curl_text;
 
     g_clear_pointer(&req->error_code, g_free);
@@ -211,13 +190,15 @@ static bool classify_locked(S3chainRequest *req, CURLcode result)
         return s3chain_curl_error_is_transient(result);
     }
 
-    req->error_code = error_code_of(req->error_body);
-    req->ret = errno_for_status(req->status);
+    req->error_code = s3chain_error_code(req->error_body
+                                         ? req->error_body->str : NULL);
+    outcome = s3chain_outcome_of(req->status, req->error_code);
+    req->ret = errno_for(outcome);
     req->error_text = g_strdup_printf(
         "HTTP %ld%s%s: %s", req->status,
         req->error_code ? " " : "", req->error_code ? req->error_code : "",
-        hint_for(req->status, req->error_code));
-    return s3chain_status_is_transient(req->status);
+        hint_for(outcome, req->error_code));
+    return outcome == S3CHAIN_OUTCOME_TRANSIENT;
 }
 
 static size_t write_cb(char *data, size_t size, size_t nmemb, void *opaque)
@@ -546,10 +527,8 @@ static void retry_cb(void *opaque)
 
 static void schedule_retry_locked(S3chainRequest *req)
 {
-    int64_t delay = MIN(RETRY_BASE_MS << MIN(req->attempts - 1, 16),
-                        RETRY_MAX_MS);
+    int64_t delay = s3chain_retry_delay_ms(req->attempts);
 
-    delay = delay / 2 + g_random_int_range(0, delay / 2 + 1);
     trace_s3chain_retry(req, req->attempts, delay, req->error_text);
     aio_timer_init(req->conn->ctx, &req->retry_timer, QEMU_CLOCK_REALTIME,
                    SCALE_MS, retry_cb, req);

@@ -785,16 +785,24 @@ static int coroutine_fn load_blocks_locked(S3chainImage *img, CachedChunk *c,
     for (unsigned i = 0; i < n; i++) {
         BlockRun *run = &runs[i];
 
-        if (run->req.ret < 0) {
+        if (run->req.ret == -ENOENT) {
+            /* the committed manifest names it: it was there */
+            if (!ret) {
+                error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s, which the "
+                             "manifest names, is missing", bucket(img),
+                             run->key);
+            }
+            ret = ret ? ret : -EIO;
+        } else if (run->req.ret < 0) {
             if (!ret && run->req.ret != -ECANCELED) {
                 report_request_error(img, "read of", run->key, &run->req);
             }
             ret = ret ? ret : run->req.ret;
         } else if (!ret && !run_is_intact(img, c, ref, run)) {
             trace_s3chain_chunk_corrupt(bucket(img), run->key);
-            error_report("s3chain: chunk s3://%s/%s does not match its "
-                         "checksum in the manifest; the image is damaged",
-                         bucket(img), run->key);
+            error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s does not match "
+                         "its checksum in the manifest", bucket(img),
+                         run->key);
             ret = -EIO;
         }
         s3chain_request_cleanup(&run->req);
@@ -1625,7 +1633,7 @@ int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
 
     manifest = s3chain_manifest_decode(json, &local_err);
     if (!manifest) {
-        error_setg(errp, "s3chain: s3://%s/%s is damaged: %s",
+        error_setg(errp, S3CHAIN_DAMAGED "manifest s3://%s/%s: %s",
                    s3chain_conn_settings(conn)->bucket, key,
                    error_get_pretty(local_err));
         error_free(local_err);

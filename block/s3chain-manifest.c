@@ -37,13 +37,7 @@
 #include "qobject/qlist.h"
 #include "qobject/qnum.h"
 #include "qobject/qstring.h"
-#include "qemu/cutils.h"
 #include "s3chain.h"
-
-#define MANIFEST_FORMAT "s3chain-chunked"
-#define MANIFEST_VERSION 5
-/* what a manifest without patches says it is */
-#define MANIFEST_VERSION_UNPATCHED 4
 
 void s3chain_chunk_ref_copy(S3chainChunkRef *dst, const S3chainChunkRef *src)
 {
@@ -118,12 +112,6 @@ void s3chain_manifest_remove(S3chainManifest *m, uint64_t index)
     g_tree_remove(m->chunks, &index);
 }
 
-char *s3chain_chunk_key(const char *image_key, uint64_t index,
-                        const char *tag)
-{
-    return g_strdup_printf("%s.d/%016" PRIx64 ".%s", image_key, index, tag);
-}
-
 static void encode_md5(GString *out, const uint8_t *md5)
 {
     for (int i = 0; i < 16; i++) {
@@ -181,9 +169,9 @@ char *s3chain_manifest_encode(const S3chainManifest *m)
     g_string_append_printf(out, "{\"format\": \"%s\", \"version\": %d, "
                            "\"size\": %" PRIu64 ", \"chunk-size\": %" PRIu64
                            ", \"generation\": %" PRIu64 ", \"chunks\": [",
-                           MANIFEST_FORMAT,
-                           patched ? MANIFEST_VERSION
-                                   : MANIFEST_VERSION_UNPATCHED,
+                           S3CHAIN_MANIFEST_FORMAT,
+                           patched ? S3CHAIN_MANIFEST_VERSION
+                                   : S3CHAIN_MANIFEST_VERSION_UNPATCHED,
                            m->size,
                            m->chunk_size, m->generation);
     g_tree_foreach(m->chunks, encode_chunk, out);
@@ -191,33 +179,10 @@ char *s3chain_manifest_encode(const S3chainManifest *m)
     return g_string_free(out, false);
 }
 
-static bool decode_md5(const char *hex, uint8_t *md5)
+/* @s's string, or NULL if it is no string */
+static const char *string_of(QString *s)
 {
-    if (strlen(hex) != 32) {
-        return false;
-    }
-    for (int i = 0; i < 16; i++) {
-        int hi = g_ascii_xdigit_value(hex[2 * i]);
-        int lo = g_ascii_xdigit_value(hex[2 * i + 1]);
-
-        if (hi < 0 || lo < 0) {
-            return false;
-        }
-        md5[i] = hi << 4 | lo;
-    }
-    return true;
-}
-
-bool s3chain_crc32_from_hex(const char *hex, uint32_t *crc32)
-{
-    uint64_t value;
-
-    if (strlen(hex) != 8 || strspn(hex, "0123456789abcdef") != 8 ||
-        qemu_strtou64(hex, NULL, 16, &value) < 0) {
-        return false;
-    }
-    *crc32 = value;
-    return true;
+    return s ? qstring_get_str(s) : NULL;
 }
 
 static bool get_uint(QDict *d, const char *name, uint64_t *value,
@@ -232,37 +197,12 @@ static bool get_uint(QDict *d, const char *name, uint64_t *value,
     return true;
 }
 
-/* A block size divides the chunk in at most S3CHAIN_MAX_BLOCKS */
-static bool is_valid_block_size(QNum *n, uint64_t chunk_size,
-                                uint64_t *block_size)
-{
-    return n && qnum_get_try_uint(n, block_size) &&
-           is_power_of_2(*block_size) && *block_size <= chunk_size &&
-           chunk_size / *block_size <= S3CHAIN_MAX_BLOCKS;
-}
-
-/* One CRC-32 of each block of @block_size in @chunk_size, in hex */
-static bool is_valid_block_sums(QString *sums, uint64_t chunk_size,
-                                uint64_t block_size)
-{
-    const char *hex = sums ? qstring_get_str(sums) : NULL;
-    size_t len = 8 * (chunk_size / block_size);
-
-    return hex && strlen(hex) == len &&
-           strspn(hex, "0123456789abcdef") == len;
-}
-
-static bool is_valid_tag(const char *tag)
-{
-    return *tag && strspn(tag, "0123456789abcdef.") == strlen(tag);
-}
-
 /*
  * Reads @list, version 5's patches of a chunk of @blocks blocks, into
  * @ref: at most S3CHAIN_MAX_PATCHES of [TAG, MD5, BLOCKS], each holding
  * some of the chunk's blocks
  */
-static bool decode_patches(QList *list, unsigned blocks,
+static bool decode_patches(QList *list, uint64_t chunk_size,
                            S3chainChunkRef *ref)
 {
     QListEntry *e;
@@ -275,7 +215,6 @@ static bool decode_patches(QList *list, unsigned blocks,
         S3chainPatchRef *p = &ref->patches[ref->n_patches];
         QString *fields[3] = { NULL };
         const QListEntry *f;
-        const char *tag, *md5, *mask;
         size_t n = 0;
 
         if (!item || qlist_size(item) != 3 ||
@@ -288,17 +227,14 @@ static bool decode_patches(QList *list, unsigned blocks,
         if (!fields[0] || !fields[1] || !fields[2]) {
             return false;
         }
-        tag = qstring_get_str(fields[0]);
-        md5 = qstring_get_str(fields[1]);
-        mask = qstring_get_str(fields[2]);
-        if (!is_valid_tag(tag) || !decode_md5(md5, p->md5) ||
-            strlen(mask) != 16 || strspn(mask, "0123456789abcdef") != 16 ||
-            qemu_strtou64(mask, NULL, 16, &p->blocks) < 0 || !p->blocks ||
-            (blocks < 64 && p->blocks >> blocks)) {
+        if (!s3chain_tag_is_valid(qstring_get_str(fields[0])) ||
+            !s3chain_md5_from_hex(qstring_get_str(fields[1]), p->md5) ||
+            !s3chain_patch_blocks_from_hex(qstring_get_str(fields[2]),
+                                           chunk_size, &p->blocks)) {
             return false;
         }
         /* borrowed from @list, as the entry's other strings are */
-        p->tag = (char *)tag;
+        p->tag = (char *)qstring_get_str(fields[0]);
         ref->n_patches++;
     }
     return true;
@@ -320,17 +256,17 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
         return NULL;
     }
     format = qdict_get_try_str(d, "format");
-    if (!format || strcmp(format, MANIFEST_FORMAT)) {
-        error_setg(errp, "manifest format is not " MANIFEST_FORMAT);
+    if (!format || strcmp(format, S3CHAIN_MANIFEST_FORMAT)) {
+        error_setg(errp, "manifest format is not " S3CHAIN_MANIFEST_FORMAT);
         return NULL;
     }
     if (!get_uint(d, "version", &version, errp)) {
         return NULL;
     }
-    if (version < 1 || version > MANIFEST_VERSION) {
+    if (version < 1 || version > S3CHAIN_MANIFEST_VERSION) {
         error_setg(errp, "manifest version %" PRIu64 " is not supported; "
                    "this s3chain reads versions 1 to %d", version,
-                   MANIFEST_VERSION);
+                   S3CHAIN_MANIFEST_VERSION);
         return NULL;
     }
     if (!get_uint(d, "size", &size, errp) ||
@@ -338,8 +274,7 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
         !get_uint(d, "generation", &generation, errp)) {
         return NULL;
     }
-    if (chunk_size < S3CHAIN_MIN_CHUNK_SIZE ||
-        chunk_size > S3CHAIN_MAX_CHUNK_SIZE || !is_power_of_2(chunk_size)) {
+    if (!s3chain_chunk_size_is_valid(chunk_size)) {
         error_setg(errp, "manifest chunk-size %" PRIu64 " is invalid",
                    chunk_size);
         return NULL;
@@ -371,12 +306,9 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
                 n++;
             }
         }
-        if (n < 3 || n > MIN(version + 2, 7)) {
-            error_setg(errp, "manifest chunk entry is not [index, tag, md5%s]",
-                       version < 2 ? "" : version < 3 ? ", crc32"
-                       : version < 4 ? ", crc32, block-size"
-                       : version < 5 ? ", crc32, block-size, block-sums"
-                       : ", crc32, block-size, block-sums[, patches]");
+        if (n < 3 || n > s3chain_entry_fields_max(version)) {
+            error_setg(errp, "manifest chunk entry is not %s",
+                       s3chain_entry_shape(version));
             return NULL;
         }
         index_num = qobject_to(QNum, fields[0]);
@@ -386,24 +318,25 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
         block_size_num = qobject_to(QNum, fields[4]);
         block_sums = qobject_to(QString, fields[5]);
         ref.has_crc32 = n >= 4;
-        if (!index_num || !qnum_get_try_uint(index_num, &index) || !tag ||
-            !md5_hex || !is_valid_tag(qstring_get_str(tag)) ||
-            !decode_md5(qstring_get_str(md5_hex), ref.md5) ||
-            (ref.has_crc32 && (!crc32_hex ||
-                !s3chain_crc32_from_hex(qstring_get_str(crc32_hex),
-                                        &ref.crc32))) ||
-            (n >= 5 && !is_valid_block_size(block_size_num, chunk_size,
-                                            &ref.block_size)) ||
-            (n >= 6 && !is_valid_block_sums(block_sums, chunk_size,
-                                            ref.block_size)) ||
+        if (!index_num || !qnum_get_try_uint(index_num, &index) ||
+            !s3chain_tag_is_valid(string_of(tag)) ||
+            !s3chain_md5_from_hex(string_of(md5_hex), ref.md5) ||
+            (ref.has_crc32 &&
+             !s3chain_crc32_from_hex(string_of(crc32_hex), &ref.crc32)) ||
+            (n >= 5 && (!block_size_num ||
+                        !qnum_get_try_uint(block_size_num, &ref.block_size) ||
+                        !s3chain_block_size_is_valid(ref.block_size,
+                                                     chunk_size))) ||
+            (n >= 6 && !s3chain_block_sums_are_valid(string_of(block_sums),
+                                                     chunk_size,
+                                                     ref.block_size)) ||
             (n == 7 && (ref.block_size != s3chain_block_size(chunk_size) ||
                         !decode_patches(qobject_to(QList, fields[6]),
-                                        chunk_size / ref.block_size,
-                                        &ref)))) {
+                                        chunk_size, &ref)))) {
             error_setg(errp, "manifest chunk entry is malformed");
             return NULL;
         }
-        if (index >= DIV_ROUND_UP(size, chunk_size) ||
+        if (!s3chain_chunk_index_is_valid(index, size, chunk_size) ||
             (g_tree_nnodes(m->chunks) && index <= last)) {
             error_setg(errp, "manifest chunk %" PRIu64 " is out of order or "
                        "beyond the image's end", index);

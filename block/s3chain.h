@@ -21,43 +21,23 @@
 #include "block/block_int.h"
 #include "qapi/qapi-types-block-core.h"
 #include <curl/curl.h>
+#include "s3chain-format.h"
+#include "s3chain-retry.h"
 #include "s3chain-sigv4.h"
 
 #define S3CHAIN_PROTOCOL "s3chain"
 
 #define S3CHAIN_DEFAULT_REGION "us-east-1"
 #define S3CHAIN_DEFAULT_TIMEOUT 30
-#define S3CHAIN_DEFAULT_RETRIES 5
 #define S3CHAIN_DEFAULT_REQUEST_SIZE (4 * MiB)
 #define S3CHAIN_DEFAULT_READAHEAD (32 * MiB)
 #define S3CHAIN_DEFAULT_MAX_REQUESTS 8
 #define S3CHAIN_DEFAULT_CHUNK_SIZE (4 * MiB)
-#define S3CHAIN_MIN_CHUNK_SIZE (64 * KiB)
 /* a scratch image's: a copy-before-write cluster, so discards free it */
 #define S3CHAIN_SCRATCH_CHUNK_SIZE S3CHAIN_MIN_CHUNK_SIZE
-#define S3CHAIN_MAX_CHUNK_SIZE (256 * MiB)
 #define S3CHAIN_DEFAULT_BUFFER_SIZE (64 * MiB)
 /* An open reads this much of an object first: all of most manifests */
 #define S3CHAIN_PROBE_BYTES (64 * KiB)
-
-/* The Content-Type that marks a chunked image's manifest */
-#define S3CHAIN_MANIFEST_TYPE "application/vnd.s3chain.manifest+json"
-
-/*
- * Where version 3 writers put the CRC-32 of each block of a chunk, 8 hex
- * digits each, in order: the chunk object's metadata.  Since version 4
- * the manifest holds them: OpenStack Swift refuses metadata values over
- * 256 bytes, and 64 sums are 512.
- */
-#define S3CHAIN_BLOCK_SUMS_META "x-amz-meta-s3chain-block-crc32"
-#define S3CHAIN_MAX_BLOCKS 64
-#define S3CHAIN_MIN_BLOCK_SIZE (64 * KiB)
-
-/* The blocks of a chunk: a qcow2 cluster, or a 64th of the chunk */
-static inline uint64_t s3chain_block_size(uint64_t chunk_size)
-{
-    return MAX(S3CHAIN_MIN_BLOCK_SIZE, chunk_size / S3CHAIN_MAX_BLOCKS);
-}
 
 /* The blocks, a bit each, that hold bytes @offset to @offset + @bytes */
 static inline uint64_t s3chain_blocks_of(uint64_t block_size,
@@ -92,12 +72,6 @@ bool s3chain_parse_url(const char *url, QDict *options, Error **errp);
 char *s3chain_build_url(const BlockdevOptionsS3chain *opts, const char *key);
 
 /* s3chain-manifest.c: the manifest of a chunked image */
-
-/*
- * A chunk's patches: at most this many objects, holding together at
- * most half of its blocks, over the object it was stored whole in
- */
-#define S3CHAIN_MAX_PATCHES 4
 
 /*
  * An object with some blocks of a chunk, newer than its whole object's:
@@ -145,12 +119,7 @@ void s3chain_chunk_ref_copy(S3chainChunkRef *dst, const S3chainChunkRef *src);
 void s3chain_chunk_ref_clear(S3chainChunkRef *ref);
 void s3chain_manifest_remove(S3chainManifest *m, uint64_t index);
 char *s3chain_manifest_encode(const S3chainManifest *m);
-/* Reads a CRC-32 written as the manifest writes it: 8 lower-case hex */
-bool s3chain_crc32_from_hex(const char *hex, uint32_t *crc32);
 S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp);
-/* The object key of chunk @index of image @image_key, upload @tag */
-char *s3chain_chunk_key(const char *image_key, uint64_t index,
-                        const char *tag);
 
 /* s3chain-plan.c: the byte ranges a reader says it will read */
 

@@ -39,7 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                      (c->block_size && strlen(c->block_sums) ==
                       8 * (m->chunk_size / c->block_size)));
             /* patches: few, over sums, under the image's key, in blocks */
-            g_assert(c->n_patches <= S3C_MAX_PATCHES);
+            g_assert(c->n_patches <= S3CHAIN_MAX_PATCHES);
             g_assert(!c->n_patches || c->block_sums);
             for (unsigned p = 0; p < c->n_patches; p++) {
                 g_assert(g_str_has_prefix(c->patches[p].key,

@@ -8,7 +8,6 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "s3chain.h"
-#include "../block/s3chain-retry.h"
 
 #include <curl/curl.h>
 #include <poll.h>
@@ -217,7 +216,7 @@ static bool get_page(S3cExport *e, const char *url, const char *what,
             g_propagate_error(err, g_steal_pointer(&failure));
             return false;
         }
-        g_usleep(s3c_retry_pause_us(attempt));
+        g_usleep(s3chain_retry_delay_ms(attempt) * 1000);
     }
 }
 
@@ -507,7 +506,7 @@ static void read_ended(ExportRead *r, CURLcode rc)
                    r->attempt < S3C_ATTEMPTS && !s3c_interrupted) {
             g_clear_error(&failure);
             r->retry_at = g_get_monotonic_time() +
-                          s3c_retry_pause_us(r->attempt++);
+                          s3chain_retry_delay_ms(r->attempt++) * 1000;
             return;
         }
     }

@@ -14,12 +14,6 @@
 /* Deep checks read this many chunks at once */
 #define VERIFY_READERS 8
 
-/*
- * docs/object-layout.rst: the CRC-32 of each block of a chunk, where
- * version 3 writers put them
- */
-#define BLOCK_SUMS_META "x-amz-meta-s3chain-block-crc32"
-
 static void chunk_free(S3cChunk *c)
 {
     g_free(c->key);
@@ -41,27 +35,6 @@ void s3c_manifest_free(S3cManifest *m)
     }
 }
 
-static bool is_hex(const char *s, size_t len)
-{
-    return s && strlen(s) == len && strspn(s, "0123456789abcdefABCDEF") == len;
-}
-
-/*
- * docs/object-layout.rst's limits, as block/s3chain.h and
- * block/s3chain-manifest.c hold them for the driver
- */
-#define MANIFEST_VERSION_MAX 5
-#define MIN_CHUNK_SIZE (64 * 1024)
-#define MAX_CHUNK_SIZE (256 * 1024 * 1024)
-#define MAX_BLOCKS 64
-/* A manifest of a 64 TiB image of 64 KiB chunks, all stored, is ~70 GiB */
-#define MANIFEST_MAX_BYTES (256 * 1024 * 1024)
-
-static bool is_pow2(uint64_t n)
-{
-    return n && !(n & (n - 1));
-}
-
 static bool bad(GError **err, const char *where, const char *fmt, ...)
     G_GNUC_PRINTF(3, 4);
 
@@ -76,6 +49,16 @@ static bool bad(GError **err, const char *where, const char *fmt, ...)
     g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
                 "%s: not a valid s3chain image manifest: %s", where, what);
     return false;
+}
+
+/* Member @i of JSON array @list if it is a string, or NULL */
+static const char *string_at(json_object *list, size_t i)
+{
+    json_object *v = json_object_is_type(list, json_type_array)
+                     ? json_object_array_get_idx(list, i) : NULL;
+
+    return json_object_is_type(v, json_type_string)
+           ? json_object_get_string(v) : NULL;
 }
 
 /* Member @name of @doc, a JSON integer from 0 to @max */
@@ -95,21 +78,8 @@ static bool get_uint(json_object *doc, const char *name, uint64_t max,
     return true;
 }
 
-/* As the driver has it: hex digits and dots, so never a '/' */
-static bool is_tag(const char *tag)
-{
-    return tag && *tag && strspn(tag, "0123456789abcdef.") == strlen(tag);
-}
-
-/* The key of the object of chunk @index of image @image, upload @tag */
-static char *chunk_key(const char *image, uint64_t index, const char *tag)
-{
-    return g_strdup_printf("%s.d/%016" G_GINT64_MODIFIER "x.%s", image,
-                           index, tag);
-}
-
 /*
- * @list, version 5's patches of chunk @c: 1 to S3C_MAX_PATCHES of
+ * @list, version 5's patches of chunk @c: 1 to S3CHAIN_MAX_PATCHES of
  * [TAG, MD5, BLOCKS], BLOCKS 16 lower-case hex digits, some of the
  * chunk's blocks
  */
@@ -118,47 +88,41 @@ static bool parse_patches(json_object *list, const S3cManifest *m,
 {
     size_t n = json_object_is_type(list, json_type_array)
                ? json_object_array_length(list) : 0;
-    unsigned blocks = m->chunk_size / c->block_size;
-    /* block/s3chain.h's s3chain_block_size(): writers patch only those */
-    uint64_t block_size = MAX(MIN_CHUNK_SIZE, m->chunk_size / MAX_BLOCKS);
+    uint64_t block_size = s3chain_block_size(m->chunk_size);
 
     if (c->block_size != block_size) {
         return bad(err, where, "chunk %" G_GUINT64_FORMAT ": it has patches "
                    "but not blocks of %" G_GUINT64_FORMAT " bytes", c->index,
                    block_size);
     }
-    if (n < 1 || n > S3C_MAX_PATCHES) {
+    if (n < 1 || n > S3CHAIN_MAX_PATCHES) {
         return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its patches "
-                   "are not a list of 1 to %d", c->index, S3C_MAX_PATCHES);
+                   "are not a list of 1 to %d", c->index,
+                   S3CHAIN_MAX_PATCHES);
     }
     for (size_t i = 0; i < n; i++) {
         json_object *p = json_object_array_get_idx(list, i);
         const char *field[3] = { NULL };
-        uint64_t mask;
+        uint8_t md5[16];
 
         for (size_t f = 0; f < 3 &&
              json_object_is_type(p, json_type_array) &&
              json_object_array_length(p) == 3; f++) {
-            json_object *v = json_object_array_get_idx(p, f);
-
-            field[f] = json_object_is_type(v, json_type_string)
-                       ? json_object_get_string(v) : NULL;
+            field[f] = string_at(p, f);
         }
-        if (!is_tag(field[0]) || !is_hex(field[1], 32) || !field[2] ||
-            strlen(field[2]) != 16 ||
-            strspn(field[2], "0123456789abcdef") != 16) {
+        if (!s3chain_tag_is_valid(field[0]) ||
+            !s3chain_md5_from_hex(field[1], md5)) {
             return bad(err, where, "chunk %" G_GUINT64_FORMAT ": patch %zu "
                        "is not [tag, md5, blocks]", c->index, i);
         }
-        mask = g_ascii_strtoull(field[2], NULL, 16);
-        if (!mask || (blocks < 64 && mask >> blocks)) {
-            return bad(err, where, "chunk %" G_GUINT64_FORMAT ": patch %zu "
-                       "holds no block, or blocks past the chunk's end",
-                       c->index, i);
+        if (!s3chain_patch_blocks_from_hex(field[2], m->chunk_size,
+                                           &c->patches[i].blocks)) {
+            return bad(err, where, "chunk %" G_GUINT64_FORMAT ": patch %zu's "
+                       "blocks are not 16 lower-case hex digits of a mask "
+                       "of some of the chunk's blocks", c->index, i);
         }
-        c->patches[i].key = chunk_key(m->key, c->index, field[0]);
+        c->patches[i].key = s3chain_chunk_key(m->key, c->index, field[0]);
         c->patches[i].md5 = g_ascii_strdown(field[1], -1);
-        c->patches[i].blocks = mask;
         c->n_patches++;
     }
     return true;
@@ -172,82 +136,62 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
     size_t n = json_object_is_type(entry, json_type_array)
                ? json_object_array_length(entry) : 0;
     json_object *index = n ? json_object_array_get_idx(entry, 0) : NULL;
-    const char *tag = NULL, *md5 = NULL, *crc32 = NULL, *sums = NULL;
+    const char *tag = string_at(entry, 1), *md5 = string_at(entry, 2);
+    const char *crc32 = n > 3 ? string_at(entry, 3) : NULL;
+    const char *sums = n > 5 ? string_at(entry, 5) : NULL;
+    uint8_t md5_bytes[16];
 
-    if (n < 3 || n > MIN(version + 2, 7)) {
-        return bad(err, where, "chunk entry %zu is not [index, tag, md5%s]",
-                   i, version < 2 ? "" : version < 3 ? ", crc32"
-                      : version < 4 ? ", crc32, block-size"
-                      : version < 5 ? ", crc32, block-size, block-sums"
-                      : ", crc32, block-size, block-sums[, patches]");
+    if (n < 3 || n > s3chain_entry_fields_max(version)) {
+        return bad(err, where, "chunk entry %zu is not %s", i,
+                   s3chain_entry_shape(version));
     }
-    for (size_t f = 1; f < n && f < 4; f++) {
-        json_object *v = json_object_array_get_idx(entry, f);
-
-        if (!json_object_is_type(v, json_type_string)) {
-            return bad(err, where, "chunk entry %zu: field %zu is not a "
-                       "string", i, f);
-        }
-    }
-    tag = json_object_get_string(json_object_array_get_idx(entry, 1));
-    md5 = json_object_get_string(json_object_array_get_idx(entry, 2));
-    crc32 = n > 3 ? json_object_get_string(json_object_array_get_idx(entry,
-                                                                      3))
-                  : NULL;
     if (!json_object_is_type(index, json_type_int) ||
         json_object_get_int64(index) < 0) {
         return bad(err, where, "chunk entry %zu: its index is not an "
                    "integer from 0", i);
     }
     c->index = json_object_get_int64(index);
-    if (c->index >= (m->size + m->chunk_size - 1) / m->chunk_size ||
+    if (!s3chain_chunk_index_is_valid(c->index, m->size, m->chunk_size) ||
         (i && c->index <= last)) {
         return bad(err, where, "chunk %" G_GUINT64_FORMAT " is out of order "
                    "or beyond the image's end", c->index);
     }
-    if (!is_tag(tag)) {
+    if (!s3chain_tag_is_valid(tag)) {
         return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its tag is not "
-                   "lowercase hex and dots", c->index);
+                   "lower-case hex and dots", c->index);
     }
-    if (!is_hex(md5, 32) || (crc32 && !is_hex(crc32, 8))) {
-        return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its %s is not "
-                   "hex of its length", c->index,
-                   is_hex(md5, 32) ? "CRC-32" : "MD5");
+    if (!s3chain_md5_from_hex(md5, md5_bytes)) {
+        return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its MD5 is not "
+                   "32 hex digits", c->index);
     }
-    if (n >= 5) {
+    if (n > 3 && !s3chain_crc32_from_hex(crc32, &c->crc32)) {
+        return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its CRC-32 is "
+                   "not 8 lower-case hex digits", c->index);
+    }
+    if (n > 4) {
         json_object *bs = json_object_array_get_idx(entry, 4);
         int64_t block_size = json_object_get_int64(bs);
 
         if (!json_object_is_type(bs, json_type_int) || block_size <= 0 ||
-            !is_pow2(block_size) || (uint64_t)block_size > m->chunk_size ||
-            m->chunk_size / block_size > MAX_BLOCKS) {
+            !s3chain_block_size_is_valid(block_size, m->chunk_size)) {
             return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its block "
                        "size is not a power of two dividing the chunk in "
-                       "at most %d", c->index, MAX_BLOCKS);
+                       "at most %d", c->index, S3CHAIN_MAX_BLOCKS);
         }
         c->block_size = block_size;
     }
-    if (n >= 6) {
-        json_object *v = json_object_array_get_idx(entry, 5);
-        size_t len = 8 * (m->chunk_size / c->block_size);
-
-        sums = json_object_get_string(v);
-        if (!json_object_is_type(v, json_type_string) ||
-            strlen(sums) != len ||
-            strspn(sums, "0123456789abcdef") != len) {
-            return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its block "
-                       "sums are not 8 lower-case hex digits a block",
-                       c->index);
-        }
+    if (n > 5 && !s3chain_block_sums_are_valid(sums, m->chunk_size,
+                                               c->block_size)) {
+        return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its block "
+                   "sums are not 8 lower-case hex digits a block", c->index);
     }
     if (n == 7 && !parse_patches(json_object_array_get_idx(entry, 6), m, c,
                                  where, err)) {
         return false;
     }
-    c->key = chunk_key(m->key, c->index, tag);
+    c->key = s3chain_chunk_key(m->key, c->index, tag);
     c->md5 = g_ascii_strdown(md5, -1);
-    c->has_crc32 = crc32 != NULL;
-    c->crc32 = crc32 ? g_ascii_strtoull(crc32, NULL, 16) : 0;
+    c->has_crc32 = n > 3;
     c->block_sums = g_strdup(sums);
     return true;
 }
@@ -260,27 +204,31 @@ static bool parse_header(json_object *doc, S3cManifest *m, uint64_t *version,
     uint64_t generation;
 
     if (!json_object_object_get_ex(doc, "format", &format) ||
-        g_strcmp0(json_object_get_string(format), "s3chain-chunked")) {
-        return bad(err, where, "\"format\" is not s3chain-chunked");
+        g_strcmp0(json_object_get_string(format),
+                  S3CHAIN_MANIFEST_FORMAT)) {
+        return bad(err, where, "\"format\" is not " S3CHAIN_MANIFEST_FORMAT);
     }
     if (!get_uint(doc, "version", G_MAXINT64, version, where, err)) {
         return false;
     }
-    if (*version < 1 || *version > MANIFEST_VERSION_MAX) {
+    if (*version < 1) {
+        return bad(err, where, "\"version\" is 0");
+    }
+    if (*version > S3CHAIN_MANIFEST_VERSION) {
         /* written by a newer s3chain: not damaged, not ours to read */
         g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
                     "%s: manifest version %" G_GUINT64_FORMAT " is not one "
                     "this s3chain reads (1 to %d): use a newer s3chain",
-                    where, *version, MANIFEST_VERSION_MAX);
+                    where, *version, S3CHAIN_MANIFEST_VERSION);
         return false;
     }
     if (!get_uint(doc, "size", G_MAXINT64, &m->size, where, err) ||
-        !get_uint(doc, "chunk-size", MAX_CHUNK_SIZE, &m->chunk_size, where,
-                  err) ||
+        !get_uint(doc, "chunk-size", S3CHAIN_MAX_CHUNK_SIZE, &m->chunk_size,
+                  where, err) ||
         !get_uint(doc, "generation", G_MAXINT64, &generation, where, err)) {
         return false;
     }
-    if (m->chunk_size < MIN_CHUNK_SIZE || !is_pow2(m->chunk_size)) {
+    if (!s3chain_chunk_size_is_valid(m->chunk_size)) {
         return bad(err, where, "\"chunk-size\" %" G_GUINT64_FORMAT " is not "
                    "a power of two from 64 KiB to 256 MiB", m->chunk_size);
     }
@@ -305,9 +253,9 @@ S3cManifest *s3c_manifest_parse(const char *key, const GString *text,
 
     m->key = g_strdup(key);
     m->chunks = g_ptr_array_new_with_free_func((GDestroyNotify)chunk_free);
-    if (text->len > MANIFEST_MAX_BYTES) {
+    if (text->len > S3CHAIN_MANIFEST_MAX_BYTES) {
         bad(err, where, "it is larger than %d MiB",
-            MANIFEST_MAX_BYTES >> 20);
+            S3CHAIN_MANIFEST_MAX_BYTES >> 20);
         return NULL;
     }
     doc = json_tokener_parse(text->str);
@@ -380,7 +328,7 @@ bool s3c_image_stored_bytes(const S3cRepo *repo, const char *key,
 
 /*
  * The CRC-32 of @body, and with a @block_size, in *@block_sums, what the
- * manifest (or BLOCK_SUMS_META) must hold for it: the whole's is
+ * manifest (or S3CHAIN_BLOCK_SUMS_META) must hold for it: the whole's is
  * combined from the blocks', not computed twice.
  */
 static uint32_t crc32_of(const GString *body, uint64_t block_size,
@@ -420,8 +368,9 @@ static bool get_checked(const DeepCheck *dc, const char *key,
                         char **fault, GError **err)
 {
     g_autofree char *md5 = NULL;
-    bool ok = meta_sums ? s3c_s3_get_meta(dc->repo, key, BLOCK_SUMS_META,
-                                          body, meta_sums, err)
+    bool ok = meta_sums ? s3c_s3_get_meta(dc->repo, key,
+                                          S3CHAIN_BLOCK_SUMS_META, body,
+                                          meta_sums, err)
                         : s3c_s3_get(dc->repo, key, body, err);
 
     if (!ok) {
@@ -505,7 +454,7 @@ static void read_chunk(gpointer data, gpointer opaque)
                                     dc->repo->bucket, c->key,
                                     c->block_sums ? "in the manifest"
                                     : meta_sums ? "metadata "
-                                    BLOCK_SUMS_META : "none");
+                                    S3CHAIN_BLOCK_SUMS_META : "none");
         }
     }
     g_mutex_lock(&dc->lock);

@@ -158,16 +158,26 @@ static bool last_percent(const char *text, double *percent)
 }
 
 /*
- * The line that says why qemu-img failed: the driver's first report, which
- * names the object and the cause, rather than the block layer's last line
- * ("Could not read qcow2 header: Input/output error").
+ * The line that says why qemu-img failed: the driver's report of damage
+ * (from its S3CHAIN_DAMAGED on), else its first report, which names the
+ * object and the cause, rather than the block layer's last line ("Could
+ * not read qcow2 header: Input/output error").  *@damaged tells which.
  */
-static char *failure_line(GString *text)
+static char *failure_line(GString *text, bool *damaged)
 {
     g_auto(GStrv) lines = g_strsplit(g_strstrip(text->str), "\n", -1);
     guint n = g_strv_length(lines);
     const char *line = n ? lines[n - 1] : "";
 
+    *damaged = false;
+    for (guint i = 0; i < n; i++) {
+        const char *mark = strstr(lines[i], S3CHAIN_DAMAGED);
+
+        if (mark) {
+            *damaged = true;
+            return g_strdup(mark);
+        }
+    }
     for (guint i = 0; i < n; i++) {
         if (g_str_has_prefix(lines[i], "qemu-img: s3chain: ")) {
             line = lines[i];
@@ -289,12 +299,13 @@ bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
         return false;
     }
     if (!WIFEXITED(status) || WEXITSTATUS(status)) {
-        g_autofree char *why = failure_line(errors->len ? errors : out);
+        bool damaged;
+        g_autofree char *why = failure_line(errors->len ? errors : out,
+                                            &damaged);
 
         g_set_error(err, S3C_ERROR,
-                    strstr(errors->str, "damaged") ||
-                    strstr(errors->str, "checksum") ? S3C_EXIT_DAMAGED
-                    : S3C_EXIT_TRANSIENT, "%s", why);
+                    damaged ? S3C_EXIT_DAMAGED : S3C_EXIT_TRANSIENT, "%s",
+                    why);
         return false;
     }
     return true;

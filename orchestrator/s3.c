@@ -6,7 +6,6 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include "s3chain.h"
-#include "../block/s3chain-retry.h"
 #include "../block/s3chain-sigv4.h"
 
 #include <curl/curl.h>
@@ -79,11 +78,6 @@ void s3c_stamp_clear(S3cStamp *stamp)
 {
     g_clear_pointer(&stamp->etag, g_free);
     stamp->last_modified = stamp->server_time = -1;
-}
-
-int64_t s3c_retry_pause_us(int attempt)
-{
-    return (250000LL << attempt) + g_random_int_range(0, 100000);
 }
 
 static bool perform(const S3cRepo *repo, const S3Request *req,
@@ -194,12 +188,12 @@ static bool perform(const S3cRepo *repo, const S3Request *req,
     return resp->curl_code == CURLE_OK;
 }
 
+/* S3's error code in @body, or "" */
 static char *error_code(const GString *body)
 {
-    const char *start = strstr(body->str, "<Code>");
-    const char *end = start ? strstr(start, "</Code>") : NULL;
+    char *code = s3chain_error_code(body->str);
 
-    return end ? g_strndup(start + 6, end - start - 6) : g_strdup("");
+    return code ? code : g_strdup("");
 }
 
 static void no_bucket(const S3cRepo *repo, GError **err)
@@ -226,6 +220,7 @@ static long request(const S3cRepo *repo, const S3Request *req,
                     GString *body, GError **err)
 {
     S3Response resp = { .body = body };
+    S3chainOutcome outcome = S3CHAIN_OUTCOME_DONE;
     g_autofree char *code = NULL;
     const char *what = *req->key ? req->key : "(the bucket)";
 
@@ -242,21 +237,12 @@ static long request(const S3cRepo *repo, const S3Request *req,
                         : curl_easy_strerror(resp.curl_code));
             return 0;
         }
-        if (done && resp.status == 501 &&
-            (req->if_match || req->if_none_match || req->has_fallback)) {
-            /* the caller has a way without conditional writes */
-            return resp.status;
-        }
-        if (done && (resp.status == 501 || resp.status == 505)) {
-            /* what the server can't do, it won't do on a second try */
+        if (done) {
+            g_free(code);
             code = error_code(body);
-            g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
-                        "%s s3://%s/%s: %s does not support this request "
-                        "(HTTP %ld %s)", req->method, repo->bucket, what,
-                        repo->endpoint, resp.status, code);
-            return 0;
+            outcome = s3chain_outcome_of(resp.status, code);
         }
-        if (done && !s3chain_status_is_transient(resp.status)) {
+        if (done && outcome != S3CHAIN_OUTCOME_TRANSIENT) {
             break;
         }
         if (attempt >= (repo->attempts ? repo->attempts : S3C_ATTEMPTS) ||
@@ -268,7 +254,6 @@ static long request(const S3cRepo *repo, const S3Request *req,
                             resp.curl_error[0] ? resp.curl_error
                             : curl_easy_strerror(resp.curl_code));
             } else {
-                code = error_code(body);
                 g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT,
                             "%s s3://%s/%s: HTTP %ld %s from %s; try again "
                             "later", req->method, repo->bucket, what,
@@ -276,33 +261,41 @@ static long request(const S3cRepo *repo, const S3Request *req,
             }
             return 0;
         }
-        g_usleep(s3c_retry_pause_us(attempt));
+        g_usleep(s3chain_retry_delay_ms(attempt) * 1000);
     }
 
-    if (resp.status == 403 || resp.status == 401 || resp.status == 400) {
-        code = error_code(body);
+    switch (outcome) {
+    case S3CHAIN_OUTCOME_UNSUPPORTED:
+        if (resp.status == 501 &&
+            (req->if_match || req->if_none_match || req->has_fallback)) {
+            /* the caller has a way without conditional writes */
+            return resp.status;
+        }
+        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                    "%s s3://%s/%s: %s does not support this request "
+                    "(HTTP %ld %s)", req->method, repo->bucket, what,
+                    repo->endpoint, resp.status, code);
+        return 0;
+    case S3CHAIN_OUTCOME_DENIED:
         if (resp.status == 403 && !strcmp(req->method, "DELETE")) {
             /* the credentials did the rest: a policy or a lock says no */
             refused_delete(repo, what, *code ? code : "HTTP 403", err);
             return 0;
         }
-        if (resp.status != 400 || strstr(code, "Signature") ||
-            strstr(code, "AccessKey") || strstr(code, "Token")) {
-            g_set_error(err, S3C_ERROR, S3C_EXIT_ACCESS_DENIED,
-                        "%s s3://%s/%s: access denied (%s) by %s; check the "
-                        "access key and secret", req->method, repo->bucket,
-                        what, *code ? code : "HTTP 403", repo->endpoint);
-            return 0;
-        }
-    }
-    if (resp.status == 404) {
-        code = error_code(body);
+        g_set_error(err, S3C_ERROR, S3C_EXIT_ACCESS_DENIED,
+                    "%s s3://%s/%s: access denied (%s) by %s; check the "
+                    "access key and secret", req->method, repo->bucket,
+                    what, *code ? code : "HTTP 403", repo->endpoint);
+        return 0;
+    case S3CHAIN_OUTCOME_NOT_FOUND:
         if (!strcmp(code, "NoSuchBucket")) {
             no_bucket(repo, err);
             return 0;
         }
+        return resp.status;
+    default:
+        return resp.status;
     }
-    return resp.status;
 }
 
 static bool unexpected(const S3cRepo *repo, const S3Request *req, long status,

@@ -15,6 +15,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* the format of images and the request policy, as the driver has them */
+#include "../block/s3chain-format.h"
+#include "../block/s3chain-retry.h"
+
 /*
  * Exit codes, stable and documented in docs/cli.rst.  A controller
  * retries on S3C_EXIT_TRANSIENT and S3C_EXIT_INTERRUPTED only.  Errors
@@ -54,7 +58,7 @@ typedef struct S3cRepo {
     char *cafile;               /* NULL for the system's */
     bool verify_tls;
     int timeout_s;              /* of each request; 0: 30 s */
-    int attempts;               /* of each request; 0: 4 */
+    int attempts;               /* of each request; 0: S3C_ATTEMPTS */
 } S3cRepo;
 
 typedef struct S3cRepoOptions {
@@ -91,10 +95,11 @@ json_object *s3c_repo_location(const S3cRepo *repo, const char *key,
 
 /* s3.c: the few S3 requests the command makes itself */
 
-/* Tries of a request that may pass again (the bucket's, an export's) */
-#define S3C_ATTEMPTS 4
-/* The pause after failed try @attempt (from 1): doubling, jittered */
-int64_t s3c_retry_pause_us(int attempt);
+/*
+ * Tries of a request that may pass again (the bucket's, an export's), as
+ * many as the driver's (block/s3chain-retry.h)
+ */
+#define S3C_ATTEMPTS (S3CHAIN_DEFAULT_RETRIES + 1)
 
 /*
  * GETs @key into @body.  Returns false with *@body NULL when there is no
@@ -180,9 +185,6 @@ bool s3c_s3_list(const S3cRepo *repo, const char *prefix, bool delimited,
 
 /* image.c: s3chain images in the bucket (docs/object-layout.rst) */
 
-/* docs/object-layout.rst: at most this many patches a chunk */
-#define S3C_MAX_PATCHES 4
-
 /* An object with some blocks of a chunk, over its whole object */
 typedef struct S3cPatch {
     char *key;
@@ -199,7 +201,7 @@ typedef struct S3cChunk {
     uint64_t block_size;        /* of its block sums, or 0 */
     char *block_sums;           /* hex; NULL: in its object's metadata */
     unsigned n_patches;         /* oldest first: the newest holding wins */
-    S3cPatch patches[S3C_MAX_PATCHES];
+    S3cPatch patches[S3CHAIN_MAX_PATCHES];
 } S3cChunk;
 
 typedef struct S3cManifest {

@@ -26,7 +26,7 @@ configure_qemu() {
 our_qemu_files() {
     (cd "$REPO" && ls block/s3chain*.[ch] tests/unit/test-s3chain-*.c \
         tests/qemu-iotests/tests/s3chain-* 2>/dev/null)
-    (cd "$REPO" && ls tests/unit/s3chain-sigv4-vectors.txt 2>/dev/null)
+    (cd "$REPO" && ls tests/unit/s3chain-*-vectors.txt 2>/dev/null)
     (cd "$REPO" && ls tests/qemu-iotests/s3chain.py 2>/dev/null)
 }
 

@@ -1,10 +1,10 @@
 #!/bin/bash
 # Runs every test of s3chain on a fresh Debian 12: builds what is needed,
-# starts the local S3 server, then runs the unit tests, the patch series
-# checks (staleness, checkpatch), the iotests against the server, the
-# tests of the s3chain command, a short run of each fuzzer, and the
-# iotests and some of the command's tests again with the command and
-# QEMU's tools built with ASan and UBSan.
+# starts the local S3 server, then runs the unit tests (the driver's and
+# the command's), the patch series checks (staleness, checkpatch), the
+# iotests against the server, the tests of the s3chain command, a short
+# run of each fuzzer, and the iotests and some of the command's tests
+# again with the command and QEMU's tools built with ASan and UBSan.
 # Ends with "N passed, N failed" and exits non-zero if anything failed.
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
@@ -182,6 +182,8 @@ sanitised_command_tests() {
 }
 
 step "unit tests" unit_tests
+step "the command's unit tests" meson test -C "$BUILD/orchestrator" \
+    --print-errorlogs
 step "patches/ up to date" "$REPO/scripts/make-patches.sh" --check
 step "checkpatch" checkpatch
 step "iotests" iotests

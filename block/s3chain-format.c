@@ -1,0 +1,121 @@
+/*
+ * s3chain: the format of chunked images in the bucket, one definition for
+ * the driver and the s3chain command (docs/object-layout.rst)
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "s3chain-format.h"
+
+#define LOWER_HEX "0123456789abcdef"
+
+char *s3chain_chunk_key(const char *image_key, uint64_t index,
+                        const char *tag)
+{
+    return g_strdup_printf("%s.d/%016" PRIx64 ".%s", image_key, index, tag);
+}
+
+static bool is_pow2(uint64_t n)
+{
+    return n && !(n & (n - 1));
+}
+
+/* @s is @len lower-case hex digits */
+static bool is_lower_hex(const char *s, size_t len)
+{
+    return s && strlen(s) == len && strspn(s, LOWER_HEX) == len;
+}
+
+bool s3chain_chunk_size_is_valid(uint64_t chunk_size)
+{
+    return chunk_size >= S3CHAIN_MIN_CHUNK_SIZE &&
+           chunk_size <= S3CHAIN_MAX_CHUNK_SIZE && is_pow2(chunk_size);
+}
+
+bool s3chain_chunk_index_is_valid(uint64_t index, uint64_t size,
+                                  uint64_t chunk_size)
+{
+    return index < size / chunk_size + !!(size % chunk_size);
+}
+
+unsigned s3chain_entry_fields_max(uint64_t version)
+{
+    /* version 1: [index, tag, md5]; each later one added a field */
+    return version < 5 ? version + 2 : 7;
+}
+
+const char *s3chain_entry_shape(uint64_t version)
+{
+    static const char *const shapes[] = {
+        "[index, tag, md5]",
+        "[index, tag, md5, crc32]",
+        "[index, tag, md5, crc32, block-size]",
+        "[index, tag, md5, crc32, block-size, block-sums]",
+        "[index, tag, md5, crc32, block-size, block-sums[, patches]]",
+    };
+
+    return shapes[version < 1 ? 0 : version > 5 ? 4 : version - 1];
+}
+
+bool s3chain_tag_is_valid(const char *tag)
+{
+    return tag && *tag && strspn(tag, LOWER_HEX ".") == strlen(tag);
+}
+
+bool s3chain_md5_from_hex(const char *hex, uint8_t md5[16])
+{
+    if (!hex || strlen(hex) != 32) {
+        return false;
+    }
+    for (int i = 0; i < 16; i++) {
+        int hi = g_ascii_xdigit_value(hex[2 * i]);
+        int lo = g_ascii_xdigit_value(hex[2 * i + 1]);
+
+        if (hi < 0 || lo < 0) {
+            return false;
+        }
+        md5[i] = hi << 4 | lo;
+    }
+    return true;
+}
+
+bool s3chain_crc32_from_hex(const char *hex, uint32_t *crc32)
+{
+    if (!is_lower_hex(hex, 8)) {
+        return false;
+    }
+    *crc32 = g_ascii_strtoull(hex, NULL, 16);
+    return true;
+}
+
+bool s3chain_block_size_is_valid(uint64_t block_size, uint64_t chunk_size)
+{
+    return is_pow2(block_size) && block_size <= chunk_size &&
+           chunk_size / block_size <= S3CHAIN_MAX_BLOCKS;
+}
+
+bool s3chain_block_sums_are_valid(const char *sums, uint64_t chunk_size,
+                                  uint64_t block_size)
+{
+    return is_lower_hex(sums, 8 * (chunk_size / block_size));
+}
+
+bool s3chain_patch_blocks_from_hex(const char *hex, uint64_t chunk_size,
+                                   uint64_t *blocks)
+{
+    uint64_t n = chunk_size / s3chain_block_size(chunk_size);
+    uint64_t mask;
+
+    if (!is_lower_hex(hex, 16)) {
+        return false;
+    }
+    mask = g_ascii_strtoull(hex, NULL, 16);
+    if (!mask || (n < 64 && mask >> n)) {
+        return false;
+    }
+    *blocks = mask;
+    return true;
+}
