@@ -4,10 +4,16 @@
 Each area is a small, anchored text edit of a QEMU file, so that the
 patch series made from it stays reviewable.  Usage:
     apply.py QEMU_TREE AREA
-where AREA is qapi, build, trace, maintainers, unit or docs.
+where AREA is qapi, header, build, trace, maintainers, unit or docs.
+
+header, build, trace and unit follow the files of ours that the tree
+holds so far, and may be applied again after each patch that adds some:
+scripts/make-patches.sh grows the series a concern at a time, each patch
+building on its own.
 """
 
 import os
+import re
 import sys
 
 GLUE = os.path.dirname(os.path.abspath(__file__))
@@ -49,15 +55,77 @@ def apply_qapi(tree):
          read(os.path.join(GLUE, 'block-core.json')), before=True)
 
 
+def present(tree, pattern):
+    """The files of ours under @tree that match @pattern, a regex of
+    their path, sorted"""
+    found = []
+    for sub in ('block', 'tests/unit'):
+        for name in sorted(os.listdir(os.path.join(tree, sub))):
+            if re.fullmatch(pattern, f'{sub}/{name}'):
+                found.append(f'{sub}/{name}')
+    return found
+
+
+def replace_ours(path, ours_re, anchor, insertion):
+    """Puts @insertion before @anchor in @path, in place of what an earlier
+    application put there (@ours_re)"""
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
+    text = re.sub(ours_re, '', text, flags=re.M | re.S)
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(text)
+    if insertion:
+        edit(path, anchor, insertion, before=True)
+
+
+def apply_header(tree):
+    """block/s3chain.h with the sections of the files the tree holds: the
+    part before the first section, then each "/* s3chain-X.c: ... */"
+    section whose file is there"""
+    text = read(os.path.join(REPO, 'block/s3chain.h'))
+    body, endif = text.rsplit('#endif\n', 1)
+    parts = re.split(r'^(?=/\* s3chain-[a-z0-9]+\.c: )', body, flags=re.M)
+    have = set(present(tree, r'block/s3chain.*'))
+    out = []
+    for line in parts[0].splitlines(keepends=True):
+        m = re.match(r'#include "(s3chain-[a-z0-9]+\.h)"', line)
+        if not m or f'block/{m.group(1)}' in have:
+            out.append(line)
+    for part in parts[1:]:
+        source = re.match(r'/\* (s3chain-[a-z0-9]+\.c)', part).group(1)
+        if f'block/{source}' in have:
+            out.append(part)
+    with open(os.path.join(tree, 'block/s3chain.h'), 'w',
+              encoding='utf-8') as f:
+        f.write(''.join(out).rstrip('\n') + '\n\n#endif\n' + endif)
+
+
 def apply_build(tree):
-    edit(os.path.join(tree, 'block/meson.build'),
-         "  [rbd, 'rbd', files('rbd.c')],\n",
-         "  [curl, 's3chain', files('s3chain.c', 's3chain-cache.c',\n"
-         "                          's3chain-crypto.c',\n"
-         "                          's3chain-http.c', 's3chain-image.c',\n"
-         "                          's3chain-manifest.c', 's3chain-plan.c',\n"
-         "                          's3chain-retry.c', 's3chain-sigv4.c',\n"
-         "                          's3chain-url.c')],\n")
+    # a module of its own, not in the loop of one-library modules: it
+    # needs zlib (the CRC-32 of chunks and blocks) besides libcurl
+    names = [os.path.basename(f)
+             for f in present(tree, r'block/s3chain[a-z0-9-]*\.c')]
+    listed = ''
+    line = "  s3chain_src = files("
+    for i, name in enumerate(names):
+        item = f"'{name}'" + (')' if i + 1 == len(names) else ',')
+        if len(line) + len(item) + 1 > 72:
+            listed += line.rstrip() + '\n'
+            line = ' ' * len("  s3chain_src = files(")
+        line += item + ' '
+    listed += line.rstrip() + '\n'
+    replace_ours(os.path.join(tree, 'block/meson.build'),
+                 r'^if curl\.found\(\)\n  s3chain_ss.*?^endif\n\n',
+                 "# those are not exactly regular block modules, "
+                 "so treat them apart\n",
+                 "if curl.found()\n"
+                 "  s3chain_ss = ss.source_set()\n" + listed +
+                 "  s3chain_ss.add(when: [curl, zlib], if_true: s3chain_src)\n"
+                 "  if enable_modules\n"
+                 "    modsrc += s3chain_src\n"
+                 "  endif\n"
+                 "  block_modules += {'s3chain' : s3chain_ss}\n"
+                 "endif\n\n")
 
 
 def apply_maintainers(tree):
@@ -74,23 +142,46 @@ def apply_maintainers(tree):
 
 
 def apply_trace(tree):
-    events = read(os.path.join(REPO, 'block/trace-events'))
-    events = ''.join(line for line in events.splitlines(keepends=True)
-                     if not line.startswith('# See docs/'))
-    edit(os.path.join(tree, 'block/trace-events'),
-         "# curl.c\n", events.lstrip('\n') + '\n', before=True)
+    """block/s3chain.c's and each other file's events, of those present"""
+    text = read(os.path.join(REPO, 'block/trace-events'))
+    have = set(present(tree, r'block/s3chain.*'))
+    events = ''
+    for section in re.split(r'\n(?=# s3chain)', text)[1:]:
+        source = section.splitlines()[0][2:]
+        if f'block/{source}' in have:
+            events += section.rstrip('\n') + '\n\n'
+    replace_ours(os.path.join(tree, 'block/trace-events'),
+                 r'^# s3chain.*?(?=^# curl\.c\n)', "# curl.c\n", events)
+
+
+# Each unit test of ours and what it is built from
+UNIT_TESTS = {
+    'test-s3chain-sigv4': ['crypto', 's3chain-sigv4.c', 's3chain-crypto.c'],
+    'test-s3chain-url': ['crypto', 's3chain-url.c', 's3chain-sigv4.c',
+                         's3chain-crypto.c'],
+    'test-s3chain-manifest': ['s3chain-manifest.c', 's3chain-format.c'],
+    'test-s3chain-plan': ['s3chain-plan.c'],
+}
 
 
 def apply_unit(tree):
-    edit(os.path.join(tree, 'tests/unit/meson.build'),
-         "  'test-fifo': [],\n",
-         "  'test-s3chain-sigv4': [crypto, '../../block/s3chain-sigv4.c',\n"
-         "                         '../../block/s3chain-crypto.c'],\n"
-         "  'test-s3chain-url': [crypto, '../../block/s3chain-url.c',\n"
-         "                       '../../block/s3chain-sigv4.c',\n"
-         "                       '../../block/s3chain-crypto.c'],\n"
-         "  'test-s3chain-manifest': ['../../block/s3chain-manifest.c'],\n"
-         "  'test-s3chain-plan': ['../../block/s3chain-plan.c'],\n")
+    entries = ''
+    for test in present(tree, r'tests/unit/test-s3chain-[a-z0-9]+\.c'):
+        name = os.path.basename(test)[:-2]
+        head = f"  '{name}': ["
+        deps = [d if d == 'crypto' else f"'../../block/{d}'"
+                for d in UNIT_TESTS[name]]
+        line = head
+        for i, dep in enumerate(deps):
+            item = dep + ('],' if i + 1 == len(deps) else ',')
+            if len(line) + len(item) + 1 > 76:
+                entries += line.rstrip() + '\n'
+                line = ' ' * len(head)
+            line += item + ' '
+        entries += line.rstrip() + '\n'
+    replace_ours(os.path.join(tree, 'tests/unit/meson.build'),
+                 r"^  'test-s3chain-[a-z0-9]+': \[.*?\],\n",
+                 "  'test-fifo': [],\n", entries)
 
 
 def apply_docs(tree):
@@ -101,6 +192,7 @@ def apply_docs(tree):
 
 AREAS = {
     'qapi': apply_qapi,
+    'header': apply_header,
     'build': apply_build,
     'trace': apply_trace,
     'maintainers': apply_maintainers,

@@ -34,54 +34,136 @@ the timeout, retry and parallelism settings of its requests.
 Signed-off-by: s3chain authors <s3chain@localhost>
 MSG
 
-ours $(cd "$REPO" && ls block/s3chain*.[ch])
+# The driver, a concern a patch, each building and passing its tests on
+# its own (scripts/check-series.sh): the pure parts with their unit
+# tests first, then the transport, then the driver that uses them all.
+# The header, build, trace and unit glue follow the files present so far.
+
+ours block/s3chain-sigv4.h block/s3chain-sigv4.c block/s3chain-crypto.c \
+    tests/unit/test-s3chain-sigv4.c
 glue build
-glue trace
+glue unit
 glue maintainers
 commit <<'MSG'
-block/s3chain: add a driver for images in an S3 bucket
+block/s3chain: sign requests with AWS Signature Version 4
 
-The driver reads a raw or qcow2 image stored as one object, with ranged
-GETs over libcurl's multi interface driven from the node's AioContext,
-and reads and writes chunked images: fixed-size chunk objects, never
-rewritten, and a manifest object (size, chunk size, and per chunk its
-object and MD5) that is the image's commit point.  Writes land in a
-bounded buffer in RAM and are uploaded in the background, in parallel,
-with Content-MD5; flush uploads the rest and then the manifest, so a
-crash leaves the last committed image intact.  All-zero chunks are not
-stored.  A create-only lock object keeps a second writer out.
+s3chain, a driver for images in an S3-compatible bucket, signs its own
+requests: libcurl before 8.x signs S3 requests wrongly, and the images
+that carry qemu-storage-daemon ship such versions.  The signer is pure:
+canonical request, string to sign and signature over a tiny interface
+(SHA-256 and HMAC-SHA-256), which s3chain-crypto.c implements with
+QEMU's crypto.
 
-Requests are signed with AWS Signature Version 4 in the driver: libcurl
-before 8.x signs S3 requests wrongly, and the images that carry
-qemu-storage-daemon ship such versions.  Transient failures (5xx,
-timeouts, dropped connections) are retried with backoff and a new
-signature, up to a budget; everything else fails at once with the
-bucket, key and cause.
-
-A relative backing file name opens the key next to the image with the
-same connection settings, which s3chain:// URLs carry:
-
-  s3chain://HOST[:PORT][;OPTION=VALUE].../BUCKET/KEY
-
-Secrets are named by their object ID only, so filenames, traces and
-image headers never hold one.
+test-s3chain-sigv4 checks it against S3's own examples from its API
+reference, and against AWS's SigV4 test suite where that is present:
+the suite is Apache-2.0, so it is kept outside QEMU's tree, and the test
+skips it when absent.
 
 Signed-off-by: s3chain authors <s3chain@localhost>
 MSG
 
-ours $(cd "$REPO" && ls tests/unit/test-s3chain-*.c)
+ours block/s3chain-url.c tests/unit/test-s3chain-url.c
+glue header
+glue build
 glue unit
 commit <<'MSG'
-tests/unit: test s3chain's request signing and URL syntax
+block/s3chain: parse and build s3chain:// filenames
 
-test-s3chain-manifest checks the manifest codec of chunked images and
-its refusals of damaged manifests, test-s3chain-plan the parser of read
-plans (x-read-plan).  test-s3chain-sigv4 checks the signer
-against S3's own examples from its
-API reference, and against AWS's SigV4 test suite where that is present:
-the suite is Apache-2.0, so it is kept outside QEMU's tree, and the test
-skips it when absent.  test-s3chain-url checks the s3chain:// URL syntax
-both ways.
+An image in a bucket is named
+
+  s3chain://HOST[:PORT][;OPTION=VALUE].../BUCKET/KEY
+
+with the driver's options (region, credentials by secret ID, TLS,
+timeouts) in the filename, so that a relative backing file name can be
+opened with the same connection settings as its child.  Secrets are
+named by their object ID only, so filenames, traces and image headers
+never hold one.  test-s3chain-url checks the syntax both ways.
+
+Signed-off-by: s3chain authors <s3chain@localhost>
+MSG
+
+ours block/s3chain-format.h block/s3chain-format.c \
+    block/s3chain-manifest.c tests/unit/test-s3chain-manifest.c \
+    tests/unit/s3chain-manifest-vectors.txt
+glue header
+glue build
+glue unit
+commit <<'MSG'
+block/s3chain: the format of chunked images and their manifest
+
+A chunked image is fixed-size chunk objects, never rewritten, and a
+manifest object (size, chunk size, and per chunk its object, MD5, CRC-32
+and the CRC-32 of each block) that is the image's commit point.
+s3chain-format.c holds the format once, in plain C: names, versions,
+limits, chunk keys and the check of every value, so that tools outside
+QEMU that read the same bucket apply the same rules; s3chain-manifest.c
+is the codec over QObject.
+
+test-s3chain-manifest checks the codec and its refusals of damaged
+manifests, with s3chain-manifest-vectors.txt: manifests each marked
+valid, damaged or unsupported, which other readers of the format are
+tested against too.
+
+Signed-off-by: s3chain authors <s3chain@localhost>
+MSG
+
+ours block/s3chain-plan.c tests/unit/test-s3chain-plan.c
+glue header
+glue build
+glue unit
+commit <<'MSG'
+block/s3chain: read plans
+
+A reader that knows which byte ranges it will read (a restore of a
+qcow2 chain reads only the clusters its images map) can hand them to
+the driver in a file (x-read-plan), which then loads only those blocks
+of each chunk.  test-s3chain-plan checks the parser.
+
+Signed-off-by: s3chain authors <s3chain@localhost>
+MSG
+
+ours block/s3chain-retry.h block/s3chain-retry.c block/s3chain-http.c
+glue header
+glue build
+glue trace
+commit <<'MSG'
+block/s3chain: requests to the bucket over libcurl's multi interface
+
+A connection drives a curl multi handle from the node's AioContext: its
+sockets are registered with aio_set_fd_handler and its timer is a QEMU
+timer there.  A coroutine waits for a set of requests and is woken once,
+in its AioContext, when the last one completes.  Requests beyond
+max-requests wait in a queue.
+
+The request policy is s3chain-retry.c: what each status means, which
+failures are transient (5xx, 429, 408, timeouts, dropped connections),
+and the backoff (100 ms doubling to 5 s, jittered).  A transient failure
+is retried up to a budget with a new signature; a TLS failure or any
+other status fails at once with the bucket, key and cause.
+
+Signed-off-by: s3chain authors <s3chain@localhost>
+MSG
+
+ours block/s3chain.c block/s3chain-cache.c block/s3chain-image.c
+glue header
+glue build
+glue trace
+commit <<'MSG'
+block/s3chain: add a driver for images in an S3 bucket
+
+The driver reads a raw or qcow2 image stored as one object, with ranged
+GETs split and sent in parallel, and read-ahead for sequential readers;
+and it reads and writes chunked images.  Writes land in a bounded buffer
+in RAM and are uploaded in the background, in parallel, with
+Content-MD5; flush uploads the rest and then the manifest, so a crash
+leaves the last committed image intact.  All-zero chunks are not
+stored; a small write to a stored chunk is uploaded as a patch of its
+blocks.  A create-only lock object keeps a second writer out.
+
+Reads are checked: a chunk read whole against its CRC-32, a block
+against its block sum.  A damaged image is reported with the marker
+"s3chain: damaged: " and the object, so that tools can tell it from a
+failed transfer.
 
 Signed-off-by: s3chain authors <s3chain@localhost>
 MSG
@@ -109,6 +191,15 @@ docs: describe the s3chain block driver
 
 Signed-off-by: s3chain authors <s3chain@localhost>
 MSG
+
+# every file of ours is in the series as it is here (the AWS suite's
+# vectors are Apache-2.0: they stay out)
+for f in $(our_qemu_files | grep -v s3chain-sigv4-vectors.txt); do
+    if ! cmp -s "$REPO/$f" "$f"; then
+        echo "make-patches: $f is not in the series as it is in the repository; add it to a patch" >&2
+        exit 1
+    fi
+done
 
 out=$work/patches
 git format-patch -q --zero-commit --no-signature --cover-letter \

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs every test of s3chain on a fresh Debian 12: builds what is needed,
 # starts the local S3 server, then runs the unit tests (the driver's and
-# the command's), the patch series checks (staleness, checkpatch), the
+# the command's), the patch series checks (staleness, each patch
+# building and passing its unit tests on its own, checkpatch), the
 # iotests against the server, the tests of the s3chain command, a short
 # run of each fuzzer, and the iotests and some of the command's tests
 # again with the command and QEMU's tools built with ASan and UBSan.
@@ -185,6 +186,9 @@ step "unit tests" unit_tests
 step "the command's unit tests" meson test -C "$BUILD/orchestrator" \
     --print-errorlogs
 step "patches/ up to date" "$REPO/scripts/make-patches.sh" --check
+step "patches/ build and pass their unit tests one by one" \
+    python3 "$REPO/scripts/check-series.py" "$QEMU_PRISTINE" "$QEMU_BUILD" \
+    "$REPO/patches"
 step "checkpatch" checkpatch
 step "iotests" iotests
 step "s3chain command" command_tests

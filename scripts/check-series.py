@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Checks that the QEMU series in patches/ is bisectable: applied one
+patch at a time to the pinned QEMU, each state compiles every s3chain
+file it holds with the full build's own flags (-Werror), keeps the
+driver's symbols resolved among its own files, and builds and passes
+each unit test it holds.
+
+It reuses the full build (build/qemu, of the whole series) for QEMU's
+own objects and generated headers, so a state costs seconds, not a QEMU
+build: what it compiles anew are our files, as each state has them.
+Usage: check-series.py PRISTINE_QEMU_GIT QEMU_BUILD_DIR PATCHES_DIR
+"""
+
+# SPDX-License-Identifier: GPL-2.0-or-later
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+
+
+def run(argv, **kwargs):
+    return subprocess.run(argv, check=True, **kwargs)
+
+
+class Build:
+    """The full build: how it compiles each file, and links each test"""
+
+    def __init__(self, build_dir):
+        self.dir = build_dir
+        with open(os.path.join(build_dir, 'compile_commands.json'),
+                  encoding='utf-8') as f:
+            self.compiles = {e['output']: e['command'] for e in json.load(f)}
+        # the source tree the full build was made from, as its commands
+        # name it, relative and absolute
+        self.src_rel = '../qemu-src'
+        self.src_abs = os.path.realpath(os.path.join(build_dir,
+                                                     self.src_rel))
+
+    def compile(self, output, tree, scratch):
+        """Compiles the source of @output from @tree instead, into
+        @scratch; returns the object's path"""
+        argv = shlex.split(self.compiles[output])
+        obj = os.path.join(scratch, output.replace('/', '_'))
+        out = []
+        skip = 0
+        for arg in argv:
+            if skip:
+                skip -= 1
+                continue
+            if arg in ('-MQ', '-MF', '-o'):
+                skip = 1
+                continue
+            if arg == '-MD':
+                continue
+            out.append(arg.replace(self.src_abs, tree)
+                       .replace(self.src_rel, tree))
+        run(out + ['-o', obj], cwd=self.dir)
+        return obj
+
+    def block_object(self, name):
+        return f'libblock.a.p/block_{name}.o'
+
+    def link_command(self, target):
+        commands = subprocess.run(
+            ['ninja', '-C', self.dir, '-t', 'commands', target], check=True,
+            capture_output=True, text=True).stdout.splitlines()
+        return shlex.split(commands[-1])
+
+
+def symbols(objects):
+    """(defined, undefined) s3chain_ symbols of @objects"""
+    defined, undefined = set(), set()
+    out = subprocess.run(['nm', *objects], check=True, capture_output=True,
+                         text=True).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or not fields[-1].startswith('s3chain_'):
+            continue
+        (undefined if fields[-2] == 'U' else defined).add(fields[-1])
+    return defined, undefined
+
+
+def check_state(build, tree, scratch, subject):
+    ours = sorted(n for n in os.listdir(os.path.join(tree, 'block'))
+                  if re.fullmatch(r's3chain[a-z0-9-]*\.c', n))
+    objects = [build.compile(build.block_object(n), tree, scratch)
+               for n in ours]
+    if objects:
+        defined, undefined = symbols(objects)
+        missing = sorted(undefined - defined)
+        if missing:
+            sys.exit(f'check-series: "{subject}": used but not defined in '
+                     f'its files: {", ".join(missing)}')
+    tests = sorted(n[:-2] for n in os.listdir(os.path.join(tree,
+                                                           'tests/unit'))
+                   if re.fullmatch(r'test-s3chain-[a-z0-9]+\.c', n))
+    for test in tests:
+        link = build.link_command(f'tests/unit/{test}')
+        binary = os.path.join(scratch, test)
+        argv = []
+        skip = False
+        for arg in link:
+            if skip:
+                skip = False
+                argv.append(binary)
+                continue
+            if arg == '-o':
+                skip = True
+            elif arg.startswith(f'tests/unit/{test}.p/'):
+                arg = build.compile(arg, tree, scratch)
+            argv.append(arg)
+        run(argv, cwd=build.dir)
+        env = dict(os.environ, G_TEST_SRCDIR=os.path.join(tree, 'tests/unit'),
+                   G_TEST_BUILDDIR=scratch)
+        res = subprocess.run([binary], env=env, capture_output=True,
+                             text=True)
+        if res.returncode:
+            sys.exit(f'check-series: "{subject}": {test} failed:\n'
+                     f'{res.stdout}{res.stderr}')
+    return len(ours), len(tests)
+
+
+def main():
+    pristine, build_dir, patches = map(os.path.abspath, sys.argv[1:4])
+    build = Build(build_dir)
+    series = sorted(os.path.join(patches, p) for p in os.listdir(patches)
+                    if p.endswith('.patch') and not p.startswith('0000-'))
+    with tempfile.TemporaryDirectory() as work:
+        tree = os.path.join(work, 'qemu')
+        run(['git', 'clone', '-q', pristine, tree])
+        env = dict(os.environ, GIT_AUTHOR_NAME='check',
+                   GIT_AUTHOR_EMAIL='check@localhost',
+                   GIT_COMMITTER_NAME='check',
+                   GIT_COMMITTER_EMAIL='check@localhost')
+        for patch in series:
+            run(['git', 'am', '-q', patch], cwd=tree, env=env)
+            subject = subprocess.run(
+                ['git', 'log', '-1', '--format=%s'], cwd=tree, check=True,
+                capture_output=True, text=True).stdout.strip()
+            scratch = tempfile.mkdtemp(dir=work)
+            files, tests = check_state(build, tree, scratch, subject)
+            print(f'ok: {os.path.basename(patch)[:4]} {subject}: '
+                  f'{files} files, {tests} unit tests', flush=True)
+
+
+if __name__ == '__main__':
+    main()
