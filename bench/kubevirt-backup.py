@@ -15,9 +15,11 @@ baselines, in the same run and to the same radosgw:
   parts, 8 threads).
 
 The changes are made with the domain off, by qemu-io on its qcow2 (the
-persistent bitmaps of both tools' checkpoints record them); the guest
-also writes all the time.  Reports wall time, bytes uploaded, local
-bytes, the command's and the sidecar's peak RSS.
+persistent bitmaps of both tools' checkpoints record them); the guest is
+paused while the backups are measured, so that each tool's incremental
+holds the same changes.  Reports wall time, bytes uploaded, local bytes,
+the command's and the sidecar's peak RSS, and the CPU seconds of the
+command (curl or s3chain) and of the export server's stand-in.
 Usage: kubevirt-backup.py ENV_FILE WORKDIR PREFIX DIRTY_MIB...
 """
 
@@ -177,16 +179,24 @@ class Bench(BucketBench):
                     "</domaincheckpoint>")
         virsh('backup-begin', self.domain, bx, cx)
 
-    def end_pull(self):
+    def stop_server(self):
+        """Stops the stand-in; returns the CPU seconds it used"""
+        with open(f'/proc/{self.server.pid}/stat', encoding='ascii') as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
         self.server.kill()
         self.server.wait()
         self.server = None
+        return cpu
+
+    def end_pull(self):
+        self.server_cpu = self.stop_server()
         virsh('domjobabort', self.domain)
         self.latest['kubevirt'] = self.checkpoint
 
     def s3chain(self, source_args, repo):
         """A backup through a sidecar of its own: time, result, the
-        command's and the sidecar's peak RSS"""
+        command's and the sidecar's peak RSS, the command's CPU seconds"""
         runtime, qmp = self.start_sidecar()
         start = time.monotonic()
         proc = subprocess.Popen(
@@ -204,7 +214,7 @@ class Bench(BucketBench):
         if os.path.exists(qmp):
             os.remove(qmp)
         return (took, json.loads(out.splitlines()[-1]),
-                usage.ru_maxrss * 1024, rss)
+                usage.ru_maxrss * 1024, rss, usage.ru_utime + usage.ru_stime)
 
     def kubevirt(self, repo):
         self.begin_pull()
@@ -219,19 +229,20 @@ class Bench(BucketBench):
         data = self.begin_pull()
         out = os.path.join(self.work, 'curl.out')
         start = time.monotonic()
-        subprocess.run(['curl', '-sS', '--fail', '--cacert', self.ca,
-                        '-H', f'@{self.header}', '-o', out,
-                        f'{data}?offset=0&length={SIZE}'], check=True)
+        proc = subprocess.Popen(['curl', '-sS', '--fail', '--cacert',
+                                 self.ca, '-H', f'@{self.header}', '-o', out,
+                                 f'{data}?offset=0&length={SIZE}'])
+        _, status, usage = os.wait4(proc.pid, 0)
         took = time.monotonic() - start
+        assert os.waitstatus_to_exitcode(status) == 0
         size = os.path.getsize(out)
         os.remove(out)
-        self.server.kill()
-        self.server.wait()
+        self.server_cpu = self.stop_server()
         virsh('domjobabort', self.domain)
         virsh('checkpoint-delete', self.domain, self.checkpoint)
         self.count -= 1
         assert size == SIZE, size
-        return took
+        return took, usage.ru_utime + usage.ru_stime
 
     def oadp_push(self, key):
         """KubeVirt's Push mode and OADP's upload: a libvirt push backup
@@ -267,36 +278,45 @@ class Bench(BucketBench):
         virsh('start', self.domain)
         self.vm = start_vm(self.work, self.images['qmp'], 'qcow2')
         time.sleep(3)
+        # paused while measured, so that each tool's incremental holds
+        # the same changes (the tests back up guests that write)
+        virsh('suspend', self.domain)
         base = f'{self.prefix}/kubevirt-backup'
         kv_repo = f's3://{self.bucket}/{base}/kubevirt'
         qmp_repo = f's3://{self.bucket}/{base}/qmp'
         qmp_args = ['--vm', 'bench', '--qmp', f'{self.work}/vm.qmp']
 
-        curl_s = self.curl()
-        kv_s, kv, kv_rss, kv_sc = self.kubevirt(kv_repo)
-        q_s, q, _, q_sc = self.s3chain(qmp_args, qmp_repo)
+        curl_s, curl_cpu = self.curl()
+        curl_server = self.server_cpu
+        kv_s, kv, kv_rss, kv_sc, kv_cpu = self.kubevirt(kv_repo)
+        kv_server = self.server_cpu
+        q_s, q, _, q_sc, q_cpu = self.s3chain(qmp_args, qmp_repo)
         push_s, push_local = self.oadp_push(f'{base}/oadp/full.qcow2')
         full = f'full {SIZE // GiB} GiB'
         print(f'{"backup":<22} {"tool":<34} {"wall s":>7} {"MB/s":>6} '
               f'{"uploaded MiB":>12} {"local MiB":>9} {"cmd RSS":>7} '
-              f'{"sidecar RSS":>11}')
+              f'{"sidecar RSS":>11} {"cmd CPU s":>9} {"export CPU s":>12}')
 
-        def row(what, tool, secs, up, local, rss, sc, moved=None):
+        def row(what, tool, secs, up, local, rss=None, sc=None, cpu=None,
+                server=None, moved=None):
             rate = (moved if moved is not None else up) / secs / 1e6
             print(f'{what:<22} {tool:<34} {secs:>7.2f} {rate:>6.0f} '
                   f'{up / MiB:>12.1f} {local / MiB:>9.1f} '
                   f'{"-" if rss is None else f"{rss / MiB:.0f}":>7} '
-                  f'{"-" if sc is None else f"{sc / MiB:.0f}":>11}',
+                  f'{"-" if sc is None else f"{sc / MiB:.0f}":>11} '
+                  f'{"-" if cpu is None else f"{cpu:.1f}":>9} '
+                  f'{"-" if server is None else f"{server:.1f}":>12}',
                   flush=True)
 
         row(full, 'curl of the data endpoint, 1 stream', curl_s, 0,
-            SIZE, None, None, moved=SIZE)
+            SIZE, cpu=curl_cpu, server=curl_server, moved=SIZE)
         row(full, 's3chain --kubevirt', kv_s,
-            kv['disks'][0]['bytes-stored'], 0, kv_rss, kv_sc)
+            kv['disks'][0]['bytes-stored'], 0, kv_rss, kv_sc, kv_cpu,
+            kv_server)
         row(full, 's3chain over QMP', q_s,
-            q['disks'][0]['bytes-stored'], 0, None, q_sc)
+            q['disks'][0]['bytes-stored'], 0, sc=q_sc, cpu=q_cpu)
         row(full, 'push qcow2 + upload (OADP)', push_s, push_local,
-            push_local, None, None)
+            push_local)
         ratios = [f'{full}: curl / s3chain --kubevirt = '
                   f'{curl_s / kv_s:.2f}, '
                   f'QMP / --kubevirt = {q_s / kv_s:.2f}, push + upload / '
@@ -307,13 +327,16 @@ class Bench(BucketBench):
             dirty_image(self.images['kubevirt'], SIZE, mib * MiB, seed)
             virsh('start', self.domain)
             time.sleep(3)
-            kv_s, kv, kv_rss, kv_sc = self.kubevirt(kv_repo)
+            virsh('suspend', self.domain)
+            kv_s, kv, kv_rss, kv_sc, kv_cpu = self.kubevirt(kv_repo)
+            kv_server = self.server_cpu
             push_s, push_local = self.oadp_push(f'{base}/oadp/{mib}.qcow2')
             what = f'incremental {mib} MiB'
             row(what, 's3chain --kubevirt', kv_s,
-                kv['disks'][0]['bytes-stored'], 0, kv_rss, kv_sc)
+                kv['disks'][0]['bytes-stored'], 0, kv_rss, kv_sc, kv_cpu,
+                kv_server)
             row(what, 'push qcow2 + upload (OADP)', push_s, push_local,
-                push_local, None, None)
+                push_local)
             ratios.append(f'{mib} MiB dirty: push + upload / s3chain '
                           f'--kubevirt = {push_s / kv_s:.2f}')
         print()
