@@ -145,6 +145,12 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
         return bad(err, where, "chunk entry %zu is not %s", i,
                    s3chain_entry_shape(version));
     }
+    for (size_t f = 1; f < n && f < 4; f++) {
+        if (!string_at(entry, f)) {
+            return bad(err, where, "chunk entry %zu: field %zu is not a "
+                       "string", i, f);
+        }
+    }
     if (!json_object_is_type(index, json_type_int) ||
         json_object_get_int64(index) < 0) {
         return bad(err, where, "chunk entry %zu: its index is not an "
