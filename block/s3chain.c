@@ -231,12 +231,18 @@ static void coroutine_fn s3chain_open_entry(void *opaque)
 
     ret = s3chain_co_probe(bs, &chunked, &head, &head_len, oc->errp);
     if (ret == 0 && chunked) {
-        ret = s3chain_image_co_open(bs, s->conn, s->opts->key, s->size,
-                                    s->etag, head, head_len,
-                                    oc->flags & BDRV_O_RDWR,
-                                    s->opts->buffer_size,
-                                    s->opts->readahead, &s->image,
-                                    oc->errp);
+        const S3chainImageOpen how = {
+            .key = s->opts->key,
+            .manifest_bytes = s->size,
+            .etag = s->etag,
+            .head = head,
+            .head_len = head_len,
+            .writable = oc->flags & BDRV_O_RDWR,
+            .buffer_size = s->opts->buffer_size,
+            .readahead = s->opts->readahead,
+        };
+
+        ret = s3chain_image_co_open(bs, s->conn, &how, &s->image, oc->errp);
     }
     if (ret == 0 && s->image && oc->read_plan) {
         ret = s3chain_image_plan_reads(s->image, oc->read_plan,

@@ -250,22 +250,125 @@ int coroutine_fn s3chain_reader_co_preadv(S3chainReader *reader,
                                           QEMUIOVector *qiov,
                                           size_t qiov_offset);
 
-/* s3chain-image.c: chunked images, writable */
+/* s3chain-sums.c: the checksums of chunks and blocks */
+
+/* The MD5 of @buf, into @md5; -EIO if QEMU's crypto fails */
+int s3chain_md5_of(const uint8_t *buf, size_t len, uint8_t *md5);
+/*
+ * Puts the MD5 and/or the CRC-32 of @buf into @sums, and with
+ * @block_crcs the CRC-32 of each of its blocks of @block_size there,
+ * computed in a worker thread; @buf must not change until it returns.
+ */
+int coroutine_fn s3chain_co_sums_of(const uint8_t *buf, size_t len,
+                                    bool md5, bool crc32, size_t block_size,
+                                    uint32_t *block_crcs,
+                                    S3chainChunkRef *sums);
+/* @n block sums in the manifest's hex */
+char *s3chain_block_sums_hex(const uint32_t *crcs, unsigned n);
+/*
+ * Reads @n block sums from @hex, as the manifest (or, from version 3
+ * writers, S3CHAIN_BLOCK_SUMS_META) holds them; they must make up @ref's
+ * CRC-32, which ties them to the chunk's whole sum.
+ */
+bool s3chain_block_sums_parse(const char *hex, const S3chainChunkRef *ref,
+                              unsigned n, uint32_t *crcs);
+
+/* s3chain-image.c: chunked images, their buffer of chunks and reads */
 
 typedef struct S3chainImage S3chainImage;
 
-/*
- * Opens the chunked image whose manifest, @key, is @manifest_bytes long
- * with ETag @etag, and starts with the @head_len bytes at @head.
- * A sequential reader has up to @readahead bytes of chunks loaded ahead.
- */
+typedef enum ChunkState {
+    CHUNK_CLEAN,
+    CHUNK_DIRTY,
+    CHUNK_UPLOADING,
+} ChunkState;
+
+/* A chunk in the buffer; its fields are guarded by its image's lock */
+typedef struct CachedChunk {
+    S3chainImage *img;
+    uint64_t index;
+    uint8_t *buf;
+    ChunkState state;
+    uint64_t valid;             /* blocks loaded, a bit each */
+    uint64_t loading;           /* blocks on their way */
+    int ret;                    /* of a load; a failed chunk is dropped */
+    uint64_t consumed;          /* bytes read from it since it loaded */
+    unsigned users;             /* pins: a pinned chunk is not dropped */
+    uint64_t written;           /* blocks written whole since loaded */
+    uint64_t dirty;             /* blocks written since its last upload */
+    bool hot;                   /* rewritten since its upload: kept */
+    CoQueue waiters;            /* for its loads and upload to end */
+    QTAILQ_ENTRY(CachedChunk) lru;
+} CachedChunk;
+
+struct S3chainImage {
+    /* set at open */
+    BlockDriverState *bs;
+    S3chainConn *conn;
+    char *key;
+    char *lock_key;
+    bool writable;
+    bool scratch;               /* in RAM first, never committed */
+    uint64_t session;           /* generation this writer started at */
+    uint64_t buffer_size;
+    uint64_t readahead_chunks;
+    uint64_t block_size;
+    uint64_t *planned;          /* per chunk, blocks of the read plan */
+
+    /* guards all below, and every CachedChunk of the image */
+    CoMutex lock;
+    S3chainManifest *manifest;
+    bool locked;                /* this writer holds KEY.lock */
+    bool manifest_dirty;
+    uint64_t serial;            /* uploads made in this session */
+    GPtrArray *superseded;      /* keys to delete after the next commit */
+    GHashTable *cache;          /* index -> CachedChunk */
+    QTAILQ_HEAD(, CachedChunk) lru;
+    uint64_t cached;
+    unsigned hot;               /* chunks kept dirty until the commit */
+    GPtrArray *spare;           /* buffers of dropped chunks, for reuse */
+    S3chainStreak streak;
+    CoQueue room;               /* for room in the buffer */
+    bool writing_back;          /* between the high and low water marks */
+    unsigned uploading;         /* background uploads in flight */
+    int write_back_error;       /* of the last background upload */
+};
+
+static inline uint64_t chunk_size(S3chainImage *img)
+{
+    return img->manifest->chunk_size;
+}
+
+static inline unsigned blocks_per_chunk(S3chainImage *img)
+{
+    return chunk_size(img) / img->block_size;
+}
+
+static inline uint64_t all_blocks(S3chainImage *img)
+{
+    return MAKE_64BIT_MASK(0, blocks_per_chunk(img));
+}
+
+static inline const char *bucket(S3chainImage *img)
+{
+    return s3chain_conn_settings(img->conn)->bucket;
+}
+
+/* How to open a chunked image (s3chain_image_co_open()) */
+typedef struct S3chainImageOpen {
+    const char *key;            /* of its manifest */
+    uint64_t manifest_bytes;    /* the manifest's length */
+    const char *etag;           /* its ETag: the rest is read pinned to it */
+    const char *head;           /* its first bytes, read at the probe */
+    uint64_t head_len;
+    bool writable;
+    uint64_t buffer_size;
+    uint64_t readahead;         /* bytes of chunks a reader has ahead */
+} S3chainImageOpen;
+
 int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
-                                       S3chainConn *conn, const char *key,
-                                       uint64_t manifest_bytes,
-                                       const char *etag, const char *head,
-                                       uint64_t head_len, bool writable,
-                                       uint64_t buffer_size,
-                                       uint64_t readahead,
+                                       S3chainConn *conn,
+                                       const S3chainImageOpen *how,
                                        S3chainImage **image, Error **errp);
 /*
  * A scratch image at @key: empty, writable, in RAM while @buffer_size
@@ -284,11 +387,6 @@ int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
                                          Error **errp);
 int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
                                          uint64_t bytes, QEMUIOVector *qiov);
-/* Writes @qiov at @offset, or zeroes if @qiov is NULL */
-int coroutine_fn s3chain_image_co_pwritev(S3chainImage *img, uint64_t offset,
-                                          uint64_t bytes, QEMUIOVector *qiov);
-int coroutine_fn s3chain_image_co_flush(S3chainImage *img);
-int coroutine_fn s3chain_image_co_truncate(S3chainImage *img, uint64_t size);
 int coroutine_fn s3chain_image_co_block_status(S3chainImage *img,
                                                uint64_t offset,
                                                uint64_t bytes,
@@ -302,5 +400,71 @@ int s3chain_image_plan_reads(S3chainImage *img, const char *text,
                              const char *path, Error **errp);
 uint64_t s3chain_image_size(S3chainImage *img);
 uint64_t s3chain_image_stored_bytes(S3chainImage *img);
+
+/*
+ * For s3chain-writeback.c.  The _locked functions are called with
+ * img->lock held; those that load drop it meanwhile.
+ */
+
+/*
+ * Whether stored chunk @ref can take a patch: its entry has the sums of
+ * the image's blocks, which a patch replaces some of
+ */
+bool s3chain_image_takes_patches(S3chainImage *img,
+                                 const S3chainChunkRef *ref);
+/* Reports what happened to @req, @what of @key */
+void s3chain_image_report_error(S3chainImage *img, const char *what,
+                                const char *key, S3chainRequest *req);
+/* Drops chunk @c, unpinned, from the buffer */
+void s3chain_image_drop_chunk_locked(S3chainImage *img, CachedChunk *c);
+/* Unpins @c; a chunk whose load failed goes when its last pin does */
+void s3chain_image_release_locked(S3chainImage *img, CachedChunk *c);
+/* The patches of chunk @index, stored as @ref, are no longer the image's */
+void s3chain_image_supersede_patches_locked(S3chainImage *img,
+                                            uint64_t index,
+                                            const S3chainChunkRef *ref);
+/* The committed objects of chunk @index are no longer the image's */
+void s3chain_image_supersede_locked(S3chainImage *img, uint64_t index);
+/* Makes blocks @need of pinned chunk @c valid, loading them */
+int coroutine_fn s3chain_image_ensure_blocks_locked(S3chainImage *img,
+                                                    CachedChunk *c,
+                                                    uint64_t need);
+/*
+ * Returns chunk @index pinned, with blocks @need loaded.  With @for_write,
+ * it is not being uploaded, and all of it is loaded unless it can take a
+ * patch (@need are then the blocks the caller writes part of); with
+ * @overwrite, the caller writes all of it, so nothing is loaded.
+ */
+int coroutine_fn s3chain_image_get_chunk_locked(S3chainImage *img,
+                                                uint64_t index,
+                                                bool for_write,
+                                                bool overwrite,
+                                                uint64_t need,
+                                                CachedChunk **chunk);
+
+/* s3chain-writeback.c: writes, uploads of chunks and patches, commits */
+
+/* Writes @qiov at @offset, or zeroes if @qiov is NULL */
+int coroutine_fn s3chain_image_co_pwritev(S3chainImage *img, uint64_t offset,
+                                          uint64_t bytes, QEMUIOVector *qiov);
+int coroutine_fn s3chain_image_co_flush(S3chainImage *img);
+int coroutine_fn s3chain_image_co_truncate(S3chainImage *img, uint64_t size);
+/*
+ * Past half the buffer dirty, starts uploading the least recently written
+ * chunks in the background, until a quarter is left
+ */
+void s3chain_image_maybe_write_back_locked(S3chainImage *img);
+/*
+ * Puts @manifest as object @key, with Content-MD5 and the Content-Type
+ * that marks it; with @create_only, only if @key does not exist.  The
+ * caller cleans @req up and reads the outcome from it.
+ */
+int coroutine_fn s3chain_image_put_manifest(S3chainConn *conn,
+                                            const char *key,
+                                            const S3chainManifest *manifest,
+                                            bool create_only,
+                                            S3chainRequest *req);
+/* Deletes what the last commit left unreferenced; failures leave garbage */
+void coroutine_fn s3chain_image_delete_superseded_locked(S3chainImage *img);
 
 #endif

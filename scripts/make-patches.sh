@@ -144,7 +144,8 @@ other status fails at once with the bucket, key and cause.
 Signed-off-by: s3chain authors <s3chain@localhost>
 MSG
 
-ours block/s3chain.c block/s3chain-cache.c block/s3chain-image.c
+ours block/s3chain.c block/s3chain-cache.c block/s3chain-sums.c \
+    block/s3chain-image.c block/s3chain-writeback.c
 glue header
 glue build
 glue trace
@@ -152,8 +153,10 @@ commit <<'MSG'
 block/s3chain: add a driver for images in an S3 bucket
 
 The driver reads a raw or qcow2 image stored as one object, with ranged
-GETs split and sent in parallel, and read-ahead for sequential readers;
-and it reads and writes chunked images.  Writes land in a bounded buffer
+GETs split and sent in parallel, and read-ahead for sequential readers
+(s3chain-cache.c); and it reads and writes chunked images: a buffer of
+chunks and the reads (s3chain-image.c), writes, uploads and commits
+(s3chain-writeback.c), and their checksums (s3chain-sums.c).  Writes land in a bounded buffer
 in RAM and are uploaded in the background, in parallel, with
 Content-MD5; flush uploads the rest and then the manifest, so a crash
 leaves the last committed image intact.  All-zero chunks are not
