@@ -3,7 +3,9 @@
 patch at a time to the pinned QEMU, each state compiles every s3chain
 file it holds with the full build's own flags (-Werror), keeps the
 driver's symbols resolved among its own files, and builds and passes
-each unit test it holds.
+each unit test it holds.  Then the whole series' s3chain files compile
+with clang's -Wthread-safety, which checks QEMU's graph lock
+annotations (gcc ignores them).
 
 It reuses the full build (build/qemu, of the whole series) for QEMU's
 own objects and generated headers, so a state costs seconds, not a QEMU
@@ -39,9 +41,10 @@ class Build:
         self.src_abs = os.path.realpath(os.path.join(build_dir,
                                                      self.src_rel))
 
-    def compile(self, output, tree, scratch):
+    def compile(self, output, tree, scratch, thread_safety=False):
         """Compiles the source of @output from @tree instead, into
-        @scratch; returns the object's path"""
+        @scratch; returns the object's path.  With @thread_safety, only
+        checks it with clang's -Wthread-safety."""
         argv = shlex.split(self.compiles[output])
         obj = os.path.join(scratch, output.replace('/', '_'))
         out = []
@@ -53,11 +56,18 @@ class Build:
             if arg in ('-MQ', '-MF', '-o'):
                 skip = 1
                 continue
-            if arg == '-MD':
+            if arg == '-MD' or (thread_safety and arg.startswith(
+                    ('-fzero-call-used-regs', '-ftrivial-auto-var-init'))):
+                # gcc's hardening flags that clang 14 lacks
                 continue
             out.append(arg.replace(self.src_abs, tree)
                        .replace(self.src_rel, tree))
-        run(out + ['-o', obj], cwd=self.dir)
+        if thread_safety:
+            out = ['clang', *out[1:], '-fsyntax-only', '-Wthread-safety',
+                   '-Wno-unknown-warning-option']
+        else:
+            out += ['-o', obj]
+        run(out, cwd=self.dir)
         return obj
 
     def block_object(self, name):
@@ -83,9 +93,13 @@ def symbols(objects):
     return defined, undefined
 
 
-def check_state(build, tree, scratch, subject):
-    ours = sorted(n for n in os.listdir(os.path.join(tree, 'block'))
+def our_block_files(tree):
+    return sorted(n for n in os.listdir(os.path.join(tree, 'block'))
                   if re.fullmatch(r's3chain[a-z0-9-]*\.c', n))
+
+
+def check_state(build, tree, scratch, subject):
+    ours = our_block_files(tree)
     objects = [build.compile(build.block_object(n), tree, scratch)
                for n in ours]
     if objects:
@@ -144,6 +158,11 @@ def main():
             files, tests = check_state(build, tree, scratch, subject)
             print(f'ok: {os.path.basename(patch)[:4]} {subject}: '
                   f'{files} files, {tests} unit tests', flush=True)
+        ours = our_block_files(tree)
+        for name in ours:
+            build.compile(build.block_object(name), tree, work,
+                          thread_safety=True)
+        print(f'ok: clang -Wthread-safety: {len(ours)} files', flush=True)
 
 
 if __name__ == '__main__':
