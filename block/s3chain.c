@@ -30,6 +30,7 @@
  */
 typedef struct BDRVS3chainState {
     BlockdevOptionsS3chain *opts;
+    char *read_plan;            /* the text of x-read-plan's file */
     S3chainConn *conn;
     S3chainImage *image;
     S3chainReader *reader;
@@ -39,8 +40,7 @@ typedef struct BDRVS3chainState {
 
 typedef struct S3chainOpenCo {
     BlockDriverState *bs;
-    int flags;
-    const char *read_plan;      /* the text of x-read-plan's file */
+    bool writable;
     Error **errp;
     int ret;
 } S3chainOpenCo;
@@ -219,17 +219,24 @@ static int coroutine_fn s3chain_co_probe(BlockDriverState *bs, bool *chunked,
     return ret;
 }
 
-static void coroutine_fn s3chain_open_entry(void *opaque)
+/*
+ * Reads the node's image as the bucket holds it now: a chunked one into
+ * *@image, @writable with the writer's lock or read-only without.
+ */
+static int coroutine_fn s3chain_co_open_image(BlockDriverState *bs,
+                                              bool writable,
+                                              S3chainImage **image,
+                                              Error **errp)
 {
-    S3chainOpenCo *oc = opaque;
-    BlockDriverState *bs = oc->bs;
     BDRVS3chainState *s = bs->opaque;
     g_autofree char *head = NULL;
     uint64_t head_len = 0;
     bool chunked = false;
     int ret;
 
-    ret = s3chain_co_probe(bs, &chunked, &head, &head_len, oc->errp);
+    g_free(s->etag);
+    s->etag = NULL;
+    ret = s3chain_co_probe(bs, &chunked, &head, &head_len, errp);
     if (ret == 0 && chunked) {
         const S3chainImageOpen how = {
             .key = s->opts->key,
@@ -237,21 +244,30 @@ static void coroutine_fn s3chain_open_entry(void *opaque)
             .etag = s->etag,
             .head = head,
             .head_len = head_len,
-            .writable = oc->flags & BDRV_O_RDWR,
+            .writable = writable,
             .buffer_size = s->opts->buffer_size,
             .readahead = s->opts->readahead,
         };
 
-        ret = s3chain_image_co_open(bs, s->conn, &how, &s->image, oc->errp);
+        ret = s3chain_image_co_open(bs, s->conn, &how, image, errp);
     }
-    if (ret == 0 && s->image && oc->read_plan) {
-        ret = s3chain_image_plan_reads(s->image, oc->read_plan,
-                                       s->opts->x_read_plan, oc->errp);
+    if (ret == 0 && *image && s->read_plan) {
+        ret = s3chain_image_plan_reads(*image, s->read_plan,
+                                       s->opts->x_read_plan, errp);
         if (ret < 0) {
-            s3chain_image_co_close(g_steal_pointer(&s->image));
+            s3chain_image_co_close(g_steal_pointer(image));
         }
     }
-    oc->ret = ret;
+    return ret;
+}
+
+static void coroutine_fn s3chain_open_entry(void *opaque)
+{
+    S3chainOpenCo *oc = opaque;
+    BDRVS3chainState *s = oc->bs->opaque;
+
+    oc->ret = s3chain_co_open_image(oc->bs, oc->writable, &s->image,
+                                    oc->errp);
 }
 
 typedef struct S3chainCloseCo {
@@ -275,6 +291,8 @@ static void s3chain_free_state(BDRVS3chainState *s)
     s->conn = NULL;
     g_free(s->etag);
     s->etag = NULL;
+    g_free(s->read_plan);
+    s->read_plan = NULL;
     qapi_free_BlockdevOptionsS3chain(s->opts);
     s->opts = NULL;
 }
@@ -326,13 +344,16 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
                         Error **errp)
 {
     BDRVS3chainState *s = bs->opaque;
+    /*
+     * An inactive node (the destination of a migration, until it takes
+     * over) reads an image that another QEMU writes
+     */
     S3chainOpenCo oc = {
         .bs = bs,
-        .flags = flags,
+        .writable = (flags & BDRV_O_RDWR) && !(flags & BDRV_O_INACTIVE),
         .errp = errp,
         .ret = -EINPROGRESS,
     };
-    g_autofree char *read_plan = NULL;
     int ret;
 
     s->opts = s3chain_visit_options(options, errp);
@@ -354,14 +375,13 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
             ret = -EINVAL;
             goto fail;
         }
-        if (!g_file_get_contents(s->opts->x_read_plan, &read_plan, NULL,
+        if (!g_file_get_contents(s->opts->x_read_plan, &s->read_plan, NULL,
                                  &gerr)) {
             error_setg(errp, "s3chain: cannot read the read plan: %s",
                        gerr->message);
             ret = -EINVAL;
             goto fail;
         }
-        oc.read_plan = read_plan;
     }
     s->conn = s3chain_connect(s->opts, bdrv_get_aio_context(bs), errp);
     if (!s->conn) {
@@ -423,6 +443,80 @@ static void s3chain_close(BlockDriverState *bs)
         AIO_WAIT_WHILE_UNLOCKED(NULL, !cc.done);
     }
     s3chain_free_state(s);
+}
+
+/*
+ * Migration hands a chunked image from one QEMU to another: the source
+ * commits what it wrote and releases the writer's lock when it becomes
+ * inactive, and the destination, inactive until then, reads the image
+ * afresh and takes the lock when it becomes active.  Either keeps the
+ * image it had if the other cannot be opened: a migration that fails
+ * leaves the source as it was.
+ */
+static void coroutine_fn s3chain_reload_entry(void *opaque)
+{
+    S3chainOpenCo *oc = opaque;
+    BDRVS3chainState *s = oc->bs->opaque;
+    S3chainImage *image = NULL;
+    int ret;
+
+    ret = s3chain_image_co_flush(s->image);
+    if (ret < 0) {
+        error_setg_errno(oc->errp, -ret, "s3chain: cannot commit s3://%s/%s",
+                         s->opts->bucket, s->opts->key);
+        goto out;
+    }
+    ret = s3chain_co_open_image(oc->bs, oc->writable, &image, oc->errp);
+    if (ret == 0 && !image) {
+        error_setg(oc->errp, "s3chain: s3://%s/%s is no longer a chunked "
+                   "image", s->opts->bucket, s->opts->key);
+        ret = -EINVAL;
+    }
+    if (ret == 0) {
+        s3chain_image_co_close(s->image);
+        s->image = image;
+        s->size = s3chain_image_size(image);
+    }
+out:
+    oc->ret = ret;
+}
+
+static int GRAPH_RDLOCK s3chain_inactivate(BlockDriverState *bs)
+{
+    BDRVS3chainState *s = bs->opaque;
+    Error *local_err = NULL;
+    S3chainOpenCo oc = {
+        .bs = bs,
+        .writable = false,
+        .errp = &local_err,
+        .ret = -EINPROGRESS,
+    };
+
+    if (!s->image || s->opts->scratch) {
+        return 0;
+    }
+    aio_co_enter(bdrv_get_aio_context(bs),
+                 qemu_coroutine_create(s3chain_reload_entry, &oc));
+    AIO_WAIT_WHILE_UNLOCKED(NULL, oc.ret == -EINPROGRESS);
+    if (oc.ret < 0) {
+        error_report_err(local_err);
+    }
+    return oc.ret;
+}
+
+static void coroutine_fn GRAPH_RDLOCK
+s3chain_co_invalidate_cache(BlockDriverState *bs, Error **errp)
+{
+    BDRVS3chainState *s = bs->opaque;
+    S3chainOpenCo oc = {
+        .bs = bs,
+        .writable = bs->open_flags & BDRV_O_RDWR,
+        .errp = errp,
+    };
+
+    if (s->image && !s->opts->scratch) {
+        s3chain_reload_entry(&oc);
+    }
 }
 
 static int s3chain_reopen_prepare(BDRVReopenState *state,
@@ -689,6 +783,8 @@ static BlockDriver bdrv_s3chain = {
     .bdrv_open                  = s3chain_open,
     .bdrv_close                 = s3chain_close,
     .bdrv_reopen_prepare        = s3chain_reopen_prepare,
+    .bdrv_inactivate            = s3chain_inactivate,
+    .bdrv_co_invalidate_cache   = s3chain_co_invalidate_cache,
     .bdrv_refresh_limits        = s3chain_refresh_limits,
 
     .bdrv_co_create             = s3chain_co_create,
