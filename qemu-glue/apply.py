@@ -4,7 +4,8 @@
 Each area is a small, anchored text edit of a QEMU file, so that the
 patch series made from it stays reviewable.  Usage:
     apply.py QEMU_TREE AREA
-where AREA is qapi, header, build, trace, maintainers, unit or docs.
+where AREA is qapi, header, build, trace, maintainers, unit, iotests or
+docs.
 
 header, build, trace and unit follow the files of ours that the tree
 holds so far, and may be applied again after each patch that adds some:
@@ -32,6 +33,15 @@ def edit(path, anchor, insertion, before=False):
         text = text.replace(anchor, anchor + insertion)
     with open(path, 'w', encoding='utf-8') as f:
         f.write(text)
+
+
+def substitute(path, old, new):
+    """Replaces @old, which @path must hold exactly once, with @new"""
+    edit(path, old, '')
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(text.replace(old, new))
 
 
 def read(path):
@@ -184,6 +194,70 @@ def apply_unit(tree):
                  "  'test-fifo': [],\n", entries)
 
 
+def apply_iotests(tree):
+    """An -s3chain protocol for the iotests harness, as -nbd and -ssh:
+    TEST_IMG is an s3chain:// filename in the bucket of the server that
+    $S3CHAIN_TEST_ENV names, with its secret key as a secret object"""
+    iotests = os.path.join(tree, 'tests/qemu-iotests')
+    edit(os.path.join(iotests, 'check'),
+         "'nbd', 'ssh', 'nfs', 'fuse'", ", 's3chain'", before=False)
+    rc = os.path.join(iotests, 'common.rc')
+    # every tool gets the secret object; qemu-img's subcommands take it
+    # after their name, and bench takes none
+    edit(rc, '_qemu_img_wrapper()\n{\n',
+         '    local args=("$@")\n'
+         '    if [ -n "$S3CHAIN_OBJECT" ] && [[ $# -gt 0 && $1 != -* &&\n'
+         '                                     $1 != bench ]]; then\n'
+         '        args=("$1" $S3CHAIN_OBJECT "${@:2}")\n'
+         '    fi\n')
+    substitute(rc, '"$QEMU_IMG_PROG" $QEMU_IMG_OPTIONS "$@"',
+               '"$QEMU_IMG_PROG" $QEMU_IMG_OPTIONS "${args[@]}"')
+    for prog, opts in (('$QEMU_PROG', '$QEMU_OPTIONS'),
+                       ('$QEMU_IO_PROG', '$QEMU_IO_ARGS'),
+                       ('$QSD_PROG', '$QSD_OPTIONS')):
+        edit(rc, f'"{prog}" {opts} ', '$S3CHAIN_OBJECT ')
+    edit(rc, '$QEMU_NBD_OPTIONS "$@"', '$S3CHAIN_OBJECT ', before=True)
+    edit(rc, 'if [ "$IMGOPTSSYNTAX" = "true" ]; then\n    DRIVER=',
+         read(os.path.join(GLUE, 'iotests-s3chain.rc')), before=True)
+    edit(rc, '    elif [ "$IMGPROTO" = "nfs" ]; then\n'
+         '        TEST_DIR="$DRIVER,file.driver=nfs',
+         '    elif [ "$IMGPROTO" = "s3chain" ]; then\n'
+         '        TEST_IMG_FILE=$S3CHAIN_PREFIX$TEST_DIR/t.$IMGFMT\n'
+         '        TEST_IMG="$DRIVER,$S3CHAIN_FILE_OPTIONS'
+         ',file.key=iotests$TEST_DIR/t.$IMGFMT"\n',
+         before=True)
+    edit(rc, '    elif [ "$IMGPROTO" = "nfs" ]; then\n'
+         '        TEST_IMG_FILE=$TEST_DIR/t.$IMGFMT\n'
+         '        REMOTE_TEST_DIR="nfs:',
+         '    elif [ "$IMGPROTO" = "s3chain" ]; then\n'
+         '        TEST_IMG="$S3CHAIN_PREFIX$TEST_DIR/t.$IMGFMT"\n',
+         before=True)
+    edit(rc, '    if [ $IMGPROTO = "nbd" ]; then\n        _stop_nbd_server\n'
+         '    fi\n\n    # XXX(hch)',
+         '    if [ $IMGPROTO = "s3chain" ]; then\n'
+         '        # s3chain never overwrites an image: make room\n'
+         '        _rm_test_img "$img_name"\n'
+         '    fi\n\n', before=True)
+    edit(rc, '_rm_test_img()\n{\n    local img=$1\n',
+         '\n    if [[ $IMGPROTO == s3chain && $img == s3chain://* ]]; then\n'
+         '        "$PYTHON" "$S3CHAIN_PY" rm "$img"\n'
+         '        return\n'
+         '    fi\n')
+    edit(rc, '        rbd)\n            rbd --no-progress rm',
+         '        s3chain)\n'
+         '            "$PYTHON" "$S3CHAIN_PY" rm-under "iotests$TEST_DIR/"\n'
+         '            ;;\n\n', before=True)
+    edit(os.path.join(iotests, 'common.filter'),
+         '_filter_testdir()\n{\n    sed ',
+         '-e "s#$REMOTE_TEST_DIR/#TEST_DIR/#g" \\\n        ')
+    # python tests name their images in local files whatever the
+    # protocol: over s3chain, only those that ask for it run
+    edit(os.path.join(iotests, 'iotests.py'),
+         '    assert not (supported and unsupported)\n',
+         "\n    if imgproto == 's3chain' and 's3chain' not in supported:\n"
+         "        notrun('python tests keep their images in local files')\n")
+
+
 def apply_docs(tree):
     with open(os.path.join(tree, 'docs/system/qemu-block-drivers.rst.inc'),
               'a', encoding='utf-8') as f:
@@ -197,6 +271,7 @@ AREAS = {
     'trace': apply_trace,
     'maintainers': apply_maintainers,
     'unit': apply_unit,
+    'iotests': apply_iotests,
     'docs': apply_docs,
 }
 

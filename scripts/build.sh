@@ -27,6 +27,13 @@ configure_flags=(
 )
 configure_qemu "$QEMU_BUILD" "${configure_flags[@]}"
 ninja -C "$QEMU_BUILD"
+# Debian's QEMU source has no firmware blobs: the build's qemu-system,
+# which QEMU's generic iotests start, uses Debian's, as the stock one does
+# (run from the build tree, it looks in qemu-bundle for the prefix's)
+datadir=$QEMU_BUILD/qemu-bundle/usr/local/share/qemu
+for blob in /usr/share/seabios/*.bin /usr/share/qemu/*.bin; do
+    [ -e "$datadir/${blob##*/}" ] || ln -s "$blob" "$datadir/${blob##*/}"
+done
 
 if [ ! -f "$BUILD/orchestrator/build.ninja" ]; then
     meson setup "$BUILD/orchestrator" "$REPO" >/dev/null

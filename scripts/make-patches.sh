@@ -188,6 +188,25 @@ of qemu-storage-daemon whose target is in the bucket.
 Signed-off-by: s3chain authors <s3chain@localhost>
 MSG
 
+glue iotests
+commit <<'MSG'
+iotests: add an -s3chain protocol
+
+./check -s3chain runs the generic tests with their images in a bucket,
+as -nbd and -ssh run them over those protocols: TEST_IMG is an
+s3chain:// filename on the S3 server that the env file named by
+S3CHAIN_TEST_ENV describes, keyed by the image's path in TEST_DIR, and
+every tool gets the secret key as a secret object read from a 0600
+file.  s3chain never overwrites an image, so _make_test_img deletes the
+one it replaces, and cleanup deletes the test's keys.  The filters
+treat the bucket's TEST_DIR as TEST_DIR.
+
+Python tests keep their images in local files whatever the protocol, so
+over s3chain only those that name the protocol run.
+
+Signed-off-by: s3chain authors <s3chain@localhost>
+MSG
+
 glue docs
 commit <<'MSG'
 docs: describe the s3chain block driver

@@ -33,24 +33,56 @@ def load_env() -> Dict[str, str]:
     return env
 
 
+def client_of(env: Dict[str, str]):  # -> botocore S3 client
+    try:
+        # pylint: disable=import-outside-toplevel
+        import boto3
+    except ImportError:
+        iotests.notrun('python3-boto3 is needed to reach the S3 server')
+    return boto3.client(
+        's3', endpoint_url=env['S3CHAIN_ENDPOINT'],
+        aws_access_key_id=env['AWS_ACCESS_KEY_ID'],
+        aws_secret_access_key=env['AWS_SECRET_ACCESS_KEY'],
+        region_name=env.get('AWS_REGION', 'us-east-1'))
+
+
+def delete_under(client, bucket: str, prefix: str,
+                 keep=lambda key: False) -> None:
+    """Deletes the objects whose key starts with `prefix`, but those
+    `keep` says to keep"""
+    pages = client.get_paginator('list_objects_v2').paginate(
+        Bucket=bucket, Prefix=prefix)
+    for page in pages:
+        for obj in page.get('Contents', []):
+            if not keep(obj['Key']):
+                client.delete_object(Bucket=bucket, Key=obj['Key'])
+
+
+def remove(command: str, where: str) -> None:
+    """For the -s3chain protocol of common.rc: `rm URL` deletes the
+    image at an s3chain:// URL (its manifest, chunks and lock),
+    `rm-under PREFIX` every object whose key starts with PREFIX"""
+    env = load_env()
+    client = client_of(env)
+    bucket = env['S3CHAIN_BUCKET']
+    if command == 'rm':
+        key = where.split('/', 3)[3].split('/', 1)[1]
+        delete_under(client, bucket, key,
+                     keep=lambda k: k not in (key, key + '.lock') and
+                     not k.startswith(key + '.d/'))
+    else:
+        delete_under(client, bucket, where)
+
+
 class S3Server:
     """The bucket under test, with a fresh key prefix for each test."""
 
     def __init__(self) -> None:
-        try:
-            # pylint: disable=import-outside-toplevel
-            import boto3
-        except ImportError:
-            iotests.notrun('python3-boto3 is needed to upload test images')
         self.env = load_env()
         self.endpoint = self.env['S3CHAIN_ENDPOINT']
         self.bucket = self.env['S3CHAIN_BUCKET']
         self.prefix = f'iotests/{uuid.uuid4().hex[:12]}/'
-        self.client = boto3.client(
-            's3', endpoint_url=self.endpoint,
-            aws_access_key_id=self.env['AWS_ACCESS_KEY_ID'],
-            aws_secret_access_key=self.env['AWS_SECRET_ACCESS_KEY'],
-            region_name=self.env.get('AWS_REGION', 'us-east-1'))
+        self.client = client_of(self.env)
         self.secret_file = os.path.join(iotests.test_dir, 's3-secret')
         self.write_secret(self.env['AWS_SECRET_ACCESS_KEY'])
 
@@ -91,10 +123,7 @@ class S3Server:
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)
 
     def cleanup(self) -> None:
-        listing = self.client.list_objects_v2(Bucket=self.bucket,
-                                              Prefix=self.prefix)
-        for obj in listing.get('Contents', []):
-            self.client.delete_object(Bucket=self.bucket, Key=obj['Key'])
+        delete_under(self.client, self.bucket, self.prefix)
 
     def control(self, action: str) -> None:
         """rgw-stop or rgw-start, through the server's own script"""
@@ -196,3 +225,10 @@ class FaultProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+if __name__ == '__main__':
+    import sys
+    if len(sys.argv) != 3 or sys.argv[1] not in ('rm', 'rm-under'):
+        sys.exit('usage: s3chain.py rm URL | rm-under PREFIX')
+    remove(sys.argv[1], sys.argv[2])
