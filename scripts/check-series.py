@@ -9,7 +9,9 @@ annotations (gcc ignores them).
 
 It reuses the full build (build/qemu, of the whole series) for QEMU's
 own objects and generated headers, so a state costs seconds, not a QEMU
-build: what it compiles anew are our files, as each state has them.
+build: what it compiles anew are our files, as each state has them, and
+the block layer's trace header, generated from each state's trace
+events (an event used before the patch that adds it fails there).
 Usage: check-series.py PRISTINE_QEMU_GIT QEMU_BUILD_DIR PATCHES_DIR
 """
 
@@ -41,13 +43,24 @@ class Build:
         self.src_abs = os.path.realpath(os.path.join(build_dir,
                                                      self.src_rel))
 
+    def trace_header(self, tree, scratch):
+        """Generates @scratch/trace/trace-block.h from @tree's
+        block/trace-events, as the full build generates its own"""
+        os.makedirs(os.path.join(scratch, 'trace'))
+        argv = [arg.replace(self.src_abs, tree).replace(self.src_rel, tree)
+                for arg in self.last_command('trace/trace-block.h')]
+        argv[-1] = os.path.join(scratch, 'trace/trace-block.h')
+        run(argv, cwd=self.dir)
+
     def compile(self, output, tree, scratch, thread_safety=False):
         """Compiles the source of @output from @tree instead, into
-        @scratch; returns the object's path.  With @thread_safety, only
-        checks it with clang's -Wthread-safety."""
+        @scratch, with @scratch's trace header (trace_header()); returns
+        the object's path.  With @thread_safety, only checks it with
+        clang's -Wthread-safety."""
         argv = shlex.split(self.compiles[output])
         obj = os.path.join(scratch, output.replace('/', '_'))
-        out = []
+        # found before the build's own generated headers
+        out = [argv.pop(0), '-iquote', scratch]
         skip = 0
         for arg in argv:
             if skip:
@@ -73,7 +86,8 @@ class Build:
     def block_object(self, name):
         return f'libblock.a.p/block_{name}.o'
 
-    def link_command(self, target):
+    def last_command(self, target):
+        """The command that makes @target"""
         commands = subprocess.run(
             ['ninja', '-C', self.dir, '-t', 'commands', target], check=True,
             capture_output=True, text=True).stdout.splitlines()
@@ -112,7 +126,7 @@ def check_state(build, tree, scratch, subject):
                                                            'tests/unit'))
                    if re.fullmatch(r'test-s3chain-[a-z0-9]+\.c', n))
     for test in tests:
-        link = build.link_command(f'tests/unit/{test}')
+        link = build.last_command(f'tests/unit/{test}')
         binary = os.path.join(scratch, test)
         argv = []
         skip = False
@@ -155,13 +169,15 @@ def main():
                 ['git', 'log', '-1', '--format=%s'], cwd=tree, check=True,
                 capture_output=True, text=True).stdout.strip()
             scratch = tempfile.mkdtemp(dir=work)
+            build.trace_header(tree, scratch)
             files, tests = check_state(build, tree, scratch, subject)
             print(f'ok: {os.path.basename(patch)[:4]} {subject}: '
                   f'{files} files, {tests} unit tests', flush=True)
         ours = our_block_files(tree)
+        build.trace_header(tree, os.path.join(work, 'final'))
         for name in ours:
-            build.compile(build.block_object(name), tree, work,
-                          thread_safety=True)
+            build.compile(build.block_object(name), tree,
+                          os.path.join(work, 'final'), thread_safety=True)
         print(f'ok: clang -Wthread-safety: {len(ours)} files', flush=True)
 
 
