@@ -21,27 +21,20 @@ GLUE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(GLUE)
 
 
-def edit(path, anchor, insertion, before=False):
-    with open(path, encoding='utf-8') as f:
-        text = f.read()
-    if text.count(anchor) != 1:
-        sys.exit(f'qemu-glue: anchor not found exactly once in {path}: '
-                 f'{anchor!r}')
-    if before:
-        text = text.replace(anchor, insertion + anchor)
-    else:
-        text = text.replace(anchor, anchor + insertion)
-    with open(path, 'w', encoding='utf-8') as f:
-        f.write(text)
-
-
 def substitute(path, old, new):
     """Replaces @old, which @path must hold exactly once, with @new"""
-    edit(path, old, '')
     with open(path, encoding='utf-8') as f:
         text = f.read()
+    if text.count(old) != 1:
+        sys.exit(f'qemu-glue: anchor not found exactly once in {path}: '
+                 f'{old!r}')
     with open(path, 'w', encoding='utf-8') as f:
         f.write(text.replace(old, new))
+
+
+def edit(path, anchor, insertion, before=False):
+    substitute(path, anchor,
+               insertion + anchor if before else anchor + insertion)
 
 
 def read(path):

@@ -43,11 +43,16 @@ class Build:
         self.src_abs = os.path.realpath(os.path.join(build_dir,
                                                      self.src_rel))
 
+    def in_tree(self, arg, tree):
+        """@arg of one of the build's commands, naming @tree's files
+        instead of the full build's source tree"""
+        return arg.replace(self.src_abs, tree).replace(self.src_rel, tree)
+
     def trace_header(self, tree, scratch):
         """Generates @scratch/trace/trace-block.h from @tree's
         block/trace-events, as the full build generates its own"""
         os.makedirs(os.path.join(scratch, 'trace'))
-        argv = [arg.replace(self.src_abs, tree).replace(self.src_rel, tree)
+        argv = [self.in_tree(arg, tree)
                 for arg in self.last_command('trace/trace-block.h')]
         argv[-1] = os.path.join(scratch, 'trace/trace-block.h')
         run(argv, cwd=self.dir)
@@ -73,8 +78,7 @@ class Build:
                     ('-fzero-call-used-regs', '-ftrivial-auto-var-init'))):
                 # gcc's hardening flags that clang 14 lacks
                 continue
-            out.append(arg.replace(self.src_abs, tree)
-                       .replace(self.src_rel, tree))
+            out.append(self.in_tree(arg, tree))
         if thread_safety:
             out = ['clang', *out[1:], '-fsyntax-only', '-Wthread-safety',
                    '-Wno-unknown-warning-option']

@@ -62,27 +62,33 @@ checkpatch() {
         $(ls "$REPO"/patches/*.patch | grep -v /0000-)
 }
 
-# The s3chain iotests of the QEMU build in $1, logged to $2, with the
-# environment that follows
+# The iotests that ./check's arguments after "--" select, of the QEMU
+# build in $1, logged to $2, with the VAR=VALUE settings between; every
+# one must run and pass
 iotests_of() {
-    local dir=$1 log=$2
+    local dir=$1 log=$2 settings=()
     shift 2
+    while [ "$1" != -- ]; do
+        settings+=("$1")
+        shift
+    done
+    shift
     (
         cd "$dir/tests/qemu-iotests" &&
         env S3CHAIN_TEST_ENV="$env_file" \
-            S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 "$@" \
-            "$QEMU_BUILD/pyvenv/bin/python3" ./check -qcow2 -g s3chain
+            S3CHAIN_STOCK_QEMU=/usr/bin/qemu-system-x86_64 "${settings[@]}" \
+            "$QEMU_BUILD/pyvenv/bin/python3" ./check -qcow2 "$@"
     ) 2>&1 | tee "$log"
     local status=${PIPESTATUS[0]}
     if grep -q '^Not run:' "$log"; then
-        echo "iotests: some s3chain iotests did not run"
+        echo "iotests: some did not run"
         return 1
     fi
     grep -q '^Passed all [0-9]* iotests' "$log" && [ "$status" -eq 0 ]
 }
 
 iotests() {
-    iotests_of "$QEMU_BUILD" "$BUILD/iotests.log"
+    iotests_of "$QEMU_BUILD" "$BUILD/iotests.log" -- -g s3chain
 }
 
 # QEMU's own generic iotests with their images in the bucket (the
@@ -95,19 +101,9 @@ GENERIC_IOTESTS="001 002 003 004 005 007 008 009 010 011 017 021 022 027
     263 detect-zeroes-registered-buf regression-vhdx-log"
 generic_iotests() {
     local log=$BUILD/generic-iotests.log
-    (
-        cd "$QEMU_BUILD/tests/qemu-iotests" &&
-        # shellcheck disable=SC2086 # a list of test names
-        S3CHAIN_TEST_ENV="$env_file" "$QEMU_BUILD/pyvenv/bin/python3" \
-            ./check -qcow2 -s3chain $GENERIC_IOTESTS
-    ) 2>&1 | tee "$log"
-    local status=${PIPESTATUS[0]}
-    if grep -q '^Not run:' "$log"; then
-        echo "generic iotests: some did not run over s3chain"
-        return 1
-    fi
-    grep -q "^Passed all $(echo $GENERIC_IOTESTS | wc -w) iotests" "$log" &&
-        [ "$status" -eq 0 ]
+    # shellcheck disable=SC2086 # a list of test names
+    iotests_of "$QEMU_BUILD" "$log" -- -s3chain $GENERIC_IOTESTS &&
+        grep -q "^Passed all $(echo $GENERIC_IOTESTS | wc -w) iotests" "$log"
 }
 
 # The command's tests named after "--", against the server whose env
@@ -196,7 +192,8 @@ sanitised_qemu_tests() {
     unit_tests_of "$BUILD/qemu-sanitised" "$BUILD/unit-tests-sanitised.log" \
         "${sanitiser_options[@]}" &&
     iotests_of "$BUILD/qemu-sanitised" "$BUILD/iotests-sanitised.log" \
-        "${sanitiser_options[@]}" QEMU_PROG="$QEMU_BUILD/qemu-system-x86_64" &&
+        "${sanitiser_options[@]}" QEMU_PROG="$QEMU_BUILD/qemu-system-x86_64" \
+        -- -g s3chain &&
         no_sanitiser_reports
 }
 

@@ -47,14 +47,14 @@ def client_of(env: Dict[str, str]):  # -> botocore S3 client
 
 
 def delete_under(client, bucket: str, prefix: str,
-                 keep=lambda key: False) -> None:
-    """Deletes the objects whose key starts with `prefix`, but those
-    `keep` says to keep"""
+                 which=lambda key: True) -> None:
+    """Deletes the objects whose key starts with `prefix`, of those
+    `which` names"""
     pages = client.get_paginator('list_objects_v2').paginate(
         Bucket=bucket, Prefix=prefix)
     for page in pages:
         for obj in page.get('Contents', []):
-            if not keep(obj['Key']):
+            if which(obj['Key']):
                 client.delete_object(Bucket=bucket, Key=obj['Key'])
 
 
@@ -68,8 +68,8 @@ def remove(command: str, where: str) -> None:
     if command == 'rm':
         key = where.split('/', 3)[3].split('/', 1)[1]
         delete_under(client, bucket, key,
-                     keep=lambda k: k not in (key, key + '.lock') and
-                     not k.startswith(key + '.d/'))
+                     which=lambda k: k in (key, key + '.lock') or
+                     k.startswith(key + '.d/'))
     else:
         delete_under(client, bucket, where)
 
