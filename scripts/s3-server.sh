@@ -17,10 +17,16 @@
 #   S3CHAIN_S3_PORT    radosgw's port (default 7480)
 #   S3CHAIN_S3_TLS_PORT  its HTTPS port (default 7443), with a certificate
 #                      for 127.0.0.1 signed by a CA made for it
+#   S3CHAIN_S3_MON_PORTS the monitor's msgr2 and msgr1 ports (default
+#                      "3300 6789"): a second server, in a directory of
+#                      its own, needs other ports for all three
 #   S3CHAIN_S3_STORE   memstore (default, all in RAM) or bluestore (a
 #                      sparse file in S3CHAIN_S3_DIR)
 #   S3CHAIN_S3_BYTES   the OSD's capacity (default: 16G for bluestore; for
 #                      memstore 1T, only a ceiling for its accounting)
+#
+# A server remembers its settings (in S3CHAIN_S3_DIR/settings): the
+# commands after start need only S3CHAIN_S3_DIR.
 #
 # The env file (mode 0600) has S3CHAIN_ENDPOINT, S3CHAIN_BUCKET,
 # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, S3CHAIN_S3_CTL,
@@ -30,8 +36,14 @@
 set -euo pipefail
 
 DIR=${S3CHAIN_S3_DIR:-/tmp/s3chain-s3}
+SETTINGS=$DIR/settings
+if [ "${1:-}" != start ] && [ -f "$SETTINGS" ]; then
+    # shellcheck disable=SC1090
+    . "$SETTINGS"
+fi
 PORT=${S3CHAIN_S3_PORT:-7480}
 TLS_PORT=${S3CHAIN_S3_TLS_PORT:-7443}
+read -r MON_PORT MON_V1_PORT <<<"${S3CHAIN_S3_MON_PORTS:-3300 6789}"
 STORE=${S3CHAIN_S3_STORE:-memstore}
 # A test run that wrote more than memstore's capacity in all saw the OSD
 # marked full (and every upload stall) with five objects stored and the
@@ -110,7 +122,7 @@ write_conf() {
     cat >"$CONF" <<CONF
 [global]
 fsid = $fsid
-mon host = [v2:127.0.0.1:3300,v1:127.0.0.1:6789]
+mon host = [v2:127.0.0.1:$MON_PORT,v1:127.0.0.1:$MON_V1_PORT]
 auth cluster required = none
 auth service required = none
 auth client required = none
@@ -176,6 +188,17 @@ stop_pid() {
     rm -f "$pidfile"
 }
 
+# What the commands after start need to find this server again
+write_settings() {
+    cat >"$SETTINGS" <<SETTINGS
+S3CHAIN_S3_PORT=$PORT
+S3CHAIN_S3_TLS_PORT=$TLS_PORT
+S3CHAIN_S3_MON_PORTS="$MON_PORT $MON_V1_PORT"
+S3CHAIN_S3_STORE=$STORE
+S3CHAIN_S3_BYTES=$BYTES
+SETTINGS
+}
+
 write_env() {
     local access=$1 secret=$2
     (
@@ -225,13 +248,14 @@ start() {
         }
     done
     mkdir -p "$DIR"/{run,log,mon,osd/ceph-0}
+    write_settings
     local fsid
     fsid=$(cat /proc/sys/kernel/random/uuid)
     make_certificates
     write_conf "$fsid"
 
     monmaptool --create --fsid "$fsid" \
-        --addv a '[v2:127.0.0.1:3300,v1:127.0.0.1:6789]' \
+        --addv a "[v2:127.0.0.1:$MON_PORT,v1:127.0.0.1:$MON_V1_PORT]" \
         "$DIR/monmap" >/dev/null
     ceph-mon --mkfs -i a --monmap "$DIR/monmap" -c "$CONF" \
         >"$DIR/log/mon-mkfs.out" 2>&1
@@ -265,7 +289,8 @@ stop_all() {
     done
     case "$DIR" in
     /tmp/*|/run/*|/var/tmp/*|/dev/shm/*) rm -rf "$DIR" ;;
-    *) rm -rf "${DIR:?}"/{run,log,mon,osd,rgw} "$CONF" "$ENV_FILE" "$DIR/monmap" ;;
+    *) rm -rf "${DIR:?}"/{run,log,mon,osd,rgw} "$CONF" "$ENV_FILE" "$DIR/monmap" \
+           "$SETTINGS" ;;
     esac
 }
 

@@ -111,8 +111,11 @@ class Bucket:
             self.client.delete_object(Bucket=self.name, Key=key)
 
     def radosgw(self, action: str) -> None:
+        # the server this env file names (a run may have two)
         subprocess.run([self.env['S3CHAIN_S3_CTL'], f'rgw-{action}'],
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL,
+                       env=dict(os.environ,
+                                S3CHAIN_S3_DIR=self.env['S3CHAIN_S3_DIR']))
 
 
 class VM:
