@@ -17,6 +17,28 @@ trap 'rm -rf "$work"; python3 "$REPO/scripts/s3obj.py" "$env_file" rm-prefix "$p
 host=${S3CHAIN_ENDPOINT#*://}
 url_base="s3chain://$host;tls=off;access-key-id=$AWS_ACCESS_KEY_ID;key-secret=s3key"
 
+# With S3CHAIN_BENCH_BEFORE, the qemu-img of another build (the commit
+# before a change, copied aside before rebuilding), every s3chain variant
+# also runs with it, in the same rotation, labelled "(before)"
+before_img=${S3CHAIN_BENCH_BEFORE:-}
+add_before_variants() {
+    local v label more=()
+    [ -n "$before_img" ] || return 0
+    for v in "${variants[@]}"; do
+        label=${v%%|*}
+        case $label in baseline*) continue ;; esac
+        more+=("$label (before)|${v#*|}")
+    done
+    variants+=("${more[@]}")
+}
+# The qemu-img that variant $1 runs
+img_of() {
+    case $1 in
+    *"(before)") echo "$before_img" ;;
+    *) echo "$img" ;;
+    esac
+}
+
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }

@@ -6,6 +6,7 @@
 # parallelism sweep that chose the defaults.
 #
 # Usage: bench/full-write.sh [RUNS]   (default 3; medians are reported)
+# S3CHAIN_BENCH_BEFORE=QEMU-IMG runs each variant with that build too.
 # Needs scripts/build.sh done; starts the local S3 server if needed.
 # Writes the table to bench/results/full-write.txt.
 #
@@ -24,11 +25,11 @@ cat "$work/disk.qcow2" >/dev/null
 n=0
 
 s3chain_convert() {
-    local chunk=$1 opts=$2 key t0 t1
+    local label=$1 chunk=$2 opts=$3 key t0 t1
     n=$((n + 1))
     key=$prefix/s3chain-$n.qcow2
     t0=$(now)
-    "$img" convert --object "secret,id=s3key,file=$work/secret" -O qcow2 \
+    "$(img_of "$label")" convert --object "secret,id=s3key,file=$work/secret" -O qcow2 \
         -o "chunk-size=$chunk" "$work/disk.qcow2" \
         "$url_base$opts/$S3CHAIN_BUCKET/$key"
     t1=$(now)
@@ -56,6 +57,7 @@ variants=("baseline: multipart upload (boto3)||"
           "s3chain, max-requests=4|4194304|;max-requests=4"
           "s3chain, max-requests=16|4194304|;max-requests=16"
           "s3chain, buffer-size=256M|4194304|;buffer-size=268435456")
+add_before_variants
 declare -A times=()
 for r in $(seq 0 $((runs - 1))); do
     for k in $(seq 0 $((${#variants[@]} - 1))); do
@@ -64,7 +66,7 @@ for r in $(seq 0 $((runs - 1))); do
         if [ -z "$chunk" ]; then
             times[$label]+="$(multipart_upload) "
         else
-            times[$label]+="$(s3chain_convert "$chunk" "$opts") "
+            times[$label]+="$(s3chain_convert "$label" "$chunk" "$opts") "
         fi
     done
 done
@@ -77,6 +79,7 @@ base=$(median_time "$base_label")
     echo "# full-write: 2 GiB qcow2 of random data, $bytes bytes;" \
         "$runs rotated runs, medians"
     echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, radosgw on 127.0.0.1"
+    [ -z "$before_img" ] || echo "# \"(before)\": run with $before_img"
     printf '%-44s %8s %8s %8s\n' "what" "seconds" "MB/s" "ratio"
     variant_rows "$bytes" "$base"
 } | tee "$out"

@@ -5,6 +5,7 @@
 # with 4 parallel ranged GETs (curl on a presigned URL), in the same run.
 #
 # Usage: bench/restore-read.sh [RUNS]   (default 5; medians are reported)
+# S3CHAIN_BENCH_BEFORE=QEMU-IMG runs each variant with that build too.
 # Runs of all variants are interleaved, and each starts after a sync, so
 # that writeback of the previous output weighs on none of them.
 # Needs scripts/build.sh done; starts the local S3 server if needed.
@@ -35,13 +36,13 @@ rm "$work/disk.qcow2"
 
 
 s3chain_convert() {
-    local dir=$1 opts=$2 convert_opts=$3
+    local label=$1 dir=$2 opts=$3 convert_opts=$4
     rm -f "$dir/out.raw"
     sync
     local t0 t1
     t0=$(now)
     # shellcheck disable=SC2086
-    "$img" convert $convert_opts --object "secret,id=s3key,file=$work/secret" \
+    "$(img_of "$label")" convert $convert_opts --object "secret,id=s3key,file=$work/secret" \
         -O raw "$url_base$opts/$S3CHAIN_BUCKET/$prefix/disk.qcow2" "$dir/out.raw"
     t1=$(now)
     rm -f "$dir/out.raw"
@@ -76,6 +77,7 @@ variants=("s3chain convert (defaults)||"
           "s3chain convert, request-size=1M|;request-size=1048576|"
           "s3chain convert, request-size=8M|;request-size=8388608|"
           "s3chain convert, max-requests=16|;max-requests=16|")
+add_before_variants
 # The output on disk, and on tmpfs, where the local file system's
 # writeback does not blur the network side
 targets=("$work" "/dev/shm")
@@ -87,6 +89,7 @@ mkdir -p "$(dirname "$out")"
         "$runs interleaved runs, medians"
     echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, radosgw on 127.0.0.1," \
         "$(curl --version | head -1 | cut -d' ' -f1-2)"
+    [ -z "$before_img" ] || echo "# \"(before)\": run with $before_img"
 } >"$out"
 for dir in "${targets[@]}"; do
     declare -A times=()
@@ -100,7 +103,7 @@ for dir in "${targets[@]}"; do
             if [ "$label" = baseline ]; then
                 times[baseline]+="$(parallel_get "$dir") "
             else
-                times[$label]+="$(s3chain_convert "$dir" "$opts" "$convert_opts") "
+                times[$label]+="$(s3chain_convert "$label" "$dir" "$opts" "$convert_opts") "
             fi
         done
     done

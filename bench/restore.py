@@ -17,6 +17,8 @@ against the local radosgw:
   of the chain's map and of the copy; stable where times are noisy.
 
 Runs of the variants being compared are interleaved; medians reported.
+With S3CHAIN_BENCH_BEFORE, the qemu-img of another build (the commit
+before a change), the restores also run with it, labelled "(before)".
 Usage: restore.py ENV_FILE WORKDIR PREFIX RUNS
 """
 
@@ -36,6 +38,7 @@ from boto3.s3.transfer import TransferConfig  # noqa: E402
 import s3obj  # noqa: E402
 from request_trace import gets, traced_qemu_img  # noqa: E402
 
+BEFORE = os.environ.get('S3CHAIN_BENCH_BEFORE')
 SIZE = 4 * GiB
 DIRTY = 64 * MiB
 INCREMENTALS = 10
@@ -103,12 +106,15 @@ class Bench:
         self.vm.shutdown()
         os.remove(self.disk)
 
-    def restore(self, point, out_dir):
+    def restore(self, point, out_dir, before=False):
+        """Seconds of a restore of @point, with the other build's
+        qemu-img if @before"""
         target = os.path.join(out_dir, 'restored.raw')
+        env = dict(self.proc_env, S3CHAIN_QEMU_IMG=BEFORE) if before else None
         subprocess.run(['sync'], check=True)
         start = time.monotonic()
         self.s3chain('restore', '--vm', 'bench', '--backup', point,
-                     '--target', f'vd0={target}')
+                     '--target', f'vd0={target}', env=env)
         took = time.monotonic() - start
         os.remove(target)
         return took
@@ -180,23 +186,28 @@ class Bench:
                                 text=True).stdout.split()[-1]
         # radosgw keeps objects in RAM (memstore): the raw object goes
         # before the chain comes, and the output is on disk only
-        times = {'restore': [], 'get4': [], 'get8': []}
+        order = ['restore', 'get4', 'get8'] + (['before'] if BEFORE else [])
+        times = {what: [] for what in order}
         for r in range(runs):
-            order = ['restore', 'get4', 'get8']
-            for what in order[r % 3:] + order[:r % 3]:
-                if what == 'restore':
-                    times[what].append(self.restore(self.first, self.work))
+            for what in order[r % len(order):] + order[:r % len(order)]:
+                if what in ('restore', 'before'):
+                    times[what].append(self.restore(self.first, self.work,
+                                                    what == 'before'))
                 else:
                     times[what].append(self.parallel_get(int(what[3:]),
                                                          self.work))
         results = {fstype: {k: median(v) for k, v in times.items()}}
         self.s3.delete_object(Bucket=self.bucket, Key=f'{self.prefix}/disk.raw')
         self.make_chain()
-        chain = {'chain': [], 'full': []}
+        kinds = ['full', 'chain'] + (['full before', 'chain before']
+                                     if BEFORE else [])
+        chain = {what: [] for what in kinds}
         for r in range(runs):
-            for what in (('chain', 'full') if r % 2 else ('full', 'chain')):
-                point = self.chain_top if what == 'chain' else self.single_full
-                chain[what].append(self.restore(point, self.work))
+            for what in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+                point = (self.chain_top if what.startswith('chain')
+                         else self.single_full)
+                chain[what].append(self.restore(point, self.work,
+                                                what.endswith('before')))
         first = {'chain': [], 'full': []}
         for r in range(runs):
             for what in ('chain', 'full'):
@@ -218,12 +229,17 @@ def main():
     gb = SIZE / 1e6
     print(f'# restore: a 4 GiB disk of random data; {runs} interleaved runs,'
           ' medians')
+    if BEFORE:
+        print(f'# "(before)": restored with {BEFORE}')
     for label, t in throughput.items():
         print(f'\noutput on {label}')
         print(f'{"what":<46} {"seconds":>8} {"MB/s":>8} {"ratio":>8}')
         for key, name in (('get4', 'baseline: 4 parallel ranged GETs'),
                           ('get8', 'baseline: 8 parallel ranged GETs'),
-                          ('restore', 's3chain restore (full backup)')):
+                          ('restore', 's3chain restore (full backup)'),
+                          ('before', 's3chain restore (full backup) (before)')):
+            if key not in t:
+                continue
             print(f'{name:<46} {t[key]:8.2f} {gb / t[key]:8.0f} '
                   f'{min(t["get4"], t["get8"]) / t[key]:8.2f}')
     print(f'\nchain-length cost (output on the work directory\'s disk)')
@@ -232,6 +248,12 @@ def main():
           f'{chain["full"]:8.2f} {1:8.2f}')
     print(f'{"full + 10 incrementals":<46} {chain["chain"]:8.2f} '
           f'{chain["chain"] / chain["full"]:8.2f}')
+    if BEFORE:
+        print(f'{"single full (before)":<46} {chain["full before"]:8.2f} '
+              f'{chain["full before"] / chain["full"]:8.2f}')
+        print(f'{"full + 10 incrementals (before)":<46} '
+              f'{chain["chain before"]:8.2f} '
+              f'{chain["chain before"] / chain["full"]:8.2f}')
     print('\ntime to first read of a served backup (s3chain serve)')
     print(f'{"what":<46} {"ready s":>8} {"1st 4K s":>8}')
     for key, name in (('full', 'single full backup'),

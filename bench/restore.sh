@@ -4,6 +4,7 @@
 # and the time to the first read of a served backup.
 #
 # Usage: bench/restore.sh [RUNS]   (default 3; medians are reported)
+# S3CHAIN_BENCH_BEFORE=QEMU-IMG restores with that build too.
 # Needs scripts/build.sh done; starts the S3 server.  It stores ~13 GiB:
 # start the server first with S3CHAIN_S3_STORE=bluestore S3CHAIN_S3_BYTES=40G
 # (memstore holds ~2.3x the stored bytes in RAM, more than 24 GiB).
