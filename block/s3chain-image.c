@@ -1,31 +1,22 @@
 /*
- * s3chain: chunked images, their buffer of chunks and reads
+ * s3chain: images, their buffer of chunks and reads
  *
- * The image is cut into chunks of chunk-size bytes (see
- * s3chain-manifest.c for the objects), which the buffer holds in RAM
- * while they are read or written; s3chain-writeback.c writes and
- * commits.  When the buffer is full, a clean chunk that nobody uses is
- * dropped, one read through first, or writers wait for write-back.
+ * An image is cut into chunks of chunk-size bytes, which the buffer
+ * holds in RAM while they are read or written; s3chain-writeback.c
+ * writes and commits.  Where a chunk's blocks are stored, and how what
+ * loads is checked, is the image's kind: the objects of a chunked image
+ * (s3chain-chunked.c), or ranges of an image stored as one object
+ * (s3chain-object.c).  When the buffer is full, a clean chunk that
+ * nobody uses is dropped, one read through first, or writers wait for
+ * write-back.
  *
  * A small random read, of at most one block (see s3chain_block_size()),
- * loads only the blocks it needs with a ranged GET: the block sums of a
- * chunk's entry must make up the chunk's CRC-32 in the manifest.  Other
- * reads load whole chunks, and a sequential reader makes whole chunks
- * ahead of it load in the background, up to readahead bytes but at most
- * an eighth of the buffer, in the room the buffer has free.  With a read
- * plan (s3chain-plan.c), a read that the plan foresaw loads the blocks
- * that the plan has for its chunk, and other reads load just their
- * blocks.  A chunk's blocks come from its whole object or from its
- * patches, the newest holding each.  Chunks stored before their objects
- * had block sums load whole.
- *
- * One writer at a time: a writable open creates KEY.lock with a
- * create-only PUT, and close deletes it.
- *
- * A scratch image (s3chain_image_new_scratch()) is the same buffer with
- * nothing behind it at first: it lives in RAM, is never committed, and
- * spills chunks to the bucket only when its buffer is full; closing it
- * deletes what it spilled.  A discard of a whole chunk frees its buffer.
+ * loads only the blocks it needs, with a ranged GET per run of them.
+ * Other reads load whole chunks, and a sequential reader makes whole
+ * chunks ahead of it load in the background, up to readahead bytes, in
+ * the room the buffer has free.  With a read plan (s3chain-plan.c), a
+ * read that the plan foresaw loads the blocks that the plan has for its
+ * chunk, and other reads load just their blocks.
  *
  * Copyright (c) 2026 The s3chain authors
  *
@@ -40,6 +31,9 @@
 #include "s3chain.h"
 #include "trace.h"
 
+/* Consecutive near-sequential reads before read-ahead starts */
+#define SEQUENTIAL_STREAK 3
+
 /* The blocks of chunk @index that its reader will read, as far as known */
 static uint64_t planned_blocks(S3chainImage *img, uint64_t index)
 {
@@ -52,32 +46,8 @@ bool s3chain_image_takes_patches(S3chainImage *img, const S3chainChunkRef *ref)
            ref->block_size == img->block_size && blocks_per_chunk(img) > 1;
 }
 
-/*
- * The object of chunk @ref that holds block @block: its newest patch
- * holding it (its number), or its whole object (-1); *@offset is where
- * the block is in that object.
- */
-static int block_source(const S3chainChunkRef *ref, unsigned block,
-                        uint64_t block_size, uint64_t *offset)
-{
-    for (int i = ref->n_patches - 1; i >= 0; i--) {
-        uint64_t held = ref->patches[i].blocks;
-
-        if (held & BIT_ULL(block)) {
-            *offset = ctpop64(held & (BIT_ULL(block) - 1)) * block_size;
-            return i;
-        }
-    }
-    *offset = block * block_size;
-    return -1;
-}
-
-/*
- * @todo with the gaps between its runs that are at most
- * S3CHAIN_BRIDGED_GAP long, and @fillable, filled in
- */
-static uint64_t bridge_gaps(S3chainImage *img, uint64_t todo,
-                            uint64_t fillable)
+uint64_t s3chain_image_bridge_gaps(S3chainImage *img, uint64_t todo,
+                                   uint64_t fillable)
 {
     unsigned longest = S3CHAIN_BRIDGED_GAP / img->block_size;
     uint64_t bridged = todo;
@@ -229,129 +199,43 @@ static int coroutine_fn make_room_locked(S3chainImage *img)
     return 0;
 }
 
-/* Blocks of a chunk in one of its objects, loaded by one ranged GET */
-typedef struct BlockRun {
-    const char *key;            /* the object */
-    uint64_t first;             /* block */
-    uint64_t count;
-    QEMUIOVector qiov;
-    S3chainRequest req;
-} BlockRun;
-
 /*
- * Whether @run of chunk @c, just loaded, holds what @ref says: a whole
- * chunk is checked against the manifest's sum, part of one against the
- * block sums of the manifest (or, stored by a version 3 writer, those
- * that came with it), themselves checked against that sum.
- */
-static bool coroutine_fn run_is_intact(S3chainImage *img, CachedChunk *c,
-                                       const S3chainChunkRef *ref,
-                                       BlockRun *run)
-{
-    uint8_t *start = c->buf + run->first * img->block_size;
-    uint64_t len = run->count * img->block_size;
-    uint32_t want[S3CHAIN_MAX_BLOCKS], got_blocks[S3CHAIN_MAX_BLOCKS];
-    const char *sums = ref->block_sums ?: run->req.block_sums_received;
-    S3chainChunkRef got = { 0 };
-
-    if (len == chunk_size(img)) {
-        return s3chain_co_sums_of(start, len, !ref->has_crc32,
-                                  ref->has_crc32, 0, NULL, &got) == 0 &&
-               (ref->has_crc32 ? got.crc32 == ref->crc32
-                               : !memcmp(ref->md5, got.md5, sizeof(got.md5)));
-    }
-    return s3chain_block_sums_parse(sums, ref, blocks_per_chunk(img),
-                                    want) &&
-           s3chain_co_sums_of(start, len, false, false, img->block_size,
-                              got_blocks, &got) == 0 &&
-           !memcmp(want + run->first, got_blocks,
-                   run->count * sizeof(uint32_t));
-}
-
-/*
- * Loads blocks @todo of pinned chunk @c, stored as @ref: a ranged GET per
- * run of blocks in one of its objects, all in parallel.  Called and
- * returns with img->lock held; the blocks are marked loading meanwhile.
- * A failure spoils a clean chunk, but not one holding what was written.
+ * Loads blocks @todo of pinned chunk @c: the runs that the image's kind
+ * plans, all in parallel, each checked by the kind.  Called and returns
+ * with img->lock held; the blocks are marked loading meanwhile.  A
+ * failure spoils a clean chunk, but not one holding what was written.
  */
 static int coroutine_fn load_blocks_locked(S3chainImage *img, CachedChunk *c,
-                                           const S3chainChunkRef *ref,
                                            uint64_t todo)
 {
-    /* the whole object's, then each patch's */
-    char *keys[1 + S3CHAIN_MAX_PATCHES];
-    BlockRun runs[S3CHAIN_MAX_BLOCKS];
+    S3chainLoad load = { .c = c };
     S3chainWaiter waiter = { 0 };
-    unsigned n = 0;
     int ret = 0;
 
-    keys[0] = s3chain_chunk_key(img->key, c->index, ref->tag);
-    for (unsigned i = 0; i < ref->n_patches; i++) {
-        keys[1 + i] = s3chain_chunk_key(img->key, c->index,
-                                        ref->patches[i].tag);
-    }
-    for (uint64_t rest = todo; rest; n++) {
-        BlockRun *run = &runs[n];
-        uint64_t at, next;
-        int source;
-
-        run->first = ctz64(rest);
-        source = block_source(ref, run->first, img->block_size, &at);
-        run->count = 1;
-        while (run->first + run->count < 64 &&
-               (rest & BIT_ULL(run->first + run->count)) &&
-               block_source(ref, run->first + run->count, img->block_size,
-                            &next) == source &&
-               next == at + run->count * img->block_size) {
-            run->count++;
-        }
-        rest &= ~MAKE_64BIT_MASK(run->first, run->count);
-        run->key = keys[1 + source];
-        qemu_iovec_init_buf(&run->qiov, c->buf + run->first * img->block_size,
-                            run->count * img->block_size);
-        run->req = (S3chainRequest) {
-            .method = "GET",
-            .key = run->key,
-            .range_offset = at,
-            .range_bytes = run->count * img->block_size,
-            .qiov = &run->qiov,
-            .waiter = &waiter,
-        };
-    }
+    todo = img->kind->plan_load(img, c, todo, &load);
     c->loading |= todo;
     qemu_co_mutex_unlock(&img->lock);
-    for (unsigned i = 0; i < n; i++) {
-        s3chain_request_submit(img->conn, &runs[i].req);
+    for (unsigned i = 0; i < load.n_runs; i++) {
+        S3chainBlockRun *run = &load.runs[i];
+
+        qemu_iovec_init_buf(&run->qiov, c->buf + run->first * img->block_size,
+                            run->count * img->block_size);
+        run->req.method = "GET";
+        run->req.key = run->key;
+        run->req.qiov = &run->qiov;
+        run->req.waiter = &waiter;
+        s3chain_request_submit(img->conn, &run->req);
     }
     s3chain_co_wait(img->conn, &waiter);
-    for (unsigned i = 0; i < n; i++) {
-        BlockRun *run = &runs[i];
+    for (unsigned i = 0; i < load.n_runs; i++) {
+        S3chainBlockRun *run = &load.runs[i];
+        int run_ret = img->kind->check_run(img, &load, run, ret == 0);
 
-        if (run->req.ret == -ENOENT) {
-            /* the committed manifest names it: it was there */
-            if (!ret) {
-                error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s, which the "
-                             "manifest names, is missing", bucket(img),
-                             run->key);
-            }
-            ret = ret ? ret : -EIO;
-        } else if (run->req.ret < 0) {
-            if (!ret && run->req.ret != -ECANCELED) {
-                s3chain_image_report_error(img, "read of", run->key, &run->req);
-            }
-            ret = ret ? ret : run->req.ret;
-        } else if (!ret && !run_is_intact(img, c, ref, run)) {
-            trace_s3chain_chunk_corrupt(bucket(img), run->key);
-            error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s does not match "
-                         "its checksum in the manifest", bucket(img),
-                         run->key);
-            ret = -EIO;
-        }
+        ret = ret ?: run_ret;
         s3chain_request_cleanup(&run->req);
+        g_free(run->key);
     }
-    for (unsigned i = 0; i <= ref->n_patches; i++) {
-        g_free(keys[i]);
-    }
+    s3chain_chunk_ref_clear(&load.ref);
     qemu_co_mutex_lock(&img->lock);
     c->loading &= ~todo;
     if (ret == 0) {
@@ -364,43 +248,29 @@ static int coroutine_fn load_blocks_locked(S3chainImage *img, CachedChunk *c,
 }
 
 /*
- * Makes blocks @need of pinned chunk @c valid: loads those no one is
- * loading yet, and waits for the others.  A chunk stored without block
- * sums loads whole.
+ * Makes blocks @need of pinned chunk @c valid, with those that the kind
+ * loads along with them: loads those no one is loading yet, and waits
+ * for the others.
  */
 int coroutine_fn s3chain_image_ensure_blocks_locked(S3chainImage *img,
                                                     CachedChunk *c,
                                                     uint64_t need)
 {
-    S3chainChunkRef *stored = s3chain_manifest_lookup(img->manifest,
-                                                      c->index);
-    S3chainChunkRef ref;
     int ret = 0;
 
     if (!(need & ~c->valid)) {
         return c->ret;
     }
-    /* only a chunk with an object has blocks that are not valid */
-    assert(stored);
-    /* a copy: a commit may replace the entry while the lock is dropped */
-    s3chain_chunk_ref_copy(&ref, stored);
-    if (ref.block_size != img->block_size || !ref.has_crc32) {
-        need = all_blocks(img);
-    }
+    need = img->kind->loads_with(img, c->index, need);
     while (ret == 0 && c->ret == 0 && (need & ~c->valid)) {
         uint64_t todo = need & ~c->valid & ~c->loading;
 
         if (todo) {
-            /* a gap's blocks may lie in other objects than its ends */
-            if (!ref.n_patches) {
-                todo = bridge_gaps(img, todo, ~(c->valid | c->loading));
-            }
-            ret = load_blocks_locked(img, c, &ref, todo);
+            ret = load_blocks_locked(img, c, todo);
         } else {
             qemu_co_queue_wait(&c->waiters, &img->lock);
         }
     }
-    s3chain_chunk_ref_clear(&ref);
     return ret ?: c->ret;
 }
 
@@ -471,8 +341,7 @@ static void read_ahead_locked(S3chainImage *img, uint64_t first,
         CachedChunk *c;
 
         if (g_hash_table_contains(img->cache, &index) ||
-            !s3chain_manifest_lookup(img->manifest, index) ||
-            !planned_blocks(img, index)) {
+            !img->kind->stored(img, index) || !planned_blocks(img, index)) {
             continue;
         }
         if (!room_ahead_locked(img)) {
@@ -516,7 +385,7 @@ retry:
         if (!c) {
             return -ENOMEM;
         }
-        if (overwrite || !s3chain_manifest_lookup(img->manifest, index)) {
+        if (overwrite || !img->kind->stored(img, index)) {
             memset(c->buf, 0, chunk_size(img));
             c->valid = all_blocks(img);
         }
@@ -547,6 +416,26 @@ retry:
 }
 
 /*
+ * Notes a read of @bytes at @offset; true once it continues a run of
+ * reads that each start within @slack of where the ones before ended,
+ * and that together read at least @min_bytes.
+ */
+static bool streak_note(S3chainStreak *s, uint64_t offset, uint64_t bytes,
+                        uint64_t slack, uint64_t min_bytes)
+{
+    if (offset + slack >= s->last_end && offset <= s->last_end + slack) {
+        s->reads = MIN(s->reads + 1, SEQUENTIAL_STREAK);
+        s->bytes = MIN(s->bytes + bytes, min_bytes);
+        s->last_end = MAX(offset + bytes, s->last_end);
+    } else {
+        s->reads = 0;
+        s->bytes = bytes;
+        s->last_end = offset + bytes;
+    }
+    return s->reads >= SEQUENTIAL_STREAK && s->bytes >= min_bytes;
+}
+
+/*
  * The blocks of chunk @index to load for a read of @bytes at @in_chunk:
  * with a plan, those it has for the chunk if it foresaw the read.
  */
@@ -574,8 +463,8 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
         return 0;
     }
     qemu_co_mutex_lock(&img->lock);
-    sequential = s3chain_streak_note(&img->streak, offset, bytes,
-                                     2 * chunk_size(img), chunk_size(img) / 4);
+    sequential = streak_note(&img->streak, offset, bytes, 2 * chunk_size(img),
+                             chunk_size(img) / 4);
     if (sequential && img->readahead_chunks) {
         uint64_t first = offset / chunk_size(img);
         uint64_t last = DIV_ROUND_UP(img->manifest->size, chunk_size(img)) - 1;
@@ -602,7 +491,7 @@ int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
         CachedChunk *c;
 
         if (!g_hash_table_contains(img->cache, &index) &&
-            !s3chain_manifest_lookup(img->manifest, index)) {
+            !img->kind->stored(img, index)) {
             qemu_iovec_memset(qiov, done, 0, n);
         } else {
             uint64_t need = blocks_to_load(img, index, in_chunk, n, whole);
@@ -633,7 +522,7 @@ int coroutine_fn s3chain_image_co_block_status(S3chainImage *img,
 
     qemu_co_mutex_lock(&img->lock);
     data = g_hash_table_contains(img->cache, &index) ||
-           s3chain_manifest_lookup(img->manifest, index);
+           img->kind->stored(img, index);
     qemu_co_mutex_unlock(&img->lock);
     *pnum = end - offset;
     return data ? BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID
@@ -647,90 +536,27 @@ uint64_t s3chain_image_size(S3chainImage *img)
 
 uint64_t s3chain_image_stored_bytes(S3chainImage *img)
 {
-    return (uint64_t)g_tree_nnodes(img->manifest->chunks) * chunk_size(img);
+    return img->kind->stored_bytes(img);
 }
 
-/* Takes the writer's lock object; explains who holds it if it is taken */
-static int coroutine_fn take_lock(S3chainImage *img, Error **errp)
-{
-    g_autofree char *host = g_strdup(g_get_host_name());
-    g_autoptr(GDateTime) now = g_date_time_new_now_utc();
-    g_autofree char *when = g_date_time_format_iso8601(now);
-    g_autofree char *body = g_strdup_printf(
-        "{\"host\": \"%s\", \"pid\": %d, \"since\": \"%s\"}\n", host,
-        (int)getpid(), when);
-    S3chainRequest req = {
-        .method = "PUT",
-        .key = img->lock_key,
-        .body = body,
-        .body_len = strlen(body),
-        .if_none_match = true,
-    };
-    int ret = s3chain_co_request(img->conn, &req);
-
-    if (ret == 0) {
-        img->locked = true;
-    } else if (req.status == 412) {
-        error_setg(errp, "s3chain: s3://%s/%s is open for writing elsewhere "
-                   "(s3://%s/%s exists); if that writer is gone, delete "
-                   "that lock object and retry", bucket(img), img->key,
-                   bucket(img), img->lock_key);
-        ret = -EBUSY;
-    } else if (req.status == 501) {
-        /* The server has no conditional PUT: one writer is on trust */
-        warn_report("s3chain: the server cannot create objects "
-                    "conditionally; s3://%s/%s is not protected from a "
-                    "second writer", bucket(img), img->key);
-        ret = 0;
-    } else {
-        error_setg(errp, "s3chain: cannot lock s3://%s/%s for writing: %s",
-                   bucket(img), img->key,
-                   req.error_text ?: strerror(-ret));
-    }
-    s3chain_request_cleanup(&req);
-    return ret;
-}
-
-static void coroutine_fn drop_lock(S3chainImage *img)
-{
-    S3chainRequest req = {
-        .method = "DELETE",
-        .key = img->lock_key,
-    };
-
-    if (!img->locked) {
-        return;
-    }
-    if (s3chain_co_request(img->conn, &req) < 0) {
-        s3chain_image_report_error(img, "unlock of", img->lock_key, &req);
-    }
-    img->locked = false;
-    s3chain_request_cleanup(&req);
-}
-
-/* Image @how->key, as @manifest has it; takes @manifest */
-static S3chainImage *image_new(BlockDriverState *bs, S3chainConn *conn,
-                               const S3chainImageOpen *how,
-                               S3chainManifest *manifest)
+S3chainImage *s3chain_image_new(BlockDriverState *bs, S3chainConn *conn,
+                                const S3chainImageKind *kind,
+                                const S3chainImageOpen *how,
+                                S3chainManifest *manifest)
 {
     S3chainImage *img = g_new0(S3chainImage, 1);
 
     img->bs = bs;
     img->conn = conn;
+    img->kind = kind;
     img->key = g_strdup(how->key);
+    img->etag = g_strdup(how->etag);
     img->lock_key = g_strconcat(how->key, ".lock", NULL);
     img->manifest = manifest;
     img->writable = how->writable;
     img->session = manifest->generation + 1;
     img->buffer_size = MAX(how->buffer_size, 2 * manifest->chunk_size);
-    /*
-     * Most of the buffer is for the chunks that the reader's own requests
-     * in flight are reading: qemu-img convert -m 16 reads 32 MiB at once.
-     * Beyond an eighth, chunks loaded ahead pushed out chunks still being
-     * read, which then loaded twice (6% of a restore's GETs at a quarter).
-     */
-    img->readahead_chunks = MIN(how->readahead, img->buffer_size / 8) /
-                            manifest->chunk_size;
+    img->readahead_chunks = how->readahead / manifest->chunk_size;
     img->block_size = s3chain_block_size(manifest->chunk_size);
     img->spare = g_ptr_array_new_with_free_func(qemu_vfree);
     img->superseded = g_ptr_array_new_with_free_func(g_free);
@@ -741,7 +567,7 @@ static S3chainImage *image_new(BlockDriverState *bs, S3chainConn *conn,
     return img;
 }
 
-static void image_free(S3chainImage *img)
+void s3chain_image_free(S3chainImage *img)
 {
     GHashTableIter iter;
     CachedChunk *c;
@@ -756,75 +582,9 @@ static void image_free(S3chainImage *img)
     s3chain_manifest_free(img->manifest);
     g_free(img->planned);
     g_free(img->key);
+    g_free(img->etag);
     g_free(img->lock_key);
     g_free(img);
-}
-
-/*
- * Opens the chunked image whose manifest, @how->key, is
- * @how->manifest_bytes long with ETag @how->etag, and starts with the
- * @how->head_len bytes at @how->head
- */
-int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
-                                       S3chainConn *conn,
-                                       const S3chainImageOpen *how,
-                                       S3chainImage **image, Error **errp)
-{
-    const char *key = how->key;
-    uint64_t manifest_bytes = how->manifest_bytes;
-    uint64_t head_len = how->head_len;
-    g_autofree char *json = g_malloc0(manifest_bytes + 1);
-    S3chainManifest *manifest;
-    S3chainImage *img;
-    QEMUIOVector qiov;
-    Error *local_err = NULL;
-    /* the rest of the same manifest, not of one committed meanwhile */
-    S3chainRequest req = {
-        .method = "GET",
-        .key = key,
-        .range_offset = head_len,
-        .range_bytes = manifest_bytes - head_len,
-        .if_match = how->etag,
-        .qiov = &qiov,
-    };
-    int ret = 0;
-
-    memcpy(json, how->head, head_len);
-    qemu_iovec_init_buf(&qiov, json + head_len, manifest_bytes - head_len);
-    if (!manifest_bytes) {
-        ret = -EINVAL;
-    } else if (head_len < manifest_bytes) {
-        ret = s3chain_co_request(conn, &req);
-    }
-    if (ret < 0) {
-        error_setg(errp, "s3chain: cannot read the manifest s3://%s/%s: %s",
-                   s3chain_conn_settings(conn)->bucket, key,
-                   req.error_text ?: strerror(-ret));
-        s3chain_request_cleanup(&req);
-        return ret;
-    }
-    s3chain_request_cleanup(&req);
-
-    manifest = s3chain_manifest_decode(json, &local_err);
-    if (!manifest) {
-        error_setg(errp, S3CHAIN_DAMAGED "manifest s3://%s/%s: %s",
-                   s3chain_conn_settings(conn)->bucket, key,
-                   error_get_pretty(local_err));
-        error_free(local_err);
-        return -EINVAL;
-    }
-    img = image_new(bs, conn, how, manifest);
-    if (how->writable) {
-        ret = take_lock(img, errp);
-        if (ret < 0) {
-            image_free(img);
-            return ret;
-        }
-    }
-    trace_s3chain_image_open(key, manifest->size, manifest->chunk_size,
-                             manifest->generation, how->writable);
-    *image = img;
-    return 0;
 }
 
 int s3chain_image_plan_reads(S3chainImage *img, const char *text,
@@ -871,56 +631,6 @@ void coroutine_fn s3chain_image_co_close(S3chainImage *img)
                      "since its last commit (generation %" PRIu64 ")",
                      bucket(img), img->key, img->manifest->generation);
     }
-    drop_lock(img);
-    image_free(img);
-}
-
-S3chainImage *s3chain_image_new_scratch(BlockDriverState *bs,
-                                        S3chainConn *conn, const char *key,
-                                        uint64_t buffer_size)
-{
-    const S3chainImageOpen how = {
-        .key = key, .writable = true, .buffer_size = buffer_size,
-    };
-    S3chainImage *img = image_new(bs, conn, &how, s3chain_manifest_new(
-                                      0, S3CHAIN_SCRATCH_CHUNK_SIZE));
-
-    img->scratch = true;
-    return img;
-}
-
-int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
-                                         uint64_t size, uint64_t chunk_size,
-                                         Error **errp)
-{
-    g_autoptr(S3chainManifest) manifest = s3chain_manifest_new(size,
-                                                               chunk_size);
-    S3chainRequest req = { 0 };
-    int ret;
-
-    ret = s3chain_image_put_manifest(conn, key, manifest, true, &req);
-    if (req.status == 501) {
-        /* no conditional PUT (OpenStack Swift's s3api): look, then put */
-        s3chain_request_cleanup(&req);
-        req = (S3chainRequest) { .method = "HEAD", .key = key };
-        ret = s3chain_co_request(conn, &req);
-        if (req.status == 404) {
-            s3chain_request_cleanup(&req);
-            ret = s3chain_image_put_manifest(conn, key, manifest, false, &req);
-        } else if (ret == 0) {
-            req.status = 412;
-        }
-    }
-    if (req.status == 412) {
-        error_setg(errp, "s3chain: s3://%s/%s already exists; s3chain never "
-                   "overwrites an image: delete it first, or choose another "
-                   "key", s3chain_conn_settings(conn)->bucket, key);
-        ret = -EEXIST;
-    } else if (ret < 0) {
-        error_setg(errp, "s3chain: cannot create s3://%s/%s: %s",
-                   s3chain_conn_settings(conn)->bucket, key,
-                   req.error_text ?: strerror(-ret));
-    }
-    s3chain_request_cleanup(&req);
-    return ret;
+    s3chain_image_co_unlock(img);
+    s3chain_image_free(img);
 }

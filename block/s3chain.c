@@ -25,17 +25,14 @@
 #include "trace.h"
 
 /*
- * A node is either a chunked image (image), writable, or an image stored
- * as one object (reader), read-only.
+ * A node is an image: a chunked one, writable, or one stored as one
+ * object, read-only
  */
 typedef struct BDRVS3chainState {
     BlockdevOptionsS3chain *opts;
     char *read_plan;            /* the text of x-read-plan's file */
     S3chainConn *conn;
     S3chainImage *image;
-    S3chainReader *reader;
-    uint64_t size;
-    char *etag;
 } BDRVS3chainState;
 
 typedef struct S3chainOpenCo {
@@ -172,11 +169,11 @@ fail:
 /*
  * Reads the start of the object: its size, ETag and kind in one request,
  * and with them a manifest whole unless it is long.  Returns in *@head
- * what it read, @head_len bytes.
+ * what it read, @how->head_len bytes, and in *@etag the ETag.
  */
 static int coroutine_fn s3chain_co_probe(BlockDriverState *bs, bool *chunked,
-                                         char **head, uint64_t *head_len,
-                                         Error **errp)
+                                         S3chainImageOpen *how, char **head,
+                                         char **etag, Error **errp)
 {
     BDRVS3chainState *s = bs->opaque;
     g_autofree char *buf = g_malloc(S3CHAIN_PROBE_BYTES);
@@ -203,16 +200,16 @@ static int coroutine_fn s3chain_co_probe(BlockDriverState *bs, bool *chunked,
                    s->opts->bucket, s->opts->key, s->opts->endpoint,
                    req.error_text ?: strerror(-ret));
     } else {
-        s->size = req.object_size;
+        how->object_bytes = req.object_size;
         /* Some servers only match an unquoted ETag in If-Match */
-        s->etag = req.etag ? g_strdup(req.etag) : NULL;
-        if (s->etag) {
-            g_strdelimit(s->etag, "\"", ' ');
-            g_strstrip(s->etag);
+        *etag = req.etag ? g_strdup(req.etag) : NULL;
+        if (*etag) {
+            g_strdelimit(*etag, "\"", ' ');
+            g_strstrip(*etag);
         }
         *chunked = req.content_type_received &&
                    !strcmp(req.content_type_received, S3CHAIN_MANIFEST_TYPE);
-        *head_len = MIN(s->size, S3CHAIN_PROBE_BYTES);
+        how->head_len = MIN(req.object_size, S3CHAIN_PROBE_BYTES);
         *head = g_steal_pointer(&buf);
     }
     s3chain_request_cleanup(&req);
@@ -220,8 +217,9 @@ static int coroutine_fn s3chain_co_probe(BlockDriverState *bs, bool *chunked,
 }
 
 /*
- * Reads the node's image as the bucket holds it now: a chunked one into
- * *@image, @writable with the writer's lock or read-only without.
+ * Reads the node's image as the bucket holds it now into *@image: a
+ * chunked one @writable with the writer's lock or read-only without, or
+ * one stored as one object, read-only
  */
 static int coroutine_fn s3chain_co_open_image(BlockDriverState *bs,
                                               bool writable,
@@ -230,28 +228,29 @@ static int coroutine_fn s3chain_co_open_image(BlockDriverState *bs,
 {
     BDRVS3chainState *s = bs->opaque;
     g_autofree char *head = NULL;
-    uint64_t head_len = 0;
+    g_autofree char *etag = NULL;
+    S3chainImageOpen how = {
+        .key = s->opts->key,
+        .writable = writable,
+        .buffer_size = s->opts->buffer_size,
+        .readahead = s->opts->readahead,
+    };
     bool chunked = false;
     int ret;
 
-    g_free(s->etag);
-    s->etag = NULL;
-    ret = s3chain_co_probe(bs, &chunked, &head, &head_len, errp);
-    if (ret == 0 && chunked) {
-        const S3chainImageOpen how = {
-            .key = s->opts->key,
-            .manifest_bytes = s->size,
-            .etag = s->etag,
-            .head = head,
-            .head_len = head_len,
-            .writable = writable,
-            .buffer_size = s->opts->buffer_size,
-            .readahead = s->opts->readahead,
-        };
-
-        ret = s3chain_image_co_open(bs, s->conn, &how, image, errp);
+    ret = s3chain_co_probe(bs, &chunked, &how, &head, &etag, errp);
+    if (ret < 0) {
+        return ret;
     }
-    if (ret == 0 && *image && s->read_plan) {
+    how.head = head;
+    how.etag = etag;
+    if (chunked) {
+        ret = s3chain_chunked_co_open(bs, s->conn, &how, image, errp);
+    } else {
+        *image = s3chain_object_open(bs, s->conn, &how,
+                                     s->opts->request_size);
+    }
+    if (ret == 0 && s->read_plan) {
         ret = s3chain_image_plan_reads(*image, s->read_plan,
                                        s->opts->x_read_plan, errp);
         if (ret < 0) {
@@ -285,12 +284,8 @@ static void coroutine_fn s3chain_close_entry(void *opaque)
 
 static void s3chain_free_state(BDRVS3chainState *s)
 {
-    s3chain_reader_free(s->reader);
-    s->reader = NULL;
     s3chain_conn_free(s->conn);
     s->conn = NULL;
-    g_free(s->etag);
-    s->etag = NULL;
     g_free(s->read_plan);
     s->read_plan = NULL;
     qapi_free_BlockdevOptionsS3chain(s->opts);
@@ -403,16 +398,9 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
         }
     }
 
-    if (s->image) {
-        s->size = s3chain_image_size(s->image);
-        bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP;
-        trace_s3chain_open(s->opts->bucket, s->opts->key, s->size, "chunked");
-        return 0;
-    }
-
-    trace_s3chain_open(s->opts->bucket, s->opts->key, s->size,
-                       s->etag ?: "");
-    if (flags & BDRV_O_RDWR) {
+    trace_s3chain_open(s->opts->bucket, s->opts->key,
+                       s3chain_image_size(s->image), s->image->kind->name);
+    if (s->image->kind->read_only && (flags & BDRV_O_RDWR)) {
         bdrv_graph_rdlock_main_loop();
         ret = bdrv_apply_auto_read_only(bs, "s3chain: an image stored as "
                                         "one object is read-only", errp);
@@ -421,9 +409,7 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
             goto fail;
         }
     }
-    s->reader = s3chain_reader_new(bs, s->conn, s->opts->key, s->etag,
-                                   s->size, s->opts->request_size,
-                                   s->opts->readahead);
+    bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP;
     return 0;
 
 fail:
@@ -435,13 +421,11 @@ static void s3chain_close(BlockDriverState *bs)
 {
     BDRVS3chainState *s = bs->opaque;
 
-    if (s->image) {
-        S3chainCloseCo cc = { .image = g_steal_pointer(&s->image) };
+    S3chainCloseCo cc = { .image = g_steal_pointer(&s->image) };
 
-        aio_co_enter(bdrv_get_aio_context(bs),
-                     qemu_coroutine_create(s3chain_close_entry, &cc));
-        AIO_WAIT_WHILE_UNLOCKED(NULL, !cc.done);
-    }
+    aio_co_enter(bdrv_get_aio_context(bs),
+                 qemu_coroutine_create(s3chain_close_entry, &cc));
+    AIO_WAIT_WHILE_UNLOCKED(NULL, !cc.done);
     s3chain_free_state(s);
 }
 
@@ -467,15 +451,15 @@ static void coroutine_fn s3chain_reload_entry(void *opaque)
         goto out;
     }
     ret = s3chain_co_open_image(oc->bs, oc->writable, &image, oc->errp);
-    if (ret == 0 && !image) {
-        error_setg(oc->errp, "s3chain: s3://%s/%s is no longer a chunked "
-                   "image", s->opts->bucket, s->opts->key);
+    if (ret == 0 && image->kind != s->image->kind) {
+        error_setg(oc->errp, "s3chain: s3://%s/%s is no longer %s",
+                   s->opts->bucket, s->opts->key, s->image->kind->name);
+        s3chain_image_co_close(image);
         ret = -EINVAL;
     }
     if (ret == 0) {
         s3chain_image_co_close(s->image);
         s->image = image;
-        s->size = s3chain_image_size(image);
     }
 out:
     oc->ret = ret;
@@ -492,7 +476,8 @@ static int GRAPH_RDLOCK s3chain_inactivate(BlockDriverState *bs)
         .ret = -EINPROGRESS,
     };
 
-    if (!s->image || s->opts->scratch) {
+    /* only what can be written is handed over */
+    if (s->opts->scratch || s->image->kind->read_only) {
         return 0;
     }
     aio_co_enter(bdrv_get_aio_context(bs),
@@ -514,7 +499,7 @@ s3chain_co_invalidate_cache(BlockDriverState *bs, Error **errp)
         .errp = errp,
     };
 
-    if (s->image && !s->opts->scratch) {
+    if (!s->opts->scratch && !s->image->kind->read_only) {
         s3chain_reload_entry(&oc);
     }
 }
@@ -528,8 +513,7 @@ static int s3chain_reopen_prepare(BDRVReopenState *state,
 
     if (to_writable) {
         error_setg(errp, "s3chain: %s cannot become writable while open; "
-                   "open it writable", s->image ? "an image" :
-                   "an image stored as one object");
+                   "open it writable", s->image->kind->name);
         return -EACCES;
     }
     return 0;
@@ -547,10 +531,7 @@ s3chain_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
     BDRVS3chainState *s = bs->opaque;
 
     trace_s3chain_preadv(bs, offset, bytes);
-    if (s->image) {
-        return s3chain_image_co_preadv(s->image, offset, bytes, qiov);
-    }
-    return s3chain_reader_co_preadv(s->reader, offset, bytes, qiov, 0);
+    return s3chain_image_co_preadv(s->image, offset, bytes, qiov);
 }
 
 static int coroutine_fn GRAPH_RDLOCK
@@ -560,7 +541,7 @@ s3chain_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
     BDRVS3chainState *s = bs->opaque;
 
     trace_s3chain_pwritev(bs, offset, bytes);
-    if (!s->image) {
+    if (!s->image->writable) {
         return -EACCES;
     }
     return s3chain_image_co_pwritev(s->image, offset, bytes, qiov);
@@ -572,7 +553,7 @@ s3chain_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
 {
     BDRVS3chainState *s = bs->opaque;
 
-    if (!s->image) {
+    if (!s->image->writable) {
         return -EACCES;
     }
     return s3chain_image_co_pwritev(s->image, offset, bytes, NULL);
@@ -589,7 +570,7 @@ static int coroutine_fn GRAPH_RDLOCK s3chain_co_flush(BlockDriverState *bs)
 {
     BDRVS3chainState *s = bs->opaque;
 
-    return s->image ? s3chain_image_co_flush(s->image) : 0;
+    return s3chain_image_co_flush(s->image);
 }
 
 static int coroutine_fn GRAPH_RDLOCK
@@ -600,10 +581,11 @@ s3chain_co_truncate(BlockDriverState *bs, int64_t offset, bool exact,
     BDRVS3chainState *s = bs->opaque;
     int ret;
 
-    if (!s->image) {
-        error_setg(errp, "s3chain: an image stored as one object cannot be "
-                   "resized");
-        return -ENOTSUP;
+    if (!s->image->writable) {
+        error_setg(errp, "s3chain: s3://%s/%s is open read-only; %s cannot "
+                   "be resized", s->opts->bucket, s->opts->key,
+                   s->image->kind->name);
+        return -EACCES;
     }
     if (prealloc != PREALLOC_MODE_OFF) {
         error_setg(errp, "s3chain: unsupported preallocation mode '%s'",
@@ -623,7 +605,7 @@ s3chain_co_getlength(BlockDriverState *bs)
 {
     BDRVS3chainState *s = bs->opaque;
 
-    return s->image ? s3chain_image_size(s->image) : s->size;
+    return s3chain_image_size(s->image);
 }
 
 static int64_t coroutine_fn GRAPH_RDLOCK
@@ -631,7 +613,7 @@ s3chain_co_get_allocated_file_size(BlockDriverState *bs)
 {
     BDRVS3chainState *s = bs->opaque;
 
-    return s->image ? s3chain_image_stored_bytes(s->image) : s->size;
+    return s3chain_image_stored_bytes(s->image);
 }
 
 /*
@@ -647,11 +629,7 @@ s3chain_co_block_status(BlockDriverState *bs, bool want_zero, int64_t offset,
 
     *map = offset;
     *file = bs;
-    if (s->image) {
-        return s3chain_image_co_block_status(s->image, offset, bytes, pnum);
-    }
-    *pnum = bytes;
-    return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+    return s3chain_image_co_block_status(s->image, offset, bytes, pnum);
 }
 
 static int coroutine_fn s3chain_co_do_create(BlockdevOptionsS3chain *location,

@@ -217,39 +217,6 @@ void coroutine_fn s3chain_co_wait(S3chainConn *conn, S3chainWaiter *waiter);
 /* Submits @req alone and waits for it; returns req->ret. */
 int coroutine_fn s3chain_co_request(S3chainConn *conn, S3chainRequest *req);
 
-/* s3chain-cache.c: ranged reads with read-ahead */
-
-/* Tells a sequential reader, for read-ahead */
-typedef struct S3chainStreak {
-    uint64_t last_end;          /* where the reads so far ended */
-    unsigned reads;             /* near-sequential ones in a row */
-    uint64_t bytes;             /* that they read */
-} S3chainStreak;
-
-/*
- * Notes a read of @bytes at @offset; true once it continues a run of
- * reads that each start within @slack of where the ones before ended,
- * and that together read at least @min_bytes.
- */
-bool s3chain_streak_note(S3chainStreak *s, uint64_t offset, uint64_t bytes,
-                         uint64_t slack, uint64_t min_bytes);
-
-typedef struct S3chainReader S3chainReader;
-
-/*
- * Reads object @key of @size bytes, pinned to @etag.  Read-ahead runs in
- * coroutines of its own, counted as in flight on @bs.
- */
-S3chainReader *s3chain_reader_new(BlockDriverState *bs, S3chainConn *conn,
-                                  const char *key, const char *etag,
-                                  uint64_t size, uint64_t request_size,
-                                  uint64_t readahead);
-void s3chain_reader_free(S3chainReader *reader);
-int coroutine_fn s3chain_reader_co_preadv(S3chainReader *reader,
-                                          uint64_t offset, uint64_t bytes,
-                                          QEMUIOVector *qiov,
-                                          size_t qiov_offset);
-
 /* s3chain-sums.c: the checksums of chunks and blocks */
 
 /* The MD5 of @buf, into @md5; -EIO if QEMU's crypto fails */
@@ -273,7 +240,15 @@ char *s3chain_block_sums_hex(const uint32_t *crcs, unsigned n);
 bool s3chain_block_sums_parse(const char *hex, const S3chainChunkRef *ref,
                               unsigned n, uint32_t *crcs);
 
-/* s3chain-image.c: chunked images, their buffer of chunks and reads */
+/* s3chain-image.c: images, their buffer of chunks and reads */
+
+/*
+ * Both kinds of image are read through the same buffer: a chunked image
+ * (s3chain-chunked.c), whose chunks are objects of their own, and an
+ * image stored as one object (s3chain-object.c), whose chunks are ranges
+ * of it.  What differs is a kind, a table of where a chunk's blocks come
+ * from and how what came is checked.
+ */
 
 typedef struct S3chainImage S3chainImage;
 
@@ -301,11 +276,65 @@ typedef struct CachedChunk {
     QTAILQ_ENTRY(CachedChunk) lru;
 } CachedChunk;
 
+/* Blocks of a chunk that lie one after the other in one object */
+typedef struct S3chainBlockRun {
+    char *key;                  /* the object */
+    uint64_t first;             /* block */
+    uint64_t count;
+    QEMUIOVector qiov;
+    S3chainRequest req;         /* a ranged GET of them */
+} S3chainBlockRun;
+
+/* A load of some blocks of a chunk: a ranged GET per run, in parallel */
+typedef struct S3chainLoad {
+    CachedChunk *c;
+    /* a chunked image's entry for the chunk, as it was when planned */
+    S3chainChunkRef ref;
+    unsigned n_runs;
+    S3chainBlockRun runs[S3CHAIN_MAX_BLOCKS];
+} S3chainLoad;
+
+/* Tells a sequential reader, for read-ahead */
+typedef struct S3chainStreak {
+    uint64_t last_end;          /* where the reads so far ended */
+    unsigned reads;             /* near-sequential ones in a row */
+    uint64_t bytes;             /* that they read */
+} S3chainStreak;
+
+/*
+ * A kind of image: where the blocks of its chunks are stored, and how a
+ * load is checked.  Called with the image's lock held, but check_run.
+ */
+typedef struct S3chainImageKind {
+    const char *name;           /* "a chunked image", for messages */
+    bool read_only;             /* images of the kind are never written */
+    /* Whether chunk @index holds stored bytes; the others read as zeroes */
+    bool (*stored)(S3chainImage *img, uint64_t index);
+    /* The blocks of chunk @index that must load for blocks @need */
+    uint64_t (*loads_with)(S3chainImage *img, uint64_t index, uint64_t need);
+    /*
+     * Fills @load with the runs that load blocks @todo of chunk @c, and
+     * perhaps the gaps between them, which it returns with @todo
+     */
+    uint64_t (*plan_load)(S3chainImage *img, CachedChunk *c, uint64_t todo,
+                          S3chainLoad *load);
+    /*
+     * Whether @run of @load brought what the image holds: 0, or -errno
+     * after saying why if @report (the load's first failure)
+     */
+    int coroutine_fn (*check_run)(S3chainImage *img, S3chainLoad *load,
+                                  S3chainBlockRun *run, bool report);
+    /* The bytes the bucket holds for the image */
+    uint64_t (*stored_bytes)(S3chainImage *img);
+} S3chainImageKind;
+
 struct S3chainImage {
     /* set at open */
     BlockDriverState *bs;
     S3chainConn *conn;
+    const S3chainImageKind *kind;
     char *key;
+    char *etag;                 /* one object's: its reads are pinned to it */
     char *lock_key;
     bool writable;
     bool scratch;               /* in RAM first, never committed */
@@ -317,6 +346,7 @@ struct S3chainImage {
 
     /* guards all below, and every CachedChunk of the image */
     CoMutex lock;
+    /* a chunked image's; for one object, only its size and chunk size */
     S3chainManifest *manifest;
     bool locked;                /* this writer holds KEY.lock */
     bool manifest_dirty;
@@ -354,10 +384,10 @@ static inline const char *bucket(S3chainImage *img)
     return s3chain_conn_settings(img->conn)->bucket;
 }
 
-/* How to open a chunked image (s3chain_image_co_open()) */
+/* How to open an image */
 typedef struct S3chainImageOpen {
-    const char *key;            /* of its manifest */
-    uint64_t manifest_bytes;    /* the manifest's length */
+    const char *key;            /* of its manifest, or its object */
+    uint64_t object_bytes;      /* that object's length */
     const char *etag;           /* its ETag: the rest is read pinned to it */
     const char *head;           /* its first bytes, read at the probe */
     uint64_t head_len;
@@ -366,25 +396,22 @@ typedef struct S3chainImageOpen {
     uint64_t readahead;         /* bytes of chunks a reader has ahead */
 } S3chainImageOpen;
 
-int coroutine_fn s3chain_image_co_open(BlockDriverState *bs,
-                                       S3chainConn *conn,
-                                       const S3chainImageOpen *how,
-                                       S3chainImage **image, Error **errp);
 /*
- * A scratch image at @key: empty, writable, in RAM while @buffer_size
- * holds it; it spills chunks under @key when full, and is never committed
+ * Image @how->key of @kind, as @manifest has it, with a buffer of
+ * @how->buffer_size bytes and @how->readahead bytes read ahead; takes
+ * @manifest
  */
-S3chainImage *s3chain_image_new_scratch(BlockDriverState *bs,
-                                        S3chainConn *conn, const char *key,
-                                        uint64_t buffer_size);
+S3chainImage *s3chain_image_new(BlockDriverState *bs, S3chainConn *conn,
+                                const S3chainImageKind *kind,
+                                const S3chainImageOpen *how,
+                                S3chainManifest *manifest);
+/* Frees @img, which holds nothing: no lock, nothing written */
+void s3chain_image_free(S3chainImage *img);
 /*
  * Commits what was written, or for a scratch image deletes what it
  * spilled, releases the writer's lock and frees @img
  */
 void coroutine_fn s3chain_image_co_close(S3chainImage *img);
-int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
-                                         uint64_t size, uint64_t chunk_size,
-                                         Error **errp);
 int coroutine_fn s3chain_image_co_preadv(S3chainImage *img, uint64_t offset,
                                          uint64_t bytes, QEMUIOVector *qiov);
 int coroutine_fn s3chain_image_co_block_status(S3chainImage *img,
@@ -400,6 +427,12 @@ int s3chain_image_plan_reads(S3chainImage *img, const char *text,
                              const char *path, Error **errp);
 uint64_t s3chain_image_size(S3chainImage *img);
 uint64_t s3chain_image_stored_bytes(S3chainImage *img);
+/*
+ * @todo with the gaps between its runs that are at most
+ * S3CHAIN_BRIDGED_GAP long, and @fillable, filled in
+ */
+uint64_t s3chain_image_bridge_gaps(S3chainImage *img, uint64_t todo,
+                                   uint64_t fillable);
 
 /*
  * For s3chain-writeback.c.  The _locked functions are called with
@@ -441,6 +474,39 @@ int coroutine_fn s3chain_image_get_chunk_locked(S3chainImage *img,
                                                 bool overwrite,
                                                 uint64_t need,
                                                 CachedChunk **chunk);
+
+/* s3chain-chunked.c: chunked images, their objects, lock and creation */
+
+/*
+ * Opens the chunked image whose manifest is @how->key, writable (with
+ * the writer's lock) if @how->writable
+ */
+int coroutine_fn s3chain_chunked_co_open(BlockDriverState *bs,
+                                         S3chainConn *conn,
+                                         const S3chainImageOpen *how,
+                                         S3chainImage **image, Error **errp);
+/*
+ * A scratch image at @key: empty, writable, in RAM while @buffer_size
+ * holds it; it spills chunks under @key when full, and is never committed
+ */
+S3chainImage *s3chain_image_new_scratch(BlockDriverState *bs,
+                                        S3chainConn *conn, const char *key,
+                                        uint64_t buffer_size);
+int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
+                                         uint64_t size, uint64_t chunk_size,
+                                         Error **errp);
+/* Releases the writer's lock, if @img holds it */
+void coroutine_fn s3chain_image_co_unlock(S3chainImage *img);
+
+/* s3chain-object.c: images stored as one object, read-only */
+
+/*
+ * The image stored as object @how->key, read in chunks of @request_size
+ * (rounded up to a chunk size) pinned to its ETag
+ */
+S3chainImage *s3chain_object_open(BlockDriverState *bs, S3chainConn *conn,
+                                  const S3chainImageOpen *how,
+                                  uint64_t request_size);
 
 /* s3chain-writeback.c: writes, uploads of chunks and patches, commits */
 

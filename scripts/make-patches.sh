@@ -144,19 +144,22 @@ other status fails at once with the bucket, key and cause.
 Signed-off-by: s3chain authors <s3chain@localhost>
 MSG
 
-ours block/s3chain.c block/s3chain-cache.c block/s3chain-sums.c \
-    block/s3chain-image.c block/s3chain-writeback.c
+ours block/s3chain.c block/s3chain-sums.c block/s3chain-image.c \
+    block/s3chain-chunked.c block/s3chain-object.c block/s3chain-writeback.c
 glue header
 glue build
 glue trace
 commit <<'MSG'
 block/s3chain: add a driver for images in an S3 bucket
 
-The driver reads a raw or qcow2 image stored as one object, with ranged
-GETs split and sent in parallel, and read-ahead for sequential readers
-(s3chain-cache.c); and it reads and writes chunked images: a buffer of
-chunks and the reads (s3chain-image.c), writes, uploads and commits
-(s3chain-writeback.c), and their checksums (s3chain-sums.c).  Writes land in a bounded buffer
+The driver reads and writes chunked images, and reads a raw or qcow2
+image stored as one object.  Both are read through one buffer of chunks
+(s3chain-image.c), with ranged GETs in parallel and read-ahead for
+sequential readers; what differs is a kind, a table of where a chunk's
+blocks come from and how they are checked: the objects of a chunked
+image (s3chain-chunked.c) or ranges of the one object, pinned to its
+ETag (s3chain-object.c).  Writes, uploads and commits are
+s3chain-writeback.c, checksums s3chain-sums.c.  Writes land in a bounded buffer
 in RAM and are uploaded in the background, in parallel, with
 Content-MD5; flush uploads the rest and then the manifest, so a crash
 leaves the last committed image intact.  All-zero chunks are not

@@ -1,0 +1,371 @@
+/*
+ * s3chain: chunked images, their objects, lock and creation
+ *
+ * A chunked image is a manifest (see s3chain-manifest.c) naming an
+ * object per stored chunk, and for some chunks patches: objects with
+ * some of its blocks, newer than the whole object's.  A load reads each
+ * block from the newest object holding it, and checks what came: a
+ * whole chunk against its CRC-32 in the manifest, blocks against their
+ * block sums, themselves checked against it.  Chunks stored before their
+ * objects had block sums load whole.
+ *
+ * One writer at a time: a writable open creates KEY.lock with a
+ * create-only PUT, and close deletes it.
+ *
+ * A scratch image (s3chain_image_new_scratch()) is the same buffer with
+ * nothing behind it at first: it lives in RAM, is never committed, and
+ * spills chunks to the bucket only when its buffer is full; closing it
+ * deletes what it spilled.  A discard of a whole chunk frees its buffer.
+ *
+ * Copyright (c) 2026 The s3chain authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/error-report.h"
+#include "qemu/host-utils.h"
+#include "s3chain.h"
+#include "trace.h"
+
+/*
+ * The object of chunk @ref that holds block @block: its newest patch
+ * holding it (its number), or its whole object (-1); *@offset is where
+ * the block is in that object.
+ */
+static int block_source(const S3chainChunkRef *ref, unsigned block,
+                        uint64_t block_size, uint64_t *offset)
+{
+    for (int i = ref->n_patches - 1; i >= 0; i--) {
+        uint64_t held = ref->patches[i].blocks;
+
+        if (held & BIT_ULL(block)) {
+            *offset = ctpop64(held & (BIT_ULL(block) - 1)) * block_size;
+            return i;
+        }
+    }
+    *offset = block * block_size;
+    return -1;
+}
+
+static bool chunked_stored(S3chainImage *img, uint64_t index)
+{
+    return s3chain_manifest_lookup(img->manifest, index) != NULL;
+}
+
+/*
+ * A chunk stored without block sums loads whole: only its whole sum
+ * checks it
+ */
+static uint64_t chunked_loads_with(S3chainImage *img, uint64_t index,
+                                   uint64_t need)
+{
+    S3chainChunkRef *ref = s3chain_manifest_lookup(img->manifest, index);
+
+    /* only a chunk with an object has blocks that are not valid */
+    assert(ref);
+    return ref->block_size == img->block_size && ref->has_crc32 ?
+           need : all_blocks(img);
+}
+
+/*
+ * A ranged GET per run of blocks in one of the chunk's objects: its whole
+ * object's or a patch's, the newest holding each block
+ */
+static uint64_t chunked_plan_load(S3chainImage *img, CachedChunk *c,
+                                  uint64_t todo, S3chainLoad *load)
+{
+    S3chainChunkRef *ref = &load->ref;
+
+    /* a copy: a commit may replace the entry while the lock is dropped */
+    s3chain_chunk_ref_copy(ref, s3chain_manifest_lookup(img->manifest,
+                                                        c->index));
+    /* a gap's blocks may lie in other objects than its ends */
+    if (!ref->n_patches) {
+        todo = s3chain_image_bridge_gaps(img, todo, ~(c->valid | c->loading));
+    }
+    for (uint64_t rest = todo; rest; load->n_runs++) {
+        S3chainBlockRun *run = &load->runs[load->n_runs];
+        uint64_t at, next;
+        int source;
+
+        run->first = ctz64(rest);
+        source = block_source(ref, run->first, img->block_size, &at);
+        run->count = 1;
+        while (run->first + run->count < 64 &&
+               (rest & BIT_ULL(run->first + run->count)) &&
+               block_source(ref, run->first + run->count, img->block_size,
+                            &next) == source &&
+               next == at + run->count * img->block_size) {
+            run->count++;
+        }
+        rest &= ~MAKE_64BIT_MASK(run->first, run->count);
+        run->key = s3chain_chunk_key(img->key, c->index, source < 0 ?
+                                     ref->tag : ref->patches[source].tag);
+        run->req = (S3chainRequest) {
+            .range_offset = at,
+            .range_bytes = run->count * img->block_size,
+        };
+    }
+    return todo;
+}
+
+/*
+ * Whether @run of chunk @c, just loaded, holds what @ref says: a whole
+ * chunk is checked against the manifest's sum, part of one against the
+ * block sums of the manifest (or, stored by a version 3 writer, those
+ * that came with it), themselves checked against that sum.
+ */
+static bool coroutine_fn run_is_intact(S3chainImage *img, CachedChunk *c,
+                                       const S3chainChunkRef *ref,
+                                       S3chainBlockRun *run)
+{
+    uint8_t *start = c->buf + run->first * img->block_size;
+    uint64_t len = run->count * img->block_size;
+    uint32_t want[S3CHAIN_MAX_BLOCKS], got_blocks[S3CHAIN_MAX_BLOCKS];
+    const char *sums = ref->block_sums ?: run->req.block_sums_received;
+    S3chainChunkRef got = { 0 };
+
+    if (len == chunk_size(img)) {
+        return s3chain_co_sums_of(start, len, !ref->has_crc32,
+                                  ref->has_crc32, 0, NULL, &got) == 0 &&
+               (ref->has_crc32 ? got.crc32 == ref->crc32
+                               : !memcmp(ref->md5, got.md5, sizeof(got.md5)));
+    }
+    return s3chain_block_sums_parse(sums, ref, blocks_per_chunk(img),
+                                    want) &&
+           s3chain_co_sums_of(start, len, false, false, img->block_size,
+                              got_blocks, &got) == 0 &&
+           !memcmp(want + run->first, got_blocks,
+                   run->count * sizeof(uint32_t));
+}
+
+/*
+ * An object that the committed manifest names was there: one missing, or
+ * one that does not match its sums, is damage
+ */
+static int coroutine_fn chunked_check_run(S3chainImage *img, S3chainLoad *load,
+                                          S3chainBlockRun *run, bool report)
+{
+    if (run->req.ret == -ENOENT) {
+        if (report) {
+            error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s, which the "
+                         "manifest names, is missing", bucket(img), run->key);
+        }
+        return -EIO;
+    }
+    if (run->req.ret < 0) {
+        if (report && run->req.ret != -ECANCELED) {
+            s3chain_image_report_error(img, "read of", run->key, &run->req);
+        }
+        return run->req.ret;
+    }
+    if (report && !run_is_intact(img, load->c, &load->ref, run)) {
+        trace_s3chain_chunk_corrupt(bucket(img), run->key);
+        error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s does not match its "
+                     "checksum in the manifest", bucket(img), run->key);
+        return -EIO;
+    }
+    return 0;
+}
+
+static uint64_t chunked_stored_bytes(S3chainImage *img)
+{
+    return (uint64_t)g_tree_nnodes(img->manifest->chunks) * chunk_size(img);
+}
+
+static const S3chainImageKind chunked_kind = {
+    .name = "a chunked image",
+    .stored = chunked_stored,
+    .loads_with = chunked_loads_with,
+    .plan_load = chunked_plan_load,
+    .check_run = chunked_check_run,
+    .stored_bytes = chunked_stored_bytes,
+};
+
+/* Takes the writer's lock object; explains who holds it if it is taken */
+static int coroutine_fn take_lock(S3chainImage *img, Error **errp)
+{
+    g_autofree char *host = g_strdup(g_get_host_name());
+    g_autoptr(GDateTime) now = g_date_time_new_now_utc();
+    g_autofree char *when = g_date_time_format_iso8601(now);
+    g_autofree char *body = g_strdup_printf(
+        "{\"host\": \"%s\", \"pid\": %d, \"since\": \"%s\"}\n", host,
+        (int)getpid(), when);
+    S3chainRequest req = {
+        .method = "PUT",
+        .key = img->lock_key,
+        .body = body,
+        .body_len = strlen(body),
+        .if_none_match = true,
+    };
+    int ret = s3chain_co_request(img->conn, &req);
+
+    if (ret == 0) {
+        img->locked = true;
+    } else if (req.status == 412) {
+        error_setg(errp, "s3chain: s3://%s/%s is open for writing elsewhere "
+                   "(s3://%s/%s exists); if that writer is gone, delete "
+                   "that lock object and retry", bucket(img), img->key,
+                   bucket(img), img->lock_key);
+        ret = -EBUSY;
+    } else if (req.status == 501) {
+        /* The server has no conditional PUT: one writer is on trust */
+        warn_report("s3chain: the server cannot create objects "
+                    "conditionally; s3://%s/%s is not protected from a "
+                    "second writer", bucket(img), img->key);
+        ret = 0;
+    } else {
+        error_setg(errp, "s3chain: cannot lock s3://%s/%s for writing: %s",
+                   bucket(img), img->key,
+                   req.error_text ?: strerror(-ret));
+    }
+    s3chain_request_cleanup(&req);
+    return ret;
+}
+
+void coroutine_fn s3chain_image_co_unlock(S3chainImage *img)
+{
+    S3chainRequest req = {
+        .method = "DELETE",
+        .key = img->lock_key,
+    };
+
+    if (!img->locked) {
+        return;
+    }
+    if (s3chain_co_request(img->conn, &req) < 0) {
+        s3chain_image_report_error(img, "unlock of", img->lock_key, &req);
+    }
+    img->locked = false;
+    s3chain_request_cleanup(&req);
+}
+
+/*
+ * The manifest, @how->key, is @how->object_bytes long with ETag
+ * @how->etag, and starts with the @how->head_len bytes at @how->head
+ */
+int coroutine_fn s3chain_chunked_co_open(BlockDriverState *bs,
+                                         S3chainConn *conn,
+                                         const S3chainImageOpen *how,
+                                         S3chainImage **image, Error **errp)
+{
+    const char *key = how->key;
+    uint64_t manifest_bytes = how->object_bytes;
+    uint64_t head_len = how->head_len;
+    g_autofree char *json = g_malloc0(manifest_bytes + 1);
+    S3chainImageOpen chunked = *how;
+    S3chainManifest *manifest;
+    S3chainImage *img;
+    QEMUIOVector qiov;
+    Error *local_err = NULL;
+    /* the rest of the same manifest, not of one committed meanwhile */
+    S3chainRequest req = {
+        .method = "GET",
+        .key = key,
+        .range_offset = head_len,
+        .range_bytes = manifest_bytes - head_len,
+        .if_match = how->etag,
+        .qiov = &qiov,
+    };
+    int ret = 0;
+
+    memcpy(json, how->head, head_len);
+    qemu_iovec_init_buf(&qiov, json + head_len, manifest_bytes - head_len);
+    if (!manifest_bytes) {
+        ret = -EINVAL;
+    } else if (head_len < manifest_bytes) {
+        ret = s3chain_co_request(conn, &req);
+    }
+    if (ret < 0) {
+        error_setg(errp, "s3chain: cannot read the manifest s3://%s/%s: %s",
+                   s3chain_conn_settings(conn)->bucket, key,
+                   req.error_text ?: strerror(-ret));
+        s3chain_request_cleanup(&req);
+        return ret;
+    }
+    s3chain_request_cleanup(&req);
+
+    manifest = s3chain_manifest_decode(json, &local_err);
+    if (!manifest) {
+        error_setg(errp, S3CHAIN_DAMAGED "manifest s3://%s/%s: %s",
+                   s3chain_conn_settings(conn)->bucket, key,
+                   error_get_pretty(local_err));
+        error_free(local_err);
+        return -EINVAL;
+    }
+    /*
+     * Most of the buffer is for the chunks that the reader's own requests
+     * in flight are reading: qemu-img convert -m 16 reads 32 MiB at once.
+     * Beyond an eighth, chunks loaded ahead pushed out chunks still being
+     * read, which then loaded twice (6% of a restore's GETs at a quarter).
+     */
+    chunked.readahead = MIN(how->readahead,
+                            MAX(how->buffer_size, 2 * manifest->chunk_size) /
+                            8);
+    img = s3chain_image_new(bs, conn, &chunked_kind, &chunked,
+                            manifest);
+    if (how->writable) {
+        ret = take_lock(img, errp);
+        if (ret < 0) {
+            s3chain_image_free(img);
+            return ret;
+        }
+    }
+    trace_s3chain_image_open(key, manifest->size, manifest->chunk_size,
+                             manifest->generation, how->writable);
+    *image = img;
+    return 0;
+}
+
+S3chainImage *s3chain_image_new_scratch(BlockDriverState *bs,
+                                        S3chainConn *conn, const char *key,
+                                        uint64_t buffer_size)
+{
+    const S3chainImageOpen how = {
+        .key = key, .writable = true, .buffer_size = buffer_size,
+    };
+    S3chainImage *img = s3chain_image_new(bs, conn, &chunked_kind,
+                                          &how, s3chain_manifest_new(
+                                              0, S3CHAIN_SCRATCH_CHUNK_SIZE));
+
+    img->scratch = true;
+    return img;
+}
+
+int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
+                                         uint64_t size, uint64_t chunk_size,
+                                         Error **errp)
+{
+    g_autoptr(S3chainManifest) manifest = s3chain_manifest_new(size,
+                                                               chunk_size);
+    S3chainRequest req = { 0 };
+    int ret;
+
+    ret = s3chain_image_put_manifest(conn, key, manifest, true, &req);
+    if (req.status == 501) {
+        /* no conditional PUT (OpenStack Swift's s3api): look, then put */
+        s3chain_request_cleanup(&req);
+        req = (S3chainRequest) { .method = "HEAD", .key = key };
+        ret = s3chain_co_request(conn, &req);
+        if (req.status == 404) {
+            s3chain_request_cleanup(&req);
+            ret = s3chain_image_put_manifest(conn, key, manifest, false, &req);
+        } else if (ret == 0) {
+            req.status = 412;
+        }
+    }
+    if (req.status == 412) {
+        error_setg(errp, "s3chain: s3://%s/%s already exists; s3chain never "
+                   "overwrites an image: delete it first, or choose another "
+                   "key", s3chain_conn_settings(conn)->bucket, key);
+        ret = -EEXIST;
+    } else if (ret < 0) {
+        error_setg(errp, "s3chain: cannot create s3://%s/%s: %s",
+                   s3chain_conn_settings(conn)->bucket, key,
+                   req.error_text ?: strerror(-ret));
+    }
+    s3chain_request_cleanup(&req);
+    return ret;
+}
