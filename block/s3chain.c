@@ -406,6 +406,8 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
                                         "one object is read-only", errp);
         bdrv_graph_rdunlock_main_loop();
         if (ret < 0) {
+            /* it holds no lock, and nothing was written */
+            s3chain_image_free(g_steal_pointer(&s->image));
             goto fail;
         }
     }
