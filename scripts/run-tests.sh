@@ -129,9 +129,13 @@ command_tests_of() {
 # keeps the two cores of the machine half idle (measured: a third idle,
 # the rest mostly waiting on the bucket and on TCG guests), so they run
 # as two streams, each on a radosgw of its own: a test that stops or
-# freezes its server must not fail the other stream's.
-SECOND_S3=(S3CHAIN_S3_DIR=/tmp/s3chain-s3b S3CHAIN_S3_PORT=7490
-    S3CHAIN_S3_TLS_PORT=7453 "S3CHAIN_S3_MON_PORTS=3310 6799")
+# freezes its server must not fail the other stream's.  The second
+# server, on ports of its own:
+second_server() {
+    env S3CHAIN_S3_DIR=/tmp/s3chain-s3b S3CHAIN_S3_PORT=7490 \
+        S3CHAIN_S3_TLS_PORT=7453 "S3CHAIN_S3_MON_PORTS=3310 6799" \
+        "$REPO/scripts/s3-server.sh" "$@"
+}
 
 # memstore's accounting of what the OSD holds drifts with every write and
 # delete: a whole run on one server once saw the OSD "full" (a failsafe
@@ -139,15 +143,13 @@ SECOND_S3=(S3CHAIN_S3_DIR=/tmp/s3chain-s3b S3CHAIN_S3_PORT=7490
 # a server of their own, started anew
 second_stream() {
     local server status=0
-    server=$(env "${SECOND_S3[@]}" "$REPO/scripts/s3-server.sh" start) ||
-        return 1
+    server=$(second_server start) || return 1
     command_tests_of "$server" -- test_backup test_libvirt test_lease \
         test_tls test_catalog test_endpoints || status=1
-    env "${SECOND_S3[@]}" "$REPO/scripts/s3-server.sh" stop
-    server=$(env "${SECOND_S3[@]}" "$REPO/scripts/s3-server.sh" start) ||
-        return 1
+    second_server stop
+    server=$(second_server start) || return 1
     command_tests_of "$server" -- test_kubevirt test_manifests || status=1
-    env "${SECOND_S3[@]}" "$REPO/scripts/s3-server.sh" stop
+    second_server stop
     return $status
 }
 
