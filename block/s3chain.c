@@ -584,8 +584,8 @@ s3chain_co_truncate(BlockDriverState *bs, int64_t offset, bool exact,
     int ret;
 
     if (!s->image->writable) {
-        error_setg(errp, "s3chain: s3://%s/%s is open read-only; %s cannot "
-                   "be resized", s->opts->bucket, s->opts->key,
+        error_setg(errp, "s3chain: cannot resize s3://%s/%s, %s open "
+                   "read-only", s->opts->bucket, s->opts->key,
                    s->image->kind->name);
         return -EACCES;
     }
