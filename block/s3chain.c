@@ -401,9 +401,11 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
     trace_s3chain_open(s->opts->bucket, s->opts->key,
                        s3chain_image_size(s->image), s->image->kind->name);
     if (s->image->kind->read_only && (flags & BDRV_O_RDWR)) {
+        g_autofree char *why = g_strdup_printf("s3chain: %s is read-only",
+                                               s->image->kind->name);
+
         bdrv_graph_rdlock_main_loop();
-        ret = bdrv_apply_auto_read_only(bs, "s3chain: an image stored as "
-                                        "one object is read-only", errp);
+        ret = bdrv_apply_auto_read_only(bs, why, errp);
         bdrv_graph_rdunlock_main_loop();
         if (ret < 0) {
             /* it holds no lock, and nothing was written */

@@ -435,7 +435,7 @@ uint64_t s3chain_image_bridge_gaps(S3chainImage *img, uint64_t todo,
                                    uint64_t fillable);
 
 /*
- * For s3chain-writeback.c.  The _locked functions are called with
+ * For the driver's other files.  The _locked functions are called with
  * img->lock held; those that load drop it meanwhile.
  */
 

@@ -10,7 +10,9 @@ docs.
 header, build, trace and unit follow the files of ours that the tree
 holds so far, and may be applied again after each patch that adds some:
 scripts/make-patches.sh grows the series a concern at a time, each patch
-building on its own.
+building on its own.  With S3CHAIN_GLUE_SOURCES set to a directory,
+header and trace take block/s3chain.h and block/trace-events from there
+(an earlier state of the driver, made by stages.py).
 """
 
 import os
@@ -19,6 +21,10 @@ import sys
 
 GLUE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(GLUE)
+# Where block/s3chain.h and block/trace-events are taken from: the
+# repository, or a copy of its block/ in an earlier state of the driver
+# (stages.py)
+SOURCES = os.environ.get('S3CHAIN_GLUE_SOURCES', REPO)
 
 
 def substitute(path, old, new):
@@ -85,7 +91,7 @@ def apply_header(tree):
     """block/s3chain.h with the sections of the files the tree holds: the
     part before the first section, then each "/* s3chain-X.c: ... */"
     section whose file is there"""
-    text = read(os.path.join(REPO, 'block/s3chain.h'))
+    text = read(os.path.join(SOURCES, 'block/s3chain.h'))
     body, endif = text.rsplit('#endif\n', 1)
     parts = re.split(r'^(?=/\* s3chain-[a-z0-9]+\.c: )', body, flags=re.M)
     have = set(present(tree, r'block/s3chain.*'))
@@ -146,7 +152,7 @@ def apply_maintainers(tree):
 
 def apply_trace(tree):
     """block/s3chain.c's and each other file's events, of those present"""
-    text = read(os.path.join(REPO, 'block/trace-events'))
+    text = read(os.path.join(SOURCES, 'block/trace-events'))
     have = set(present(tree, r'block/s3chain.*'))
     events = ''
     for section in re.split(r'\n(?=# s3chain)', text)[1:]:

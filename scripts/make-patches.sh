@@ -20,6 +20,18 @@ cd "$work/qemu"
 git_identity
 glue() { python3 "$REPO/qemu-glue/apply.py" "$work/qemu" "$1"; }
 ours() { for f in "$@"; do mkdir -p "$(dirname "$f")"; cp -r "$REPO/$f" "$f"; done; }
+# An earlier state of the driver: block/ with the edits of stages $@
+# (qemu-glue/stages.py) applied, in $work/stage; then staged FILE...
+# copies its files, and staged_glue AREA glues from its header and trace
+# events
+stage() {
+    rm -rf "$work/stage"
+    mkdir "$work/stage"
+    cp -r "$REPO/block" "$work/stage/"
+    python3 "$REPO/qemu-glue/stages.py" "$work/stage" "$@"
+}
+staged() { for f in "$@"; do cp "$work/stage/$f" "$f"; done; }
+staged_glue() { S3CHAIN_GLUE_SOURCES=$work/stage glue "$1"; }
 commit() { git add -A && git commit -q -F -; }
 
 glue qapi
@@ -35,7 +47,7 @@ Signed-off-by: s3chain authors <s3chain@localhost>
 MSG
 
 # The driver, a concern a patch, each building and passing its tests on
-# its own (scripts/check-series.sh): the pure parts with their unit
+# its own (scripts/check-series.py): the pure parts with their unit
 # tests first, then the transport, then the driver that uses them all.
 # The header, build, trace and unit glue follow the files present so far.
 
@@ -144,32 +156,85 @@ other status fails at once with the bucket, key and cause.
 Signed-off-by: s3chain authors <s3chain@localhost>
 MSG
 
-ours block/s3chain.c block/s3chain-sums.c block/s3chain-image.c \
-    block/s3chain-chunked.c block/s3chain-object.c block/s3chain-writeback.c
+# The driver in three patches: the buffer of chunks with images stored
+# as one object, then chunked images read, then written.  The first two
+# are earlier states of block/, made by qemu-glue/stages.py.
+stage writes one-object
+staged block/s3chain.c block/s3chain-image.c block/s3chain-object.c
+staged_glue header
+glue build
+staged_glue trace
+commit <<'MSG'
+block/s3chain: read images stored as one object
+
+s3chain keeps images in an S3-compatible bucket.  This first part of the
+driver opens an object of the bucket, a raw or qcow2 image stored
+whole, and reads it read-only through a bounded buffer of chunks in RAM
+(s3chain-image.c): a chunk is a range of the object, request-size
+bytes, fetched with ranged GETs in parallel, all pinned to the ETag
+that the open saw so that an object replaced meanwhile fails rather
+than mixes (s3chain-object.c).  A small random read loads only the
+blocks of a chunk it needs; a sequential reader makes the chunks ahead
+of it load in the background, up to readahead bytes.  A read plan
+(x-read-plan) narrows the loads to the ranges its reader will read.
+
+Where a chunk's blocks come from, and how what came is checked, is the
+image's kind, a table of operations; the next patches add chunked
+images as a second kind of the same buffer.
+
+Signed-off-by: s3chain authors <s3chain@localhost>
+MSG
+
+stage writes
+staged block/s3chain.c block/s3chain-image.c block/s3chain-chunked.c
+ours block/s3chain-sums.c
+staged_glue header
+glue build
+staged_glue trace
+commit <<'MSG'
+block/s3chain: read chunked images
+
+A chunked image is fixed-size chunk objects and a manifest that names
+them (see s3chain-format.c).  The open recognises a manifest by its
+content type and reads it whole; a load reads each block from the
+newest object that holds it, the chunk's object or a patch of some of
+its blocks, and checks what came (s3chain-sums.c, in the thread pool):
+a whole chunk against its CRC-32 in the manifest, blocks against their
+block sums, themselves checked against it.  A chunk that is not stored
+reads as zeroes.
+
+A damaged image, an object missing or not matching its sums, is
+reported with the marker "s3chain: damaged: " and the object, so that
+tools can tell it from a failed transfer.
+
+Signed-off-by: s3chain authors <s3chain@localhost>
+MSG
+
+ours block/s3chain.c block/s3chain-image.c block/s3chain-chunked.c \
+    block/s3chain-writeback.c
 glue header
 glue build
 glue trace
 commit <<'MSG'
-block/s3chain: add a driver for images in an S3 bucket
+block/s3chain: write and create chunked images
 
-The driver reads and writes chunked images, and reads a raw or qcow2
-image stored as one object.  Both are read through one buffer of chunks
-(s3chain-image.c), with ranged GETs in parallel and read-ahead for
-sequential readers; what differs is a kind, a table of where a chunk's
-blocks come from and how they are checked: the objects of a chunked
-image (s3chain-chunked.c) or ranges of the one object, pinned to its
-ETag (s3chain-object.c).  Writes, uploads and commits are
-s3chain-writeback.c, checksums s3chain-sums.c.  Writes land in a bounded buffer
-in RAM and are uploaded in the background, in parallel, with
-Content-MD5; flush uploads the rest and then the manifest, so a crash
-leaves the last committed image intact.  All-zero chunks are not
-stored; a small write to a stored chunk is uploaded as a patch of its
-blocks.  A create-only lock object keeps a second writer out.
+Writes land in the buffer and are uploaded in the background, in
+parallel, with Content-MD5, once the buffer passes a high water mark
+(s3chain-writeback.c); flush uploads the rest and then the manifest, so
+a crash leaves the last committed image intact, and close commits, since
+with cache=unsafe the block layer never flushes.  All-zero chunks are
+not stored; a small write to a stored chunk is uploaded as a patch of
+its blocks.  Objects that a commit replaced are deleted after it.
 
-Reads are checked: a chunk read whole against its CRC-32, a block
-against its block sum.  A damaged image is reported with the marker
-"s3chain: damaged: " and the object, so that tools can tell it from a
-failed transfer.
+A writable open takes a create-only lock object, KEY.lock, that keeps a
+second writer out.  Migration hands the image over: the source commits
+and releases the lock when it becomes inactive, and the destination
+reads the image afresh and takes the lock when it becomes active.
+
+blockdev-create and qemu-img create make an empty image, never
+overwriting one.  A scratch image lives in RAM, spills chunks to the
+bucket only when its buffer is full, and is deleted at close: the
+target of a copy-before-write filter, for instance.
 
 Signed-off-by: s3chain authors <s3chain@localhost>
 MSG
