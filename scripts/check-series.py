@@ -3,9 +3,14 @@
 patch at a time to the pinned QEMU, each state compiles every s3chain
 file it holds with the full build's own flags (-Werror), keeps the
 driver's symbols resolved among its own files, and builds and passes
-each unit test it holds.  Then the whole series' s3chain files compile
-with clang's -Wthread-safety, which checks QEMU's graph lock
-annotations (gcc ignores them).
+each unit test it holds.  A state with the driver links a qemu-img of
+its own files and, with S3CHAIN_TEST_ENV naming an S3 server's env file
+(scripts/s3-server.sh), does what that state of the driver can: read an
+image stored as one object; read a chunked image (written by the full
+build); write one and read it back; each read compared with what was
+stored.  Then the whole series' s3chain files compile with clang's
+-Wthread-safety, which checks QEMU's graph lock annotations (gcc
+ignores them).
 
 It reuses the full build (build/qemu, of the whole series) for QEMU's
 own objects and generated headers, so a state costs seconds, not a QEMU
@@ -18,11 +23,14 @@ Usage: check-series.py PRISTINE_QEMU_GIT QEMU_BUILD_DIR PATCHES_DIR
 # SPDX-License-Identifier: GPL-2.0-or-later
 import json
 import os
+import random
 import re
 import shlex
 import subprocess
 import sys
 import tempfile
+
+import s3obj
 
 
 def run(argv, **kwargs):
@@ -90,6 +98,24 @@ class Build:
     def block_object(self, name):
         return f'libblock.a.p/block_{name}.o'
 
+    def link_qemu_img(self, objects, scratch):
+        """qemu-img with the driver's @objects in place of the full
+        build's; returns its path"""
+        binary = os.path.join(scratch, 'qemu-img')
+        argv = []
+        ours = re.compile(r'libblock\.a\.p/block_s3chain[a-z0-9-]*\.c\.o')
+        for arg in self.last_command('qemu-img'):
+            if argv and argv[-1] == '-o':
+                arg = binary
+            elif ours.fullmatch(arg):
+                if objects:
+                    argv += objects
+                    objects = []
+                continue
+            argv.append(arg)
+        run(argv, cwd=self.dir)
+        return binary
+
     def last_command(self, target):
         """The command that makes @target"""
         commands = subprocess.run(
@@ -116,16 +142,96 @@ def our_block_files(tree):
                   if re.fullmatch(r's3chain[a-z0-9-]*\.c', n))
 
 
-def check_state(build, tree, scratch, subject):
+class Bucket:
+    """The S3 server of S3CHAIN_TEST_ENV, where each state's qemu-img
+    reads and writes under one prefix"""
+
+    def __init__(self, env_file, work):
+        self.env = s3obj.load_env(env_file)
+        self.s3 = s3obj.client(self.env)
+        self.name = self.env['S3CHAIN_BUCKET']
+        self.prefix = f'check-series-{os.getpid()}/'
+        self.secret = os.path.join(work, 'secret')
+        with open(os.open(self.secret, os.O_WRONLY | os.O_CREAT, 0o600),
+                  'w', encoding='utf-8') as f:
+            f.write(self.env['AWS_SECRET_ACCESS_KEY'])
+        self.data = os.path.join(work, 'data.raw')
+        # chunks of 4 MiB: stored, all zero (not stored), and a short last
+        rand = random.Random(7)
+        with open(self.data, 'wb') as f:
+            f.write(rand.randbytes(4 << 20) + bytes(4 << 20) +
+                    rand.randbytes((1 << 20) + 12288))
+
+    def url(self, key):
+        endpoint = self.env['S3CHAIN_ENDPOINT']
+        host = endpoint.split('://', 1)[1]
+        tls = ';tls=off' if endpoint.startswith('http://') else ''
+        return (f's3chain://{host}{tls};access-key-id='
+                f'{self.env["AWS_ACCESS_KEY_ID"]};key-secret=s3key/'
+                f'{self.name}/{self.prefix}{key}')
+
+    def convert(self, qemu_img, src, dst, subject):
+        res = subprocess.run(
+            [qemu_img, 'convert', '--object',
+             f'secret,id=s3key,file={self.secret}', '-f', 'raw', '-O', 'raw',
+             src, dst], capture_output=True, text=True)
+        if res.returncode:
+            sys.exit(f'check-series: "{subject}": qemu-img convert failed:\n'
+                     f'{res.stdout}{res.stderr}')
+
+    def same(self, path):
+        with open(path, 'rb') as a, open(self.data, 'rb') as b:
+            return a.read() == b.read()
+
+    def clean(self):
+        pages = self.s3.get_paginator('list_objects_v2').paginate(
+            Bucket=self.name, Prefix=self.prefix)
+        for page in pages:
+            for obj in page.get('Contents', []):
+                self.s3.delete_object(Bucket=self.name, Key=obj['Key'])
+
+
+def run_driver(build, bucket, ours, qemu_img, scratch, subject):
+    """What the state's driver, linked into @qemu_img, can do; returns
+    what it did"""
+    did = []
+    with open(bucket.data, 'rb') as f:
+        bucket.s3.put_object(Bucket=bucket.name, Key=bucket.prefix + 'object',
+                             Body=f.read())
+    reads = [('one object', 'object')]
+    if 's3chain-chunked.c' in ours:
+        bucket.convert(os.path.join(build.dir, 'qemu-img'), bucket.data,
+                       bucket.url('chunked'), subject)
+        reads.append(('chunked', 'chunked'))
+    if 's3chain-writeback.c' in ours:
+        bucket.convert(qemu_img, bucket.data, bucket.url('written'), subject)
+        reads.append(('written', 'written'))
+    for what, key in reads:
+        out = os.path.join(scratch, f'{key}.raw')
+        bucket.convert(qemu_img, bucket.url(key), out, subject)
+        if not bucket.same(out):
+            sys.exit(f'check-series: "{subject}": its driver read {what} '
+                     f'wrongly')
+        did.append(what)
+    bucket.clean()
+    return did
+
+
+def check_state(build, tree, scratch, subject, bucket):
     ours = our_block_files(tree)
     objects = [build.compile(build.block_object(n), tree, scratch)
                for n in ours]
+    did = []
     if objects:
         defined, undefined = symbols(objects)
         missing = sorted(undefined - defined)
         if missing:
             sys.exit(f'check-series: "{subject}": used but not defined in '
                      f'its files: {", ".join(missing)}')
+    if 's3chain.c' in ours:
+        qemu_img = build.link_qemu_img(objects, scratch)
+        if bucket:
+            did = run_driver(build, bucket, ours, qemu_img, scratch, subject)
     tests = sorted(n[:-2] for n in os.listdir(os.path.join(tree,
                                                            'tests/unit'))
                    if re.fullmatch(r'test-s3chain-[a-z0-9]+\.c', n))
@@ -152,7 +258,7 @@ def check_state(build, tree, scratch, subject):
         if res.returncode:
             sys.exit(f'check-series: "{subject}": {test} failed:\n'
                      f'{res.stdout}{res.stderr}')
-    return len(ours), len(tests)
+    return len(ours), len(tests), did
 
 
 def main():
@@ -161,6 +267,8 @@ def main():
     series = sorted(os.path.join(patches, p) for p in os.listdir(patches)
                     if p.endswith('.patch') and not p.startswith('0000-'))
     with tempfile.TemporaryDirectory() as work:
+        env_file = os.environ.get('S3CHAIN_TEST_ENV')
+        bucket = Bucket(env_file, work) if env_file else None
         tree = os.path.join(work, 'qemu')
         run(['git', 'clone', '-q', pristine, tree])
         env = dict(os.environ, GIT_AUTHOR_NAME='check',
@@ -174,9 +282,11 @@ def main():
                 capture_output=True, text=True).stdout.strip()
             scratch = tempfile.mkdtemp(dir=work)
             build.trace_header(tree, scratch)
-            files, tests = check_state(build, tree, scratch, subject)
+            files, tests, did = check_state(build, tree, scratch, subject,
+                                            bucket)
+            read = f', read {" / ".join(did)}' if did else ''
             print(f'ok: {os.path.basename(patch)[:4]} {subject}: '
-                  f'{files} files, {tests} unit tests', flush=True)
+                  f'{files} files, {tests} unit tests{read}', flush=True)
         ours = our_block_files(tree)
         build.trace_header(tree, os.path.join(work, 'final'))
         for name in ours:

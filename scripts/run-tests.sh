@@ -270,8 +270,8 @@ step "the command's unit tests" meson test -C "$BUILD/orchestrator" \
     --print-errorlogs
 step "patches/ up to date" "$REPO/scripts/make-patches.sh" --check
 step "patches/ build and pass their unit tests one by one" \
-    python3 "$REPO/scripts/check-series.py" "$QEMU_PRISTINE" "$QEMU_BUILD" \
-    "$REPO/patches"
+    env S3CHAIN_TEST_ENV="$env_file" python3 "$REPO/scripts/check-series.py" \
+    "$QEMU_PRISTINE" "$QEMU_BUILD" "$REPO/patches"
 step "checkpatch" checkpatch
 step "iotests" iotests
 step "QEMU's generic iotests over s3chain" generic_iotests
