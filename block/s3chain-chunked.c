@@ -70,6 +70,50 @@ static uint64_t chunked_loads_with(S3chainImage *img, uint64_t index,
 }
 
 /*
+ * A compressed chunk's runs: its blocks lie packed in its one object,
+ * each run a ranged GET of their stored bytes, unpacked by check_run.
+ * Blocks that store nothing (all zeroes) need no request.
+ */
+static uint64_t packed_plan_load(S3chainImage *img, CachedChunk *c,
+                                 uint64_t todo, S3chainLoad *load)
+{
+    const S3chainChunkRef *ref = &load->ref;
+    uint32_t lengths[S3CHAIN_MAX_BLOCKS];
+    uint64_t offsets[S3CHAIN_MAX_BLOCKS + 1] = { 0 };
+    unsigned n = blocks_per_chunk(img);
+
+    /* the manifest's decoding checked them */
+    s3chain_words_from_hex(ref->stored_lengths, n, lengths);
+    for (unsigned i = 0; i < n; i++) {
+        offsets[i + 1] = offsets[i] + lengths[i];
+    }
+    todo = s3chain_image_bridge_gaps(img, todo, ~(c->valid | c->loading));
+    for (uint64_t rest = todo; rest;) {
+        S3chainBlockRun *run = &load->runs[load->n_runs];
+        unsigned first = ctz64(rest);
+        unsigned count = cto64(rest >> first);
+        uint64_t bytes = offsets[first + count] - offsets[first];
+
+        rest &= ~MAKE_64BIT_MASK(first, count);
+        if (!bytes) {
+            memset(c->buf + first * img->block_size, 0,
+                   count * img->block_size);
+            continue;
+        }
+        run->first = first;
+        run->count = count;
+        run->key = s3chain_chunk_key(img->key, c->index, ref->tag);
+        run->packed = g_malloc(bytes);
+        run->req = (S3chainRequest) {
+            .range_offset = offsets[first],
+            .range_bytes = bytes,
+        };
+        load->n_runs++;
+    }
+    return todo;
+}
+
+/*
  * A ranged GET per run of blocks in one of the chunk's objects: its whole
  * object's or a patch's, the newest holding each block
  */
@@ -81,6 +125,9 @@ static uint64_t chunked_plan_load(S3chainImage *img, CachedChunk *c,
     /* a copy: a commit may replace the entry while the lock is dropped */
     s3chain_chunk_ref_copy(ref, s3chain_manifest_lookup(img->manifest,
                                                         c->index));
+    if (ref->stored_lengths) {
+        return packed_plan_load(img, c, todo, load);
+    }
     /* a gap's blocks may lie in other objects than its ends */
     if (!ref->n_patches) {
         todo = s3chain_image_bridge_gaps(img, todo, ~(c->valid | c->loading));
@@ -142,6 +189,44 @@ static bool coroutine_fn run_is_intact(S3chainImage *img, CachedChunk *c,
 }
 
 /*
+ * Unpacks packed @run of chunk @c, stored as @ref, into the chunk, if its
+ * blocks match their sums and unpack whole; else says why (damage)
+ */
+static int coroutine_fn unpack_run(S3chainImage *img, CachedChunk *c,
+                                   const S3chainChunkRef *ref,
+                                   S3chainBlockRun *run)
+{
+    uint32_t lengths[S3CHAIN_MAX_BLOCKS], want[S3CHAIN_MAX_BLOCKS];
+    unsigned n = blocks_per_chunk(img);
+    S3chainUnpackFault fault = { 0 };
+    int ret;
+
+    s3chain_words_from_hex(ref->stored_lengths, n, lengths);
+    if (!s3chain_block_sums_parse(ref->block_sums, ref, n, want)) {
+        error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s: its block sums in "
+                     "the manifest do not make up its checksum", bucket(img),
+                     run->key);
+        return -EIO;
+    }
+    ret = s3chain_co_unpack(run->packed, lengths + run->first,
+                            want + run->first, run->count, img->block_size,
+                            c->buf + run->first * img->block_size, &fault);
+    if (ret == -EIO && fault.frame) {
+        error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s: block %" PRIu64
+                     " does not unpack to %" PRIu64 " bytes", bucket(img),
+                     run->key, run->first + fault.block, img->block_size);
+    } else if (ret == -EIO) {
+        trace_s3chain_chunk_corrupt(bucket(img), run->key);
+        error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s does not match its "
+                     "checksum in the manifest", bucket(img), run->key);
+    } else if (ret < 0) {
+        error_report("s3chain: cannot unpack chunk s3://%s/%s: %s",
+                     bucket(img), run->key, strerror(-ret));
+    }
+    return ret;
+}
+
+/*
  * An object that the committed manifest names was there: one missing, or
  * one that does not match its sums, is damage
  */
@@ -161,6 +246,9 @@ static int coroutine_fn chunked_check_run(S3chainImage *img, S3chainLoad *load,
         }
         return run->req.ret;
     }
+    if (report && run->packed) {
+        return unpack_run(img, load->c, &load->ref, run);
+    }
     if (report && !run_is_intact(img, load->c, &load->ref, run)) {
         trace_s3chain_chunk_corrupt(bucket(img), run->key);
         error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s does not match its "
@@ -170,9 +258,30 @@ static int coroutine_fn chunked_check_run(S3chainImage *img, S3chainLoad *load,
     return 0;
 }
 
+/* Adds the bytes that compressed chunk @value stores to *@opaque */
+static gboolean add_packed_bytes(gpointer key, gpointer value, gpointer opaque)
+{
+    const S3chainChunkRef *ref = value;
+    uint32_t lengths[S3CHAIN_MAX_BLOCKS];
+    unsigned n = strlen(ref->stored_lengths) / 8;
+
+    s3chain_words_from_hex(ref->stored_lengths, n, lengths);
+    for (unsigned i = 0; i < n; i++) {
+        *(uint64_t *)opaque += lengths[i];
+    }
+    return false;
+}
+
 static uint64_t chunked_stored_bytes(S3chainImage *img)
 {
-    return (uint64_t)g_tree_nnodes(img->manifest->chunks) * chunk_size(img);
+    uint64_t bytes = 0;
+
+    if (!img->manifest->compressed) {
+        return (uint64_t)g_tree_nnodes(img->manifest->chunks) *
+               chunk_size(img);
+    }
+    g_tree_foreach(img->manifest->chunks, add_packed_bytes, &bytes);
+    return bytes;
 }
 
 static const S3chainImageKind chunked_kind = {
@@ -295,6 +404,13 @@ int coroutine_fn s3chain_chunked_co_open(BlockDriverState *bs,
         error_free(local_err);
         return -EINVAL;
     }
+    if (manifest->compressed && !s3chain_compress_available()) {
+        error_setg(errp, "s3chain: s3://%s/%s is compressed with zstd, and "
+                   "this QEMU was built without zstd",
+                   s3chain_conn_settings(conn)->bucket, key);
+        s3chain_manifest_free(manifest);
+        return -ENOTSUP;
+    }
     /*
      * Most of the buffer is for the chunks that the reader's own requests
      * in flight are reading: qemu-img convert -m 16 reads 32 MiB at once.
@@ -336,12 +452,20 @@ S3chainImage *s3chain_image_new_scratch(BlockDriverState *bs,
 
 int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
                                          uint64_t size, uint64_t chunk_size,
-                                         Error **errp)
+                                         bool compressed, Error **errp)
 {
     g_autoptr(S3chainManifest) manifest = s3chain_manifest_new(size,
                                                                chunk_size);
     S3chainRequest req = { 0 };
     int ret;
+
+    if (compressed && !s3chain_compress_available()) {
+        error_setg(errp, "s3chain: cannot create s3://%s/%s compressed: this "
+                   "QEMU was built without zstd",
+                   s3chain_conn_settings(conn)->bucket, key);
+        return -ENOTSUP;
+    }
+    manifest->compressed = compressed;
 
     ret = s3chain_image_put_manifest(conn, key, manifest, true, &req);
     if (req.status == 501) {

@@ -43,7 +43,7 @@ bool s3chain_chunk_index_is_valid(uint64_t index, uint64_t size,
 
 unsigned s3chain_entry_fields_max(uint64_t version)
 {
-    /* version 1: [index, tag, md5]; each later one added a field */
+    /* version 1: [index, tag, md5]; each later one up to 5 added a field */
     return version < 5 ? version + 2 : 7;
 }
 
@@ -55,9 +55,10 @@ const char *s3chain_entry_shape(uint64_t version)
         "[index, tag, md5, crc32, block-size]",
         "[index, tag, md5, crc32, block-size, block-sums]",
         "[index, tag, md5, crc32, block-size, block-sums[, patches]]",
+        "[index, tag, md5, crc32, block-size, block-sums, stored-lengths]",
     };
 
-    return shapes[version < 1 ? 0 : version > 5 ? 4 : version - 1];
+    return shapes[version < 1 ? 0 : version > 6 ? 5 : version - 1];
 }
 
 bool s3chain_tag_is_valid(const char *tag)
@@ -101,6 +102,55 @@ bool s3chain_block_sums_are_valid(const char *sums, uint64_t chunk_size,
                                   uint64_t block_size)
 {
     return is_lower_hex(sums, 8 * (chunk_size / block_size));
+}
+
+char *s3chain_words_to_hex(const uint32_t *words, unsigned n)
+{
+    GString *hex = g_string_sized_new(8 * n);
+
+    for (unsigned i = 0; i < n; i++) {
+        g_string_append_printf(hex, "%08" PRIx32, words[i]);
+    }
+    return g_string_free(hex, false);
+}
+
+bool s3chain_words_from_hex(const char *hex, unsigned n, uint32_t *words)
+{
+    if (!is_lower_hex(hex, 8 * (size_t)n)) {
+        return false;
+    }
+    for (unsigned i = 0; words && i < n; i++) {
+        char digits[9] = { 0 };
+
+        memcpy(digits, hex + 8 * i, 8);
+        words[i] = g_ascii_strtoull(digits, NULL, 16);
+    }
+    return true;
+}
+
+bool s3chain_compress_is_valid(const char *compress)
+{
+    return compress && !strcmp(compress, S3CHAIN_COMPRESS_ZSTD);
+}
+
+bool s3chain_stored_lengths_from_hex(const char *hex, uint64_t chunk_size,
+                                     uint64_t block_size, uint32_t *lengths)
+{
+    uint32_t words[S3CHAIN_MAX_BLOCKS];
+    unsigned n = chunk_size / block_size;
+
+    if (n > S3CHAIN_MAX_BLOCKS || !s3chain_words_from_hex(hex, n, words)) {
+        return false;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        if (words[i] > block_size) {
+            return false;
+        }
+    }
+    if (lengths) {
+        memcpy(lengths, words, n * sizeof(words[0]));
+    }
+    return true;
 }
 
 bool s3chain_patch_blocks_from_hex(const char *hex, uint64_t chunk_size,

@@ -16,9 +16,25 @@
 
 /* The manifest's "format", and the versions of it that are read */
 #define S3CHAIN_MANIFEST_FORMAT "s3chain-chunked"
-#define S3CHAIN_MANIFEST_VERSION 5
-/* What a manifest without patches says it is, so version 4 reads it */
+#define S3CHAIN_MANIFEST_VERSION 6
+/*
+ * What a manifest says it is: 6 for an image whose blocks are stored
+ * compressed, else 5 if a chunk has patches, else 4, so that a reader of
+ * an older version reads every image that needs nothing newer
+ */
+#define S3CHAIN_MANIFEST_VERSION_COMPRESSED 6
+#define S3CHAIN_MANIFEST_VERSION_PATCHED 5
 #define S3CHAIN_MANIFEST_VERSION_UNPATCHED 4
+
+/*
+ * The compression of a version 6 manifest's blocks, its "compress": each
+ * block a zstd frame, stored as is if that is no shorter, or not at all
+ * if it is all zeroes
+ */
+#define S3CHAIN_COMPRESS_ZSTD "zstd"
+/* zstd's levels a writer takes, and its own default */
+#define S3CHAIN_MAX_COMPRESS_LEVEL 19
+#define S3CHAIN_DEFAULT_COMPRESS_LEVEL 3
 
 /* The Content-Type that marks a chunked image's manifest */
 #define S3CHAIN_MANIFEST_TYPE "application/vnd.s3chain.manifest+json"
@@ -89,6 +105,20 @@ bool s3chain_block_size_is_valid(uint64_t block_size, uint64_t chunk_size);
 /* One CRC-32 of each block, 8 lower-case hex digits each */
 bool s3chain_block_sums_are_valid(const char *sums, uint64_t chunk_size,
                                   uint64_t block_size);
+/*
+ * @n 32-bit words in 8 lower-case hex digits each, the shape of block
+ * sums and stored lengths: to text, and back into @words if not NULL
+ */
+char *s3chain_words_to_hex(const uint32_t *words, unsigned n);
+bool s3chain_words_from_hex(const char *hex, unsigned n, uint32_t *words);
+/* S3CHAIN_COMPRESS_ZSTD, the one compression there is */
+bool s3chain_compress_is_valid(const char *compress);
+/*
+ * The stored length of each block of a compressed chunk, 8 lower-case
+ * hex digits each, none over @block_size, into @lengths if not NULL
+ */
+bool s3chain_stored_lengths_from_hex(const char *hex, uint64_t chunk_size,
+                                     uint64_t block_size, uint32_t *lengths);
 /*
  * A patch's blocks: 16 lower-case hex digits of a mask of blocks of
  * s3chain_block_size(), at least one, none past the chunk's end

@@ -42,7 +42,8 @@ static uint64_t planned_blocks(S3chainImage *img, uint64_t index)
 
 bool s3chain_image_takes_patches(S3chainImage *img, const S3chainChunkRef *ref)
 {
-    return ref && !img->scratch && ref->has_crc32 && ref->block_sums &&
+    return ref && !img->scratch && !ref->stored_lengths && ref->has_crc32 &&
+           ref->block_sums &&
            ref->block_size == img->block_size && blocks_per_chunk(img) > 1;
 }
 
@@ -218,8 +219,14 @@ static int coroutine_fn load_blocks_locked(S3chainImage *img, CachedChunk *c,
     for (unsigned i = 0; i < load.n_runs; i++) {
         S3chainBlockRun *run = &load.runs[i];
 
-        qemu_iovec_init_buf(&run->qiov, c->buf + run->first * img->block_size,
-                            run->count * img->block_size);
+        if (run->packed) {
+            qemu_iovec_init_buf(&run->qiov, run->packed,
+                                run->req.range_bytes);
+        } else {
+            qemu_iovec_init_buf(&run->qiov,
+                                c->buf + run->first * img->block_size,
+                                run->count * img->block_size);
+        }
         run->req.method = "GET";
         run->req.key = run->key;
         run->req.qiov = &run->qiov;
@@ -234,6 +241,7 @@ static int coroutine_fn load_blocks_locked(S3chainImage *img, CachedChunk *c,
         ret = ret ?: run_ret;
         s3chain_request_cleanup(&run->req);
         g_free(run->key);
+        g_free(run->packed);
     }
     s3chain_chunk_ref_clear(&load.ref);
     qemu_co_mutex_lock(&img->lock);
@@ -558,6 +566,7 @@ S3chainImage *s3chain_image_new(BlockDriverState *bs, S3chainConn *conn,
     img->buffer_size = MAX(how->buffer_size, 2 * manifest->chunk_size);
     img->readahead_chunks = how->readahead / manifest->chunk_size;
     img->block_size = s3chain_block_size(manifest->chunk_size);
+    img->compress_level = how->compress_level;
     img->spare = g_ptr_array_new_with_free_func(qemu_vfree);
     img->superseded = g_ptr_array_new_with_free_func(g_free);
     qemu_co_mutex_init(&img->lock);

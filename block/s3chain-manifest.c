@@ -23,7 +23,12 @@
  * are s3chain_block_size()'s; the CRC-32 and block sums are then of the
  * chunk as its patches make it.  A manifest says
  * version 5 only when an entry has patches, so that version 4 readers
- * read what needs nothing newer.
+ * read what needs nothing newer.  Version 6 is a compressed image's:
+ * "compress": "zstd", and every entry ends with the length of each
+ * block in its object, 8 hex digits each, "STORED LENGTHS hex" (0: the
+ * block is all zeroes, the block size: stored as is, else a zstd frame);
+ * its MD5, CRC-32 and block sums are of the stored bytes, and it has no
+ * patches.
  *
  * Copyright (c) 2026 The s3chain authors
  *
@@ -44,6 +49,7 @@ void s3chain_chunk_ref_copy(S3chainChunkRef *dst, const S3chainChunkRef *src)
     *dst = *src;
     dst->tag = g_strdup(src->tag);
     dst->block_sums = g_strdup(src->block_sums);
+    dst->stored_lengths = g_strdup(src->stored_lengths);
     for (unsigned i = 0; i < src->n_patches; i++) {
         dst->patches[i].tag = g_strdup(src->patches[i].tag);
     }
@@ -53,6 +59,7 @@ void s3chain_chunk_ref_clear(S3chainChunkRef *ref)
 {
     g_free(ref->tag);
     g_free(ref->block_sums);
+    g_free(ref->stored_lengths);
     for (unsigned i = 0; i < ref->n_patches; i++) {
         g_free(ref->patches[i].tag);
     }
@@ -138,6 +145,9 @@ static gboolean encode_chunk(gpointer key, gpointer value, gpointer opaque)
     if (ref->block_sums) {
         g_string_append_printf(out, ", \"%s\"", ref->block_sums);
     }
+    if (ref->stored_lengths) {
+        g_string_append_printf(out, ", \"%s\"", ref->stored_lengths);
+    }
     for (unsigned i = 0; i < ref->n_patches; i++) {
         g_string_append_printf(out, "%s[\"%s\", \"", i ? ", " : ", [",
                                ref->patches[i].tag);
@@ -164,16 +174,24 @@ char *s3chain_manifest_encode(const S3chainManifest *m)
 {
     GString *out = g_string_new(NULL);
     bool patched = false;
+    int version = S3CHAIN_MANIFEST_VERSION_UNPATCHED;
 
     g_tree_foreach(m->chunks, find_patched, &patched);
-    g_string_append_printf(out, "{\"format\": \"%s\", \"version\": %d, "
-                           "\"size\": %" PRIu64 ", \"chunk-size\": %" PRIu64
-                           ", \"generation\": %" PRIu64 ", \"chunks\": [",
-                           S3CHAIN_MANIFEST_FORMAT,
-                           patched ? S3CHAIN_MANIFEST_VERSION
-                                   : S3CHAIN_MANIFEST_VERSION_UNPATCHED,
-                           m->size,
-                           m->chunk_size, m->generation);
+    if (m->compressed) {
+        version = S3CHAIN_MANIFEST_VERSION_COMPRESSED;
+    } else if (patched) {
+        version = S3CHAIN_MANIFEST_VERSION_PATCHED;
+    }
+    g_string_append_printf(out, "{\"format\": \"%s\", \"version\": %d, ",
+                           S3CHAIN_MANIFEST_FORMAT, version);
+    if (m->compressed) {
+        g_string_append(out, "\"compress\": \"" S3CHAIN_COMPRESS_ZSTD
+                        "\", ");
+    }
+    g_string_append_printf(out, "\"size\": %" PRIu64 ", \"chunk-size\": %"
+                           PRIu64 ", \"generation\": %" PRIu64
+                           ", \"chunks\": [", m->size, m->chunk_size,
+                           m->generation);
     g_tree_foreach(m->chunks, encode_chunk, out);
     g_string_append(out, "]}\n");
     return g_string_free(out, false);
@@ -246,7 +264,7 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
     g_autoptr(QDict) d = qobject_to(QDict, obj);
     g_autoptr(S3chainManifest) m = NULL;
     uint64_t size, chunk_size, generation, version, last = 0;
-    const char *format;
+    const char *format, *compress;
     QList *chunks;
     QListEntry *e;
 
@@ -279,6 +297,18 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
                    chunk_size);
         return NULL;
     }
+    compress = qdict_haskey(d, "compress") ?
+               qdict_get_try_str(d, "compress") ?: "" : NULL;
+    if ((version == S3CHAIN_MANIFEST_VERSION_COMPRESSED) != !!compress ||
+        (compress && !*compress)) {
+        error_setg(errp, "manifest has no valid 'compress'");
+        return NULL;
+    }
+    if (compress && !s3chain_compress_is_valid(compress)) {
+        error_setg(errp, "manifest compression '%s' is not supported; this "
+                   "s3chain reads " S3CHAIN_COMPRESS_ZSTD, compress);
+        return NULL;
+    }
     chunks = qobject_to(QList, qdict_get(d, "chunks"));
     if (!chunks) {
         error_setg(errp, "manifest has no chunk list");
@@ -287,11 +317,12 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
 
     m = s3chain_manifest_new(size, chunk_size);
     m->generation = generation;
+    m->compressed = compress != NULL;
     QLIST_FOREACH_ENTRY(chunks, e) {
         QList *item = qobject_to(QList, qlist_entry_obj(e));
         QObject *fields[7] = { NULL };
         QNum *index_num, *block_size_num;
-        QString *tag, *md5_hex, *crc32_hex, *block_sums;
+        QString *tag, *md5_hex, *crc32_hex, *block_sums, *stored_lengths;
         S3chainChunkRef ref = { 0 };
         uint64_t index;
         size_t n = 0;
@@ -306,7 +337,8 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
                 n++;
             }
         }
-        if (n < 3 || n > s3chain_entry_fields_max(version)) {
+        if (n < 3 || n > s3chain_entry_fields_max(version) ||
+            (m->compressed && n != 7)) {
             error_setg(errp, "manifest chunk entry is not %s",
                        s3chain_entry_shape(version));
             return NULL;
@@ -317,6 +349,7 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
         crc32_hex = qobject_to(QString, fields[3]);
         block_size_num = qobject_to(QNum, fields[4]);
         block_sums = qobject_to(QString, fields[5]);
+        stored_lengths = m->compressed ? qobject_to(QString, fields[6]) : NULL;
         ref.has_crc32 = n >= 4;
         if (!index_num || !qnum_get_try_uint(index_num, &index) ||
             !s3chain_tag_is_valid(string_of(tag)) ||
@@ -330,9 +363,14 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
             (n >= 6 && !s3chain_block_sums_are_valid(string_of(block_sums),
                                                      chunk_size,
                                                      ref.block_size)) ||
-            (n == 7 && (ref.block_size != s3chain_block_size(chunk_size) ||
-                        !decode_patches(qobject_to(QList, fields[6]),
-                                        chunk_size, &ref)))) {
+            (n == 7 && ref.block_size != s3chain_block_size(chunk_size)) ||
+            (n == 7 && !m->compressed &&
+             !decode_patches(qobject_to(QList, fields[6]), chunk_size,
+                             &ref)) ||
+            (m->compressed &&
+             !s3chain_stored_lengths_from_hex(string_of(stored_lengths),
+                                              chunk_size, ref.block_size,
+                                              NULL))) {
             error_setg(errp, "manifest chunk entry is malformed");
             return NULL;
         }
@@ -345,6 +383,7 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
         last = index;
         ref.tag = (char *)qstring_get_str(tag);
         ref.block_sums = n >= 6 ? (char *)qstring_get_str(block_sums) : NULL;
+        ref.stored_lengths = (char *)string_of(stored_lengths);
         s3chain_manifest_set(m, index, &ref);
     }
     return g_steal_pointer(&m);

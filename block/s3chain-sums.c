@@ -77,32 +77,20 @@ int coroutine_fn s3chain_co_sums_of(const uint8_t *buf, size_t len, bool md5,
     return thread_pool_submit_co(sum_job_run, &job);
 }
 
-char *s3chain_block_sums_hex(const uint32_t *crcs, unsigned n)
-{
-    GString *hex = g_string_sized_new(8 * n);
-
-    for (unsigned i = 0; i < n; i++) {
-        g_string_append_printf(hex, "%08" PRIx32, crcs[i]);
-    }
-    return g_string_free(hex, false);
-}
-
 bool s3chain_block_sums_parse(const char *hex, const S3chainChunkRef *ref,
                               unsigned n, uint32_t *crcs)
 {
+    uint32_t lengths[S3CHAIN_MAX_BLOCKS];
     uint32_t whole = 0;
 
-    if (!hex || strlen(hex) != 8 * n) {
+    if (!s3chain_words_from_hex(hex, n, crcs) ||
+        (ref->stored_lengths &&
+         !s3chain_words_from_hex(ref->stored_lengths, n, lengths))) {
         return false;
     }
     for (unsigned i = 0; i < n; i++) {
-        char digits[9] = { 0 };
-
-        memcpy(digits, hex + 8 * i, 8);
-        if (!s3chain_crc32_from_hex(digits, &crcs[i])) {
-            return false;
-        }
-        whole = crc32_combine(whole, crcs[i], ref->block_size);
+        whole = crc32_combine(whole, crcs[i], ref->stored_lengths ?
+                                              lengths[i] : ref->block_size);
     }
     return whole == ref->crc32;
 }

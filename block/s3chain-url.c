@@ -19,7 +19,7 @@
 static const char *const url_options[] = {
     "region", "access-key-id", "key-secret", "session-token-secret",
     "sslverify", "cafile", "timeout", "retries", "request-size",
-    "readahead", "max-requests", "buffer-size", NULL,
+    "readahead", "max-requests", "buffer-size", "compress-level", NULL,
 };
 
 static char *url_decode(const char *s, size_t len, Error **errp)

@@ -39,7 +39,8 @@ typedef struct Upload {
     bool replaces;              /* the patch takes the place of the others */
     uint8_t *body;              /* what goes up */
     size_t len;
-    uint8_t *packed;            /* a patch's blocks, one after the other */
+    /* a patch's blocks one after the other, or a compressed chunk's */
+    uint8_t *packed;
     char *tag;
     char *key;
     char *md5_b64;
@@ -162,10 +163,37 @@ static void add_patch_locked(S3chainImage *img, uint64_t index, Upload *u)
         ref.crc32 = crc32_combine(ref.crc32, sums[i], img->block_size);
     }
     g_free(ref.block_sums);
-    ref.block_sums = s3chain_block_sums_hex(sums, n);
+    ref.block_sums = s3chain_words_to_hex(sums, n);
     s3chain_manifest_set(img->manifest, index, &ref);
     s3chain_chunk_ref_clear(&ref);
     img->manifest_dirty = true;
+}
+
+/*
+ * A compressed image's chunk goes up whole, its blocks packed (never as a
+ * patch): @u's body becomes the packed blocks, with their sums
+ */
+static int coroutine_fn pack_upload(S3chainImage *img, Upload *u)
+{
+    S3chainPacked packed;
+    int ret;
+
+    assert(!u->patch);
+    u->packed = g_malloc(chunk_size(img));
+    ret = s3chain_co_pack(u->body, chunk_size(img), img->block_size,
+                          img->compress_level, u->packed, &packed);
+    if (ret < 0) {
+        return ret;
+    }
+    u->body = u->packed;
+    u->len = packed.len;
+    memcpy(u->block_crcs, packed.block_crcs, sizeof(u->block_crcs));
+    memcpy(u->sums.md5, packed.md5, sizeof(u->sums.md5));
+    u->sums.crc32 = packed.crc32;
+    u->sums.has_crc32 = true;
+    u->sums.stored_lengths = s3chain_words_to_hex(packed.lengths,
+                                                  blocks_per_chunk(img));
+    return 0;
 }
 
 /*
@@ -213,17 +241,17 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
         if (!u->key) {
             continue;
         }
-        u->req.ret = s3chain_co_sums_of(u->body, u->len, true, !u->patch,
-                                        img->block_size, u->block_crcs,
-                                        &u->sums);
+        u->req.ret = img->manifest->compressed ? pack_upload(img, u)
+            : s3chain_co_sums_of(u->body, u->len, true, !u->patch,
+                                 img->block_size, u->block_crcs, &u->sums);
         if (u->req.ret < 0) {
             continue;
         }
         u->sums.block_size = img->block_size;
         u->md5_b64 = g_base64_encode(u->sums.md5, 16);
         if (!u->patch) {
-            u->sums.block_sums = s3chain_block_sums_hex(u->block_crcs,
-                                                        blocks_per_chunk(img));
+            u->sums.block_sums = s3chain_words_to_hex(u->block_crcs,
+                                                      blocks_per_chunk(img));
         }
         u->req = (S3chainRequest) {
             .method = "PUT",
@@ -278,6 +306,7 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
         g_free(u->key);
         g_free(u->md5_b64);
         g_free(u->sums.block_sums);
+        g_free(u->sums.stored_lengths);
     }
     return ret;
 }

@@ -101,6 +101,7 @@ static void s3chain_apply_defaults(BlockdevOptionsS3chain *opts)
     DEFAULT(request_size, S3CHAIN_DEFAULT_REQUEST_SIZE);
     DEFAULT(readahead, S3CHAIN_DEFAULT_READAHEAD);
     DEFAULT(buffer_size, S3CHAIN_DEFAULT_BUFFER_SIZE);
+    DEFAULT(compress_level, S3CHAIN_DEFAULT_COMPRESS_LEVEL);
 #undef DEFAULT
 }
 
@@ -127,7 +128,9 @@ static bool s3chain_settings_from_opts(BlockdevOptionsS3chain *opts,
         !s3chain_check_range("request-size", opts->request_size, 4 * KiB,
                              1 * GiB, errp) ||
         !s3chain_check_range("readahead", opts->readahead, 0, 4 * GiB,
-                             errp)) {
+                             errp) ||
+        !s3chain_check_range("compress-level", opts->compress_level, 1,
+                             S3CHAIN_MAX_COMPRESS_LEVEL, errp)) {
         return false;
     }
 
@@ -233,6 +236,7 @@ static int coroutine_fn s3chain_co_open_image(BlockDriverState *bs,
         .key = s->opts->key,
         .writable = writable,
         .buffer_size = s->opts->buffer_size,
+        .compress_level = s->opts->compress_level,
         .readahead = s->opts->readahead,
     };
     bool chunked = false;
@@ -638,6 +642,7 @@ s3chain_co_block_status(BlockDriverState *bs, bool want_zero, int64_t offset,
 
 static int coroutine_fn s3chain_co_do_create(BlockdevOptionsS3chain *location,
                                              uint64_t size, uint64_t chunk_size,
+                                             S3chainCompression compress,
                                              Error **errp)
 {
     S3chainConn *conn;
@@ -655,7 +660,7 @@ static int coroutine_fn s3chain_co_do_create(BlockdevOptionsS3chain *location,
         return -EINVAL;
     }
     ret = s3chain_image_co_create(conn, location->key, size, chunk_size,
-                                  errp);
+                                  compress == S3CHAIN_COMPRESSION_ZSTD, errp);
     s3chain_conn_free(conn);
     return ret;
 }
@@ -667,7 +672,9 @@ static int coroutine_fn s3chain_co_create(BlockdevCreateOptions *options,
 
     return s3chain_co_do_create(opts->location, opts->size,
                                 opts->has_chunk_size ? opts->chunk_size :
-                                S3CHAIN_DEFAULT_CHUNK_SIZE, errp);
+                                S3CHAIN_DEFAULT_CHUNK_SIZE,
+                                opts->has_compress ? opts->compress :
+                                S3CHAIN_COMPRESSION_NONE, errp);
 }
 
 static int coroutine_fn
@@ -676,9 +683,21 @@ s3chain_co_create_opts(BlockDriver *drv, const char *filename,
 {
     g_autoptr(QDict) options = qdict_new();
     BlockdevOptionsS3chain *location;
+    g_autofree char *compress_name = NULL;
+    S3chainCompression compress;
     uint64_t size, chunk_size;
+    Error *local_err = NULL;
     int ret;
 
+    compress_name = qemu_opt_get_del(opts, "compress");
+    compress = qapi_enum_parse(&S3chainCompression_lookup, compress_name,
+                               S3CHAIN_COMPRESSION_NONE, &local_err);
+    if (local_err) {
+        error_free(local_err);
+        error_setg(errp, "s3chain: compress must be none or zstd, not '%s'",
+                   compress_name);
+        return -EINVAL;
+    }
     if (!s3chain_parse_url(filename, options, errp)) {
         return -EINVAL;
     }
@@ -690,7 +709,7 @@ s3chain_co_create_opts(BlockDriver *drv, const char *filename,
                     BDRV_SECTOR_SIZE);
     chunk_size = qemu_opt_get_size_del(opts, "chunk-size",
                                        S3CHAIN_DEFAULT_CHUNK_SIZE);
-    ret = s3chain_co_do_create(location, size, chunk_size, errp);
+    ret = s3chain_co_do_create(location, size, chunk_size, compress, errp);
     qapi_free_BlockdevOptionsS3chain(location);
     return ret;
 }
@@ -708,6 +727,11 @@ static QemuOptsList s3chain_create_opts = {
             .name = "chunk-size",
             .type = QEMU_OPT_SIZE,
             .help = "Bytes per chunk object (power of 2, 64 KiB to 256 MiB)"
+        },
+        {
+            .name = "compress",
+            .type = QEMU_OPT_STRING,
+            .help = "How blocks are stored: none (default) or zstd"
         },
         { /* end of list */ }
     }

@@ -97,12 +97,19 @@ typedef struct S3chainChunkRef {
     /* Version 5: oldest first; a block is read from the newest holding it */
     unsigned n_patches;
     S3chainPatchRef patches[S3CHAIN_MAX_PATCHES];
+    /*
+     * Version 6, a compressed image's: the length each block has in the
+     * object, 8 hex digits each; its sums, MD5 and CRC-32 are then of the
+     * stored bytes
+     */
+    char *stored_lengths;
 } S3chainChunkRef;
 
 typedef struct S3chainManifest {
     uint64_t size;
     uint64_t chunk_size;
     uint64_t generation;        /* bumped by each commit */
+    bool compressed;            /* version 6: its blocks are stored zstd */
     GTree *chunks;              /* index -> S3chainChunkRef */
 } S3chainManifest;
 
@@ -230,15 +237,53 @@ int coroutine_fn s3chain_co_sums_of(const uint8_t *buf, size_t len,
                                     bool md5, bool crc32, size_t block_size,
                                     uint32_t *block_crcs,
                                     S3chainChunkRef *sums);
-/* @n block sums in the manifest's hex */
-char *s3chain_block_sums_hex(const uint32_t *crcs, unsigned n);
 /*
  * Reads @n block sums from @hex, as the manifest (or, from version 3
  * writers, S3CHAIN_BLOCK_SUMS_META) holds them; they must make up @ref's
- * CRC-32, which ties them to the chunk's whole sum.
+ * CRC-32 (of blocks of its stored lengths, if compressed), which ties
+ * them to the chunk's whole sum.
  */
 bool s3chain_block_sums_parse(const char *hex, const S3chainChunkRef *ref,
                               unsigned n, uint32_t *crcs);
+
+/* s3chain-compress.c: the blocks of compressed images */
+
+/* A chunk packed: what goes up, @len bytes, and its sums */
+typedef struct S3chainPacked {
+    size_t len;
+    uint32_t lengths[S3CHAIN_MAX_BLOCKS];     /* of each block, stored */
+    uint32_t block_crcs[S3CHAIN_MAX_BLOCKS];  /* of each block, stored */
+    uint32_t crc32;
+    uint8_t md5[16];
+} S3chainPacked;
+
+/* A stored block that is not what the manifest says */
+typedef struct S3chainUnpackFault {
+    unsigned block;             /* of those unpacked, from 0 */
+    bool frame;                 /* its sum matched, but it does not unpack */
+} S3chainUnpackFault;
+
+/* Whether this QEMU has zstd, which compressed images need */
+bool s3chain_compress_available(void);
+/*
+ * Packs the blocks of @chunk, each of @block_size, at zstd @level into
+ * @out, @chunk_size bytes, in a worker thread; @chunk must not change
+ * until it returns
+ */
+int coroutine_fn s3chain_co_pack(const uint8_t *chunk, uint64_t chunk_size,
+                                 uint64_t block_size, int level, uint8_t *out,
+                                 S3chainPacked *packed);
+/*
+ * Unpacks @count blocks stored one after the other at @stored, of
+ * @lengths, into @out, in a worker thread: each must have the CRC-32 of
+ * @crcs and unpack to @block_size bytes; else -EIO, with which and why in
+ * @fault
+ */
+int coroutine_fn s3chain_co_unpack(const uint8_t *stored,
+                                   const uint32_t *lengths,
+                                   const uint32_t *crcs, unsigned count,
+                                   uint64_t block_size, uint8_t *out,
+                                   S3chainUnpackFault *fault);
 
 /* s3chain-image.c: images, their buffer of chunks and reads */
 
@@ -281,6 +326,11 @@ typedef struct S3chainBlockRun {
     char *key;                  /* the object */
     uint64_t first;             /* block */
     uint64_t count;
+    /*
+     * Blocks stored packed (a compressed image's) land here, the range's
+     * bytes, and the kind's check_run unpacks them into the chunk
+     */
+    uint8_t *packed;
     QEMUIOVector qiov;
     S3chainRequest req;         /* a ranged GET of them */
 } S3chainBlockRun;
@@ -342,6 +392,7 @@ struct S3chainImage {
     uint64_t buffer_size;
     uint64_t readahead_chunks;
     uint64_t block_size;
+    int compress_level;         /* zstd's, of a compressed image's writes */
     uint64_t *planned;          /* per chunk, blocks of the read plan */
 
     /* guards all below, and every CachedChunk of the image */
@@ -394,6 +445,7 @@ typedef struct S3chainImageOpen {
     bool writable;
     uint64_t buffer_size;
     uint64_t readahead;         /* bytes of chunks a reader has ahead */
+    int compress_level;         /* zstd's, for a compressed image's writes */
 } S3chainImageOpen;
 
 /*
@@ -441,7 +493,7 @@ uint64_t s3chain_image_bridge_gaps(S3chainImage *img, uint64_t todo,
 
 /*
  * Whether stored chunk @ref can take a patch: its entry has the sums of
- * the image's blocks, which a patch replaces some of
+ * the image's blocks, which a patch replaces some of, and is not packed
  */
 bool s3chain_image_takes_patches(S3chainImage *img,
                                  const S3chainChunkRef *ref);
@@ -492,9 +544,10 @@ int coroutine_fn s3chain_chunked_co_open(BlockDriverState *bs,
 S3chainImage *s3chain_image_new_scratch(BlockDriverState *bs,
                                         S3chainConn *conn, const char *key,
                                         uint64_t buffer_size);
+/* An empty image at @key, its blocks stored zstd if @compressed */
 int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
                                          uint64_t size, uint64_t chunk_size,
-                                         Error **errp);
+                                         bool compressed, Error **errp);
 /* Releases the writer's lock, if @img holds it */
 void coroutine_fn s3chain_image_co_unlock(S3chainImage *img);
 

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include <zlib.h>
+#include <zstd.h>
 
 /* Deep checks read this many chunks at once */
 #define VERIFY_READERS 8
@@ -19,6 +20,7 @@ static void chunk_free(S3cChunk *c)
     g_free(c->key);
     g_free(c->md5);
     g_free(c->block_sums);
+    g_free(c->stored_lengths);
     for (unsigned i = 0; i < c->n_patches; i++) {
         g_free(c->patches[i].key);
         g_free(c->patches[i].md5);
@@ -141,7 +143,8 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
     const char *sums = n > 5 ? string_at(entry, 5) : NULL;
     uint8_t md5_bytes[16];
 
-    if (n < 3 || n > s3chain_entry_fields_max(version)) {
+    if (n < 3 || n > s3chain_entry_fields_max(version) ||
+        (m->compressed && n != 7)) {
         return bad(err, where, "chunk entry %zu is not %s", i,
                    s3chain_entry_shape(version));
     }
@@ -191,8 +194,19 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
         return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its block "
                    "sums are not 8 lower-case hex digits a block", c->index);
     }
-    if (n == 7 && !parse_patches(json_object_array_get_idx(entry, 6), m, c,
-                                 where, err)) {
+    if (m->compressed) {
+        c->n_stored = m->chunk_size / MAX(c->block_size, 1);
+        c->stored_lengths = g_new(uint32_t, c->n_stored);
+        if (c->block_size != s3chain_block_size(m->chunk_size) ||
+            !s3chain_stored_lengths_from_hex(string_at(entry, 6),
+                                             m->chunk_size, c->block_size,
+                                             c->stored_lengths)) {
+            return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its stored "
+                       "lengths are not 8 lower-case hex digits a block, "
+                       "none over its block size", c->index);
+        }
+    } else if (n == 7 && !parse_patches(json_object_array_get_idx(entry, 6),
+                                        m, c, where, err)) {
         return false;
     }
     c->key = s3chain_chunk_key(m->key, c->index, tag);
@@ -206,7 +220,7 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
 static bool parse_header(json_object *doc, S3cManifest *m, uint64_t *version,
                          const char *where, GError **err)
 {
-    json_object *format;
+    json_object *format, *compress = NULL;
     uint64_t generation;
 
     if (!json_object_object_get_ex(doc, "format", &format) ||
@@ -238,6 +252,21 @@ static bool parse_header(json_object *doc, S3cManifest *m, uint64_t *version,
         return bad(err, where, "\"chunk-size\" %" G_GUINT64_FORMAT " is not "
                    "a power of two from 64 KiB to 256 MiB", m->chunk_size);
     }
+    m->compressed = json_object_object_get_ex(doc, "compress", &compress);
+    if ((*version == S3CHAIN_MANIFEST_VERSION_COMPRESSED) != m->compressed ||
+        (m->compressed && !json_object_is_type(compress, json_type_string))) {
+        return bad(err, where, "\"compress\" is not a string in version %d "
+                   "only", S3CHAIN_MANIFEST_VERSION_COMPRESSED);
+    }
+    if (m->compressed &&
+        !s3chain_compress_is_valid(json_object_get_string(compress))) {
+        /* a compression of a newer s3chain's */
+        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                    "%s: manifest compression \"%s\" is not one this "
+                    "s3chain reads (%s): use a newer s3chain", where,
+                    json_object_get_string(compress), S3CHAIN_COMPRESS_ZSTD);
+        return false;
+    }
     return true;
 }
 
@@ -247,7 +276,8 @@ static bool parse_header(json_object *doc, S3cManifest *m, uint64_t *version,
  * "chunks": [[INDEX, TAG, MD5, CRC32, BLOCK_SIZE, BLOCK_SUMS, PATCHES],
  * ...]} in ascending INDEX order, no CRC32 in version 1, no BLOCK_SIZE
  * before version 3, no BLOCK_SUMS before version 4 (they were in the
- * object's metadata), PATCHES only in version 5 and only if there are any
+ * object's metadata), PATCHES only in version 5 and only if there are any;
+ * version 6 has "compress" and STORED_LENGTHS in place of PATCHES
  */
 S3cManifest *s3c_manifest_parse(const char *key, const GString *text,
                                 const char *where, GError **err)
@@ -333,26 +363,32 @@ bool s3c_image_stored_bytes(const S3cRepo *repo, const char *key,
 }
 
 /*
- * The CRC-32 of @body, and with a @block_size, in *@block_sums, what the
- * manifest (or S3CHAIN_BLOCK_SUMS_META) must hold for it: the whole's is
- * combined from the blocks', not computed twice.
+ * The CRC-32 of @body, chunk @c's bytes, and with a block size, in
+ * *@block_sums, what the manifest (or S3CHAIN_BLOCK_SUMS_META) must hold
+ * for it: the whole's is combined from the blocks', not computed twice.
+ * A compressed chunk's blocks have the lengths the manifest gives.
  */
-static uint32_t crc32_of(const GString *body, uint64_t block_size,
+static uint32_t crc32_of(const S3cChunk *c, const GString *body,
                          char **block_sums)
 {
+    size_t n = c->stored_lengths ? c->n_stored
+               : c->block_size ? (body->len + c->block_size - 1) /
+                                 c->block_size : 0;
     GString *hex;
     uint32_t crc32 = 0;
 
-    if (!block_size) {
+    if (!c->block_size) {
         return crc32_z(0, (const Bytef *)body->str, body->len);
     }
     hex = g_string_new(NULL);
-    for (size_t at = 0; at < body->len; at += block_size) {
-        size_t len = MIN(block_size, body->len - at);
+    for (size_t i = 0, at = 0; i < n; i++) {
+        size_t len = c->stored_lengths ? c->stored_lengths[i]
+                                       : MIN(c->block_size, body->len - at);
         uint32_t block = crc32_z(0, (const Bytef *)body->str + at, len);
 
         g_string_append_printf(hex, "%08" PRIx32, block);
         crc32 = crc32_combine(crc32, block, len);
+        at += len;
     }
     *block_sums = g_string_free(hex, false);
     return crc32;
@@ -433,6 +469,45 @@ static bool apply_patches(const DeepCheck *dc, const S3cChunk *c,
     return true;
 }
 
+/* Whether @body is as long as compressed chunk @c's blocks, else why not */
+static char *stored_length_fault(const DeepCheck *dc, const S3cChunk *c,
+                                 const GString *body)
+{
+    size_t stored = 0;
+
+    for (size_t i = 0; i < c->n_stored; i++) {
+        stored += c->stored_lengths[i];
+    }
+    if (stored == body->len) {
+        return NULL;
+    }
+    return g_strdup_printf("s3://%s/%s: %zu bytes, where its blocks' stored "
+                           "lengths add up to %zu", dc->repo->bucket, c->key,
+                           body->len, stored);
+}
+
+/* Whether each block of compressed chunk @c in @body unpacks whole */
+static char *unpack_fault(const DeepCheck *dc, const S3cChunk *c,
+                          const GString *body)
+{
+    g_autofree uint8_t *block = g_malloc(c->block_size);
+    size_t at = 0;
+
+    for (size_t i = 0; i < c->n_stored; at += c->stored_lengths[i++]) {
+        size_t len = c->stored_lengths[i];
+
+        if (len && len < c->block_size &&
+            ZSTD_decompress(block, c->block_size, body->str + at, len) !=
+            c->block_size) {
+            return g_strdup_printf("s3://%s/%s: block %zu is not a zstd "
+                                   "frame of %" G_GUINT64_FORMAT " bytes",
+                                   dc->repo->bucket, c->key, i,
+                                   c->block_size);
+        }
+    }
+    return NULL;
+}
+
 static void read_chunk(gpointer data, gpointer opaque)
 {
     const S3cChunk *c = data;
@@ -443,9 +518,10 @@ static void read_chunk(gpointer data, gpointer opaque)
     char *fault = NULL;
 
     if (get_checked(dc, c->key, c->md5, &body, &meta_sums, &fault, &local) &&
-        apply_patches(dc, c, body, &fault, &local)) {
+        apply_patches(dc, c, body, &fault, &local) &&
+        !(c->stored_lengths && (fault = stored_length_fault(dc, c, body)))) {
         g_autofree char *want = NULL;
-        uint32_t crc32 = crc32_of(body, c->block_size, &want);
+        uint32_t crc32 = crc32_of(c, body, &want);
         const char *block_sums = c->block_sums ? c->block_sums : meta_sums;
 
         if (c->has_crc32 && crc32 != c->crc32) {
@@ -461,6 +537,8 @@ static void read_chunk(gpointer data, gpointer opaque)
                                     c->block_sums ? "in the manifest"
                                     : meta_sums ? "metadata "
                                     S3CHAIN_BLOCK_SUMS_META : "none");
+        } else if (c->stored_lengths) {
+            fault = unpack_fault(dc, c, body);
         }
     }
     g_mutex_lock(&dc->lock);

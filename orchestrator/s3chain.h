@@ -202,12 +202,16 @@ typedef struct S3cChunk {
     char *block_sums;           /* hex; NULL: in its object's metadata */
     unsigned n_patches;         /* oldest first: the newest holding wins */
     S3cPatch patches[S3CHAIN_MAX_PATCHES];
+    /* compressed: each block's length in the object; sums are of those */
+    uint32_t *stored_lengths;
+    size_t n_stored;
 } S3cChunk;
 
 typedef struct S3cManifest {
     char *key;
     uint64_t size;
     uint64_t chunk_size;
+    bool compressed;            /* version 6: blocks stored zstd */
     GPtrArray *chunks;          /* of S3cChunk, the stored ones */
 } S3cManifest;
 

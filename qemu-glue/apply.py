@@ -111,7 +111,8 @@ def apply_header(tree):
 
 def apply_build(tree):
     # a module of its own, not in the loop of one-library modules: it
-    # needs zlib (the CRC-32 of chunks and blocks) besides libcurl
+    # needs zlib (the CRC-32 of chunks and blocks) besides libcurl, and
+    # zstd where it is found (compressed images)
     names = [os.path.basename(f)
              for f in present(tree, r'block/s3chain[a-z0-9-]*\.c')]
     listed = ''
@@ -129,7 +130,8 @@ def apply_build(tree):
                  "so treat them apart\n",
                  "if curl.found()\n"
                  "  s3chain_ss = ss.source_set()\n" + listed +
-                 "  s3chain_ss.add(when: [curl, zlib], if_true: s3chain_src)\n"
+                 "  s3chain_ss.add(when: [curl, zlib],\n"
+                 "                 if_true: [s3chain_src, zstd])\n"
                  "  if enable_modules\n"
                  "    modsrc += s3chain_src\n"
                  "  endif\n"

@@ -13,7 +13,7 @@ QEMU_SANITISED=$BUILD/qemu-sanitised
 configure_flags=(
     --python=/usr/bin/python3
     --target-list=
-    --enable-tools --enable-curl --enable-gnutls --enable-fuse
+    --enable-tools --enable-curl --enable-gnutls --enable-fuse --enable-zstd
     --enable-asan --enable-ubsan
     --disable-docs --disable-install-blobs --disable-system --disable-user
     --enable-werror

@@ -15,11 +15,12 @@ fi
 "$REPO/scripts/prepare-qemu.sh"
 
 # --enable-fuse: qemu-storage-daemon's FUSE export shows a served
-# backup as a file (docs/restore.rst, file-level restore)
+# backup as a file (docs/restore.rst, file-level restore); --enable-zstd:
+# s3chain's compressed images
 configure_flags=(
     --python=/usr/bin/python3
     --target-list=x86_64-softmmu
-    --enable-tools --enable-curl --enable-gnutls --enable-fuse
+    --enable-tools --enable-curl --enable-gnutls --enable-fuse --enable-zstd
     --disable-docs --disable-install-blobs
     --disable-gtk --disable-sdl --disable-opengl --disable-spice
     --disable-vnc --disable-xen --disable-user

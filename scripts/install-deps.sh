@@ -35,7 +35,7 @@ fi
 build_pkgs=(
     build-essential pkg-config ninja-build git ca-certificates curl
     python3 python3-venv python3-setuptools
-    libglib2.0-dev libpixman-1-dev libfdt-dev zlib1g-dev
+    libglib2.0-dev libpixman-1-dev libfdt-dev zlib1g-dev libzstd-dev
     libcurl4-openssl-dev libjson-c-dev libgnutls28-dev libfuse3-dev
     libnbd-dev flex bison dpkg-dev
 )

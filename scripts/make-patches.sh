@@ -187,7 +187,7 @@ MSG
 
 stage writes
 staged block/s3chain.c block/s3chain-image.c block/s3chain-chunked.c
-ours block/s3chain-sums.c
+ours block/s3chain-sums.c block/s3chain-compress.c
 staged_glue header
 glue build
 staged_glue trace
@@ -202,6 +202,13 @@ its blocks, and checks what came (s3chain-sums.c, in the thread pool):
 a whole chunk against its CRC-32 in the manifest, blocks against their
 block sums, themselves checked against it.  A chunk that is not stored
 reads as zeroes.
+
+A compressed image (manifest version 6, "compress": "zstd") stores each
+block of a chunk as a zstd frame, or as it is if that is no shorter, or
+in no bytes if it is all zeroes; the manifest has each block's stored
+length, so a read of a few blocks fetches only their bytes.  Their sums
+are of the stored bytes, checked before they are unpacked, in the thread
+pool (s3chain-compress.c).  A QEMU without zstd refuses such an image.
 
 A damaged image, an object missing or not matching its sums, is
 reported with the marker "s3chain: damaged: " and the object, so that
@@ -232,7 +239,8 @@ and releases the lock when it becomes inactive, and the destination
 reads the image afresh and takes the lock when it becomes active.
 
 blockdev-create and qemu-img create make an empty image, never
-overwriting one.  A scratch image lives in RAM, spills chunks to the
+overwriting one, compressed with compress=zstd: its chunks then go up
+packed at compress-level, whole, never as patches.  A scratch image lives in RAM, spills chunks to the
 bucket only when its buffer is full, and is deleted at close: the
 target of a copy-before-write filter, for instance.
 

@@ -138,6 +138,44 @@ static void test_patches(void)
     g_assert_nonnull(strstr(again, "\"version\": 4,"));
 }
 
+/* A compressed image's manifest is version 6, with each block's length */
+static void test_compressed(void)
+{
+    g_autoptr(S3chainManifest) m = s3chain_manifest_new(2 * MiB, 128 * KiB);
+    g_autoptr(S3chainManifest) back = NULL;
+    g_autofree char *json = NULL;
+    g_autofree char *again = NULL;
+    S3chainChunkRef ref = ref_a;
+    S3chainChunkRef *got;
+    uint32_t lengths[2];
+
+    m->compressed = true;
+    ref.tag = (char *)"1.1";
+    ref.block_size = 64 * KiB;
+    ref.block_sums = (char *)"0a1b2c3d00000000";
+    ref.stored_lengths = (char *)"00000abc00000000";
+    s3chain_manifest_set(m, 3, &ref);
+    json = s3chain_manifest_encode(m);
+    g_assert_cmpstr(json, ==,
+        "{\"format\": \"s3chain-chunked\", \"version\": 6, "
+        "\"compress\": \"zstd\", "
+        "\"size\": 2097152, \"chunk-size\": 131072, \"generation\": 0, "
+        "\"chunks\": [[3, \"1.1\", \"d41d8cd98f00b204e9800998ecf8427e\", "
+        "\"0a1b2c3d\", 65536, \"0a1b2c3d00000000\", "
+        "\"00000abc00000000\"]]}\n");
+    back = s3chain_manifest_decode(json, &error_abort);
+    g_assert_true(back->compressed);
+    got = s3chain_manifest_lookup(back, 3);
+    g_assert_cmpstr(got->stored_lengths, ==, "00000abc00000000");
+    g_assert_true(s3chain_stored_lengths_from_hex(got->stored_lengths,
+                                                  128 * KiB, 64 * KiB,
+                                                  lengths));
+    g_assert_cmpuint(lengths[0], ==, 0xabc);
+    g_assert_cmpuint(lengths[1], ==, 0);
+    again = s3chain_manifest_encode(back);
+    g_assert_cmpstr(again, ==, json);
+}
+
 /* What a version 1 writer stored still reads */
 static void test_version_1(void)
 {
@@ -185,7 +223,8 @@ static void test_damaged(void)
 {
     decode_fails("not json", "not a JSON object");
     decode_fails("{\"format\": \"qcow2\"}", "format is not s3chain-chunked");
-    decode_fails(HEAD(6, 100, 65536) "\"chunks\": []}", "version 6");
+    decode_fails(HEAD(7, 100, 65536) "\"chunks\": []}", "version 7");
+    decode_fails(HEAD(6, 100, 65536) "\"chunks\": []}", "no valid 'compress'");
     decode_fails(HEAD(2, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
                  CRC32 ", 65536]]}", "not [index, tag, md5, crc32]");
     decode_fails(HEAD(5, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
@@ -258,6 +297,7 @@ int main(int argc, char **argv)
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/s3chain/manifest/round-trip", test_round_trip);
     g_test_add_func("/s3chain/manifest/patches", test_patches);
+    g_test_add_func("/s3chain/manifest/compressed", test_compressed);
     g_test_add_func("/s3chain/manifest/version-1", test_version_1);
     g_test_add_func("/s3chain/manifest/chunk-key", test_chunk_key);
     g_test_add_func("/s3chain/manifest/damaged", test_damaged);
