@@ -21,6 +21,7 @@ typedef struct Backup {
     S3cSidecar sidecar;
     bool sidecar_open;
     bool prepared;              /* the source has work to undo */
+    int compress_level;         /* its images', zstd's; 0: uncompressed */
     int64_t start_us;
 } Backup;
 
@@ -208,6 +209,7 @@ static bool add_targets(Backup *b, GError **err)
         d->target.size = d->disk->size;
         d->target.cluster_size = d->granularity;
         d->target.buffer_size = b->run.opts->buffer_size;
+        d->target.compress_level = b->compress_level;
         d->target.export_name = g_strdup_printf("s3c%u-%d", i, pid);
         d->target.scratch = b->source->scratch;
         if (!s3c_sidecar_add_target(&b->sidecar, &b->repo, &d->target, err)) {
@@ -415,13 +417,43 @@ static void maintain(Backup *b, json_object *result)
     }
 }
 
+/*
+ * Whether the run's images are compressed, into b->compress_level: as
+ * the VM's catalog says, which its first backup decides; a chain never
+ * mixes, so --compress against backups stored plain is refused
+ */
+static bool decide_compression(Backup *b, GError **err)
+{
+    int asked = b->run.opts->compress_level;
+
+    if (s3c_catalog_compressed(&b->cat)) {
+        b->compress_level = asked ? asked : S3CHAIN_DEFAULT_COMPRESS_LEVEL;
+        return true;
+    }
+    if (asked && json_object_array_length(s3c_catalog_backups(&b->cat))) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "VM %s's backups in this repository are stored "
+                    "uncompressed, and its chains cannot mix: back it up "
+                    "without --compress, or into another repository "
+                    "(another --repo prefix)", b->cat.vm);
+        return false;
+    }
+    if (asked) {
+        /* saved with the run's entry: a run that fails leaves nothing */
+        s3c_catalog_set_compressed(&b->cat);
+    }
+    b->compress_level = asked;
+    return true;
+}
+
 static bool prepare(Backup *b, GError **err)
 {
     const S3cBackupOptions *opts = b->run.opts;
 
     if (!s3c_repo_init(&b->repo, &opts->repo, err) ||
         !s3c_s3_check_bucket(&b->repo, err) ||
-        !s3c_catalog_load(&b->cat, &b->repo, opts->vm, err)) {
+        !s3c_catalog_load(&b->cat, &b->repo, opts->vm, err) ||
+        !decide_compression(b, err)) {
         return false;
     }
     /*

@@ -421,6 +421,21 @@ static bool check_catalog(const S3cCatalog *cat, const char *where,
         return damaged(err, where, "it is the catalog of VM %s",
                        json_object_get_string(v));
     }
+    if (!field(cat->doc, "compress", json_type_string, false, false, &v,
+               err, where, "the catalog")) {
+        return false;
+    }
+    if (v && format < S3C_CATALOG_FORMAT_COMPRESSED) {
+        return damaged(err, where, "it says \"compress\" in format %"
+                       G_GINT64_FORMAT, format);
+    }
+    if (v && !s3chain_compress_is_valid(json_object_get_string(v))) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                    "%s: the backups are compressed with \"%s\", which this "
+                    "s3chain does not know: use a newer s3chain", where,
+                    json_object_get_string(v));
+        return false;
+    }
     if (!field(cat->doc, "backups", json_type_array, true, false, &backups,
                err, where, "the catalog")) {
         return false;
@@ -524,7 +539,10 @@ bool s3c_catalog_save(S3cCatalog *cat, const S3cRepo *repo, GError **err)
     const char *text;
 
     json_object_object_add(cat->doc, "format", json_object_new_int(
-                               needs_merge_format(cat) ? S3C_CATALOG_FORMAT
+                               s3c_catalog_compressed(cat)
+                               ? S3C_CATALOG_FORMAT_COMPRESSED
+                               : needs_merge_format(cat)
+                               ? S3C_CATALOG_FORMAT_MERGES
                                : S3C_CATALOG_FORMAT_PLAIN));
     text = json_object_to_json_string_ext(
         cat->doc, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED);
@@ -566,6 +584,17 @@ json_object *s3c_catalog_backups(const S3cCatalog *cat)
 
     json_object_object_get_ex(cat->doc, "backups", &backups);
     return backups;
+}
+
+bool s3c_catalog_compressed(const S3cCatalog *cat)
+{
+    return json_object_object_get_ex(cat->doc, "compress", NULL);
+}
+
+void s3c_catalog_set_compressed(S3cCatalog *cat)
+{
+    json_object_object_add(cat->doc, "compress",
+                           json_object_new_string(S3CHAIN_COMPRESS_ZSTD));
 }
 
 json_object *s3c_backup_disk(json_object *backup, const char *disk)

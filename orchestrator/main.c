@@ -120,6 +120,10 @@ static const char backup_help[] =
 "                        past it the backup fails, never the write\n"
 "  --buffer-size BYTES   the sidecar's write-back buffer per disk, and the\n"
 "                        most RAM its copy-before-write scratch keeps (64M)\n"
+"  --compress zstd[:LEVEL]\n"
+"                        store the VM's backups compressed, zstd at LEVEL\n"
+"                        1 to 19 (3); the VM's first backup decides, and\n"
+"                        later ones follow it (a level may change)\n"
 "  --lease SEC           the VM's lock holds this long unrenewed (60); a\n"
 "                        lock whose lease ran out is taken over\n"
 "  --lock-stale SEC      with --break-stale-lock: break a lock without a\n"
@@ -276,7 +280,8 @@ enum {
     OPT_VM = 256, OPT_QMP, OPT_REPO, OPT_ENDPOINT, OPT_REGION,
     OPT_CREDENTIALS, OPT_PROFILE, OPT_CAFILE, OPT_NO_VERIFY_TLS,
     OPT_SIDECAR_QMP, OPT_RUNTIME_DIR, OPT_GUEST_AGENT, OPT_DISK, OPT_FULL,
-    OPT_CHAIN_LIMIT, OPT_CBW_TIMEOUT, OPT_BUFFER_SIZE, OPT_LOCK_STALE,
+    OPT_CHAIN_LIMIT, OPT_CBW_TIMEOUT, OPT_BUFFER_SIZE, OPT_COMPRESS,
+    OPT_LOCK_STALE,
     OPT_LEASE, OPT_BREAK_LOCK, OPT_PROGRESS, OPT_JSON, OPT_BACKUP,
     OPT_BEFORE, OPT_TARGET, OPT_FORMAT, OPT_FORCE, OPT_INSTANT, OPT_VM_WAIT,
     OPT_COPY_SPEED, OPT_DEEP, OPT_LISTEN, OPT_WRITABLE, OPT_OVERLAY,
@@ -324,6 +329,7 @@ static const OptionSpec option_specs[] = {
     ARG("merge-after", OPT_MERGE_AFTER, CMD_BACKUP),
     ARG("cbw-timeout", OPT_CBW_TIMEOUT, CMD_BACKUP),
     ARG("buffer-size", OPT_BUFFER_SIZE, CMD_BACKUP),
+    ARG("compress", OPT_COMPRESS, CMD_BACKUP),
     ARG("lock-stale", OPT_LOCK_STALE, CMD_BACKUP),
     ARG("lease", OPT_LEASE, CMD_BACKUP | CMD_LIFECYCLE),
     FLAG("break-stale-lock", OPT_BREAK_LOCK, CMD_BACKUP),
@@ -363,6 +369,7 @@ typedef struct Args {
     bool full, break_lock, json, force, instant, deep, writable, all;
     bool dry_run, chain_limit_given;
     int64_t chain_limit, cbw_timeout, buffer_size, lock_stale, lease, vm_wait;
+    int64_t compress_level;     /* 0: no --compress */
     int64_t copy_speed, merge_after, grace;
     int64_t keep[6];            /* last, hourly ... yearly; -1: not given */
     const char *keep_within;
@@ -432,6 +439,25 @@ static bool parse_number(const char *option, const char *text, int64_t min,
     return true;
 }
 
+/* --compress zstd[:LEVEL], into its level (zstd's default if not given) */
+static bool parse_compress(const char *text, int64_t *level, GError **err)
+{
+    const char *colon = strchr(text, ':');
+    size_t name_len = colon ? (size_t)(colon - text) : strlen(text);
+
+    if (name_len != strlen(S3CHAIN_COMPRESS_ZSTD) ||
+        strncmp(text, S3CHAIN_COMPRESS_ZSTD, name_len)) {
+        return usage_error(err, "--compress wants zstd or zstd:LEVEL, not "
+                           "'%s'", text);
+    }
+    if (!colon) {
+        *level = S3CHAIN_DEFAULT_COMPRESS_LEVEL;
+        return true;
+    }
+    return parse_number("compress", colon + 1, 1,
+                        S3CHAIN_MAX_COMPRESS_LEVEL, level, err);
+}
+
 static char **strv_or_null(GPtrArray *array)
 {
     if (!array->len) {
@@ -448,7 +474,7 @@ static bool run_backup(Args *a, GError **err)
         .sidecar_qmp = a->sidecar_qmp, .runtime_dir = a->runtime_dir,
         .guest_agent = a->guest_agent, .full = a->full,
         .chain_limit = a->chain_limit, .cbw_timeout = a->cbw_timeout,
-        .buffer_size = a->buffer_size,
+        .buffer_size = a->buffer_size, .compress_level = a->compress_level,
         .lock = { .lease_s = a->lease, .stale_after = a->lock_stale,
                   .break_stale = a->break_lock }, .json = a->json,
         .libvirt_domain = a->libvirt, .libvirt_uri = a->connect,
@@ -776,6 +802,8 @@ static bool parse_option(Args *a, int id, const char *name, GError **err)
     case OPT_BUFFER_SIZE:
         return parse_number(name, optarg, 4 << 20, 64LL << 30,
                             &a->buffer_size, err);
+    case OPT_COMPRESS:
+        return parse_compress(optarg, &a->compress_level, err);
     case OPT_LOCK_STALE:
         return parse_number(name, optarg, 60, G_MAXINT32, &a->lock_stale,
                             err);

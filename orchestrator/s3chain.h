@@ -458,6 +458,7 @@ typedef struct S3cTarget {
     uint64_t size;
     uint32_t cluster_size;
     uint64_t buffer_size;
+    int compress_level;         /* created compressed, zstd's; 0: not */
     char *export_name;          /* also names its nodes */
     bool scratch;               /* with a copy-before-write scratch */
     json_object *file_options;  /* of its s3chain node, once added */
@@ -542,10 +543,14 @@ bool s3c_plain_name(const char *name, size_t max_len);
 
 /*
  * Format 2 is written only while a catalog holds what format 1 readers
- * would misread: a point being deleted, a disk on a merged image
+ * would misread: a point being deleted, a disk on a merged image; format
+ * 3 when the VM's backups are compressed ("compress"), which older
+ * readers must not add uncompressed ones to
  */
 #define S3C_CATALOG_FORMAT_PLAIN 1
-#define S3C_CATALOG_FORMAT 2
+#define S3C_CATALOG_FORMAT_MERGES 2
+#define S3C_CATALOG_FORMAT_COMPRESSED 3
+#define S3C_CATALOG_FORMAT 3
 /* A backup being deleted: never read back, finished by the next command */
 #define S3C_STATE_GOING "going"
 /* How many deleted ids the catalog remembers, for retried deletes */
@@ -570,6 +575,10 @@ bool s3c_catalog_parse(S3cCatalog *cat, const char *where,
 bool s3c_catalog_save(S3cCatalog *cat, const S3cRepo *repo, GError **err);
 void s3c_catalog_clear(S3cCatalog *cat);
 json_object *s3c_catalog_backups(const S3cCatalog *cat);
+/* Whether the VM's backups are stored compressed */
+bool s3c_catalog_compressed(const S3cCatalog *cat);
+/* From now on, they are: only an empty catalog's may start */
+void s3c_catalog_set_compressed(S3cCatalog *cat);
 /* The entry of disk @disk in @backup, or NULL */
 json_object *s3c_backup_disk(json_object *backup, const char *disk);
 /*
@@ -787,6 +796,7 @@ typedef struct S3cBackupOptions {
     int merge_after;            /* 0, or keep chains at this length */
     int cbw_timeout;
     uint64_t buffer_size;
+    int compress_level;         /* --compress's zstd level; 0: not given */
     S3cLeaseOptions lock;
     bool json;
 } S3cBackupOptions;

@@ -612,24 +612,33 @@ static char *file_node(const S3cTarget *t)
 }
 
 /*
- * Creates the s3chain image @key, empty, and opens it as node @node with
- * @extra options; returns the node's options (a reference) or NULL
+ * Creates the s3chain image @key, empty (compressed, when
+ * @compress_level is zstd's level for its writes), and opens it as node
+ * @node with @extra options; returns the node's options (a reference) or
+ * NULL
  */
 static json_object *add_bucket_file(S3cSidecar *sc, const S3cRepo *repo,
                                     const char *key, const char *node,
-                                    json_object *extra, GError **err)
+                                    int compress_level, json_object *extra,
+                                    GError **err)
 {
     g_autofree char *job = g_strdup_printf("%s-create", node);
     json_object *file_opts = s3c_repo_location(repo, key, sc->secret_id,
                                                sc->token_secret_id);
+    json_object *create = s3c_json_obj(
+        "driver", json_object_new_string("s3chain"),
+        "location", json_object_get(file_opts),
+        "size", json_object_new_int64(0), NULL);
 
+    if (compress_level) {
+        json_object_object_add(create, "compress",
+                               json_object_new_string(S3CHAIN_COMPRESS_ZSTD));
+        json_object_object_add(extra, "compress-level",
+                               json_object_new_int(compress_level));
+    }
     if (!run_job(sc, "blockdev-create", s3c_json_obj(
                          "job-id", json_object_new_string(job),
-                         "options", s3c_json_obj(
-                             "driver", json_object_new_string("s3chain"),
-                             "location", json_object_get(file_opts),
-                             "size", json_object_new_int64(0), NULL),
-                         NULL), job, err)) {
+                         "options", create, NULL), job, err)) {
         json_object_put(file_opts);
         json_object_put(extra);
         return NULL;
@@ -699,7 +708,8 @@ static bool add_target(S3cSidecar *sc, const S3cRepo *repo, S3cTarget *t,
      * the backup ends, so it ignores flushes and commits once, when
      * commit_target() turns them back on
      */
-    t->file_options = add_bucket_file(sc, repo, t->key, file, s3c_json_obj(
+    t->file_options = add_bucket_file(sc, repo, t->key, file,
+                                      t->compress_level, s3c_json_obj(
         "buffer-size", json_object_new_int64(t->buffer_size),
         "cache", s3c_json_obj("no-flush", json_object_new_boolean(true),
                               NULL), NULL), err);
@@ -828,7 +838,7 @@ static bool add_bucket_overlay(S3cSidecar *sc, const S3cRepo *repo,
                                uint64_t size, GError **err)
 {
     g_autofree char *file = g_strdup_printf("%s-file", node);
-    json_object *file_opts = add_bucket_file(sc, repo, key, file,
+    json_object *file_opts = add_bucket_file(sc, repo, key, file, 0,
                                              json_object_new_object(), err);
 
     json_object_put(file_opts);

@@ -17,7 +17,7 @@ import unittest
 from typing import List, Tuple
 
 from harness import (MiB, BackupTestCase, BucketFaults, GuestWriter, QSD,
-                     SIDECAR)
+                     SIDECAR, Run)
 
 CBW_TIMEOUT = 3
 # a write may wait for the sidecar up to cbw-timeout, plus the time HMP
@@ -82,6 +82,83 @@ class TestChain(BackupTestCase):
         result = self.backup('--disk', 'vd1', '--progress', 'json')
         self.assertEqual([d['name'] for d in result['disks']], ['vd1'])
         self.assertEqual(self.vm.bitmaps('disk0'), [])
+
+
+class TestCompressed(BackupTestCase):
+    """--compress: the VM's first backup decides, later ones follow"""
+
+    def manifest(self, backup_id: str, disk: str) -> dict:
+        return json.loads(self.bucket.get(
+            f'{self.bucket.prefix}/s3chain/vms/vm1/disks/{disk}/'
+            f'{backup_id}.qcow2'))
+
+    def test_chain_compressed_and_every_point_restored(self) -> None:
+        # the disks hold byte patterns (VM in harness.py), and some text
+        text = b''.join(b'%08d the guest wrote this line\n' % i
+                        for i in range(200000))[:4 * MiB]
+        pattern = os.path.join(self.dir, 'text.bin')
+        with open(pattern, 'wb') as f:
+            f.write(text)
+        self.vm.write('vd0', f'-s {pattern} 20M 4M')
+        full = self.backup('--compress', 'zstd')
+        at_full = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+
+        self.vm.write('vd0', '-P 0xa1 3M 1M')
+        self.vm.write('vd1', '-z 8M 2M')
+        inc1 = self.backup()
+        self.assertEqual(self.disk_types(inc1)['vd0'][0], 'incremental')
+        at_inc1 = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+
+        self.vm.write('vd1', f'-s {pattern} 40M 4M')
+        run = self.start('--compress', 'zstd:9')
+        run.wait_started()
+        at_inc2 = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+        self.vm.write('vd0', '-P 0xc1 40M 1M')
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        inc2 = run.result()
+
+        for point, expected in ((full, at_full), (inc1, at_inc1),
+                                (inc2, at_inc2)):
+            for disk in ('vd0', 'vd1'):
+                self.assertRestores(point['backup'], disk, expected[disk])
+                manifest = self.manifest(point['backup'], disk)
+                self.assertEqual((manifest['version'], manifest['compress']),
+                                 (6, 'zstd'))
+        catalog = self.bucket.catalog()
+        self.assertEqual((catalog['format'], catalog['compress']), (3, 'zstd'))
+        # what went up is far less than what the image's chunks hold
+        pages = self.bucket.client.get_paginator('list_objects_v2').paginate(
+            Bucket=self.bucket.name,
+            Prefix=f"{self.bucket.prefix}/s3chain/vms/vm1/disks/vd0/"
+                   f"{full['backup']}.qcow2.d/")
+        stored = sum(o['Size'] for page in pages
+                     for o in page.get('Contents', []))
+        self.assertLess(stored, full['disks'][0]['bytes-stored'] // 4)
+
+        run = Run(['verify', '--vm', 'vm1', '--repo', self.bucket.repo,
+                   '--json', '--deep'], self.env())
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        self.assertTrue(run.result()['intact'])
+
+    def test_compress_refused_over_uncompressed_backups(self) -> None:
+        self.backup()
+        before = self.bucket.objects()
+        err = self.run_refused(self.args('--compress', 'zstd'), 2,
+                               words=('uncompressed', '--compress'))
+        self.assertIn('vm1', err)
+        self.assertEqual(self.bucket.objects(), before)
+        # and without it, the next backup goes on uncompressed
+        inc = self.backup()
+        self.assertEqual(self.manifest(inc['backup'], 'vd0')['version'], 4)
+
+    def test_bad_compress_values(self) -> None:
+        for value, word in (('gzip', "'gzip'"), ('zstd:0', "'0'"),
+                            ('zstd:20', "'20'"), ('zstd:', "''")):
+            self.run_refused(self.args('--compress', value), 2,
+                             words=('--compress', word))
+        self.assertIsNone(self.bucket.catalog())
 
 
 class TestFallbacks(BackupTestCase):

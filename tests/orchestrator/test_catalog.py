@@ -90,6 +90,12 @@ def loop(cat: dict) -> None:
     disk(cat, 0)['parent'] = IDS[2]
 
 
+def unknown_compression(cat: dict) -> None:
+    """What a newer s3chain might write: format 3, another compression"""
+    cat['format'] = 3
+    cat['compress'] = 'lz4'
+
+
 def duplicate_id(cat: dict) -> None:
     cat['backups'][2]['id'] = IDS[1]
 
@@ -103,7 +109,11 @@ def other_vms_image(cat: dict) -> None:
 CASES: Dict[str, tuple] = {
     'not JSON': (b'{"format": 1, "backups": [', 11, ['not JSON']),
     'an array': (b'[]', 11, ['not a JSON object']),
-    'a newer format': (setter(top, 'format', 3), 1, ['format 3', 'newer']),
+    'a newer format': (setter(top, 'format', 4), 1, ['format 4', 'newer']),
+    'compress in format 1': (setter(top, 'compress', 'zstd'), 11,
+                             ['"compress"', 'format 1']),
+    'an unknown compression': (unknown_compression, 1, ['lz4', 'newer']),
+    'compress a number': (setter(top, 'compress', 3), 11, ['"compress"']),
     'format as a string': (setter(top, 'format', '1'), 11, ['"format"']),
     'no backups': (dropper(top, 'backups'), 11, ['"backups"']),
     'backups an object': (setter(top, 'backups', {}), 11, ['"backups"']),
