@@ -184,11 +184,7 @@ class Bucket:
             return a.read() == b.read()
 
     def clean(self):
-        pages = self.s3.get_paginator('list_objects_v2').paginate(
-            Bucket=self.name, Prefix=self.prefix)
-        for page in pages:
-            for obj in page.get('Contents', []):
-                self.s3.delete_object(Bucket=self.name, Key=obj['Key'])
+        s3obj.delete_prefix(self.s3, self.name, self.prefix)
 
 
 def run_driver(build, bucket, ours, qemu_img, scratch, subject):

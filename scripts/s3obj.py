@@ -35,6 +35,14 @@ def client(env):
                         region_name=env.get('AWS_REGION', 'us-east-1'))
 
 
+def delete_prefix(s3, bucket, prefix):
+    """Deletes every object of @bucket whose key starts with @prefix"""
+    paginator = s3.get_paginator('list_objects_v2')
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get('Contents', []):
+            s3.delete_object(Bucket=bucket, Key=obj['Key'])
+
+
 def main():
     if len(sys.argv) < 4:
         sys.exit(__doc__)
@@ -53,10 +61,7 @@ def main():
     elif action == 'size':
         print(s3.head_object(Bucket=bucket, Key=args[0])['ContentLength'])
     elif action == 'rm-prefix':
-        paginator = s3.get_paginator('list_objects_v2')
-        for page in paginator.paginate(Bucket=bucket, Prefix=args[0]):
-            for obj in page.get('Contents', []):
-                s3.delete_object(Bucket=bucket, Key=obj['Key'])
+        delete_prefix(s3, bucket, args[0])
     else:
         sys.exit(f's3obj: unknown action {action}\n{__doc__}')
 
