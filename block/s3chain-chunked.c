@@ -70,7 +70,7 @@ static uint64_t chunked_loads_with(S3chainImage *img, uint64_t index,
 }
 
 /*
- * A compressed chunk's runs: its blocks lie packed in its one object,
+ * A packed chunk's runs: its blocks lie packed in its one object,
  * each run a ranged GET of their stored bytes, unpacked by check_run.
  * Blocks that store nothing (all zeroes) need no request.
  */
@@ -209,12 +209,20 @@ static int coroutine_fn unpack_run(S3chainImage *img, CachedChunk *c,
         return -EIO;
     }
     ret = s3chain_co_unpack(run->packed, lengths + run->first,
-                            want + run->first, run->count, img->block_size,
-                            c->buf + run->first * img->block_size, &fault);
-    if (ret == -EIO && fault.frame) {
+                            want + run->first, run->first, run->count,
+                            img->block_size, img->manifest->keys, c->index,
+                            ref->tag, c->buf + run->first * img->block_size,
+                            &fault);
+    if (ret == -EIO && fault.kind == S3CHAIN_UNPACK_FRAME) {
         error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s: block %" PRIu64
                      " does not unpack to %" PRIu64 " bytes", bucket(img),
                      run->key, run->first + fault.block, img->block_size);
+    } else if (ret == -EIO && fault.kind == S3CHAIN_UNPACK_SEAL) {
+        trace_s3chain_chunk_corrupt(bucket(img), run->key);
+        error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s: block %" PRIu64
+                     " was not sealed there by this image's key: the object "
+                     "was altered, moved or replaced", bucket(img), run->key,
+                     run->first + fault.block);
     } else if (ret == -EIO) {
         trace_s3chain_chunk_corrupt(bucket(img), run->key);
         error_report(S3CHAIN_DAMAGED "chunk s3://%s/%s does not match its "
@@ -258,7 +266,7 @@ static int coroutine_fn chunked_check_run(S3chainImage *img, S3chainLoad *load,
     return 0;
 }
 
-/* Adds the bytes that compressed chunk @value stores to *@opaque */
+/* Adds the bytes that packed chunk @value stores to *@opaque */
 static gboolean add_packed_bytes(gpointer key, gpointer value, gpointer opaque)
 {
     const S3chainChunkRef *ref = value;
@@ -276,7 +284,7 @@ static uint64_t chunked_stored_bytes(S3chainImage *img)
 {
     uint64_t bytes = 0;
 
-    if (!img->manifest->compressed) {
+    if (!s3chain_manifest_packed(img->manifest)) {
         return (uint64_t)g_tree_nnodes(img->manifest->chunks) *
                chunk_size(img);
     }
@@ -352,6 +360,70 @@ void coroutine_fn s3chain_image_co_unlock(S3chainImage *img)
 }
 
 /*
+ * Checks @m, the manifest @json of image @key, against @user_key, the
+ * key given (NULL: none), and keeps the image's keys in it.  An
+ * encrypted image opens with its own key only; given a key, an image
+ * that is not encrypted is refused rather than read as plain text: its
+ * manifest may have been replaced by one that says so.
+ */
+static int open_sealed_manifest(S3chainConn *conn, const char *key,
+                                const char *json, const uint8_t *user_key,
+                                S3chainManifest *m, Error **errp)
+{
+    const char *name = s3chain_conn_settings(conn)->bucket;
+    g_autofree char *want = NULL;
+    g_autofree char *have = NULL;
+    uint8_t key_id[S3CHAIN_ID_LEN];
+    S3chainImageKeys *keys;
+
+    if (!m->encrypted) {
+        if (user_key) {
+            error_setg(errp, S3CHAIN_KEY_REFUSED "s3://%s/%s is not "
+                       "encrypted, but encrypt-key-secret gives a key: not "
+                       "reading it as plain text; open it without a key if "
+                       "it never was encrypted", name, key);
+            return -EACCES;
+        }
+        return 0;
+    }
+    if (!s3chain_seal_available()) {
+        error_setg(errp, "s3chain: s3://%s/%s is encrypted, and this QEMU "
+                   "was built without GnuTLS", name, key);
+        return -ENOTSUP;
+    }
+    want = s3chain_id_to_hex(m->key_id);
+    if (!user_key) {
+        error_setg(errp, S3CHAIN_KEY_REFUSED "s3://%s/%s is encrypted (key "
+                   "id %s): give its key with encrypt-key-secret", name, key,
+                   want);
+        return -EACCES;
+    }
+    if (!s3chain_key_id(user_key, key_id)) {
+        error_setg(errp, "s3chain: cannot derive the key id");
+        return -EIO;
+    }
+    if (memcmp(key_id, m->key_id, sizeof(key_id))) {
+        have = s3chain_id_to_hex(key_id);
+        error_setg(errp, S3CHAIN_KEY_REFUSED "s3://%s/%s is encrypted with "
+                   "key id %s, and the key given has key id %s: give the "
+                   "key it was written with", name, key, want, have);
+        return -EACCES;
+    }
+    keys = g_new0(S3chainImageKeys, 1);
+    if (!s3chain_image_keys(user_key, m->image_id, keys) ||
+        !s3chain_manifest_mac_matches(keys, json, m->mac_covered,
+                                      m->mac_hex)) {
+        s3chain_image_keys_clear(keys);
+        g_free(keys);
+        error_setg(errp, S3CHAIN_DAMAGED "manifest s3://%s/%s does not "
+                   "match its MAC: it was altered", name, key);
+        return -EIO;
+    }
+    m->keys = keys;
+    return 0;
+}
+
+/*
  * The manifest, @how->key, is @how->object_bytes long with ETag
  * @how->etag, and starts with the @how->head_len bytes at @how->head
  */
@@ -411,6 +483,12 @@ int coroutine_fn s3chain_chunked_co_open(BlockDriverState *bs,
         s3chain_manifest_free(manifest);
         return -ENOTSUP;
     }
+    ret = open_sealed_manifest(conn, key, json, how->encryption_key,
+                               manifest, errp);
+    if (ret < 0) {
+        s3chain_manifest_free(manifest);
+        return ret;
+    }
     /*
      * Most of the buffer is for the chunks that the reader's own requests
      * in flight are reading: qemu-img convert -m 16 reads 32 MiB at once.
@@ -435,24 +513,55 @@ int coroutine_fn s3chain_chunked_co_open(BlockDriverState *bs,
     return 0;
 }
 
-S3chainImage *s3chain_image_new_scratch(BlockDriverState *bs,
-                                        S3chainConn *conn, const char *key,
-                                        uint64_t buffer_size)
+/*
+ * Makes @m, a new image's manifest, encrypted under @user_key: a random
+ * image id, and the keys derived for it
+ */
+static int seal_new_manifest(S3chainManifest *m, const uint8_t *user_key,
+                             Error **errp)
+{
+    if (!s3chain_seal_available()) {
+        error_setg(errp, "s3chain: this QEMU was built without GnuTLS, "
+                   "which encrypted images need");
+        return -ENOTSUP;
+    }
+    m->encrypted = true;
+    m->keys = g_new0(S3chainImageKeys, 1);
+    if (!s3chain_key_id(user_key, m->key_id) ||
+        !s3chain_new_image_id(m->image_id) ||
+        !s3chain_image_keys(user_key, m->image_id, m->keys)) {
+        error_setg(errp, "s3chain: cannot derive the keys of a new image");
+        return -EIO;
+    }
+    return 0;
+}
+
+int s3chain_image_new_scratch(BlockDriverState *bs, S3chainConn *conn,
+                              const char *key, uint64_t buffer_size,
+                              const uint8_t *user_key, S3chainImage **image,
+                              Error **errp)
 {
     const S3chainImageOpen how = {
         .key = key, .writable = true, .buffer_size = buffer_size,
     };
-    S3chainImage *img = s3chain_image_new(bs, conn, &chunked_kind,
-                                          &how, s3chain_manifest_new(
-                                              0, S3CHAIN_SCRATCH_CHUNK_SIZE));
+    S3chainManifest *manifest = s3chain_manifest_new(
+        0, S3CHAIN_SCRATCH_CHUNK_SIZE);
+    int ret = user_key ? seal_new_manifest(manifest, user_key, errp) : 0;
 
-    img->scratch = true;
-    return img;
+    if (ret < 0) {
+        s3chain_manifest_free(manifest);
+        return ret;
+    }
+    *image = s3chain_image_new(bs, conn, &chunked_kind, &how, manifest);
+    (*image)->scratch = true;
+    return 0;
 }
 
 int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
                                          uint64_t size, uint64_t chunk_size,
-                                         bool compressed, Error **errp)
+                                         bool compressed,
+                                         const uint8_t *user_key,
+                                         Error **errp)
 {
     g_autoptr(S3chainManifest) manifest = s3chain_manifest_new(size,
                                                                chunk_size);
@@ -466,6 +575,12 @@ int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
         return -ENOTSUP;
     }
     manifest->compressed = compressed;
+    if (user_key) {
+        ret = seal_new_manifest(manifest, user_key, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
 
     ret = s3chain_image_put_manifest(conn, key, manifest, true, &req);
     if (req.status == 501) {

@@ -58,6 +58,7 @@ const char *s3chain_entry_shape(uint64_t version)
         "[index, tag, md5, crc32, block-size, block-sums, stored-lengths]",
     };
 
+    /* version 7 entries are those of version 6 */
     return shapes[version < 1 ? 0 : version > 6 ? 5 : version - 1];
 }
 
@@ -133,17 +134,42 @@ bool s3chain_compress_is_valid(const char *compress)
     return compress && !strcmp(compress, S3CHAIN_COMPRESS_ZSTD);
 }
 
+bool s3chain_encrypt_is_valid(const char *encrypt)
+{
+    return encrypt && !strcmp(encrypt, S3CHAIN_ENCRYPT_AES_256_GCM);
+}
+
+bool s3chain_id_from_hex(const char *hex, uint8_t id[16])
+{
+    return is_lower_hex(hex, 32) && s3chain_md5_from_hex(hex, id);
+}
+
+char *s3chain_id_to_hex(const uint8_t id[16])
+{
+    GString *hex = g_string_sized_new(32);
+
+    for (int i = 0; i < 16; i++) {
+        g_string_append_printf(hex, "%02x", id[i]);
+    }
+    return g_string_free(hex, false);
+}
+
 bool s3chain_stored_lengths_from_hex(const char *hex, uint64_t chunk_size,
-                                     uint64_t block_size, uint32_t *lengths)
+                                     uint64_t block_size, bool compressed,
+                                     bool sealed, uint32_t *lengths)
 {
     uint32_t words[S3CHAIN_MAX_BLOCKS];
     unsigned n = chunk_size / block_size;
+    uint64_t overhead = sealed ? S3CHAIN_SEAL_OVERHEAD : 0;
 
     if (n > S3CHAIN_MAX_BLOCKS || !s3chain_words_from_hex(hex, n, words)) {
         return false;
     }
     for (unsigned i = 0; i < n; i++) {
-        if (words[i] > block_size) {
+        if (words[i] &&
+            (compressed ? words[i] <= overhead ||
+                          words[i] > block_size + overhead
+                        : words[i] != block_size + overhead)) {
             return false;
         }
     }

@@ -14,20 +14,24 @@
 #ifndef BLOCK_S3CHAIN_FORMAT_H
 #define BLOCK_S3CHAIN_FORMAT_H
 
+#include "s3chain-seal.h"
+
 /* The manifest's "format", and the versions of it that are read */
 #define S3CHAIN_MANIFEST_FORMAT "s3chain-chunked"
-#define S3CHAIN_MANIFEST_VERSION 6
+#define S3CHAIN_MANIFEST_VERSION 7
 /*
- * What a manifest says it is: 6 for an image whose blocks are stored
- * compressed, else 5 if a chunk has patches, else 4, so that a reader of
- * an older version reads every image that needs nothing newer
+ * What a manifest says it is: 7 for an image whose blocks are stored
+ * encrypted, else 6 if compressed, else 5 if a chunk has patches, else
+ * 4, so that a reader of an older version reads every image that needs
+ * nothing newer
  */
+#define S3CHAIN_MANIFEST_VERSION_ENCRYPTED 7
 #define S3CHAIN_MANIFEST_VERSION_COMPRESSED 6
 #define S3CHAIN_MANIFEST_VERSION_PATCHED 5
 #define S3CHAIN_MANIFEST_VERSION_UNPATCHED 4
 
 /*
- * The compression of a version 6 manifest's blocks, its "compress": each
+ * The compression of a version 6 or 7 manifest's blocks, its "compress": each
  * block a zstd frame, stored as is if that is no shorter, or not at all
  * if it is all zeroes
  */
@@ -68,6 +72,11 @@
  * a failed transfer by it.
  */
 #define S3CHAIN_DAMAGED "s3chain: damaged: "
+/*
+ * And of an image that the key given does not open: encrypted with
+ * another key or none given, or not encrypted while a key was
+ */
+#define S3CHAIN_KEY_REFUSED "s3chain: key refused: "
 
 /* The blocks of a chunk: a qcow2 cluster, or a 64th of the chunk */
 static inline uint64_t s3chain_block_size(uint64_t chunk_size)
@@ -113,12 +122,21 @@ char *s3chain_words_to_hex(const uint32_t *words, unsigned n);
 bool s3chain_words_from_hex(const char *hex, unsigned n, uint32_t *words);
 /* S3CHAIN_COMPRESS_ZSTD, the one compression there is */
 bool s3chain_compress_is_valid(const char *compress);
+/* S3CHAIN_ENCRYPT_AES_256_GCM, the one encryption there is */
+bool s3chain_encrypt_is_valid(const char *encrypt);
+/* A key id or image id: 32 lower-case hex digits, into @id, and back */
+bool s3chain_id_from_hex(const char *hex, uint8_t id[16]);
+char *s3chain_id_to_hex(const uint8_t id[16]);
 /*
- * The stored length of each block of a compressed chunk, 8 lower-case
- * hex digits each, none over @block_size, into @lengths if not NULL
+ * The stored length of each block of a packed chunk (a compressed or
+ * encrypted image's), 8 lower-case hex digits each, into @lengths if not
+ * NULL.  Each is 0 (all zeroes), or the block's bytes: at most
+ * @block_size if @compressed, else exactly; and, if @sealed, with
+ * S3CHAIN_SEAL_OVERHEAD bytes more.
  */
 bool s3chain_stored_lengths_from_hex(const char *hex, uint64_t chunk_size,
-                                     uint64_t block_size, uint32_t *lengths);
+                                     uint64_t block_size, bool compressed,
+                                     bool sealed, uint32_t *lengths);
 /*
  * A patch's blocks: 16 lower-case hex digits of a mask of blocks of
  * s3chain_block_size(), at least one, none past the chunk's end

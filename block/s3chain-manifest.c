@@ -28,7 +28,10 @@
  * block in its object, 8 hex digits each, "STORED LENGTHS hex" (0: the
  * block is all zeroes, the block size: stored as is, else a zstd frame);
  * its MD5, CRC-32 and block sums are of the stored bytes, and it has no
- * patches.
+ * patches.  Version 7 is an encrypted image's: "encrypt": "aes-256-gcm",
+ * the "key-id" of the user's key and the image's own "image-id", each
+ * stored block sealed (s3chain-seal.c), perhaps compressed too, and the
+ * manifest ends with its "mac", the HMAC of every byte before it.
  *
  * Copyright (c) 2026 The s3chain authors
  *
@@ -86,6 +89,10 @@ S3chainManifest *s3chain_manifest_new(uint64_t size, uint64_t chunk_size)
 void s3chain_manifest_free(S3chainManifest *m)
 {
     if (m) {
+        if (m->keys) {
+            s3chain_image_keys_clear(m->keys);
+            g_free(m->keys);
+        }
         g_tree_unref(m->chunks);
         g_free(m);
     }
@@ -119,6 +126,7 @@ void s3chain_manifest_remove(S3chainManifest *m, uint64_t index)
     g_tree_remove(m->chunks, &index);
 }
 
+/* 16 bytes, an MD5 or an id, in lower-case hex */
 static void encode_md5(GString *out, const uint8_t *md5)
 {
     for (int i = 0; i < 16; i++) {
@@ -177,13 +185,23 @@ char *s3chain_manifest_encode(const S3chainManifest *m)
     int version = S3CHAIN_MANIFEST_VERSION_UNPATCHED;
 
     g_tree_foreach(m->chunks, find_patched, &patched);
-    if (m->compressed) {
+    if (m->encrypted) {
+        version = S3CHAIN_MANIFEST_VERSION_ENCRYPTED;
+    } else if (m->compressed) {
         version = S3CHAIN_MANIFEST_VERSION_COMPRESSED;
     } else if (patched) {
         version = S3CHAIN_MANIFEST_VERSION_PATCHED;
     }
     g_string_append_printf(out, "{\"format\": \"%s\", \"version\": %d, ",
                            S3CHAIN_MANIFEST_FORMAT, version);
+    if (m->encrypted) {
+        g_string_append(out, "\"encrypt\": \"" S3CHAIN_ENCRYPT_AES_256_GCM
+                        "\", \"key-id\": \"");
+        encode_md5(out, m->key_id);
+        g_string_append(out, "\", \"image-id\": \"");
+        encode_md5(out, m->image_id);
+        g_string_append(out, "\", ");
+    }
     if (m->compressed) {
         g_string_append(out, "\"compress\": \"" S3CHAIN_COMPRESS_ZSTD
                         "\", ");
@@ -193,7 +211,16 @@ char *s3chain_manifest_encode(const S3chainManifest *m)
                            ", \"chunks\": [", m->size, m->chunk_size,
                            m->generation);
     g_tree_foreach(m->chunks, encode_chunk, out);
-    g_string_append(out, "]}\n");
+    g_string_append_c(out, ']');
+    if (m->encrypted) {
+        char mac[2 * S3CHAIN_MAC_LEN + 1];
+
+        /* only the writer of an image has its keys */
+        assert(m->keys);
+        s3chain_manifest_mac(m->keys, out->str, out->len, mac);
+        g_string_append_printf(out, S3CHAIN_MAC_MEMBER "%s\"", mac);
+    }
+    g_string_append(out, "}\n");
     return g_string_free(out, false);
 }
 
@@ -258,6 +285,51 @@ static bool decode_patches(QList *list, uint64_t chunk_size,
     return true;
 }
 
+/*
+ * Reads version 7's members into @m: the encryption, the key id, the
+ * image id, and the MAC that ends @json, the manifest's text; an older
+ * version must have none of them
+ */
+static bool decode_encryption(QDict *d, const char *json, uint64_t version,
+                              S3chainManifest *m, Error **errp)
+{
+    const char *encrypt = qdict_get_try_str(d, "encrypt");
+    const char *mac_hex;
+
+    if (!m->encrypted) {
+        if (qdict_haskey(d, "encrypt") || qdict_haskey(d, "key-id") ||
+            qdict_haskey(d, "image-id") || qdict_haskey(d, "mac")) {
+            error_setg(errp, "manifest version %" PRIu64 " has an encrypted "
+                       "image's members", version);
+            return false;
+        }
+        return true;
+    }
+    if (!encrypt) {
+        error_setg(errp, "manifest has no valid 'encrypt'");
+        return false;
+    }
+    if (!s3chain_encrypt_is_valid(encrypt)) {
+        error_setg(errp, "manifest encryption '%s' is not supported; this "
+                   "s3chain reads " S3CHAIN_ENCRYPT_AES_256_GCM, encrypt);
+        return false;
+    }
+    if (!s3chain_id_from_hex(qdict_get_try_str(d, "key-id"), m->key_id) ||
+        !s3chain_id_from_hex(qdict_get_try_str(d, "image-id"),
+                             m->image_id)) {
+        error_setg(errp, "manifest has no valid 'key-id' and 'image-id'");
+        return false;
+    }
+    if (!qdict_get_try_str(d, "mac") ||
+        !s3chain_manifest_mac_split(json, &m->mac_covered, &mac_hex)) {
+        error_setg(errp, "manifest does not end with a valid 'mac'");
+        return false;
+    }
+    memcpy(m->mac_hex, mac_hex, 2 * S3CHAIN_MAC_LEN);
+    m->mac_hex[2 * S3CHAIN_MAC_LEN] = '\0';
+    return true;
+}
+
 S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
 {
     QObject *obj = qobject_from_json(json, NULL);
@@ -299,7 +371,8 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
     }
     compress = qdict_haskey(d, "compress") ?
                qdict_get_try_str(d, "compress") ?: "" : NULL;
-    if ((version == S3CHAIN_MANIFEST_VERSION_COMPRESSED) != !!compress ||
+    if ((version == S3CHAIN_MANIFEST_VERSION_COMPRESSED && !compress) ||
+        (version < S3CHAIN_MANIFEST_VERSION_COMPRESSED && compress) ||
         (compress && !*compress)) {
         error_setg(errp, "manifest has no valid 'compress'");
         return NULL;
@@ -318,6 +391,10 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
     m = s3chain_manifest_new(size, chunk_size);
     m->generation = generation;
     m->compressed = compress != NULL;
+    m->encrypted = version == S3CHAIN_MANIFEST_VERSION_ENCRYPTED;
+    if (!decode_encryption(d, json, version, m, errp)) {
+        return NULL;
+    }
     QLIST_FOREACH_ENTRY(chunks, e) {
         QList *item = qobject_to(QList, qlist_entry_obj(e));
         QObject *fields[7] = { NULL };
@@ -338,7 +415,7 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
             }
         }
         if (n < 3 || n > s3chain_entry_fields_max(version) ||
-            (m->compressed && n != 7)) {
+            (s3chain_manifest_packed(m) && n != 7)) {
             error_setg(errp, "manifest chunk entry is not %s",
                        s3chain_entry_shape(version));
             return NULL;
@@ -349,7 +426,8 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
         crc32_hex = qobject_to(QString, fields[3]);
         block_size_num = qobject_to(QNum, fields[4]);
         block_sums = qobject_to(QString, fields[5]);
-        stored_lengths = m->compressed ? qobject_to(QString, fields[6]) : NULL;
+        stored_lengths = s3chain_manifest_packed(m) ?
+                         qobject_to(QString, fields[6]) : NULL;
         ref.has_crc32 = n >= 4;
         if (!index_num || !qnum_get_try_uint(index_num, &index) ||
             !s3chain_tag_is_valid(string_of(tag)) ||
@@ -364,12 +442,13 @@ S3chainManifest *s3chain_manifest_decode(const char *json, Error **errp)
                                                      chunk_size,
                                                      ref.block_size)) ||
             (n == 7 && ref.block_size != s3chain_block_size(chunk_size)) ||
-            (n == 7 && !m->compressed &&
+            (n == 7 && !s3chain_manifest_packed(m) &&
              !decode_patches(qobject_to(QList, fields[6]), chunk_size,
                              &ref)) ||
-            (m->compressed &&
+            (s3chain_manifest_packed(m) &&
              !s3chain_stored_lengths_from_hex(string_of(stored_lengths),
                                               chunk_size, ref.block_size,
+                                              m->compressed, m->encrypted,
                                               NULL))) {
             error_setg(errp, "manifest chunk entry is malformed");
             return NULL;

@@ -19,7 +19,8 @@
 static const char *const url_options[] = {
     "region", "access-key-id", "key-secret", "session-token-secret",
     "sslverify", "cafile", "timeout", "retries", "request-size",
-    "readahead", "max-requests", "buffer-size", "compress-level", NULL,
+    "readahead", "max-requests", "buffer-size", "compress-level",
+    "encrypt-key-secret", NULL,
 };
 
 static char *url_decode(const char *s, size_t len, Error **errp)
@@ -184,6 +185,9 @@ char *s3chain_build_url(const BlockdevOptionsS3chain *opts, const char *key)
     }
     if (opts->cafile) {
         append_option(url, "cafile", opts->cafile);
+    }
+    if (opts->encrypt_key_secret) {
+        append_option(url, "encrypt-key-secret", opts->encrypt_key_secret);
     }
     g_string_append_printf(url, "/%s/%s", bucket, encoded_key);
     return g_string_free(url, false);

@@ -170,18 +170,22 @@ static void add_patch_locked(S3chainImage *img, uint64_t index, Upload *u)
 }
 
 /*
- * A compressed image's chunk goes up whole, its blocks packed (never as a
- * patch): @u's body becomes the packed blocks, with their sums
+ * A compressed or encrypted image's chunk goes up whole, its blocks
+ * packed (never as a patch): @u's body becomes the packed blocks, with
+ * their sums
  */
 static int coroutine_fn pack_upload(S3chainImage *img, Upload *u)
 {
+    S3chainManifest *m = img->manifest;
     S3chainPacked packed;
     int ret;
 
     assert(!u->patch);
-    u->packed = g_malloc(chunk_size(img));
+    u->packed = g_malloc(chunk_size(img) + (m->encrypted ?
+                         blocks_per_chunk(img) * S3CHAIN_SEAL_OVERHEAD : 0));
     ret = s3chain_co_pack(u->body, chunk_size(img), img->block_size,
-                          img->compress_level, u->packed, &packed);
+                          m->compressed ? img->compress_level : 0, m->keys,
+                          u->chunk->index, u->tag, u->packed, &packed);
     if (ret < 0) {
         return ret;
     }
@@ -241,7 +245,8 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
         if (!u->key) {
             continue;
         }
-        u->req.ret = img->manifest->compressed ? pack_upload(img, u)
+        u->req.ret = s3chain_manifest_packed(img->manifest)
+            ? pack_upload(img, u)
             : s3chain_co_sums_of(u->body, u->len, true, !u->patch,
                                  img->block_size, u->block_crcs, &u->sums);
         if (u->req.ret < 0) {

@@ -44,7 +44,8 @@ typedef struct S3chainOpenCo {
 
 static const char *const s3chain_strong_runtime_opts[] = {
     "endpoint", "bucket", "key", "region", "access-key-id", "key-secret",
-    "session-token-secret", "sslverify", "cafile", NULL,
+    "session-token-secret", "sslverify", "cafile", "encrypt-key-secret",
+    NULL,
 };
 
 static void s3chain_parse_filename(const char *filename, QDict *options,
@@ -170,6 +171,36 @@ fail:
 }
 
 /*
+ * The user's encryption key, from the secret object that @opts'
+ * encrypt-key-secret names, into @key: 1, or 0 if none is named
+ */
+static int s3chain_lookup_key(BlockdevOptionsS3chain *opts,
+                              uint8_t key[S3CHAIN_KEY_LEN], Error **errp)
+{
+    g_autofree uint8_t *data = NULL;
+    size_t len;
+
+    if (!opts->encrypt_key_secret) {
+        return 0;
+    }
+    if (qcrypto_secret_lookup(opts->encrypt_key_secret, &data, &len,
+                              errp) < 0) {
+        return -EINVAL;
+    }
+    if (len != S3CHAIN_KEY_LEN) {
+        error_setg(errp, "s3chain: the key in secret '%s' is %zu bytes; an "
+                   "encryption key is %d bytes (give them raw, or with "
+                   "format=base64)", opts->encrypt_key_secret, len,
+                   S3CHAIN_KEY_LEN);
+        memset(data, 0, len);
+        return -EINVAL;
+    }
+    memcpy(key, data, S3CHAIN_KEY_LEN);
+    memset(data, 0, len);
+    return 1;
+}
+
+/*
  * Reads the start of the object: its size, ETag and kind in one request,
  * and with them a manifest whole unless it is long.  Returns in *@head
  * what it read, @how->head_len bytes, and in *@etag the ETag.
@@ -239,15 +270,29 @@ static int coroutine_fn s3chain_co_open_image(BlockDriverState *bs,
         .compress_level = s->opts->compress_level,
         .readahead = s->opts->readahead,
     };
+    uint8_t user_key[S3CHAIN_KEY_LEN];
     bool chunked = false;
     int ret;
 
-    ret = s3chain_co_probe(bs, &chunked, &how, &head, &etag, errp);
+    ret = s3chain_lookup_key(s->opts, user_key, errp);
     if (ret < 0) {
         return ret;
     }
+    how.encryption_key = ret ? user_key : NULL;
+    ret = s3chain_co_probe(bs, &chunked, &how, &head, &etag, errp);
+    if (ret < 0) {
+        goto out;
+    }
     how.head = head;
     how.etag = etag;
+    if (!chunked && how.encryption_key) {
+        error_setg(errp, S3CHAIN_KEY_REFUSED "s3://%s/%s is stored as one "
+                   "object, which is never encrypted, but "
+                   "encrypt-key-secret gives a key: not reading it as "
+                   "plain text", s->opts->bucket, s->opts->key);
+        ret = -EACCES;
+        goto out;
+    }
     if (chunked) {
         ret = s3chain_chunked_co_open(bs, s->conn, &how, image, errp);
     } else {
@@ -261,6 +306,8 @@ static int coroutine_fn s3chain_co_open_image(BlockDriverState *bs,
             s3chain_image_co_close(g_steal_pointer(image));
         }
     }
+out:
+    memset(user_key, 0, sizeof(user_key));
     return ret;
 }
 
@@ -389,9 +436,20 @@ static int s3chain_open(BlockDriverState *bs, QDict *options, int flags,
     }
 
     if (s->opts->scratch) {
+        uint8_t user_key[S3CHAIN_KEY_LEN];
+
         /* nothing to read: what the bucket holds at @key is not its own */
-        s->image = s3chain_image_new_scratch(bs, s->conn, s->opts->key,
-                                             s->opts->buffer_size);
+        ret = s3chain_lookup_key(s->opts, user_key, errp);
+        if (ret >= 0) {
+            ret = s3chain_image_new_scratch(bs, s->conn, s->opts->key,
+                                            s->opts->buffer_size,
+                                            ret ? user_key : NULL, &s->image,
+                                            errp);
+        }
+        memset(user_key, 0, sizeof(user_key));
+        if (ret < 0) {
+            goto fail;
+        }
     } else {
         aio_co_enter(bdrv_get_aio_context(bs),
                      qemu_coroutine_create(s3chain_open_entry, &oc));
@@ -645,6 +703,7 @@ static int coroutine_fn s3chain_co_do_create(BlockdevOptionsS3chain *location,
                                              S3chainCompression compress,
                                              Error **errp)
 {
+    uint8_t user_key[S3CHAIN_KEY_LEN];
     S3chainConn *conn;
     int ret;
 
@@ -655,13 +714,20 @@ static int coroutine_fn s3chain_co_do_create(BlockdevOptionsS3chain *location,
                    (int)(S3CHAIN_MAX_CHUNK_SIZE / MiB));
         return -EINVAL;
     }
-    conn = s3chain_connect(location, qemu_get_current_aio_context(), errp);
-    if (!conn) {
-        return -EINVAL;
+    ret = s3chain_lookup_key(location, user_key, errp);
+    if (ret < 0) {
+        return ret;
     }
-    ret = s3chain_image_co_create(conn, location->key, size, chunk_size,
-                                  compress == S3CHAIN_COMPRESSION_ZSTD, errp);
-    s3chain_conn_free(conn);
+    conn = s3chain_connect(location, qemu_get_current_aio_context(), errp);
+    if (conn) {
+        ret = s3chain_image_co_create(conn, location->key, size, chunk_size,
+                                      compress == S3CHAIN_COMPRESSION_ZSTD,
+                                      ret ? user_key : NULL, errp);
+        s3chain_conn_free(conn);
+    } else {
+        ret = -EINVAL;
+    }
+    memset(user_key, 0, sizeof(user_key));
     return ret;
 }
 

@@ -98,9 +98,9 @@ typedef struct S3chainChunkRef {
     unsigned n_patches;
     S3chainPatchRef patches[S3CHAIN_MAX_PATCHES];
     /*
-     * Version 6, a compressed image's: the length each block has in the
-     * object, 8 hex digits each; its sums, MD5 and CRC-32 are then of the
-     * stored bytes
+     * Version 6 and 7, a compressed or encrypted image's: the length each
+     * block has in the object, 8 hex digits each; its sums, MD5 and
+     * CRC-32 are then of the stored bytes
      */
     char *stored_lengths;
 } S3chainChunkRef;
@@ -109,9 +109,23 @@ typedef struct S3chainManifest {
     uint64_t size;
     uint64_t chunk_size;
     uint64_t generation;        /* bumped by each commit */
-    bool compressed;            /* version 6: its blocks are stored zstd */
+    bool compressed;            /* version 6 or 7: blocks stored zstd */
+    bool encrypted;             /* version 7: blocks sealed, manifest MAC'd */
+    uint8_t key_id[S3CHAIN_ID_LEN];     /* encrypted: of the user's key */
+    uint8_t image_id[S3CHAIN_ID_LEN];   /* encrypted: the image's own */
+    /* decoded, encrypted: the bytes its MAC covers, and the MAC */
+    size_t mac_covered;
+    char mac_hex[2 * S3CHAIN_MAC_LEN + 1];
+    /* encrypted, once the user's key has opened it: what seals it */
+    S3chainImageKeys *keys;
     GTree *chunks;              /* index -> S3chainChunkRef */
 } S3chainManifest;
+
+/* Whether @m's blocks are stored packed: compressed or sealed */
+static inline bool s3chain_manifest_packed(const S3chainManifest *m)
+{
+    return m->compressed || m->encrypted;
+}
 
 S3chainManifest *s3chain_manifest_new(uint64_t size, uint64_t chunk_size);
 void s3chain_manifest_free(S3chainManifest *m);
@@ -246,7 +260,7 @@ int coroutine_fn s3chain_co_sums_of(const uint8_t *buf, size_t len,
 bool s3chain_block_sums_parse(const char *hex, const S3chainChunkRef *ref,
                               unsigned n, uint32_t *crcs);
 
-/* s3chain-compress.c: the blocks of compressed images */
+/* s3chain-compress.c: the blocks of compressed and encrypted images */
 
 /* A chunk packed: what goes up, @len bytes, and its sums */
 typedef struct S3chainPacked {
@@ -257,33 +271,47 @@ typedef struct S3chainPacked {
     uint8_t md5[16];
 } S3chainPacked;
 
+typedef enum S3chainUnpackFaultKind {
+    S3CHAIN_UNPACK_OK,
+    S3CHAIN_UNPACK_SUM,         /* its bytes do not match its sum */
+    S3CHAIN_UNPACK_SEAL,        /* its seal does not open here */
+    S3CHAIN_UNPACK_FRAME,       /* it does not decompress to a block */
+} S3chainUnpackFaultKind;
+
 /* A stored block that is not what the manifest says */
 typedef struct S3chainUnpackFault {
     unsigned block;             /* of those unpacked, from 0 */
-    bool frame;                 /* its sum matched, but it does not unpack */
+    S3chainUnpackFaultKind kind;
 } S3chainUnpackFault;
 
 /* Whether this QEMU has zstd, which compressed images need */
 bool s3chain_compress_available(void);
 /*
- * Packs the blocks of @chunk, each of @block_size, at zstd @level into
- * @out, @chunk_size bytes, in a worker thread; @chunk must not change
- * until it returns
+ * Packs the blocks of @chunk, each of @block_size, at zstd @level (0: not
+ * compressed), sealed with @keys if not NULL as chunk @index's upload
+ * @tag, into @out (@chunk_size bytes, and S3CHAIN_SEAL_OVERHEAD more per
+ * block if sealed), in a worker thread; @chunk must not change until it
+ * returns
  */
 int coroutine_fn s3chain_co_pack(const uint8_t *chunk, uint64_t chunk_size,
-                                 uint64_t block_size, int level, uint8_t *out,
+                                 uint64_t block_size, int level,
+                                 const S3chainImageKeys *keys, uint64_t index,
+                                 const char *tag, uint8_t *out,
                                  S3chainPacked *packed);
 /*
- * Unpacks @count blocks stored one after the other at @stored, of
- * @lengths, into @out, in a worker thread: each must have the CRC-32 of
- * @crcs and unpack to @block_size bytes; else -EIO, with which and why in
- * @fault
+ * Unpacks @count blocks from block @first of chunk @index's upload @tag,
+ * stored one after the other at @stored, of @lengths, into @out, in a
+ * worker thread: each must have the CRC-32 of @crcs, open with @keys if
+ * not NULL, and unpack to @block_size bytes; else -EIO, with which and
+ * why in @fault
  */
 int coroutine_fn s3chain_co_unpack(const uint8_t *stored,
                                    const uint32_t *lengths,
-                                   const uint32_t *crcs, unsigned count,
-                                   uint64_t block_size, uint8_t *out,
-                                   S3chainUnpackFault *fault);
+                                   const uint32_t *crcs, unsigned first,
+                                   unsigned count, uint64_t block_size,
+                                   const S3chainImageKeys *keys,
+                                   uint64_t index, const char *tag,
+                                   uint8_t *out, S3chainUnpackFault *fault);
 
 /* s3chain-image.c: images, their buffer of chunks and reads */
 
@@ -446,6 +474,7 @@ typedef struct S3chainImageOpen {
     uint64_t buffer_size;
     uint64_t readahead;         /* bytes of chunks a reader has ahead */
     int compress_level;         /* zstd's, for a compressed image's writes */
+    const uint8_t *encryption_key;  /* the user's, or NULL */
 } S3chainImageOpen;
 
 /*
@@ -539,15 +568,22 @@ int coroutine_fn s3chain_chunked_co_open(BlockDriverState *bs,
                                          S3chainImage **image, Error **errp);
 /*
  * A scratch image at @key: empty, writable, in RAM while @buffer_size
- * holds it; it spills chunks under @key when full, and is never committed
+ * holds it; it spills chunks under @key when full (sealed under
+ * @user_key if not NULL), and is never committed
  */
-S3chainImage *s3chain_image_new_scratch(BlockDriverState *bs,
-                                        S3chainConn *conn, const char *key,
-                                        uint64_t buffer_size);
-/* An empty image at @key, its blocks stored zstd if @compressed */
+int s3chain_image_new_scratch(BlockDriverState *bs, S3chainConn *conn,
+                              const char *key, uint64_t buffer_size,
+                              const uint8_t *user_key, S3chainImage **image,
+                              Error **errp);
+/*
+ * An empty image at @key, its blocks stored zstd if @compressed, and
+ * sealed under @user_key if not NULL
+ */
 int coroutine_fn s3chain_image_co_create(S3chainConn *conn, const char *key,
                                          uint64_t size, uint64_t chunk_size,
-                                         bool compressed, Error **errp);
+                                         bool compressed,
+                                         const uint8_t *user_key,
+                                         Error **errp);
 /* Releases the writer's lock, if @img holds it */
 void coroutine_fn s3chain_image_co_unlock(S3chainImage *img);
 

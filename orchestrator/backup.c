@@ -446,6 +446,39 @@ static bool decide_compression(Backup *b, GError **err)
     return true;
 }
 
+/*
+ * Whether the run's images are encrypted: as the VM's catalog says, with
+ * --key-file's key, which must be the one its backups have; the VM's
+ * first backup is encrypted if --key-file gives a key (--encrypt says
+ * so, and refuses to run without one)
+ */
+static bool decide_encryption(Backup *b, GError **err)
+{
+    if (b->run.opts->encrypt && !b->repo.has_key) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "--encrypt needs the key: give --key-file FILE, a file "
+                    "of mode 0600 holding 32 bytes, or 64 hex digits");
+        return false;
+    }
+    if (b->run.opts->encrypt && !s3c_catalog_key_id(&b->cat) &&
+        json_object_array_length(s3c_catalog_backups(&b->cat))) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "VM %s's backups in this repository are stored "
+                    "unencrypted, and its chains cannot mix: back it up "
+                    "without --encrypt, or into another repository "
+                    "(another --repo prefix)", b->cat.vm);
+        return false;
+    }
+    if (!s3c_catalog_check_key(&b->cat, &b->repo, err)) {
+        return false;
+    }
+    if (b->repo.has_key && !s3c_catalog_key_id(&b->cat)) {
+        /* saved with the run's entry: a run that fails leaves nothing */
+        s3c_catalog_set_key_id(&b->cat, b->repo.key_id);
+    }
+    return true;
+}
+
 static bool prepare(Backup *b, GError **err)
 {
     const S3cBackupOptions *opts = b->run.opts;
@@ -453,7 +486,7 @@ static bool prepare(Backup *b, GError **err)
     if (!s3c_repo_init(&b->repo, &opts->repo, err) ||
         !s3c_s3_check_bucket(&b->repo, err) ||
         !s3c_catalog_load(&b->cat, &b->repo, opts->vm, err) ||
-        !decide_compression(b, err)) {
+        !decide_encryption(b, err) || !decide_compression(b, err)) {
         return false;
     }
     /*

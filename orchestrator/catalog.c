@@ -392,6 +392,7 @@ static bool check_catalog(const S3cCatalog *cat, const char *where,
                                                      g_str_equal);
     g_autoptr(GHashTable) images = g_hash_table_new(g_str_hash, g_str_equal);
     json_object *v, *backups;
+    uint8_t id[S3CHAIN_ID_LEN];
     int64_t format;
     size_t n;
 
@@ -435,6 +436,18 @@ static bool check_catalog(const S3cCatalog *cat, const char *where,
                     "s3chain does not know: use a newer s3chain", where,
                     json_object_get_string(v));
         return false;
+    }
+    if (!field(cat->doc, "key-id", json_type_string, false, false, &v,
+               err, where, "the catalog")) {
+        return false;
+    }
+    if (v && format < S3C_CATALOG_FORMAT_ENCRYPTED) {
+        return damaged(err, where, "it says \"key-id\" in format %"
+                       G_GINT64_FORMAT, format);
+    }
+    if (v && !s3chain_id_from_hex(json_object_get_string(v), id)) {
+        return damaged(err, where, "its \"key-id\" is not 32 lower-case "
+                       "hex digits");
     }
     if (!field(cat->doc, "backups", json_type_array, true, false, &backups,
                err, where, "the catalog")) {
@@ -539,7 +552,9 @@ bool s3c_catalog_save(S3cCatalog *cat, const S3cRepo *repo, GError **err)
     const char *text;
 
     json_object_object_add(cat->doc, "format", json_object_new_int(
-                               s3c_catalog_compressed(cat)
+                               s3c_catalog_key_id(cat)
+                               ? S3C_CATALOG_FORMAT_ENCRYPTED
+                               : s3c_catalog_compressed(cat)
                                ? S3C_CATALOG_FORMAT_COMPRESSED
                                : needs_merge_format(cat)
                                ? S3C_CATALOG_FORMAT_MERGES
@@ -584,6 +599,46 @@ json_object *s3c_catalog_backups(const S3cCatalog *cat)
 
     json_object_object_get_ex(cat->doc, "backups", &backups);
     return backups;
+}
+
+const char *s3c_catalog_key_id(const S3cCatalog *cat)
+{
+    return s3c_json_str(cat->doc, "key-id");
+}
+
+void s3c_catalog_set_key_id(S3cCatalog *cat, const char *key_id)
+{
+    json_object_object_add(cat->doc, "key-id",
+                           json_object_new_string(key_id));
+}
+
+bool s3c_catalog_check_key(const S3cCatalog *cat, const S3cRepo *repo,
+                           GError **err)
+{
+    const char *key_id = s3c_catalog_key_id(cat);
+
+    if (key_id && !repo->has_key) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_KEY,
+                    "VM %s's backups are encrypted (key id %s): give their "
+                    "key with --key-file", cat->vm, key_id);
+        return false;
+    }
+    if (key_id && strcmp(key_id, repo->key_id)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_KEY,
+                    "VM %s's backups are encrypted with key id %s, and "
+                    "--key-file's key has key id %s: give the key they were "
+                    "written with", cat->vm, key_id, repo->key_id);
+        return false;
+    }
+    if (!key_id && repo->has_key &&
+        json_object_array_length(s3c_catalog_backups(cat))) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_KEY,
+                    "VM %s's backups are not encrypted, but --key-file gives "
+                    "a key: drop --key-file (its chains cannot mix)",
+                    cat->vm);
+        return false;
+    }
+    return true;
 }
 
 bool s3c_catalog_compressed(const S3cCatalog *cat)

@@ -21,6 +21,7 @@ static void chunk_free(S3cChunk *c)
     g_free(c->md5);
     g_free(c->block_sums);
     g_free(c->stored_lengths);
+    g_free(c->tag);
     for (unsigned i = 0; i < c->n_patches; i++) {
         g_free(c->patches[i].key);
         g_free(c->patches[i].md5);
@@ -144,7 +145,7 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
     uint8_t md5_bytes[16];
 
     if (n < 3 || n > s3chain_entry_fields_max(version) ||
-        (m->compressed && n != 7)) {
+        ((m->compressed || m->encrypted) && n != 7)) {
         return bad(err, where, "chunk entry %zu is not %s", i,
                    s3chain_entry_shape(version));
     }
@@ -194,30 +195,84 @@ static bool parse_chunk(json_object *entry, size_t i, uint64_t version,
         return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its block "
                    "sums are not 8 lower-case hex digits a block", c->index);
     }
-    if (m->compressed) {
+    if (m->compressed || m->encrypted) {
         c->n_stored = m->chunk_size / MAX(c->block_size, 1);
         c->stored_lengths = g_new(uint32_t, c->n_stored);
         if (c->block_size != s3chain_block_size(m->chunk_size) ||
             !s3chain_stored_lengths_from_hex(string_at(entry, 6),
                                              m->chunk_size, c->block_size,
+                                             m->compressed, m->encrypted,
                                              c->stored_lengths)) {
             return bad(err, where, "chunk %" G_GUINT64_FORMAT ": its stored "
                        "lengths are not 8 lower-case hex digits a block, "
-                       "none over its block size", c->index);
+                       "each 0 or one a block of this image can have",
+                       c->index);
         }
     } else if (n == 7 && !parse_patches(json_object_array_get_idx(entry, 6),
                                         m, c, where, err)) {
         return false;
     }
     c->key = s3chain_chunk_key(m->key, c->index, tag);
+    c->tag = g_strdup(tag);
     c->md5 = g_ascii_strdown(md5, -1);
     c->has_crc32 = n > 3;
     c->block_sums = g_strdup(sums);
     return true;
 }
 
+/*
+ * Version 7's members, into @m: the encryption, the key id, the image id
+ * and the MAC that ends @text, the manifest; no other version has them
+ */
+static bool parse_encryption(json_object *doc, const GString *text,
+                             S3cManifest *m, uint64_t version,
+                             const char *where, GError **err)
+{
+    static const char *const members[] = {
+        "encrypt", "key-id", "image-id", "mac",
+    };
+    const char *encrypt = s3c_json_str(doc, "encrypt");
+    const char *mac_hex;
+
+    m->encrypted = version == S3CHAIN_MANIFEST_VERSION_ENCRYPTED;
+    for (size_t i = 0; !m->encrypted && i < G_N_ELEMENTS(members); i++) {
+        if (json_object_object_get_ex(doc, members[i], NULL)) {
+            return bad(err, where, "\"%s\" is in version %d only",
+                       members[i], S3CHAIN_MANIFEST_VERSION_ENCRYPTED);
+        }
+    }
+    if (!m->encrypted) {
+        return true;
+    }
+    if (!encrypt) {
+        return bad(err, where, "\"encrypt\" is not a string");
+    }
+    if (!s3chain_encrypt_is_valid(encrypt)) {
+        /* an encryption of a newer s3chain's */
+        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                    "%s: manifest encryption \"%s\" is not one this "
+                    "s3chain reads (%s): use a newer s3chain", where,
+                    encrypt, S3CHAIN_ENCRYPT_AES_256_GCM);
+        return false;
+    }
+    if (!s3chain_id_from_hex(s3c_json_str(doc, "key-id"), m->key_id) ||
+        !s3chain_id_from_hex(s3c_json_str(doc, "image-id"), m->image_id)) {
+        return bad(err, where, "\"key-id\" and \"image-id\" are not 32 "
+                   "lower-case hex digits each");
+    }
+    if (!s3c_json_str(doc, "mac") ||
+        !s3chain_manifest_mac_split(text->str, &m->mac_covered, &mac_hex)) {
+        return bad(err, where, "it does not end with its \"mac\", 64 "
+                   "lower-case hex digits");
+    }
+    memcpy(m->mac_hex, mac_hex, 2 * S3CHAIN_MAC_LEN);
+    m->mac_hex[2 * S3CHAIN_MAC_LEN] = '\0';
+    return true;
+}
+
 /* The manifest's members but its chunks, into @m */
-static bool parse_header(json_object *doc, S3cManifest *m, uint64_t *version,
+static bool parse_header(json_object *doc, const GString *text,
+                         S3cManifest *m, uint64_t *version,
                          const char *where, GError **err)
 {
     json_object *format, *compress = NULL;
@@ -253,10 +308,12 @@ static bool parse_header(json_object *doc, S3cManifest *m, uint64_t *version,
                    "a power of two from 64 KiB to 256 MiB", m->chunk_size);
     }
     m->compressed = json_object_object_get_ex(doc, "compress", &compress);
-    if ((*version == S3CHAIN_MANIFEST_VERSION_COMPRESSED) != m->compressed ||
+    if ((*version == S3CHAIN_MANIFEST_VERSION_COMPRESSED && !m->compressed) ||
+        (*version < S3CHAIN_MANIFEST_VERSION_COMPRESSED && m->compressed) ||
         (m->compressed && !json_object_is_type(compress, json_type_string))) {
-        return bad(err, where, "\"compress\" is not a string in version %d "
-                   "only", S3CHAIN_MANIFEST_VERSION_COMPRESSED);
+        return bad(err, where, "\"compress\" is not a string in versions %d "
+                   "and %d only", S3CHAIN_MANIFEST_VERSION_COMPRESSED,
+                   S3CHAIN_MANIFEST_VERSION_ENCRYPTED);
     }
     if (m->compressed &&
         !s3chain_compress_is_valid(json_object_get_string(compress))) {
@@ -267,7 +324,7 @@ static bool parse_header(json_object *doc, S3cManifest *m, uint64_t *version,
                     json_object_get_string(compress), S3CHAIN_COMPRESS_ZSTD);
         return false;
     }
-    return true;
+    return parse_encryption(doc, text, m, *version, where, err);
 }
 
 /*
@@ -297,7 +354,7 @@ S3cManifest *s3c_manifest_parse(const char *key, const GString *text,
     doc = json_tokener_parse(text->str);
     ok = json_object_is_type(doc, json_type_object) ||
          bad(err, where, "it is not a JSON object");
-    ok = ok && parse_header(doc, m, &version, where, err);
+    ok = ok && parse_header(doc, text, m, &version, where, err);
     if (ok && (!json_object_object_get_ex(doc, "chunks", &chunks) ||
                !json_object_is_type(chunks, json_type_array))) {
         ok = bad(err, where, "\"chunks\" is not a list");
@@ -318,9 +375,48 @@ S3cManifest *s3c_manifest_parse(const char *key, const GString *text,
     return ok ? g_steal_pointer(&m) : NULL;
 }
 
+/*
+ * Whether @m, read from @text, is encrypted with the repository's key and
+ * matches its MAC
+ */
+static bool manifest_of_key(const S3cRepo *repo, const S3cManifest *m,
+                            const GString *text, const char *where,
+                            GError **err)
+{
+    g_autofree char *key_id = NULL;
+    S3chainImageKeys keys;
+    bool intact;
+
+    if (!m->encrypted) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_KEY,
+                    "%s is not encrypted, but --key-file gives a key: not "
+                    "reading it as plain text", where);
+        return false;
+    }
+    key_id = s3chain_id_to_hex(m->key_id);
+    if (strcmp(key_id, repo->key_id)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_KEY,
+                    "%s is encrypted with key id %s, and --key-file's key "
+                    "has key id %s: give the key it was written with",
+                    where, key_id, repo->key_id);
+        return false;
+    }
+    intact = s3chain_image_keys(repo->key, m->image_id, &keys) &&
+             s3chain_manifest_mac_matches(&keys, text->str, m->mac_covered,
+                                          m->mac_hex);
+    s3chain_image_keys_clear(&keys);
+    if (!intact) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_DAMAGED,
+                    "%s: the manifest does not match its MAC: it was "
+                    "altered", where);
+    }
+    return intact;
+}
+
 S3cManifest *s3c_manifest_load(const S3cRepo *repo, const char *key,
                                GError **err)
 {
+    S3cManifest *m;
     g_autoptr(GString) body = NULL;
     g_autoptr(GError) local = NULL;
     g_autofree char *where = g_strdup_printf("s3://%s/%s", repo->bucket,
@@ -335,7 +431,11 @@ S3cManifest *s3c_manifest_load(const S3cRepo *repo, const char *key,
         }
         return NULL;
     }
-    return s3c_manifest_parse(key, body, where, err);
+    m = s3c_manifest_parse(key, body, where, err);
+    if (m && repo->has_key && !manifest_of_key(repo, m, body, where, err)) {
+        g_clear_pointer(&m, s3c_manifest_free);
+    }
+    return m;
 }
 
 uint64_t s3c_manifest_stored_bytes(const S3cManifest *m)
@@ -396,6 +496,10 @@ static uint32_t crc32_of(const S3cChunk *c, const GString *body,
 
 typedef struct DeepCheck {
     const S3cRepo *repo;
+    const S3cManifest *m;
+    /* an encrypted image's, when the repository has the key */
+    bool has_keys;
+    S3chainImageKeys keys;
     GMutex lock;
     GPtrArray *faults;
     GError *error;              /* the first failure to read at all */
@@ -486,26 +590,56 @@ static char *stored_length_fault(const DeepCheck *dc, const S3cChunk *c,
                            body->len, stored);
 }
 
-/* Whether each block of compressed chunk @c in @body unpacks whole */
+/*
+ * Whether each block of packed chunk @c in @body opens (encrypted, when
+ * the key is there) and unpacks whole
+ */
 static char *unpack_fault(const DeepCheck *dc, const S3cChunk *c,
                           const GString *body)
 {
     g_autofree uint8_t *block = g_malloc(c->block_size);
+    g_autofree uint8_t *plain = g_malloc(c->block_size);
+    S3chainSealer *sealer = dc->has_keys ? s3chain_sealer_new(&dc->keys)
+                                         : NULL;
+    char *fault = NULL;
     size_t at = 0;
 
-    for (size_t i = 0; i < c->n_stored; at += c->stored_lengths[i++]) {
+    if (dc->m->encrypted && !dc->has_keys) {
+        /* nothing to open it with: its sums were all there is to check */
+        return NULL;
+    }
+    for (size_t i = 0; !fault && i < c->n_stored;
+         at += c->stored_lengths[i++]) {
+        const uint8_t *bytes = (const uint8_t *)body->str + at;
         size_t len = c->stored_lengths[i];
 
-        if (len && len < c->block_size &&
-            ZSTD_decompress(block, c->block_size, body->str + at, len) !=
+        if (!len) {
+            continue;
+        }
+        if (sealer) {
+            len -= S3CHAIN_SEAL_OVERHEAD;
+            if (!s3chain_open_block(sealer, c->index, c->tag, i, bytes,
+                                    len + S3CHAIN_SEAL_OVERHEAD, plain)) {
+                fault = g_strdup_printf("s3://%s/%s: block %zu was not "
+                                        "sealed there by this image's key: "
+                                        "the object was altered, moved or "
+                                        "replaced", dc->repo->bucket, c->key,
+                                        i);
+                break;
+            }
+            bytes = plain;
+        }
+        if (len < c->block_size &&
+            ZSTD_decompress(block, c->block_size, bytes, len) !=
             c->block_size) {
-            return g_strdup_printf("s3://%s/%s: block %zu is not a zstd "
-                                   "frame of %" G_GUINT64_FORMAT " bytes",
-                                   dc->repo->bucket, c->key, i,
-                                   c->block_size);
+            fault = g_strdup_printf("s3://%s/%s: block %zu is not a zstd "
+                                    "frame of %" G_GUINT64_FORMAT " bytes",
+                                    dc->repo->bucket, c->key, i,
+                                    c->block_size);
         }
     }
-    return NULL;
+    s3chain_sealer_free(sealer);
+    return fault;
 }
 
 static void read_chunk(gpointer data, gpointer opaque)
@@ -555,16 +689,19 @@ static void read_chunk(gpointer data, gpointer opaque)
 static bool read_all_chunks(const S3cRepo *repo, const S3cManifest *m,
                             GPtrArray *faults, GError **err)
 {
-    DeepCheck dc = { .repo = repo, .faults = faults };
-    GThreadPool *pool = g_thread_pool_new(read_chunk, &dc, VERIFY_READERS,
-                                          false, NULL);
+    DeepCheck dc = { .repo = repo, .m = m, .faults = faults };
+    GThreadPool *pool;
 
+    dc.has_keys = m->encrypted && repo->has_key &&
+                  s3chain_image_keys(repo->key, m->image_id, &dc.keys);
+    pool = g_thread_pool_new(read_chunk, &dc, VERIFY_READERS, false, NULL);
     g_mutex_init(&dc.lock);
     for (size_t i = 0; i < m->chunks->len; i++) {
         g_thread_pool_push(pool, g_ptr_array_index(m->chunks, i), NULL);
     }
     g_thread_pool_free(pool, false, true);
     g_mutex_clear(&dc.lock);
+    s3chain_image_keys_clear(&dc.keys);
     if (dc.error) {
         g_propagate_error(err, dc.error);
         return false;

@@ -34,6 +34,8 @@ static const char repo_help[] =
 "  --profile NAME        its section (else AWS_PROFILE, else default)\n"
 "  --cafile FILE         CA certificates for an https endpoint\n"
 "  --no-verify-tls       do not verify the endpoint's certificate\n"
+"  --key-file FILE       the key of the VM's encrypted backups: a file of\n"
+"                        mode 0600 holding 32 bytes, or 64 hex digits\n"
 "\n";
 
 static const char output_help[] =
@@ -124,6 +126,9 @@ static const char backup_help[] =
 "                        store the VM's backups compressed, zstd at LEVEL\n"
 "                        1 to 19 (3); the VM's first backup decides, and\n"
 "                        later ones follow it (a level may change)\n"
+"  --encrypt             store the VM's backups encrypted with --key-file's\n"
+"                        key (AES-256-GCM); the VM's first backup decides,\n"
+"                        and a key given for it is enough\n"
 "  --lease SEC           the VM's lock holds this long unrenewed (60); a\n"
 "                        lock whose lease ran out is taken over\n"
 "  --lock-stale SEC      with --break-stale-lock: break a lock without a\n"
@@ -278,9 +283,9 @@ enum {
 
 enum {
     OPT_VM = 256, OPT_QMP, OPT_REPO, OPT_ENDPOINT, OPT_REGION,
-    OPT_CREDENTIALS, OPT_PROFILE, OPT_CAFILE, OPT_NO_VERIFY_TLS,
+    OPT_CREDENTIALS, OPT_PROFILE, OPT_CAFILE, OPT_NO_VERIFY_TLS, OPT_KEY_FILE,
     OPT_SIDECAR_QMP, OPT_RUNTIME_DIR, OPT_GUEST_AGENT, OPT_DISK, OPT_FULL,
-    OPT_CHAIN_LIMIT, OPT_CBW_TIMEOUT, OPT_BUFFER_SIZE, OPT_COMPRESS,
+    OPT_CHAIN_LIMIT, OPT_CBW_TIMEOUT, OPT_BUFFER_SIZE, OPT_COMPRESS, OPT_ENCRYPT,
     OPT_LOCK_STALE,
     OPT_LEASE, OPT_BREAK_LOCK, OPT_PROGRESS, OPT_JSON, OPT_BACKUP,
     OPT_BEFORE, OPT_TARGET, OPT_FORMAT, OPT_FORCE, OPT_INSTANT, OPT_VM_WAIT,
@@ -308,6 +313,7 @@ static const OptionSpec option_specs[] = {
     ARG("profile", OPT_PROFILE, CMD_ALL),
     ARG("cafile", OPT_CAFILE, CMD_ALL),
     FLAG("no-verify-tls", OPT_NO_VERIFY_TLS, CMD_ALL),
+    ARG("key-file", OPT_KEY_FILE, CMD_ALL),
     ARG("progress", OPT_PROGRESS, CMD_ALL),
     FLAG("json", OPT_JSON, CMD_ALL),
     FLAG("help", 'h', CMD_ALL),
@@ -330,6 +336,7 @@ static const OptionSpec option_specs[] = {
     ARG("cbw-timeout", OPT_CBW_TIMEOUT, CMD_BACKUP),
     ARG("buffer-size", OPT_BUFFER_SIZE, CMD_BACKUP),
     ARG("compress", OPT_COMPRESS, CMD_BACKUP),
+    FLAG("encrypt", OPT_ENCRYPT, CMD_BACKUP),
     ARG("lock-stale", OPT_LOCK_STALE, CMD_BACKUP),
     ARG("lease", OPT_LEASE, CMD_BACKUP | CMD_LIFECYCLE),
     FLAG("break-stale-lock", OPT_BREAK_LOCK, CMD_BACKUP),
@@ -367,7 +374,7 @@ typedef struct Args {
     S3cKubevirtOptions kubevirt;
     GPtrArray *disks, *targets, *backups;
     bool full, break_lock, json, force, instant, deep, writable, all;
-    bool dry_run, chain_limit_given;
+    bool dry_run, chain_limit_given, encrypt;
     int64_t chain_limit, cbw_timeout, buffer_size, lock_stale, lease, vm_wait;
     int64_t compress_level;     /* 0: no --compress */
     int64_t copy_speed, merge_after, grace;
@@ -475,6 +482,7 @@ static bool run_backup(Args *a, GError **err)
         .guest_agent = a->guest_agent, .full = a->full,
         .chain_limit = a->chain_limit, .cbw_timeout = a->cbw_timeout,
         .buffer_size = a->buffer_size, .compress_level = a->compress_level,
+        .encrypt = a->encrypt,
         .lock = { .lease_s = a->lease, .stale_after = a->lock_stale,
                   .break_stale = a->break_lock }, .json = a->json,
         .libvirt_domain = a->libvirt, .libvirt_uri = a->connect,
@@ -744,6 +752,8 @@ static bool parse_option(Args *a, int id, const char *name, GError **err)
     case OPT_PROFILE: a->repo.profile = optarg; break;
     case OPT_CAFILE: a->repo.cafile = optarg; break;
     case OPT_NO_VERIFY_TLS: a->repo.no_verify_tls = true; break;
+    case OPT_KEY_FILE: a->repo.key_file = optarg; break;
+    case OPT_ENCRYPT: a->encrypt = true; break;
     case OPT_SIDECAR_QMP: a->sidecar_qmp = optarg; break;
     case OPT_RUNTIME_DIR: a->runtime_dir = optarg; break;
     case OPT_GUEST_AGENT: a->guest_agent = optarg; break;

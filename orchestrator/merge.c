@@ -402,7 +402,8 @@ bool s3c_lifecycle_open(S3cLifecycle *lc, const S3cRepo *repo,
     memset(lc, 0, sizeof(*lc));
     lc->repo = repo;
     lc->cat = &lc->own_cat;
-    if (!s3c_catalog_load(lc->cat, repo, vm, err)) {
+    if (!s3c_catalog_load(lc->cat, repo, vm, err) ||
+        !s3c_catalog_check_key(lc->cat, repo, err)) {
         return false;
     }
     if (must_exist && !lc->cat->etag) {

@@ -14,7 +14,8 @@ bool s3c_point_open(S3cPoint *p, const S3cPointOptions *opts, GError **err)
     memset(p, 0, sizeof(*p));
     if (!s3c_repo_init(&p->repo, &opts->repo, err) ||
         !s3c_s3_check_bucket(&p->repo, err) ||
-        !s3c_catalog_load(&p->cat, &p->repo, opts->vm, err)) {
+        !s3c_catalog_load(&p->cat, &p->repo, opts->vm, err) ||
+        !s3c_catalog_check_key(&p->cat, &p->repo, err)) {
         return false;
     }
     p->backup = s3c_catalog_pick(&p->cat, opts->backup ? opts->backup

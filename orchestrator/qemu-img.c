@@ -18,6 +18,13 @@
 
 #define SECRET_ID "s3chain-key"
 #define TOKEN_SECRET_ID "s3chain-token"
+#define ENCRYPTION_SECRET_ID "s3chain-encryption"
+
+static const S3cSecretIds secret_ids = {
+    .access_key = SECRET_ID,
+    .token = TOKEN_SECRET_ID,
+    .encryption_key = ENCRYPTION_SECRET_ID,
+};
 
 /* The options of image @key, a qcow2 on s3chain */
 static json_object *image_options(const S3cRepo *repo, const char *key)
@@ -29,7 +36,7 @@ static json_object *image_options(const S3cRepo *repo, const char *key)
     json_object *file, *loc;
 
     json_object_object_get_ex(opts, "file", &file);
-    loc = s3c_repo_location(repo, key, SECRET_ID, TOKEN_SECRET_ID);
+    loc = s3c_repo_location(repo, key, &secret_ids);
     json_object_object_foreach(loc, k, v) {
         json_object_object_add(file, k, json_object_get(v));
     }
@@ -157,24 +164,47 @@ static bool last_percent(const char *text, double *percent)
     return true;
 }
 
+int s3c_driver_exit_code(const char *text, int otherwise, const char **mark)
+{
+    static const struct {
+        const char *mark;
+        int code;
+    } marks[] = {
+        { S3CHAIN_DAMAGED, S3C_EXIT_DAMAGED },
+        { S3CHAIN_KEY_REFUSED, S3C_EXIT_KEY },
+    };
+
+    for (size_t i = 0; i < G_N_ELEMENTS(marks); i++) {
+        const char *at = strstr(text, marks[i].mark);
+
+        if (at) {
+            if (mark) {
+                *mark = at;
+            }
+            return marks[i].code;
+        }
+    }
+    return otherwise;
+}
+
 /*
  * The line that says why qemu-img failed: the driver's report of damage
- * (from its S3CHAIN_DAMAGED on), else its first report, which names the
- * object and the cause, rather than the block layer's last line ("Could
- * not read qcow2 header: Input/output error").  *@damaged tells which.
+ * or of a key it refused (from its mark on), else its first report,
+ * which names the object and the cause, rather than the block layer's
+ * last line ("Could not read qcow2 header: Input/output error").  *@code
+ * is the exit code it means.
  */
-static char *failure_line(GString *text, bool *damaged)
+static char *failure_line(GString *text, int *code)
 {
     g_auto(GStrv) lines = g_strsplit(g_strstrip(text->str), "\n", -1);
     guint n = g_strv_length(lines);
     const char *line = n ? lines[n - 1] : "";
 
-    *damaged = false;
     for (guint i = 0; i < n; i++) {
-        const char *mark = strstr(lines[i], S3CHAIN_DAMAGED);
+        const char *mark;
 
-        if (mark) {
-            *damaged = true;
+        *code = s3c_driver_exit_code(lines[i], S3C_EXIT_TRANSIENT, &mark);
+        if (*code != S3C_EXIT_TRANSIENT) {
             return g_strdup(mark);
         }
     }
@@ -200,8 +230,23 @@ bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
     g_autoptr(GString) errors = g_string_new(NULL);
     g_autoptr(GError) spawn_err = NULL;
     g_auto(GStrv) envp = s3c_child_environ();
-    int source_fds[2] = { -1, -1 };
-    const int target_fds[2] = { 3, 4 };
+    g_autofree char *key_base64 = repo && repo->has_key ?
+                                  s3c_repo_key_base64(repo) : NULL;
+    /* each secret the repository has, its object read from fd 3 on */
+    const struct {
+        const char *value;
+        const char *object;
+    } secrets[] = {
+        { repo ? repo->secret_access_key : NULL,
+          "secret,id=" SECRET_ID ",file=/dev/fd/%d" },
+        { repo ? repo->session_token : NULL,
+          "secret,id=" TOKEN_SECRET_ID ",file=/dev/fd/%d" },
+        { key_base64,
+          "secret,id=" ENCRYPTION_SECRET_ID ",file=/dev/fd/%d,format=base64" },
+    };
+    g_autoptr(GPtrArray) objects = g_ptr_array_new_with_free_func(g_free);
+    int source_fds[G_N_ELEMENTS(secrets)];
+    int target_fds[G_N_ELEMENTS(secrets)];
     int nfds = 0, out_fd = -1, err_fd = -1, status = 0;
     bool killed = false;
     GPid pid;
@@ -209,22 +254,23 @@ bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
     program = program && *program ? program : "qemu-img";
     g_ptr_array_add(argv, (char *)program);
     g_ptr_array_add(argv, (char *)args[0]);
-    if (repo) {
-        source_fds[nfds++] = secret_pipe(repo->secret_access_key, err);
-        if (source_fds[0] < 0) {
+    for (size_t i = 0; i < G_N_ELEMENTS(secrets); i++) {
+        if (!secrets[i].value) {
+            continue;
+        }
+        source_fds[nfds] = secret_pipe(secrets[i].value, err);
+        if (source_fds[nfds] < 0) {
+            for (int j = 0; j < nfds; j++) {
+                close(source_fds[j]);
+            }
             return false;
         }
+        target_fds[nfds] = 3 + nfds;
+        g_ptr_array_add(objects, g_strdup_printf(secrets[i].object,
+                                                 target_fds[nfds]));
         g_ptr_array_add(argv, "--object");
-        g_ptr_array_add(argv, "secret,id=" SECRET_ID ",file=/dev/fd/3");
-    }
-    if (repo && repo->session_token) {
-        source_fds[nfds++] = secret_pipe(repo->session_token, err);
-        if (source_fds[1] < 0) {
-            close(source_fds[0]);
-            return false;
-        }
-        g_ptr_array_add(argv, "--object");
-        g_ptr_array_add(argv, "secret,id=" TOKEN_SECRET_ID ",file=/dev/fd/4");
+        g_ptr_array_add(argv, g_ptr_array_index(objects, objects->len - 1));
+        nfds++;
     }
     for (int i = 1; args[i]; i++) {
         g_ptr_array_add(argv, (char *)args[i]);
@@ -299,12 +345,12 @@ bool s3c_qemu_img(const S3cRepo *repo, const char *const *args,
         return false;
     }
     if (!WIFEXITED(status) || WEXITSTATUS(status)) {
-        bool damaged;
+        int code;
         g_autofree char *why = failure_line(errors->len ? errors : out,
-                                            &damaged);
+                                            &code);
 
         g_set_error(err, S3C_ERROR,
-                    damaged ? S3C_EXIT_DAMAGED : S3C_EXIT_TRANSIENT, "%s",
+                    code, "%s",
                     why);
         return false;
     }

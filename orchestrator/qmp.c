@@ -157,8 +157,10 @@ static json_object *unix_execute(S3cQmp *qmp, const char *command,
         if (json_object_object_get_ex(reply, "error", &error)) {
             const char *desc = s3c_json_str(error, "desc");
 
-            g_set_error(err, S3C_ERROR, S3C_EXIT_TRANSIENT, "%s: %s: %s",
-                        qmp->peer, command, desc ? desc : "failed, unsaid why");
+            desc = desc ? desc : "failed, unsaid why";
+            g_set_error(err, S3C_ERROR,
+                        s3c_driver_exit_code(desc, S3C_EXIT_TRANSIENT, NULL),
+                        "%s: %s: %s", qmp->peer, command, desc);
             json_object_put(reply);
             return NULL;
         }

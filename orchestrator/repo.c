@@ -98,6 +98,58 @@ static bool load_credentials(S3cRepo *repo, const S3cRepoOptions *opts,
     return false;
 }
 
+/*
+ * The key of --key-file @path: 32 bytes as they are, or 64 hex digits
+ * and perhaps a newline; refused when others may read it
+ */
+static bool load_key_file(S3cRepo *repo, const char *path, GError **err)
+{
+    g_autofree char *text = NULL;
+    g_autoptr(GError) local = NULL;
+    uint8_t id[S3CHAIN_ID_LEN];
+    gsize len;
+    bool ok = false;
+
+    if (!s3c_private_file_ok(path, "key file", err)) {
+        return false;
+    }
+    if (!g_file_get_contents(path, &text, &len, &local)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE, "cannot read key file "
+                    "%s: %s", path, local->message);
+        return false;
+    }
+    if (len == S3CHAIN_KEY_LEN) {
+        memcpy(repo->key, text, S3CHAIN_KEY_LEN);
+        ok = true;
+    } else if ((len == 2 * S3CHAIN_KEY_LEN ||
+                (len == 2 * S3CHAIN_KEY_LEN + 1 &&
+                 text[2 * S3CHAIN_KEY_LEN] == '\n')) &&
+               strspn(text, "0123456789abcdefABCDEF") ==
+               2 * S3CHAIN_KEY_LEN) {
+        for (int i = 0; i < S3CHAIN_KEY_LEN; i++) {
+            repo->key[i] = g_ascii_xdigit_value(text[2 * i]) << 4 |
+                           g_ascii_xdigit_value(text[2 * i + 1]);
+        }
+        ok = true;
+    }
+    memset(text, 0, len);
+    if (!ok) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_USAGE,
+                    "key file %s holds %zu bytes, which are no 256-bit key: "
+                    "it must hold 32 bytes, or 64 hex digits (make one with "
+                    "head -c 32 /dev/urandom > FILE)", path, (size_t)len);
+        return false;
+    }
+    if (!s3chain_key_id(repo->key, id)) {
+        g_set_error(err, S3C_ERROR, S3C_EXIT_INTERNAL,
+                    "cannot derive the key id of key file %s", path);
+        return false;
+    }
+    repo->has_key = true;
+    repo->key_id = s3chain_id_to_hex(id);
+    return true;
+}
+
 bool s3c_repo_init(S3cRepo *repo, const S3cRepoOptions *opts, GError **err)
 {
     const char *rest;
@@ -158,7 +210,13 @@ bool s3c_repo_init(S3cRepo *repo, const S3cRepoOptions *opts, GError **err)
                            "verified (--no-verify-tls): whoever is on the way can "
                            "read and change what is stored", repo->endpoint);
     }
-    return load_credentials(repo, opts, err);
+    return load_credentials(repo, opts, err) &&
+           (!opts->key_file || load_key_file(repo, opts->key_file, err));
+}
+
+char *s3c_repo_key_base64(const S3cRepo *repo)
+{
+    return g_base64_encode(repo->key, S3CHAIN_KEY_LEN);
 }
 
 char **s3c_child_environ(void)
@@ -192,12 +250,12 @@ void s3c_repo_clear(S3cRepo *repo)
     g_free(repo->secret_access_key);
     g_free(repo->session_token);
     g_free(repo->cafile);
+    g_free(repo->key_id);
     memset(repo, 0, sizeof(*repo));
 }
 
 json_object *s3c_repo_location(const S3cRepo *repo, const char *key,
-                               const char *secret_id,
-                               const char *token_secret_id)
+                               const S3cSecretIds *ids)
 {
     json_object *loc = s3c_json_obj(
         "endpoint", json_object_new_string(repo->endpoint),
@@ -205,12 +263,16 @@ json_object *s3c_repo_location(const S3cRepo *repo, const char *key,
         "key", json_object_new_string(key),
         "region", json_object_new_string(repo->region),
         "access-key-id", json_object_new_string(repo->access_key_id),
-        "key-secret", json_object_new_string(secret_id),
+        "key-secret", json_object_new_string(ids->access_key),
         "sslverify", json_object_new_boolean(repo->verify_tls), NULL);
 
     if (repo->session_token) {
         json_object_object_add(loc, "session-token-secret",
-                               json_object_new_string(token_secret_id));
+                               json_object_new_string(ids->token));
+    }
+    if (repo->has_key) {
+        json_object_object_add(loc, "encrypt-key-secret",
+                               json_object_new_string(ids->encryption_key));
     }
     if (repo->cafile) {
         json_object_object_add(loc, "cafile",

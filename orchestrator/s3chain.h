@@ -37,6 +37,7 @@ enum {
     S3C_EXIT_INTERRUPTED = 9,
     S3C_EXIT_TARGET = 10,       /* restore target exists or is too small */
     S3C_EXIT_DAMAGED = 11,      /* a backup's object is missing or wrong */
+    S3C_EXIT_KEY = 12,          /* no key, or not the backups' key */
 };
 
 #define S3C_ERROR (s3c_error_quark())
@@ -59,6 +60,10 @@ typedef struct S3cRepo {
     bool verify_tls;
     int timeout_s;              /* of each request; 0: 30 s */
     int attempts;               /* of each request; 0: S3C_ATTEMPTS */
+    /* --key-file's: the images' encryption key, and its key id in hex */
+    bool has_key;
+    uint8_t key[S3CHAIN_KEY_LEN];
+    char *key_id;
 } S3cRepo;
 
 typedef struct S3cRepoOptions {
@@ -69,6 +74,8 @@ typedef struct S3cRepoOptions {
     const char *profile;        /* its section; else AWS_PROFILE, default */
     const char *cafile;
     bool no_verify_tls;
+    /* a 0600 file of the encryption key: 32 bytes, or 64 hex digits */
+    const char *key_file;
 } S3cRepoOptions;
 
 bool s3c_repo_init(S3cRepo *repo, const S3cRepoOptions *opts, GError **err);
@@ -85,13 +92,22 @@ void s3c_repo_clear(S3cRepo *repo);
 char **s3c_child_environ(void);
 /* The child setup of g_spawn for each process the command starts */
 void s3c_die_with_parent(gpointer unused);
+/* The QEMU secret objects a child is given, by their IDs */
+typedef struct S3cSecretIds {
+    const char *access_key;
+    const char *token;          /* when the repository has a token */
+    const char *encryption_key; /* when it has a key */
+} S3cSecretIds;
+
 /*
  * The options of an s3chain node for image @key, its secret access key
- * (and session token, when there is one) in QEMU secret objects
+ * (and session token and encryption key, when there are) in QEMU secret
+ * objects
  */
 json_object *s3c_repo_location(const S3cRepo *repo, const char *key,
-                               const char *secret_id,
-                               const char *token_secret_id);
+                               const S3cSecretIds *ids);
+/* The repository's encryption key in base64, for a secret object */
+char *s3c_repo_key_base64(const S3cRepo *repo);
 
 /* s3.c: the few S3 requests the command makes itself */
 
@@ -202,20 +218,35 @@ typedef struct S3cChunk {
     char *block_sums;           /* hex; NULL: in its object's metadata */
     unsigned n_patches;         /* oldest first: the newest holding wins */
     S3cPatch patches[S3CHAIN_MAX_PATCHES];
-    /* compressed: each block's length in the object; sums are of those */
+    /*
+     * compressed or encrypted: each block's length in the object; sums
+     * are of those
+     */
     uint32_t *stored_lengths;
     size_t n_stored;
+    char *tag;                  /* of its object's upload */
 } S3cChunk;
 
 typedef struct S3cManifest {
     char *key;
     uint64_t size;
     uint64_t chunk_size;
-    bool compressed;            /* version 6: blocks stored zstd */
+    bool compressed;            /* version 6 or 7: blocks stored zstd */
+    bool encrypted;             /* version 7: blocks sealed */
+    uint8_t key_id[S3CHAIN_ID_LEN];
+    uint8_t image_id[S3CHAIN_ID_LEN];
+    size_t mac_covered;         /* encrypted: the bytes its MAC covers */
+    char mac_hex[2 * S3CHAIN_MAC_LEN + 1];
     GPtrArray *chunks;          /* of S3cChunk, the stored ones */
 } S3cManifest;
 
-/* Reads the manifest of image @key; missing or invalid is DAMAGED */
+/*
+ * Reads the manifest of image @key; missing or invalid is DAMAGED.  Given
+ * the repository's key, an encrypted one must be of that key (else
+ * S3C_EXIT_KEY) and match its MAC (else DAMAGED), and one not encrypted
+ * is refused (S3C_EXIT_KEY); without, an encrypted one's MAC is not
+ * checked.
+ */
 S3cManifest *s3c_manifest_load(const S3cRepo *repo, const char *key,
                                GError **err);
 /* Reads @text, the manifest of image @key at @where, checking all of it */
@@ -238,6 +269,13 @@ bool s3c_image_verify(const S3cRepo *repo, const char *key,
                       GError **err);
 
 /* qemu-img.c: running the qemu-img of s3chain's build on images */
+
+/*
+ * The exit code that a report of the driver's, @text, means: damage
+ * (S3CHAIN_DAMAGED) or a refused key (S3CHAIN_KEY_REFUSED), else
+ * @otherwise; *@mark, if not NULL, is where that mark starts
+ */
+int s3c_driver_exit_code(const char *text, int otherwise, const char **mark);
 
 /* -p's percentage, as qemu-img prints it */
 typedef void (*S3cPercentFn)(double percent, void *opaque);
@@ -446,6 +484,8 @@ typedef struct S3cSidecar {
     char *runtime_dir;
     char *secret_id;
     char *token_secret_id;
+    char *encryption_secret_id;
+    S3cSecretIds ids;           /* the three above, for node options */
     char *nbd_socket;           /* where its NBD server listens, or */
     char *nbd_host;
     char *nbd_port;
@@ -544,13 +584,14 @@ bool s3c_plain_name(const char *name, size_t max_len);
 /*
  * Format 2 is written only while a catalog holds what format 1 readers
  * would misread: a point being deleted, a disk on a merged image; format
- * 3 when the VM's backups are compressed ("compress"), which older
- * readers must not add uncompressed ones to
+ * 3 when the VM's backups are compressed ("compress"), 4 when they are
+ * encrypted ("key-id"), which older readers must not add plain ones to
  */
 #define S3C_CATALOG_FORMAT_PLAIN 1
 #define S3C_CATALOG_FORMAT_MERGES 2
 #define S3C_CATALOG_FORMAT_COMPRESSED 3
-#define S3C_CATALOG_FORMAT 3
+#define S3C_CATALOG_FORMAT_ENCRYPTED 4
+#define S3C_CATALOG_FORMAT 4
 /* A backup being deleted: never read back, finished by the next command */
 #define S3C_STATE_GOING "going"
 /* How many deleted ids the catalog remembers, for retried deletes */
@@ -575,6 +616,15 @@ bool s3c_catalog_parse(S3cCatalog *cat, const char *where,
 bool s3c_catalog_save(S3cCatalog *cat, const S3cRepo *repo, GError **err);
 void s3c_catalog_clear(S3cCatalog *cat);
 json_object *s3c_catalog_backups(const S3cCatalog *cat);
+/* The key id of the VM's backups' key, or NULL if they are not encrypted */
+const char *s3c_catalog_key_id(const S3cCatalog *cat);
+void s3c_catalog_set_key_id(S3cCatalog *cat, const char *key_id);
+/*
+ * Whether @repo has the key that the VM's backups need: theirs if they
+ * are encrypted, none if they are stored plain; else S3C_EXIT_KEY
+ */
+bool s3c_catalog_check_key(const S3cCatalog *cat, const S3cRepo *repo,
+                           GError **err);
 /* Whether the VM's backups are stored compressed */
 bool s3c_catalog_compressed(const S3cCatalog *cat);
 /* From now on, they are: only an empty catalog's may start */
@@ -797,6 +847,7 @@ typedef struct S3cBackupOptions {
     int cbw_timeout;
     uint64_t buffer_size;
     int compress_level;         /* --compress's zstd level; 0: not given */
+    bool encrypt;               /* --encrypt: refuse to run without a key */
     S3cLeaseOptions lock;
     bool json;
 } S3cBackupOptions;

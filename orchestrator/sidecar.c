@@ -192,7 +192,7 @@ static bool run_job(S3cSidecar *sc, const char *command, json_object *args,
  * this user may read, removed as soon as the sidecar has read it.
  */
 static bool add_secret(S3cSidecar *sc, const char *id, const char *value,
-                       GError **err)
+                       const char *format, GError **err)
 {
     g_autofree char *path = g_strdup_printf("%s/%s", sc->runtime_dir, id);
     bool ok;
@@ -213,7 +213,10 @@ static bool add_secret(S3cSidecar *sc, const char *id, const char *value,
     ok = run(sc, "object-add",
              s3c_json_obj("qom-type", json_object_new_string("secret"),
                           "id", json_object_new_string(id),
-                          "file", json_object_new_string(path), NULL), err);
+                          "file", json_object_new_string(path),
+                          "format", json_object_new_string(format ? format
+                                                           : "raw"),
+                          NULL), err);
     unlink(path);
     return ok;
 }
@@ -547,18 +550,35 @@ static bool open_sidecar(S3cSidecar *sc, const char *qmp_path,
     }
 
     sc->secret_id = g_strdup_printf("s3chain-key-%d", (int)getpid());
-    if (!add_secret(sc, sc->secret_id, repo->secret_access_key, err)) {
+    if (!add_secret(sc, sc->secret_id, repo->secret_access_key, NULL, err)) {
         g_clear_pointer(&sc->secret_id, g_free);
         return false;
     }
     if (repo->session_token) {
         sc->token_secret_id = g_strdup_printf("s3chain-token-%d",
                                               (int)getpid());
-        if (!add_secret(sc, sc->token_secret_id, repo->session_token, err)) {
+        if (!add_secret(sc, sc->token_secret_id, repo->session_token, NULL,
+                        err)) {
             g_clear_pointer(&sc->token_secret_id, g_free);
             return false;
         }
     }
+    if (repo->has_key) {
+        g_autofree char *key = s3c_repo_key_base64(repo);
+
+        sc->encryption_secret_id = g_strdup_printf("s3chain-encryption-%d",
+                                                   (int)getpid());
+        if (!add_secret(sc, sc->encryption_secret_id, key, "base64", err)) {
+            g_clear_pointer(&sc->encryption_secret_id, g_free);
+            return false;
+        }
+    }
+
+    sc->ids = (S3cSecretIds) {
+        .access_key = sc->secret_id,
+        .token = sc->token_secret_id,
+        .encryption_key = sc->encryption_secret_id,
+    };
 
     if (!start_nbd_server(sc, listen, err)) {
         return false;
@@ -623,8 +643,7 @@ static json_object *add_bucket_file(S3cSidecar *sc, const S3cRepo *repo,
                                     GError **err)
 {
     g_autofree char *job = g_strdup_printf("%s-create", node);
-    json_object *file_opts = s3c_repo_location(repo, key, sc->secret_id,
-                                               sc->token_secret_id);
+    json_object *file_opts = s3c_repo_location(repo, key, &sc->ids);
     json_object *create = s3c_json_obj(
         "driver", json_object_new_string("s3chain"),
         "location", json_object_get(file_opts),
@@ -678,8 +697,7 @@ static bool add_scratch(S3cSidecar *sc, const S3cRepo *repo,
 {
     g_autofree char *name = s3c_target_scratch_export(t);
     g_autofree char *key = g_strconcat(t->key, ".scratch", NULL);
-    json_object *opts = s3c_repo_location(repo, key, sc->secret_id,
-                                          sc->token_secret_id);
+    json_object *opts = s3c_repo_location(repo, key, &sc->ids);
 
     json_object_object_add(opts, "driver", json_object_new_string("s3chain"));
     json_object_object_add(opts, "node-name", json_object_new_string(name));
@@ -771,8 +789,7 @@ static bool add_image(S3cSidecar *sc, const char *node, const char *path,
 static bool add_point(S3cSidecar *sc, const S3cRepo *repo, const char *key,
                       const char *node, GError **err)
 {
-    json_object *file = s3c_repo_location(repo, key, sc->secret_id,
-                                          sc->token_secret_id);
+    json_object *file = s3c_repo_location(repo, key, &sc->ids);
 
     json_object_object_add(file, "driver", json_object_new_string("s3chain"));
     /* its parents open with it, in the same bucket, as the same user */
@@ -1055,16 +1072,19 @@ bool s3c_sidecar_wait(S3cSidecar *sc, int timeout_ms, GError **err)
 void s3c_sidecar_close(S3cSidecar *sc)
 {
     /* a running sidecar keeps its NBD server for the other commands */
-    if ((sc->secret_id || sc->token_secret_id || sc->pid) &&
+    if ((sc->secret_id || sc->token_secret_id || sc->encryption_secret_id ||
+         sc->pid) &&
         session_begin(sc, NULL) && sc->qmp) {
-        if (sc->secret_id) {
-            run(sc, "object-del", s3c_json_obj(
-                    "id", json_object_new_string(sc->secret_id), NULL), NULL);
-        }
-        if (sc->token_secret_id) {
-            run(sc, "object-del", s3c_json_obj(
-                    "id", json_object_new_string(sc->token_secret_id),
-                    NULL), NULL);
+        const char *secrets[] = {
+            sc->secret_id, sc->token_secret_id, sc->encryption_secret_id,
+        };
+
+        for (size_t i = 0; i < G_N_ELEMENTS(secrets); i++) {
+            if (secrets[i]) {
+                run(sc, "object-del", s3c_json_obj(
+                        "id", json_object_new_string(secrets[i]), NULL),
+                    NULL);
+            }
         }
         if (sc->pid) {
             run(sc, "quit", NULL, NULL);
@@ -1100,6 +1120,7 @@ void s3c_sidecar_close(S3cSidecar *sc)
     g_free(sc->owner_path);
     g_free(sc->secret_id);
     g_free(sc->token_secret_id);
+    g_free(sc->encryption_secret_id);
     g_free(sc->nbd_socket);
     g_free(sc->nbd_host);
     g_free(sc->nbd_port);

@@ -168,6 +168,7 @@ static bool verify_vm(Verify *v, const char *vm, GError **err)
         s3c_catalog_clear(&cat);
         return true;
     }
+    ok = ok && s3c_catalog_check_key(&cat, &v->repo, err);
     backups = ok ? s3c_catalog_backups(&cat) : NULL;
     if (ok && v->opts->vm && !json_object_array_length(backups)) {
         g_set_error(err, S3C_ERROR, S3C_EXIT_NOT_FOUND,

@@ -112,7 +112,8 @@ def apply_header(tree):
 def apply_build(tree):
     # a module of its own, not in the loop of one-library modules: it
     # needs zlib (the CRC-32 of chunks and blocks) besides libcurl, and
-    # zstd where it is found (compressed images)
+    # zstd and GnuTLS where they are found (compressed and encrypted
+    # images)
     names = [os.path.basename(f)
              for f in present(tree, r'block/s3chain[a-z0-9-]*\.c')]
     listed = ''
@@ -131,7 +132,7 @@ def apply_build(tree):
                  "if curl.found()\n"
                  "  s3chain_ss = ss.source_set()\n" + listed +
                  "  s3chain_ss.add(when: [curl, zlib],\n"
-                 "                 if_true: [s3chain_src, zstd])\n"
+                 "                 if_true: [s3chain_src, zstd, gnutls])\n"
                  "  if enable_modules\n"
                  "    modsrc += s3chain_src\n"
                  "  endif\n"
@@ -170,8 +171,10 @@ UNIT_TESTS = {
     'test-s3chain-sigv4': ['crypto', 's3chain-sigv4.c', 's3chain-crypto.c'],
     'test-s3chain-url': ['crypto', 's3chain-url.c', 's3chain-sigv4.c',
                          's3chain-crypto.c'],
-    'test-s3chain-manifest': ['s3chain-manifest.c', 's3chain-format.c'],
+    'test-s3chain-manifest': ['gnutls', 's3chain-manifest.c',
+                              's3chain-format.c', 's3chain-seal.c'],
     'test-s3chain-plan': ['s3chain-plan.c'],
+    'test-s3chain-seal': ['gnutls', 's3chain-seal.c'],
 }
 
 
@@ -180,7 +183,7 @@ def apply_unit(tree):
     for test in present(tree, r'tests/unit/test-s3chain-[a-z0-9]+\.c'):
         name = os.path.basename(test)[:-2]
         head = f"  '{name}': ["
-        deps = [d if d == 'crypto' else f"'../../block/{d}'"
+        deps = [d if d in ('crypto', 'gnutls') else f"'../../block/{d}'"
                 for d in UNIT_TESTS[name]]
         line = head
         for i, dep in enumerate(deps):

@@ -264,7 +264,7 @@ def writes(s):
     s.cut_function(c, 'void coroutine_fn s3chain_image_co_unlock(')
     s.cut(c, '    if (how->writable) {\n        ret = take_lock',
           '        }\n    }\n')
-    s.cut_to_end(c, 'S3chainImage *s3chain_image_new_scratch(')
+    s.cut_to_end(c, '/*\n * Makes @m, a new image\'s manifest, encrypted')
 
     h = 'block/s3chain.h'
     s.cut(h, 'typedef enum ChunkState {', '} ChunkState;\n\n')
@@ -344,6 +344,8 @@ def one_object(s):
               '/* Reads the node\'s image as the bucket holds it now into '
               '*@image */\n')
     s.replace(c, '    bool chunked = false;\n')
+    s.replace(c, '    if (!chunked && how.encryption_key) {',
+              '    if (how.encryption_key) {')
     s.replace(c, 's3chain_co_probe(bs, &chunked, &how,',
               's3chain_co_probe(bs, &how,')
     s.replace(c, '    if (chunked) {\n'

@@ -22,4 +22,4 @@ configure_qemu "$QEMU_SANITISED" "${configure_flags[@]}"
 ninja -C "$QEMU_SANITISED" qemu-img qemu-io qemu-nbd \
     storage-daemon/qemu-storage-daemon tests/unit/test-s3chain-sigv4 \
     tests/unit/test-s3chain-url tests/unit/test-s3chain-manifest \
-    tests/unit/test-s3chain-plan
+    tests/unit/test-s3chain-seal tests/unit/test-s3chain-plan

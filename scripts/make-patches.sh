@@ -95,7 +95,9 @@ Signed-off-by: s3chain authors <s3chain@localhost>
 MSG
 
 ours block/s3chain-format.h block/s3chain-format.c \
+    block/s3chain-seal.h block/s3chain-seal.c \
     block/s3chain-manifest.c tests/unit/test-s3chain-manifest.c \
+    tests/unit/test-s3chain-seal.c \
     tests/unit/s3chain-manifest-vectors.txt
 glue header
 glue build
@@ -111,10 +113,17 @@ limits, chunk keys and the check of every value, so that tools outside
 QEMU that read the same bucket apply the same rules; s3chain-manifest.c
 is the codec over QObject.
 
+An encrypted image (version 7) seals each stored block with AES-256-GCM
+under a key derived with HKDF from the user's, binding the image, the
+chunk, the upload and the block into the associated data, and ends its
+manifest with an HMAC of it.  s3chain-seal.c holds that once too, over
+GnuTLS: QEMU's crypto API has no AEAD cipher and no HKDF.
+
 test-s3chain-manifest checks the codec and its refusals of damaged
 manifests, with s3chain-manifest-vectors.txt: manifests each marked
 valid, damaged or unsupported, which other readers of the format are
-tested against too.
+tested against too.  test-s3chain-seal checks the keys, seals and MAC
+against known answers computed with another implementation.
 
 Signed-off-by: s3chain authors <s3chain@localhost>
 MSG

@@ -46,7 +46,7 @@ unit_tests_of() {
     shift 2
     env "$@" meson test -C "$dir" --no-rebuild --print-errorlogs \
         test-s3chain-sigv4 test-s3chain-url test-s3chain-manifest \
-        test-s3chain-plan 2>&1 |
+        test-s3chain-seal test-s3chain-plan 2>&1 |
         tee "$log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
     # AWS's suite must have run, not been skipped

@@ -423,8 +423,10 @@ class BackupTestCase(CommandRuns, unittest.TestCase):
             self.vm.cmd('qom-set', path=f'/machine/peripheral/{name}',
                         property='drive', value=f'slow{i}')
 
-    def restore(self, backup_id: str, disk: str) -> bytes:
-        """The disk at backup @backup_id, read through s3chain"""
+    def restore(self, backup_id: str, disk: str,
+                encryption_key: Optional[bytes] = None) -> bytes:
+        """The disk at backup @backup_id, read through s3chain, with
+        @encryption_key if given"""
         secret = os.path.join(self.dir, 'secret')
         fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, 'w') as f:
@@ -432,20 +434,29 @@ class BackupTestCase(CommandRuns, unittest.TestCase):
         host = self.bucket.endpoint.split('://', 1)[1]
         key = (f'{self.bucket.prefix}/s3chain/vms/vm1/disks/{disk}/'
                f'{backup_id}.qcow2')
+        keyed = ';encrypt-key-secret=e' if encryption_key else ''
         url = (f's3chain://{host};tls=off;access-key-id='
-               f'{self.bucket.env["AWS_ACCESS_KEY_ID"]};key-secret=k/'
+               f'{self.bucket.env["AWS_ACCESS_KEY_ID"]};key-secret=k{keyed}/'
                f'{self.bucket.name}/{key}')
+        objects = ['--object', f'secret,id=k,file={secret}']
+        if encryption_key:
+            key_file = os.path.join(self.dir, 'encryption-key')
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                         0o600)
+            with os.fdopen(fd, 'wb') as f:
+                f.write(encryption_key)
+            objects += ['--object', f'secret,id=e,file={key_file}']
         raw = os.path.join(self.dir, 'restored.raw')
-        subprocess.run([QEMU_IMG, 'convert', '--object',
-                        f'secret,id=k,file={secret}', '-O', 'raw', url, raw],
+        subprocess.run([QEMU_IMG, 'convert', *objects, '-O', 'raw', url, raw],
                        check=True)
         with open(raw, 'rb') as f:
             data = f.read()
         os.remove(raw)
         return data
 
-    def assertRestores(self, backup_id: str, disk: str, expected: bytes):
-        restored = self.restore(backup_id, disk)
+    def assertRestores(self, backup_id: str, disk: str, expected: bytes,
+                       encryption_key: Optional[bytes] = None):
+        restored = self.restore(backup_id, disk, encryption_key)
         self.assertEqual(len(restored), len(expected))
         if restored != expected:
             first = next(i for i in range(len(expected))

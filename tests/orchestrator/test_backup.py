@@ -5,6 +5,7 @@
 #
 # SPDX-License-Identifier: GPL-2.0-or-later
 
+import base64
 import glob
 import json
 import os
@@ -172,6 +173,223 @@ class TestCompressed(BackupTestCase):
             self.run_refused(self.args('--compress', value), 2,
                              words=('--compress', word))
         self.assertIsNone(self.bucket.catalog())
+
+
+class TestEncrypted(BackupTestCase):
+    """--encrypt --key-file: the VM's first backup decides, every command
+    needs the key after it, and the key is nowhere but in its file"""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.key = os.urandom(32)
+        self.key_file = self.private_file('key', self.key.hex().encode())
+        self.other_key_file = self.private_file('other-key', os.urandom(32))
+
+    def private_file(self, name: str, data: bytes, mode: int = 0o600) -> str:
+        path = os.path.join(self.dir, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        os.chmod(path, mode)
+        return path
+
+    def manifest(self, backup_id: str, disk: str) -> dict:
+        return json.loads(self.bucket.get(
+            f'{self.bucket.prefix}/s3chain/vms/vm1/disks/{disk}/'
+            f'{backup_id}.qcow2'))
+
+    def command(self, *argv: str, key_file: str = '') -> Run:
+        key = ['--key-file', key_file or self.key_file]
+        return Run([*argv, '--vm', 'vm1', '--repo', self.bucket.repo,
+                    '--json', *key], self.env())
+
+    def key_forms(self) -> List[bytes]:
+        return [self.key, self.key.hex().encode(),
+                self.key.hex().upper().encode(), base64.b64encode(self.key)]
+
+    def assertKeyNowhere(self, *texts: bytes) -> None:
+        """Not in @texts, nor in any object of the bucket or its metadata"""
+        for form in self.key_forms():
+            for text in texts:
+                self.assertNotIn(form, text)
+            for key in self.bucket.objects():
+                self.assertNotIn(form, self.bucket.get(key), key)
+                head = self.bucket.client.head_object(Bucket=self.bucket.name,
+                                                      Key=key)
+                self.assertNotIn(form.decode('latin-1'),
+                                 json.dumps(head['Metadata']), key)
+
+    def process_texts(self) -> bytes:
+        """The command lines and environments of this user's processes"""
+        texts = []
+        for pid in os.listdir('/proc'):
+            if not pid.isdigit():
+                continue
+            for what in ('cmdline', 'environ'):
+                try:
+                    with open(f'/proc/{pid}/{what}', 'rb') as f:
+                        texts.append(f.read())
+                except OSError:
+                    pass
+        return b'\0'.join(texts)
+
+    def test_chain_encrypted_and_every_point_restored(self) -> None:
+        full = self.backup('--encrypt', '--key-file', self.key_file)
+        at_full = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+
+        self.vm.write('vd0', '-P 0xa1 3M 1M')
+        self.vm.write('vd1', '-z 8M 2M')
+        inc1 = self.backup('--key-file', self.key_file)
+        self.assertEqual(self.disk_types(inc1)['vd0'][0], 'incremental')
+        at_inc1 = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+
+        # the guest writes while the backup runs; the sidecar and qemu-img
+        # have the key, and no command line or environment holds it
+        self.vm.write('vd1', '-P 0xb1 40M 4M')
+        run = self.start('--key-file', self.key_file)
+        run.wait_started()
+        at_inc2 = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+        self.vm.write('vd0', '-P 0xc1 40M 1M')
+        processes = self.process_texts()
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        inc2 = run.result()
+
+        for point, expected in ((full, at_full), (inc1, at_inc1),
+                                (inc2, at_inc2)):
+            for disk in ('vd0', 'vd1'):
+                self.assertRestores(point['backup'], disk, expected[disk],
+                                    encryption_key=self.key)
+                manifest = self.manifest(point['backup'], disk)
+                self.assertEqual((manifest['version'], manifest['encrypt']),
+                                 (7, 'aes-256-gcm'))
+                self.assertNotIn('compress', manifest)
+        catalog = self.bucket.catalog()
+        self.assertEqual(catalog['format'], 4)
+        self.assertEqual(catalog['key-id'], manifest['key-id'])
+
+        run = self.command('verify', '--deep')
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        self.assertTrue(run.result()['intact'])
+        outputs = err.encode()
+
+        # s3chain restore reads the chain with read plans, sealed blocks
+        for point, expected in ((inc1, at_inc1), (inc2, at_inc2)):
+            target = os.path.join(self.dir, 'vd1.raw')
+            run = self.command('restore', '--backup', point['backup'],
+                               '--target', f'vd1={target}')
+            code, err = run.finish()
+            self.assertEqual(code, 0, err)
+            outputs += err.encode()
+            with open(target, 'rb') as f:
+                self.assertTrue(f.read() == expected['vd1'],
+                                f"restore of {point['backup']} differs")
+            os.remove(target)
+        self.assertKeyNowhere(processes, outputs)
+
+    def test_encrypted_and_compressed(self) -> None:
+        text = b''.join(b'%08d the guest wrote this line\n' % i
+                        for i in range(200000))[:4 * MiB]
+        pattern = os.path.join(self.dir, 'text.bin')
+        with open(pattern, 'wb') as f:
+            f.write(text)
+        self.vm.write('vd0', f'-s {pattern} 20M 4M')
+        full = self.backup('--encrypt', '--key-file', self.key_file,
+                           '--compress', 'zstd')
+        at_full = self.vm.disk_bytes('vd0')
+        self.vm.write('vd0', '-P 0xd1 21M 1M')
+        inc = self.backup('--key-file', self.key_file)
+        for point, expected in ((full, at_full),
+                                (inc, self.vm.disk_bytes('vd0'))):
+            self.assertRestores(point['backup'], 'vd0', expected,
+                                encryption_key=self.key)
+            manifest = self.manifest(point['backup'], 'vd0')
+            self.assertEqual((manifest['version'], manifest['compress']),
+                             (7, 'zstd'))
+        run = self.command('verify', '--deep')
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        self.assertTrue(run.result()['intact'])
+
+    def test_key_refusals(self) -> None:
+        """Each bad key is one line, its own exit code, nothing written"""
+        # before any backup: the key file itself
+        for data, mode, code, words in (
+                (os.urandom(32), 0o644, 2, ('chmod 600',)),
+                (os.urandom(16), 0o600, 2, ('16 bytes', '32 bytes')),
+                (b'ab' * 31 + b'\n', 0o600, 2, ('63 bytes',)),
+                (b'zz' * 32, 0o600, 2, ('64 bytes',))):
+            path = self.private_file('bad-key', data, mode)
+            self.run_refused(self.args('--encrypt', '--key-file', path), code,
+                             words=('key file', *words))
+        self.run_refused(self.args('--encrypt'), 2,
+                         words=('--encrypt', '--key-file'))
+        self.run_refused(self.args('--key-file', '/nonexistent/key'), 2,
+                         words=('/nonexistent/key',))
+        self.assertIsNone(self.bucket.catalog())
+
+        full = self.backup('--encrypt', '--key-file', self.key_file)
+        key_id = self.bucket.catalog()['key-id']
+        before = self.bucket.objects()
+        target = os.path.join(self.dir, 'never.raw')
+        # no key, then another key: backup, restore, verify
+        for key_args in ((), ('--key-file', self.other_key_file)):
+            words = ('key id', key_id) if key_args else ('--key-file', key_id)
+            self.run_refused(self.args(*key_args), 12, words=words)
+            for argv in (['restore', '--backup', full['backup'],
+                          '--target', f'vd0={target}'], ['verify']):
+                self.run_refused([*argv, '--vm', 'vm1', '--repo',
+                                  self.bucket.repo, '--json', *key_args], 12,
+                                 words=words)
+        self.assertFalse(os.path.exists(target))
+        self.assertEqual(self.bucket.objects(), before)
+
+    def test_plain_backups_refuse_a_key(self) -> None:
+        self.backup()
+        before = self.bucket.objects()
+        self.run_refused(self.args('--encrypt', '--key-file', self.key_file),
+                         2, words=('unencrypted', '--encrypt'))
+        self.run_refused(self.args('--key-file', self.key_file), 12,
+                         words=('not encrypted', '--key-file'))
+        self.assertEqual(self.bucket.objects(), before)
+
+    def test_tampering_found(self) -> None:
+        """A chunk altered and a manifest edited: verify names each object,
+        and restore refuses before writing"""
+        full = self.backup('--encrypt', '--key-file', self.key_file)
+        prefix = f'{self.bucket.prefix}/s3chain/vms/vm1/disks/vd0/'
+        image = f'{prefix}{full["backup"]}.qcow2'
+        chunks = sorted(k for k in self.bucket.objects()
+                        if k.startswith(image + '.d/'))
+        chunk = self.bucket.client.get_object(
+            Bucket=self.bucket.name, Key=chunks[1])['Body'].read()
+        altered = bytearray(chunk)
+        altered[100] ^= 1
+        manifest = self.bucket.client.get_object(
+            Bucket=self.bucket.name, Key=image)
+        text = manifest['Body'].read()
+        for key, body, extra in (
+                (chunks[1], bytes(altered), {}),
+                (image, text.replace(b'"generation": ', b'"generation": 9'),
+                 {'ContentType': manifest['ContentType']})):
+            self.bucket.client.put_object(Bucket=self.bucket.name, Key=key,
+                                          Body=body, **extra)
+            run = self.command('verify', '--deep')
+            code, err = run.finish()
+            self.assertEqual(code, 11, err)
+            faults = run.result()['faults']
+            self.assertEqual(faults[0]['object'],
+                             f's3://{self.bucket.name}/{key}', faults)
+            target = os.path.join(self.dir, 'never.raw')
+            run = self.command('restore', '--target', f'vd0={target}')
+            code, err = run.finish()
+            self.assertEqual(code, 11, err)
+            self.assertIn(key, err)
+            self.assertFalse(os.path.exists(target))
+            self.bucket.client.put_object(
+                Bucket=self.bucket.name, Key=key,
+                Body=chunk if key == chunks[1] else text, **extra)
 
 
 class TestFallbacks(BackupTestCase):

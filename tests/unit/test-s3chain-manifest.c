@@ -169,11 +169,88 @@ static void test_compressed(void)
     g_assert_cmpstr(got->stored_lengths, ==, "00000abc00000000");
     g_assert_true(s3chain_stored_lengths_from_hex(got->stored_lengths,
                                                   128 * KiB, 64 * KiB,
-                                                  lengths));
+                                                  true, false, lengths));
     g_assert_cmpuint(lengths[0], ==, 0xabc);
     g_assert_cmpuint(lengths[1], ==, 0);
     again = s3chain_manifest_encode(back);
     g_assert_cmpstr(again, ==, json);
+}
+
+/* The user's key and an image id of the known answers (test-s3chain-seal) */
+static const uint8_t user_key[S3CHAIN_KEY_LEN] = {
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+    16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
+};
+
+/*
+ * An encrypted image's manifest is version 7, with the key id, the image
+ * id, and a MAC over every byte before it (computed by another HMAC, of
+ * Python's cryptography)
+ */
+static void test_encrypted(void)
+{
+    g_autoptr(S3chainManifest) m = s3chain_manifest_new(2 * MiB, 128 * KiB);
+    g_autoptr(S3chainManifest) back = NULL;
+    g_autofree char *json = NULL;
+    g_autofree char *again = NULL;
+    S3chainImageKeys keys;
+    S3chainChunkRef ref = ref_a;
+
+    m->encrypted = true;
+    for (int i = 0; i < S3CHAIN_ID_LEN; i++) {
+        m->image_id[i] = i;
+    }
+    g_assert_true(s3chain_key_id(user_key, m->key_id));
+    m->keys = g_new(S3chainImageKeys, 1);
+    g_assert_true(s3chain_image_keys(user_key, m->image_id, m->keys));
+    json = s3chain_manifest_encode(m);
+    g_assert_cmpstr(json, ==,
+        "{\"format\": \"s3chain-chunked\", \"version\": 7, "
+        "\"encrypt\": \"aes-256-gcm\", "
+        "\"key-id\": \"511ee7cad0d86d93a4242b4e1be2d0f7\", "
+        "\"image-id\": \"000102030405060708090a0b0c0d0e0f\", "
+        "\"size\": 2097152, \"chunk-size\": 131072, \"generation\": 0, "
+        "\"chunks\": [], \"mac\": "
+        "\"862b1cad034a5a922ff56216134488fcf7d01eff547ba405b63b6d26c33f2b94\"}"
+        "\n");
+
+    /* a chunk of sealed blocks: each stored length has the seal's bytes */
+    ref.tag = (char *)"1.1";
+    ref.block_size = 64 * KiB;
+    ref.block_sums = (char *)"0a1b2c3d00000000";
+    ref.stored_lengths = (char *)"0001001c00000000";
+    s3chain_manifest_set(m, 3, &ref);
+    g_free(json);
+    json = s3chain_manifest_encode(m);
+    back = s3chain_manifest_decode(json, &error_abort);
+    g_assert_true(back->encrypted);
+    g_assert_false(back->compressed);
+    g_assert_cmpmem(back->image_id, 16, m->image_id, 16);
+    g_assert_cmpmem(back->key_id, 16, m->key_id, 16);
+    g_assert_true(s3chain_image_keys(user_key, back->image_id, &keys));
+    g_assert_true(s3chain_manifest_mac_matches(&keys, json, back->mac_covered,
+                                               back->mac_hex));
+    /* a byte changed is not what the MAC covers */
+    json[back->mac_covered - 20] ^= 1;
+    g_assert_false(s3chain_manifest_mac_matches(&keys, json,
+                                                back->mac_covered,
+                                                back->mac_hex));
+    json[back->mac_covered - 20] ^= 1;
+    back->keys = g_memdup2(&keys, sizeof(keys));
+    again = s3chain_manifest_encode(back);
+    g_assert_cmpstr(again, ==, json);
+    s3chain_image_keys_clear(&keys);
+
+    /* uncompressed, a sealed block's length is the block's and the seal's */
+    g_assert_false(s3chain_stored_lengths_from_hex("0001000000000000",
+                                                   128 * KiB, 64 * KiB,
+                                                   false, true, NULL));
+    g_assert_false(s3chain_stored_lengths_from_hex("0000001c00000000",
+                                                   128 * KiB, 64 * KiB,
+                                                   true, true, NULL));
+    g_assert_true(s3chain_stored_lengths_from_hex("0000001d0001001c",
+                                                  128 * KiB, 64 * KiB,
+                                                  true, true, NULL));
 }
 
 /* What a version 1 writer stored still reads */
@@ -223,7 +300,11 @@ static void test_damaged(void)
 {
     decode_fails("not json", "not a JSON object");
     decode_fails("{\"format\": \"qcow2\"}", "format is not s3chain-chunked");
-    decode_fails(HEAD(7, 100, 65536) "\"chunks\": []}", "version 7");
+    decode_fails(HEAD(8, 100, 65536) "\"chunks\": []}", "version 8");
+    decode_fails(HEAD(7, 100, 65536) "\"chunks\": []}",
+                 "no valid 'encrypt'");
+    decode_fails(HEAD(6, 100, 65536) "\"compress\": \"zstd\", \"mac\": \"\", "
+                 "\"chunks\": []}", "has an encrypted image's members");
     decode_fails(HEAD(6, 100, 65536) "\"chunks\": []}", "no valid 'compress'");
     decode_fails(HEAD(2, 100, 65536) "\"chunks\": [[0, \"1.1\", " MD5 ", "
                  CRC32 ", 65536]]}", "not [index, tag, md5, crc32]");
@@ -273,6 +354,12 @@ static void test_vectors(void)
             }
             g_assert_nonnull(m);
             /* what is read is written back as it was meant */
+            if (m->encrypted) {
+                /* its writer's keys, to MAC it anew */
+                m->keys = g_new(S3chainImageKeys, 1);
+                g_assert_true(s3chain_image_keys(user_key, m->image_id,
+                                                 m->keys));
+            }
             again = s3chain_manifest_encode(m);
             back = s3chain_manifest_decode(again, &error_abort);
             g_assert_cmpint(g_tree_nnodes(back->chunks), ==,
@@ -298,6 +385,7 @@ int main(int argc, char **argv)
     g_test_add_func("/s3chain/manifest/round-trip", test_round_trip);
     g_test_add_func("/s3chain/manifest/patches", test_patches);
     g_test_add_func("/s3chain/manifest/compressed", test_compressed);
+    g_test_add_func("/s3chain/manifest/encrypted", test_encrypted);
     g_test_add_func("/s3chain/manifest/version-1", test_version_1);
     g_test_add_func("/s3chain/manifest/chunk-key", test_chunk_key);
     g_test_add_func("/s3chain/manifest/damaged", test_damaged);
