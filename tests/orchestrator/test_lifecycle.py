@@ -8,6 +8,7 @@
 
 import datetime
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -61,9 +62,12 @@ class LifecycleCase(BackupTestCase):
         # what each disk held at each backup's instant, by backup id
         self.expected: Dict[str, Dict[str, str]] = {}
         self.step = 0
+        # what every command is given: the key of encrypted backups
+        self.key_args: List[str] = []
 
     def lifecycle(self, command: str, *extra: str) -> List[str]:
-        return [command, '--repo', self.bucket.repo, '--json', *extra]
+        return [command, '--repo', self.bucket.repo, '--json',
+                *self.key_args, *extra]
 
     def run_ok(self, argv: List[str], env=None) -> dict:
         run = Run(argv, env or self.env())
@@ -88,7 +92,7 @@ class LifecycleCase(BackupTestCase):
             self.vm.write('vd1', f'-z {(n * 11) % 60}M 1M')
 
     def backup_point(self, *extra: str, env=None) -> dict:
-        run = Run(self.args(*extra), env or self.env())
+        run = Run(self.args(*self.key_args, *extra), env or self.env())
         code, err = run.finish()
         self.assertEqual(code, 0, err)
         result = run.result()
@@ -106,8 +110,8 @@ class LifecycleCase(BackupTestCase):
             if os.path.exists(target):
                 os.remove(target)
             targets += ['--target', f'{disk["name"]}={target}']
-        self.run_ok(['restore', '--vm', 'vm1', '--repo', self.bucket.repo,
-                     '--backup', backup_id, *targets, '--json'])
+        self.run_ok(self.lifecycle('restore', '--vm', 'vm1', '--backup',
+                                   backup_id, *targets))
         for disk in backup['disks']:
             target = os.path.join(self.dir, f'restored-{disk["name"]}.raw')
             with open(target, 'rb') as f:
@@ -133,8 +137,8 @@ class LifecycleCase(BackupTestCase):
         for backup in catalog['backups']:
             self.assertNotIn('state', backup)
             self.assertPointExact(backup['id'])
-        verify = self.run_ok(['verify', '--repo', self.bucket.repo,
-                              '--vm', 'vm1', '--deep', '--json'])
+        verify = self.run_ok(self.lifecycle('verify', '--vm', 'vm1',
+                                            '--deep'))
         self.assertTrue(verify['intact'], verify)
 
     def chain(self, n: int, *extra: str) -> List[str]:
@@ -193,6 +197,34 @@ class TestDelete(LifecycleCase):
         self.assertEqual([g['id'] for g in again['already-deleted']],
                          [ids[0]])
         self.assertEqual(self.listed(), ids[1:])
+        self.assertAllExact()
+
+
+class TestEncrypted(LifecycleCase):
+    def test_delete_prune_merge_and_gc(self) -> None:
+        """An encrypted, compressed chain: merges in the bucket keep every
+        image sealed, and every point left exact"""
+        key_file = os.path.join(self.dir, 'key')
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(os.urandom(32))
+        self.key_args = ['--key-file', key_file]
+        ids = [self.backup_point('--encrypt', '--compress', 'zstd')['backup']]
+        self.guest_writes()
+        ids += self.chain(5, '--merge-after', '5')
+        # the sixth backup merged the oldest away
+        self.assertEqual(self.listed(), ids[1:])
+        self.delete(ids[1])
+        self.delete(ids[3])
+        self.assertEqual(self.listed(), [ids[2]] + ids[4:])
+        self.run_ok(self.lifecycle('prune', '--vm', 'vm1', '--keep-last',
+                                   '2'))
+        self.assertEqual(self.listed(), ids[4:])
+        self.run_ok(self.lifecycle('gc', '--vm', 'vm1', '--grace', '0'))
+        for key in self.image_keys():
+            manifest = json.loads(self.bucket.get(key))
+            self.assertEqual((manifest['version'], manifest['compress']),
+                             (7, 'zstd'), key)
         self.assertAllExact()
 
 

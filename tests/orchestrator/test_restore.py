@@ -35,9 +35,11 @@ WRITES = [
 
 
 class Chain:
-    """A VM and its chain in the bucket, with each point's bytes"""
+    """A VM and its chain in the bucket, with each point's bytes; with
+    @encrypted, its backups encrypted and compressed under a key of its
+    own, which every command is given (key_args)"""
 
-    def __init__(self) -> None:
+    def __init__(self, encrypted: bool = False) -> None:
         self.bucket = Bucket()
         self.dir = tempfile.mkdtemp(prefix='s3chain-restore-', dir='/tmp')
         self.runtime = os.path.join(self.dir, 'run')
@@ -45,12 +47,23 @@ class Chain:
         self.env = command_env(self.bucket)
         self.points: List[str] = []
         self.expected: Dict[str, Dict[str, bytes]] = {}
+        self.key_args: List[str] = []
+        first = []
+        if encrypted:
+            self.key = os.urandom(32)
+            key_file = os.path.join(self.dir, 'key')
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(fd, 'wb') as f:
+                f.write(self.key)
+            self.key_args = ['--key-file', key_file]
+            first = ['--encrypt', '--compress', 'zstd']
         for writes in [[]] + WRITES:
             for disk, args in writes:
                 self.vm.write(disk, args)
             run = Run(['backup', '--vm', 'vm1', '--qmp', self.vm.qmp_socket,
                        '--repo', self.bucket.repo, '--runtime-dir',
-                       self.runtime, '--json'], self.env)
+                       self.runtime, '--json', *self.key_args,
+                       *(first if not self.points else [])], self.env)
             code, err = run.finish()
             assert code == 0, err
             point = run.result()['backup']
@@ -93,7 +106,8 @@ class RestoreTestCase(unittest.TestCase):
 
     def s3chain(self, command: str, *args: str, env=None,
                 repo: Optional[str] = None) -> Run:
-        argv = [command, '--repo', repo or self.chain.bucket.repo, '--json']
+        argv = [command, '--repo', repo or self.chain.bucket.repo, '--json',
+                *self.chain.key_args]
         if command in ('restore', 'serve') and '--vm' not in args:
             argv += ['--vm', 'vm1']
         return Run(argv + list(args), env or self.chain.env)
@@ -141,6 +155,24 @@ class RestoreTestCase(unittest.TestCase):
         m.launch()
         self.machines.append(m)
         return m
+
+    def serve(self, *args: str) -> Run:
+        sock = os.path.join(self.dir, 'serve.sock')
+        run = self.s3chain('serve', '--listen', f'unix:{sock}',
+                           '--runtime-dir', os.path.join(self.dir, 'run'),
+                           *args)
+        ready = run.wait_event('ready')
+        self.assertEqual(ready['uri'],
+                         f'nbd+unix:///{ready["disk"]}?socket={sock}')
+        return run
+
+    def stop(self, run: Run) -> None:
+        for m in self.machines:
+            m.shutdown()
+        self.machines = []
+        run.proc.send_signal(signal.SIGTERM)
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
 
     def vm_reads(self, m: QEMUMachine) -> bytes:
         """Every byte of the VM's disk, as the VM reads it"""
@@ -586,24 +618,6 @@ class TestVerify(RestoreTestCase):
 
 
 class TestServe(RestoreTestCase):
-    def serve(self, *args: str) -> Run:
-        sock = os.path.join(self.dir, 'serve.sock')
-        run = self.s3chain('serve', '--listen', f'unix:{sock}',
-                           '--runtime-dir', os.path.join(self.dir, 'run'),
-                           *args)
-        ready = run.wait_event('ready')
-        self.assertEqual(ready['uri'],
-                         f'nbd+unix:///{ready["disk"]}?socket={sock}')
-        return run
-
-    def stop(self, run: Run) -> None:
-        for m in self.machines:
-            m.shutdown()
-        self.machines = []
-        run.proc.send_signal(signal.SIGTERM)
-        code, err = run.finish()
-        self.assertEqual(code, 0, err)
-
     def write_through_serve(self, point: str, disk: str, overlay: str,
                             pattern: int, offset: int, length: int) -> bytes:
         """Serves @disk at @point writable on @overlay, where a VM writes
@@ -781,6 +795,112 @@ class TestServe(RestoreTestCase):
         with open(path, 'rb') as f:
             self.assertBytes(f.read(), self.chain.expected[point]['vd1'],
                              'vd1 after serving it writable')
+
+
+class TestEncryptedRepository(RestoreTestCase):
+    """Every way of reading a point of an encrypted, compressed chain,
+    with its key"""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.chain = Chain(encrypted=True)
+
+    def test_every_point_restored_and_verified(self) -> None:
+        for point in self.chain.points:
+            manifest = json.loads(self.chain.bucket.get(
+                self.chain.image(point, 'vd0')))
+            self.assertEqual((manifest['version'], manifest['compress']),
+                             (7, 'zstd'))
+            targets = []
+            for disk in DISKS:
+                targets += ['--target',
+                            f'{disk}={os.path.join(self.dir, disk)}.raw']
+            self.ok('restore', '--backup', point, *targets)
+            for disk in DISKS:
+                path = os.path.join(self.dir, f'{disk}.raw')
+                with open(path, 'rb') as f:
+                    self.assertBytes(f.read(), self.chain.expected[point][disk],
+                                     f'{disk} at {point}')
+                os.remove(path)
+        for mode in ((), ('--deep',)):
+            result = self.ok('verify', '--vm', 'vm1', *mode).result()
+            self.assertTrue(result['intact'], result)
+
+    def test_served_and_written_through_an_encrypted_overlay(self) -> None:
+        point = self.chain.points[3]
+        run = self.serve('--backup', point, '--disk', 'vd0')
+        sock = os.path.join(self.dir, 'serve.sock')
+        m = self.start_vm('vd0', f'driver=nbd,node-name=d0,server.type=unix,'
+                                 f'server.path={sock},export=vd0,'
+                                 f'read-only=on')
+        self.assertBytes(self.vm_reads(m), self.chain.expected[point]['vd0'],
+                         'the served vd0')
+        self.stop(run)
+
+        # a writable overlay in the bucket is sealed with the same key
+        bucket = self.chain.bucket
+        key = f'{bucket.prefix}-scratch/vd1.qcow2'
+        self.addCleanup(lambda: [
+            bucket.delete(o['Key']) for o in bucket.client.list_objects_v2(
+                Bucket=bucket.name,
+                Prefix=f'{bucket.prefix}-scratch/').get('Contents', [])])
+        run = self.serve('--backup', point, '--disk', 'vd1', '--writable',
+                         '--overlay', f's3://{bucket.name}/{key}')
+        m = self.start_vm('vd1', f'driver=nbd,node-name=d0,server.type=unix,'
+                                 f'server.path={sock},export=vd1')
+        out = m.cmd('human-monitor-command', command_line=(
+            'qemu-io -d vd1 "write -P 0x6c 1M 64k"'))
+        self.assertNotIn('rror', out)
+        expected = bytearray(self.chain.expected[point]['vd1'])
+        expected[MiB:MiB + 65536] = b'\x6c' * 65536
+        self.assertBytes(self.vm_reads(m), bytes(expected), 'vd1 written')
+        self.stop(run)
+        overlay = json.loads(bucket.get(key))
+        self.assertEqual(overlay['version'], 7)
+        self.assertEqual(overlay['key-id'], json.loads(bucket.get(
+            self.chain.image(point, 'vd1')))['key-id'])
+
+    def test_instant_restore(self) -> None:
+        point = self.chain.points[4]
+        expected = self.chain.expected[point]['vd0']
+        target = os.path.join(self.dir, 'vd0.qcow2')
+        qmp = os.path.join(self.dir, 'vm.qmp')
+        run = self.s3chain('restore', '--instant', '--backup', point,
+                           '--target', f'vd0={target}', '--qmp', qmp,
+                           '--runtime-dir', os.path.join(self.dir, 'run'))
+        run.wait_event('ready')
+        m = self.start_vm('vd0', f'driver=qcow2,node-name=d0,file.driver=file,'
+                                 f'file.filename={target}', qmp=qmp)
+        self.assertBytes(self.vm_reads(m), expected, 'vd0 during the copy')
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        self.assertBytes(self.vm_reads(m), expected, 'vd0 once copied')
+
+    def test_no_key_and_another_key(self) -> None:
+        other = os.path.join(self.dir, 'other-key')
+        fd = os.open(other, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(os.urandom(32))
+        sock = os.path.join(self.dir, 'serve.sock')
+        for key_args in ([], ['--key-file', other]):
+            for argv in (['serve', '--vm', 'vm1', '--listen',
+                          f'unix:{sock}', '--runtime-dir',
+                          os.path.join(self.dir, 'run')],
+                         ['delete', '--vm', 'vm1', '--backup',
+                          self.chain.points[0]],
+                         ['prune', '--vm', 'vm1', '--keep-last', '1']):
+                run = Run([argv[0], '--repo', self.chain.bucket.repo,
+                           '--json', *key_args, *argv[1:]], self.chain.env)
+                code, err = run.finish()
+                self.assertEqual(code, 12, err)
+                self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertEqual(len(self.chain.bucket.catalog()['backups']),
+                         len(self.chain.points))
+        # list needs no key
+        result = Run(['list', '--repo', self.chain.bucket.repo, '--json',
+                      '--vm', 'vm1'], self.chain.env)
+        code, err = result.finish()
+        self.assertEqual(code, 0, err)
 
 
 class TestInstantRestore(RestoreTestCase):
