@@ -174,6 +174,17 @@ class RestoreTestCase(unittest.TestCase):
         code, err = run.finish()
         self.assertEqual(code, 0, err)
 
+    def assertServed(self, point: str, disk: str) -> None:
+        """A VM reads @disk at @point, served read-only, as it was"""
+        run = self.serve('--backup', point, '--disk', disk)
+        sock = os.path.join(self.dir, 'serve.sock')
+        m = self.start_vm(disk, f'driver=nbd,node-name=d0,server.type=unix,'
+                                f'server.path={sock},export={disk},'
+                                f'read-only=on')
+        self.assertBytes(self.vm_reads(m), self.chain.expected[point][disk],
+                         f'the served {disk}')
+        self.stop(run)
+
     def vm_reads(self, m: QEMUMachine) -> bytes:
         """Every byte of the VM's disk, as the VM reads it"""
         sock = os.path.join(self.dir, f'export-{len(self.machines)}.sock')
@@ -639,15 +650,7 @@ class TestServe(RestoreTestCase):
         return bytes(expected)
 
     def test_a_vm_reads_the_served_point(self) -> None:
-        point = self.chain.points[3]
-        run = self.serve('--backup', point, '--disk', 'vd0')
-        sock = os.path.join(self.dir, 'serve.sock')
-        m = self.start_vm('vd0', f'driver=nbd,node-name=d0,server.type=unix,'
-                                 f'server.path={sock},export=vd0,'
-                                 f'read-only=on')
-        self.assertBytes(self.vm_reads(m), self.chain.expected[point]['vd0'],
-                         'the served vd0')
-        self.stop(run)
+        self.assertServed(self.chain.points[3], 'vd0')
 
     def test_files_from_a_mounted_backup(self) -> None:
         """File-level restore as docs/restore.rst has it without the nbd
@@ -828,14 +831,7 @@ class TestEncryptedRepository(RestoreTestCase):
 
     def test_served_and_written_through_an_encrypted_overlay(self) -> None:
         point = self.chain.points[3]
-        run = self.serve('--backup', point, '--disk', 'vd0')
-        sock = os.path.join(self.dir, 'serve.sock')
-        m = self.start_vm('vd0', f'driver=nbd,node-name=d0,server.type=unix,'
-                                 f'server.path={sock},export=vd0,'
-                                 f'read-only=on')
-        self.assertBytes(self.vm_reads(m), self.chain.expected[point]['vd0'],
-                         'the served vd0')
-        self.stop(run)
+        self.assertServed(point, 'vd0')
 
         # a writable overlay in the bucket is sealed with the same key
         bucket = self.chain.bucket
@@ -846,6 +842,7 @@ class TestEncryptedRepository(RestoreTestCase):
                 Prefix=f'{bucket.prefix}-scratch/').get('Contents', [])])
         run = self.serve('--backup', point, '--disk', 'vd1', '--writable',
                          '--overlay', f's3://{bucket.name}/{key}')
+        sock = os.path.join(self.dir, 'serve.sock')
         m = self.start_vm('vd1', f'driver=nbd,node-name=d0,server.type=unix,'
                                  f'server.path={sock},export=vd1')
         out = m.cmd('human-monitor-command', command_line=(
