@@ -88,7 +88,7 @@ static uint64_t packed_plan_load(S3chainImage *img, CachedChunk *c,
         offsets[i + 1] = offsets[i] + lengths[i];
     }
     todo = s3chain_image_bridge_gaps(img, todo, ~(c->valid | c->loading));
-    for (uint64_t rest = todo; rest;) {
+    for (uint64_t rest = todo, at = 0; rest;) {
         S3chainBlockRun *run = &load->runs[load->n_runs];
         unsigned first = ctz64(rest);
         unsigned count = cto64(rest >> first);
@@ -100,10 +100,15 @@ static uint64_t packed_plan_load(S3chainImage *img, CachedChunk *c,
                    count * img->block_size);
             continue;
         }
+        if (!load->staging) {
+            load->staging = s3chain_image_take_staging_locked(img);
+        }
         run->first = first;
         run->count = count;
         run->key = s3chain_chunk_key(img->key, c->index, ref->tag);
-        run->packed = g_malloc(bytes);
+        /* the runs' bytes are at most the chunk's stored bytes in all */
+        run->packed = load->staging + at;
+        at += bytes;
         run->req = (S3chainRequest) {
             .range_offset = offsets[first],
             .range_bytes = bytes,

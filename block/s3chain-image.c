@@ -34,6 +34,12 @@
 /* Consecutive near-sequential reads before read-ahead starts */
 #define SEQUENTIAL_STREAK 3
 
+/*
+ * Buffers kept for the stored bytes of packed chunks: about the loads in
+ * flight of a sequential reader, or the uploads of a writer
+ */
+#define S3CHAIN_STAGING_KEPT 4
+
 /* The blocks of chunk @index that its reader will read, as far as known */
 static uint64_t planned_blocks(S3chainImage *img, uint64_t index)
 {
@@ -241,10 +247,10 @@ static int coroutine_fn load_blocks_locked(S3chainImage *img, CachedChunk *c,
         ret = ret ?: run_ret;
         s3chain_request_cleanup(&run->req);
         g_free(run->key);
-        g_free(run->packed);
     }
     s3chain_chunk_ref_clear(&load.ref);
     qemu_co_mutex_lock(&img->lock);
+    s3chain_image_give_staging_locked(img, load.staging);
     c->loading &= ~todo;
     if (ret == 0) {
         c->valid |= todo;
@@ -280,6 +286,34 @@ int coroutine_fn s3chain_image_ensure_blocks_locked(S3chainImage *img,
         }
     }
     return ret ?: c->ret;
+}
+
+size_t s3chain_image_staging_size(S3chainImage *img)
+{
+    return chunk_size(img) + blocks_per_chunk(img) * S3CHAIN_SEAL_OVERHEAD;
+}
+
+/*
+ * A fresh buffer costs a page fault a page, as chunk buffers do (see
+ * s3chain_image_drop_chunk_locked()): a restore of packed chunks spent
+ * half its CPU time on them
+ */
+uint8_t *s3chain_image_take_staging_locked(S3chainImage *img)
+{
+    if (img->staging->len) {
+        return g_ptr_array_steal_index_fast(img->staging,
+                                            img->staging->len - 1);
+    }
+    return g_malloc(s3chain_image_staging_size(img));
+}
+
+void s3chain_image_give_staging_locked(S3chainImage *img, uint8_t *buf)
+{
+    if (buf && img->staging->len < S3CHAIN_STAGING_KEPT) {
+        g_ptr_array_add(img->staging, buf);
+    } else {
+        g_free(buf);
+    }
 }
 
 /* Adds chunk @index to the buffer, pinned and empty, in room made */
@@ -568,6 +602,7 @@ S3chainImage *s3chain_image_new(BlockDriverState *bs, S3chainConn *conn,
     img->block_size = s3chain_block_size(manifest->chunk_size);
     img->compress_level = how->compress_level;
     img->spare = g_ptr_array_new_with_free_func(qemu_vfree);
+    img->staging = g_ptr_array_new_with_free_func(g_free);
     img->superseded = g_ptr_array_new_with_free_func(g_free);
     qemu_co_mutex_init(&img->lock);
     img->cache = g_hash_table_new(g_int64_hash, g_int64_equal);
@@ -587,6 +622,7 @@ void s3chain_image_free(S3chainImage *img)
     }
     g_hash_table_destroy(img->cache);
     g_ptr_array_unref(img->spare);
+    g_ptr_array_unref(img->staging);
     g_ptr_array_unref(img->superseded);
     s3chain_manifest_free(img->manifest);
     g_free(img->planned);

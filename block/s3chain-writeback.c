@@ -39,8 +39,8 @@ typedef struct Upload {
     bool replaces;              /* the patch takes the place of the others */
     uint8_t *body;              /* what goes up */
     size_t len;
-    /* a patch's blocks one after the other, or a compressed chunk's */
-    uint8_t *packed;
+    uint8_t *packed;            /* a patch's blocks one after the other */
+    uint8_t *staging;           /* a packed chunk's stored bytes */
     char *tag;
     char *key;
     char *md5_b64;
@@ -180,16 +180,14 @@ static int coroutine_fn pack_upload(S3chainImage *img, Upload *u)
     S3chainPacked packed;
     int ret;
 
-    assert(!u->patch);
-    u->packed = g_malloc(chunk_size(img) + (m->encrypted ?
-                         blocks_per_chunk(img) * S3CHAIN_SEAL_OVERHEAD : 0));
+    assert(!u->patch && u->staging);
     ret = s3chain_co_pack(u->body, chunk_size(img), img->block_size,
                           m->compressed ? img->compress_level : 0, m->keys,
-                          u->chunk->index, u->tag, u->packed, &packed);
+                          u->chunk->index, u->tag, u->staging, &packed);
     if (ret < 0) {
         return ret;
     }
-    u->body = u->packed;
+    u->body = u->staging;
     u->len = packed.len;
     memcpy(u->block_crcs, packed.block_crcs, sizeof(u->block_crcs));
     memcpy(u->sums.md5, packed.md5, sizeof(u->sums.md5));
@@ -235,6 +233,9 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
         u->tag = g_strdup_printf("%" PRIx64 ".%" PRIx64, img->session,
                                  ++img->serial);
         u->key = s3chain_chunk_key(img->key, c->index, u->tag);
+        if (s3chain_manifest_packed(img->manifest)) {
+            u->staging = s3chain_image_take_staging_locked(img);
+        }
     }
 
     qemu_co_mutex_unlock(&img->lock);
@@ -307,6 +308,7 @@ static int coroutine_fn write_back_locked(S3chainImage *img,
             s3chain_request_cleanup(&u->req);
         }
         g_free(u->packed);
+        s3chain_image_give_staging_locked(img, u->staging);
         g_free(u->tag);
         g_free(u->key);
         g_free(u->md5_b64);

@@ -368,6 +368,8 @@ typedef struct S3chainLoad {
     CachedChunk *c;
     /* a chunked image's entry for the chunk, as it was when planned */
     S3chainChunkRef ref;
+    /* a packed chunk's: where its runs' stored bytes land, one by one */
+    uint8_t *staging;
     unsigned n_runs;
     S3chainBlockRun runs[S3CHAIN_MAX_BLOCKS];
 } S3chainLoad;
@@ -436,6 +438,7 @@ struct S3chainImage {
     uint64_t cached;
     unsigned hot;               /* chunks kept dirty until the commit */
     GPtrArray *spare;           /* buffers of dropped chunks, for reuse */
+    GPtrArray *staging;         /* of packed chunks' loads and uploads */
     S3chainStreak streak;
     CoQueue room;               /* for room in the buffer */
     bool writing_back;          /* between the high and low water marks */
@@ -526,6 +529,13 @@ uint64_t s3chain_image_bridge_gaps(S3chainImage *img, uint64_t todo,
  */
 bool s3chain_image_takes_patches(S3chainImage *img,
                                  const S3chainChunkRef *ref);
+/*
+ * A buffer for the stored bytes of a packed chunk of @img, of
+ * s3chain_image_staging_size(), and back when done
+ */
+size_t s3chain_image_staging_size(S3chainImage *img);
+uint8_t *s3chain_image_take_staging_locked(S3chainImage *img);
+void s3chain_image_give_staging_locked(S3chainImage *img, uint8_t *buf);
 /* Reports what happened to @req, @what of @key */
 void s3chain_image_report_error(S3chainImage *img, const char *what,
                                 const char *key, S3chainRequest *req);

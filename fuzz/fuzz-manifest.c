@@ -53,6 +53,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             last = c->index;
         }
+        /* an encrypted one's MAC covers all but its own member */
+        g_assert(!m->encrypted ||
+                 (m->mac_covered < size &&
+                  !strncmp((const char *)data + m->mac_covered,
+                           S3CHAIN_MAC_MEMBER, strlen(S3CHAIN_MAC_MEMBER))));
     } else {
         g_assert(err && (err->code == S3C_EXIT_DAMAGED ||
                          err->code == S3C_EXIT_INTERNAL));

@@ -96,8 +96,14 @@ int s3c_list(const S3cListOptions *opts, GError **err)
             ok = false;
         }
         if (ok && opts->json) {
+            const char *key_id = s3c_catalog_key_id(&cat);
+
+            /* which key, if any, the commands on its backups need */
             json_object_array_add(out, s3c_json_obj(
                 "vm", json_object_new_string(cat.vm),
+                "key-id", key_id ? json_object_new_string(key_id) : NULL,
+                "compress", s3c_catalog_compressed(&cat) ?
+                json_object_new_string(S3CHAIN_COMPRESS_ZSTD) : NULL,
                 "backups", json_object_get(s3c_catalog_backups(&cat)),
                 NULL));
         } else if (ok) {

@@ -6,9 +6,9 @@ driver's symbols resolved among its own files, and builds and passes
 each unit test it holds.  A state with the driver links a qemu-img of
 its own files and, with S3CHAIN_TEST_ENV naming an S3 server's env file
 (scripts/s3-server.sh), does what that state of the driver can: read an
-image stored as one object; read a chunked image (written by the full
-build); write one and read it back; each read compared with what was
-stored.  Then the whole series' s3chain files compile with clang's
+image stored as one object; read a chunked image and an encrypted,
+compressed one (written by the full build); write both kinds and read
+them back; each read compared with what was stored.  Then the whole series' s3chain files compile with clang's
 -Wthread-safety, which checks QEMU's graph lock annotations (gcc
 ignores them).
 
@@ -155,6 +155,11 @@ class Bucket:
         with open(os.open(self.secret, os.O_WRONLY | os.O_CREAT, 0o600),
                   'w', encoding='utf-8') as f:
             f.write(self.env['AWS_SECRET_ACCESS_KEY'])
+        # the key of the encrypted images
+        self.key = os.path.join(work, 'key')
+        with open(os.open(self.key, os.O_WRONLY | os.O_CREAT, 0o600),
+                  'wb') as f:
+            f.write(os.urandom(32))
         self.data = os.path.join(work, 'data.raw')
         # chunks of 4 MiB: stored, all zero (not stored), and a short last
         rand = random.Random(7)
@@ -162,19 +167,21 @@ class Bucket:
             f.write(rand.randbytes(4 << 20) + bytes(4 << 20) +
                     rand.randbytes((1 << 20) + 12288))
 
-    def url(self, key):
+    def url(self, key, encrypted=False):
         endpoint = self.env['S3CHAIN_ENDPOINT']
         host = endpoint.split('://', 1)[1]
         tls = ';tls=off' if endpoint.startswith('http://') else ''
+        sealed = ';encrypt-key-secret=ek' if encrypted else ''
         return (f's3chain://{host}{tls};access-key-id='
-                f'{self.env["AWS_ACCESS_KEY_ID"]};key-secret=s3key/'
+                f'{self.env["AWS_ACCESS_KEY_ID"]};key-secret=s3key{sealed}/'
                 f'{self.name}/{self.prefix}{key}')
 
-    def convert(self, qemu_img, src, dst, subject):
+    def convert(self, qemu_img, src, dst, subject, options=()):
         res = subprocess.run(
             [qemu_img, 'convert', '--object',
-             f'secret,id=s3key,file={self.secret}', '-f', 'raw', '-O', 'raw',
-             src, dst], capture_output=True, text=True)
+             f'secret,id=s3key,file={self.secret}', '--object',
+             f'secret,id=ek,file={self.key}', '-f', 'raw', '-O', 'raw',
+             *options, src, dst], capture_output=True, text=True)
         if res.returncode:
             sys.exit(f'check-series: "{subject}": qemu-img convert failed:\n'
                      f'{res.stdout}{res.stderr}')
@@ -194,17 +201,25 @@ def run_driver(build, bucket, ours, qemu_img, scratch, subject):
     with open(bucket.data, 'rb') as f:
         bucket.s3.put_object(Bucket=bucket.name, Key=bucket.prefix + 'object',
                              Body=f.read())
-    reads = [('one object', 'object')]
+    reads = [('one object', 'object', False)]
+    sealed = ['-o', 'compress=zstd']
     if 's3chain-chunked.c' in ours:
-        bucket.convert(os.path.join(build.dir, 'qemu-img'), bucket.data,
-                       bucket.url('chunked'), subject)
-        reads.append(('chunked', 'chunked'))
+        full_build = os.path.join(build.dir, 'qemu-img')
+        bucket.convert(full_build, bucket.data, bucket.url('chunked'),
+                       subject)
+        bucket.convert(full_build, bucket.data,
+                       bucket.url('encrypted', True), subject, sealed)
+        reads += [('chunked', 'chunked', False),
+                  ('encrypted', 'encrypted', True)]
     if 's3chain-writeback.c' in ours:
         bucket.convert(qemu_img, bucket.data, bucket.url('written'), subject)
-        reads.append(('written', 'written'))
-    for what, key in reads:
+        bucket.convert(qemu_img, bucket.data,
+                       bucket.url('written-encrypted', True), subject, sealed)
+        reads += [('written', 'written', False),
+                  ('written encrypted', 'written-encrypted', True)]
+    for what, key, encrypted in reads:
         out = os.path.join(scratch, f'{key}.raw')
-        bucket.convert(qemu_img, bucket.url(key), out, subject)
+        bucket.convert(qemu_img, bucket.url(key, encrypted), out, subject)
         if not bucket.same(out):
             sys.exit(f'check-series: "{subject}": its driver read {what} '
                      f'wrongly')

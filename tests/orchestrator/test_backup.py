@@ -391,6 +391,17 @@ class TestEncrypted(BackupTestCase):
                 Bucket=self.bucket.name, Key=key,
                 Body=chunk if key == chunks[1] else text, **extra)
 
+        # two chunk objects swapped: each is named
+        first = self.bucket.get(chunks[0])
+        self.bucket.put(chunks[0], chunk)
+        self.bucket.put(chunks[1], first)
+        run = self.command('verify', '--deep')
+        code, err = run.finish()
+        self.assertEqual(code, 11, err)
+        named = {f['object'] for f in run.result()['faults']}
+        self.assertEqual(named, {f's3://{self.bucket.name}/{k}'
+                                 for k in chunks[:2]})
+
 
 class TestFallbacks(BackupTestCase):
     def test_bitmap_removed_by_hand(self) -> None:
@@ -817,11 +828,20 @@ class TestGuestAgent(BackupTestCase):
 
 class TestSecrets(BackupTestCase):
     def test_no_secret_anywhere(self) -> None:
-        secret = self.bucket.env['AWS_SECRET_ACCESS_KEY']
+        """Neither the secret access key nor the encryption key, in any
+        form, is in a command line, the output, the sidecar's QMP
+        traffic or log, or a file left behind"""
+        key = os.urandom(32)
+        key_file = os.path.join(self.dir, 'key')
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(key)
+        secrets = [self.bucket.env['AWS_SECRET_ACCESS_KEY'], key.hex(),
+                   key.hex().upper(), base64.b64encode(key).decode()]
         trace = os.path.join(self.dir, 'qsd-qmp.log')
         env = self.env(S3CHAIN_QSD_TRACE=f'enable=handle_qmp_command,'
                                          f'file={trace}')
-        run = self.start(env=env)
+        run = self.start('--encrypt', '--key-file', key_file, env=env)
         run.wait_started()
         cmdlines = []
         for path in glob.glob('/proc/[0-9]*/cmdline'):
@@ -846,7 +866,10 @@ class TestSecrets(BackupTestCase):
                             ('the output', run.stdout + err),
                             ("the sidecar's QMP log", log),
                             ("the sidecar's log", sidecar_log)):
-            self.assertNotIn(secret, text, f'the secret is in {where}')
+            for secret in secrets:
+                self.assertNotIn(secret, text, f'a secret is in {where}')
+            self.assertNotIn(key, text.encode(errors='surrogateescape'),
+                             f'the key is in {where}')
         # the secret files were removed as soon as the sidecar read them
         left = [f for f in os.listdir(self.runtime)
                 if os.path.isfile(os.path.join(self.runtime, f))]

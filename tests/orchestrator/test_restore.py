@@ -893,11 +893,15 @@ class TestEncryptedRepository(RestoreTestCase):
                 self.assertEqual(len(err.strip().splitlines()), 1, err)
         self.assertEqual(len(self.chain.bucket.catalog()['backups']),
                          len(self.chain.points))
-        # list needs no key
-        result = Run(['list', '--repo', self.chain.bucket.repo, '--json',
-                      '--vm', 'vm1'], self.chain.env)
-        code, err = result.finish()
+        # list needs no key, and says which one the backups need
+        run = Run(['list', '--repo', self.chain.bucket.repo, '--json',
+                   '--vm', 'vm1'], self.chain.env)
+        code, err = run.finish()
         self.assertEqual(code, 0, err)
+        vm = run.result()['vms'][0]
+        self.assertEqual((vm['key-id'], vm['compress']),
+                         (self.chain.bucket.catalog()['key-id'], 'zstd'))
+        self.assertEqual(len(vm['backups']), len(self.chain.points))
 
 
 class TestInstantRestore(RestoreTestCase):
