@@ -188,8 +188,9 @@ static bool run_job(S3cSidecar *sc, const char *command, json_object *args,
 }
 
 /*
- * Hands @value to the sidecar as secret object @id through a file only
- * this user may read, removed as soon as the sidecar has read it.
+ * Hands @value to the sidecar as secret object @id, in @format (NULL:
+ * raw), through a file only this user may read, removed as soon as the
+ * sidecar has read it.
  */
 static bool add_secret(S3cSidecar *sc, const char *id, const char *value,
                        const char *format, GError **err)
