@@ -200,6 +200,7 @@ static char *failure_line(GString *text, int *code)
     guint n = g_strv_length(lines);
     const char *line = n ? lines[n - 1] : "";
 
+    *code = S3C_EXIT_TRANSIENT;
     for (guint i = 0; i < n; i++) {
         const char *mark;
 
