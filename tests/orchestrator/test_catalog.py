@@ -96,6 +96,12 @@ def unknown_compression(cat: dict) -> None:
     cat['compress'] = 'lz4'
 
 
+def short_key_id(cat: dict) -> None:
+    """Format 4, whose key id is not 32 lower-case hex digits"""
+    cat['format'] = 4
+    cat['key-id'] = '511ee7ca'
+
+
 def duplicate_id(cat: dict) -> None:
     cat['backups'][2]['id'] = IDS[1]
 
@@ -109,7 +115,11 @@ def other_vms_image(cat: dict) -> None:
 CASES: Dict[str, tuple] = {
     'not JSON': (b'{"format": 1, "backups": [', 11, ['not JSON']),
     'an array': (b'[]', 11, ['not a JSON object']),
-    'a newer format': (setter(top, 'format', 4), 1, ['format 4', 'newer']),
+    'a newer format': (setter(top, 'format', 5), 1, ['format 5', 'newer']),
+    'key-id in format 1': (setter(top, 'key-id',
+                                  '511ee7cad0d86d93a4242b4e1be2d0f7'), 11,
+                           ['"key-id"', 'format 1']),
+    'a short key id': (short_key_id, 11, ['"key-id"', 'hex']),
     'compress in format 1': (setter(top, 'compress', 'zstd'), 11,
                              ['"compress"', 'format 1']),
     'an unknown compression': (unknown_compression, 1, ['lz4', 'newer']),
