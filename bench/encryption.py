@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from vmbench import GiB, MiB, S3CHAIN, BucketBench, start_vm
+from vmbench import GiB, MiB, S3CHAIN, BucketBench, s3obj, start_vm
 
 DISK = 4 * GiB
 VARIANTS = {
@@ -78,23 +78,6 @@ class Bench(BucketBench):
             os.fsync(disk.fileno())
         self.disk_sha = sha256_of(self.disk)
 
-    def stored_bytes(self, prefix):
-        total = 0
-        pages = self.s3.get_paginator('list_objects_v2').paginate(
-            Bucket=self.bucket, Prefix=prefix)
-        for page in pages:
-            total += sum(o['Size'] for o in page.get('Contents', []))
-        return total
-
-    def delete_prefix(self, prefix):
-        pages = self.s3.get_paginator('list_objects_v2').paginate(
-            Bucket=self.bucket, Prefix=prefix)
-        for page in pages:
-            keys = [{'Key': o['Key']} for o in page.get('Contents', [])]
-            if keys:
-                self.s3.delete_objects(Bucket=self.bucket,
-                                       Delete={'Objects': keys})
-
     def s3chain_round(self, runtime, qmp, name, args, n):
         prefix = f'{self.prefix}/{name.replace(" + ", "-")}-{n}'
         repo = f's3://{self.bucket}/{prefix}'
@@ -113,7 +96,7 @@ class Bench(BucketBench):
         restored = time.monotonic() - start
         assert sha256_of(target) == self.disk_sha, f'{name}: restore differs'
         os.remove(target)
-        self.delete_prefix(prefix + '/')
+        s3obj.delete_prefix(self.s3, self.bucket, prefix + '/')
         return took, restored, stored
 
     def restic(self, *args, cache):
@@ -145,7 +128,7 @@ class Bench(BucketBench):
         assert sha256_of(got) == self.disk_sha, 'restic: restore differs'
         shutil.rmtree(out)
         shutil.rmtree(cache, ignore_errors=True)
-        self.delete_prefix(prefix + '/')
+        s3obj.delete_prefix(self.s3, self.bucket, prefix + '/')
         return took, restored, stored
 
 

@@ -31,14 +31,6 @@ class Bench(BucketBench):
         super().__init__(env_file, work, prefix,
                          RESTIC_PASSWORD='bench-only')
 
-    def stored(self, prefix):
-        total = 0
-        pages = self.s3.get_paginator('list_objects_v2').paginate(
-            Bucket=self.bucket, Prefix=prefix)
-        for page in pages:
-            total += sum(o['Size'] for o in page.get('Contents', []))
-        return total
-
 
     def restic(self, repo, *args):
         start = time.monotonic()
@@ -79,20 +71,20 @@ class Bench(BucketBench):
             # the OADP pipeline gets the same changes, in a bitmap of its own
             oadp_bitmap(self.vm)
 
-            before = self.stored(f'{base}/s3chain/')
+            before = self.stored_bytes(f'{base}/s3chain/')
             s3c_time, _, result = self.s3chain_backup(runtime, qmp, repo)
-            s3c_bytes = self.stored(f'{base}/s3chain/') - before
+            s3c_bytes = self.stored_bytes(f'{base}/s3chain/') - before
             rss = self.sidecar_peak_rss()
             assert result['disks'][0]['type'] == 'incremental', result
 
-            before = self.stored(f'{base}/restic/')
+            before = self.stored_bytes(f'{base}/restic/')
             restic_time, _ = self.restic(restic_repo, 'backup', disk)
-            restic_bytes = self.stored(f'{base}/restic/') - before
+            restic_bytes = self.stored_bytes(f'{base}/restic/') - before
 
             oadp_time, oadp_local = self.oadp(self.vm, size,
                                               f'{base}/oadp.qcow2',
                                               'oadp-bitmap')
-            oadp_bytes = self.stored(f'{base}/oadp.qcow2')
+            oadp_bytes = self.stored_bytes(f'{base}/oadp.qcow2')
         finally:
             self.stop_sidecar()
             self.vm.shutdown()

@@ -100,6 +100,15 @@ class BucketBench:
         return (took, usage.ru_utime + usage.ru_stime,
                 json.loads(out.splitlines()[-1]))
 
+    def stored_bytes(self, prefix):
+        """Bytes of the objects under @prefix"""
+        total = 0
+        pages = self.s3.get_paginator('list_objects_v2').paginate(
+            Bucket=self.bucket, Prefix=prefix)
+        for page in pages:
+            total += sum(o['Size'] for o in page.get('Contents', []))
+        return total
+
     def upload(self, path, key):
         """A parallel multipart upload of @path, as boto3 does it by
         default for a data mover (8 MiB parts, 8 threads)"""
