@@ -8,9 +8,12 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 
 import collections
+import contextlib
+import hashlib
 import http.client
 import http.server
 import json
+import mmap
 import os
 import shutil
 import subprocess
@@ -20,7 +23,7 @@ import threading
 import time
 import unittest
 import uuid
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -38,6 +41,9 @@ S3CHAIN = os.environ.get('S3CHAIN_BIN',
 # S3CHAIN_QEMU_BUILD: another build of QEMU's tools (build/qemu-sanitised)
 QEMU_TOOLS = os.environ.get('S3CHAIN_QEMU_BUILD', os.path.join(BUILD, 'qemu'))
 QEMU_IMG = os.path.join(QEMU_TOOLS, 'qemu-img')
+# What reads the VMs' local qcow2 disks for the tests' view of them: the
+# plain build's, as that reading tests none of s3chain
+LOCAL_QEMU_IMG = os.path.join(BUILD, 'qemu', 'qemu-img')
 QSD = os.path.join(QEMU_TOOLS, 'storage-daemon', 'qemu-storage-daemon')
 SIDECAR = os.path.join(REPO, 'qsd-config', 's3chain-sidecar')
 STOCK_QEMU = os.environ.get('S3CHAIN_STOCK_QEMU',
@@ -45,6 +51,22 @@ STOCK_QEMU = os.environ.get('S3CHAIN_STOCK_QEMU',
 MiB = 1024 * 1024
 
 DISKS = {'vd0': 128 * MiB, 'vd1': 64 * MiB}
+
+# Where the tests' raw copies of disks go: tmpfs where there is one, as
+# writing them to disk and reading them back took as long as the backups
+# that they check
+SCRATCH = '/dev/shm' if os.access('/dev/shm', os.W_OK) else None
+
+
+def file_digest(path: str) -> str:
+    """The SHA-256 of a file's bytes, hashed through a mapping: reading a
+    disk's worth into a new bytes object costs more in page faults than
+    hashing it"""
+    with open(path, 'rb') as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return hashlib.sha256().hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return hashlib.sha256(data).hexdigest()
 
 
 def command_env(bucket: 'Bucket', **extra: str) -> Dict[str, str]:
@@ -163,15 +185,28 @@ class VM:
 
     def disk_bytes(self, disk: str) -> bytes:
         """The guest's view of the disk now"""
+        with self.disk_copy(disk) as raw, open(raw, 'rb') as f:
+            return f.read()
+
+    def disk_digest(self, disk: str) -> str:
+        """The SHA-256 of the guest's view of the disk now"""
+        with self.disk_copy(disk) as raw:
+            return file_digest(raw)
+
+    @contextlib.contextmanager
+    def disk_copy(self, disk: str) -> Iterator[str]:
+        """A raw file holding the guest's view of the disk now"""
         self.hmp(f'qemu-io -d {disk} "flush"')
-        raw = os.path.join(self.dir, f'{disk}.now')
-        subprocess.run([QEMU_IMG, 'convert', '-U', '-O', 'raw',
-                        os.path.join(self.dir, f'{disk}.qcow2'), raw],
-                       check=True)
-        with open(raw, 'rb') as f:
-            data = f.read()
-        os.remove(raw)
-        return data
+        fd, raw = tempfile.mkstemp(prefix=f's3chain-{disk}-', suffix='.raw',
+                                   dir=SCRATCH)
+        os.close(fd)
+        try:
+            subprocess.run([LOCAL_QEMU_IMG, 'convert', '-U', '-O', 'raw',
+                            os.path.join(self.dir, f'{disk}.qcow2'), raw],
+                           check=True)
+            yield raw
+        finally:
+            os.remove(raw)
 
     def graph(self) -> List[Tuple[str, str]]:
         """What a user checks of the block graph: each node and driver"""
