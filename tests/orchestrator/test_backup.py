@@ -780,8 +780,10 @@ class TestBadInput(BackupTestCase):
 
 
 class FakeAgent(threading.Thread):
-    """A guest agent's socket that answers as qemu-ga does and records
-    what it was asked; with @mute it accepts and never answers"""
+    """A guest agent's socket that answers as qemu-ga does (guest-sync
+    with its argument, and every answer with the request's id, as QEMU's
+    QMP dispatcher does) and records what it was asked; with @mute it
+    accepts and never answers"""
 
     def __init__(self, path: str, mute: bool = False) -> None:
         super().__init__(daemon=True)
@@ -799,8 +801,10 @@ class FakeAgent(threading.Thread):
             self.calls.append(msg['execute'])
             if self.mute:
                 continue
-            ret = msg.get('arguments', {}).get('id', 0)
-            f.write(json.dumps({'return': ret}) + '\n')
+            reply = {'return': msg.get('arguments', {}).get('id', 0)}
+            if 'id' in msg:
+                reply['id'] = msg['id']
+            f.write(json.dumps(reply) + '\n')
             f.flush()
 
 
@@ -809,9 +813,15 @@ class TestGuestAgent(BackupTestCase):
         path = os.path.join(self.dir, 'qga.sock')
         agent = FakeAgent(path)
         agent.start()
-        result = self.backup('--guest-agent', path)
+        run = self.start('--guest-agent', path)
+        code, err = run.finish()
+        self.assertEqual(code, 0, err)
+        result = run.result()
         self.assertEqual(agent.calls, ['guest-sync', 'guest-fsfreeze-freeze',
                                        'guest-fsfreeze-thaw'])
+        # frozen for the backup's instant, not merely asked to be: a
+        # freeze that failed or timed out is a warning
+        self.assertNotIn('warning', err)
         self.assertRestores(result['backup'], 'vd0',
                             self.vm.disk_bytes('vd0'))
 
