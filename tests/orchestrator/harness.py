@@ -23,7 +23,7 @@ import threading
 import time
 import unittest
 import uuid
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -458,10 +458,11 @@ class BackupTestCase(CommandRuns, unittest.TestCase):
             self.vm.cmd('qom-set', path=f'/machine/peripheral/{name}',
                         property='drive', value=f'slow{i}')
 
-    def restore(self, backup_id: str, disk: str,
-                encryption_key: Optional[bytes] = None) -> bytes:
-        """The disk at backup @backup_id, read through s3chain, with
-        @encryption_key if given"""
+    @contextlib.contextmanager
+    def restored(self, backup_id: str, disk: str,
+                 encryption_key: Optional[bytes] = None) -> Iterator[str]:
+        """A raw file of the disk at backup @backup_id, read through
+        s3chain, with @encryption_key if given"""
         secret = os.path.join(self.dir, 'secret')
         fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, 'w') as f:
@@ -481,17 +482,29 @@ class BackupTestCase(CommandRuns, unittest.TestCase):
             with os.fdopen(fd, 'wb') as f:
                 f.write(encryption_key)
             objects += ['--object', f'secret,id=e,file={key_file}']
-        raw = os.path.join(self.dir, 'restored.raw')
-        subprocess.run([QEMU_IMG, 'convert', *objects, '-O', 'raw', url, raw],
-                       check=True)
-        with open(raw, 'rb') as f:
-            data = f.read()
-        os.remove(raw)
-        return data
+        fd, raw = tempfile.mkstemp(prefix='s3chain-restored-', suffix='.raw',
+                                   dir=SCRATCH)
+        os.close(fd)
+        try:
+            subprocess.run([QEMU_IMG, 'convert', *objects, '-O', 'raw', url,
+                            raw], check=True)
+            yield raw
+        finally:
+            os.remove(raw)
 
-    def assertRestores(self, backup_id: str, disk: str, expected: bytes,
+    def assertRestores(self, backup_id: str, disk: str,
+                       expected: Union[bytes, str],
                        encryption_key: Optional[bytes] = None):
-        restored = self.restore(backup_id, disk, encryption_key)
+        """The disk at @backup_id, read through s3chain, is @expected: its
+        bytes, or their SHA-256 (VM.disk_digest)"""
+        with self.restored(backup_id, disk, encryption_key) as raw:
+            if isinstance(expected, str):
+                if file_digest(raw) != expected:
+                    self.fail(f'backup {backup_id} of {disk} differs from '
+                              f'the disk at its instant')
+                return
+            with open(raw, 'rb') as f:
+                restored = f.read()
         self.assertEqual(len(restored), len(expected))
         if restored != expected:
             first = next(i for i in range(len(expected))

@@ -31,7 +31,7 @@ class TestChain(BackupTestCase):
         full = self.backup()
         self.assertEqual({k: v[0] for k, v in self.disk_types(full).items()},
                          {'vd0': 'full', 'vd1': 'full'})
-        at_full = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+        at_full = {d: self.vm.disk_digest(d) for d in ('vd0', 'vd1')}
 
         self.vm.write('vd0', '-P 0xa1 3M 1M')
         self.vm.write('vd0', '-P 0xa2 100M 64k')
@@ -43,14 +43,14 @@ class TestChain(BackupTestCase):
         # an incremental stores what changed, not the disk
         self.assertGreater(full['disks'][0]['bytes-stored'], 64 * 1024 * 1024)
         self.assertLess(inc1['disks'][0]['bytes-stored'], 16 * 1024 * 1024)
-        at_inc1 = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+        at_inc1 = {d: self.vm.disk_digest(d) for d in ('vd0', 'vd1')}
 
         # Writes made once the backup has started belong to the next one
         self.vm.write('vd0', '-P 0xb1 40M 8M')
         self.vm.write('vd1', '-P 0xb2 0 4M')
         run = self.start('--cbw-timeout', str(CBW_TIMEOUT))
         run.wait_started()
-        at_inc2 = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+        at_inc2 = {d: self.vm.disk_digest(d) for d in ('vd0', 'vd1')}
         during = [self.vm.write('vd0', '-P 0xc1 40M 1M'),
                   self.vm.write('vd1', '-P 0xc2 1M 1M'),
                   self.vm.write('vd0', '-P 0xc3 120M 64k')]
@@ -58,7 +58,7 @@ class TestChain(BackupTestCase):
         self.assertEqual(code, 0, err)
         inc2 = run.result()
         self.assertLess(max(during), WRITE_BOUND)
-        at_after = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+        at_after = {d: self.vm.disk_digest(d) for d in ('vd0', 'vd1')}
         self.assertNotEqual(at_after['vd0'], at_inc2['vd0'])
 
         inc3 = self.backup()
@@ -474,7 +474,7 @@ class TestGuestFirst(BackupTestCase):
         run.wait_started()
         self.bucket.radosgw('pause')
         try:
-            at_start = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+            at_start = {d: self.vm.disk_digest(d) for d in ('vd0', 'vd1')}
             # the top of each disk, which the jobs copy last
             latencies = [self.vm.write(disk, f'-P {0x40 + i} '
                                        f'{size - (i + 1) * 256 * 1024} 64k')
@@ -620,7 +620,7 @@ class TestKilled(BackupTestCase):
         """A backup killed at @instant(run), then a normal one; returns
         the normal one's stderr and events"""
         first = self.backup(*extra)
-        at_first = {d: self.vm.disk_bytes(d) for d in ('vd0', 'vd1')}
+        at_first = {d: self.vm.disk_digest(d) for d in ('vd0', 'vd1')}
         graph, devices = self.vm.graph(), self.vm.devices()
         self.vm.write('vd0', '-P 0x99 0 120M')
         self.vm.write('vd1', '-P 0x98 0 60M')
@@ -660,12 +660,12 @@ class TestKilled(BackupTestCase):
         for disk in ('vd0', 'vd1'):
             self.assertRestores(first['backup'], disk, at_first[disk])
             self.assertRestores(after['backup'], disk,
-                                self.vm.disk_bytes(disk))
+                                self.vm.disk_digest(disk))
         # and the one after that follows it
         self.vm.write('vd0', '-P 0x43 9M 1M')
         last = self.backup(*extra)
         self.assertEqual(last['disks'][0]['parent'], after['backup'])
-        self.assertRestores(last['backup'], 'vd0', self.vm.disk_bytes('vd0'))
+        self.assertRestores(last['backup'], 'vd0', self.vm.disk_digest('vd0'))
         return err, again.events
 
     def test_killed_while_building_the_graph(self) -> None:
