@@ -84,16 +84,35 @@ class Chain:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# The chain that the classes which only read it share: each chain is six
+# backups of a VM, and the suite must fit in CI's time
+shared: Dict[str, Chain] = {}
+
+
+def tearDownModule() -> None:  # pylint: disable=invalid-name
+    for chain in shared.values():
+        chain.cleanup()
+
+
 class RestoreTestCase(unittest.TestCase):
     chain: Chain
+    # a class whose tests damage the chain, or that wants it encrypted,
+    # builds one of its own with these options to Chain
+    own_chain: Optional[Dict[str, bool]] = None
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.chain = Chain()
+        if cls.own_chain is not None:
+            cls.chain = Chain(**cls.own_chain)
+        else:
+            if 'plain' not in shared:
+                shared['plain'] = Chain()
+            cls.chain = shared['plain']
 
     @classmethod
     def tearDownClass(cls) -> None:
-        cls.chain.cleanup()
+        if cls.own_chain is not None:
+            cls.chain.cleanup()
 
     def setUp(self) -> None:
         self.dir = tempfile.mkdtemp(prefix='s3chain-target-', dir='/tmp')
@@ -446,6 +465,8 @@ class TestList(RestoreTestCase):
 
 
 class TestVerify(RestoreTestCase):
+    own_chain: Dict[str, bool] = {}
+
     def verify(self, *args: str) -> dict:
         run = self.s3chain('verify', '--vm', 'vm1', *args)
         code, err = run.finish()
@@ -804,9 +825,7 @@ class TestEncryptedRepository(RestoreTestCase):
     """Every way of reading a point of an encrypted, compressed chain,
     with its key"""
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.chain = Chain(encrypted=True)
+    own_chain = {'encrypted': True}
 
     def test_every_point_restored_and_verified(self) -> None:
         for point in self.chain.points:
