@@ -69,6 +69,17 @@ def file_digest(path: str) -> str:
             return hashlib.sha256(data).hexdigest()
 
 
+@contextlib.contextmanager
+def scratch_raw(prefix: str) -> Iterator[str]:
+    """The path of a new raw file in SCRATCH, removed afterwards"""
+    fd, raw = tempfile.mkstemp(prefix=prefix, suffix='.raw', dir=SCRATCH)
+    os.close(fd)
+    try:
+        yield raw
+    finally:
+        os.remove(raw)
+
+
 def command_env(bucket: 'Bucket', **extra: str) -> Dict[str, str]:
     """The environment of an s3chain run: the bucket's keys, our build"""
     env = {k: v for k, v in os.environ.items() if not k.startswith('AWS_')}
@@ -197,16 +208,11 @@ class VM:
     def disk_copy(self, disk: str) -> Iterator[str]:
         """A raw file holding the guest's view of the disk now"""
         self.hmp(f'qemu-io -d {disk} "flush"')
-        fd, raw = tempfile.mkstemp(prefix=f's3chain-{disk}-', suffix='.raw',
-                                   dir=SCRATCH)
-        os.close(fd)
-        try:
+        with scratch_raw(f's3chain-{disk}-') as raw:
             subprocess.run([LOCAL_QEMU_IMG, 'convert', '-U', '-O', 'raw',
                             os.path.join(self.dir, f'{disk}.qcow2'), raw],
                            check=True)
             yield raw
-        finally:
-            os.remove(raw)
 
     def graph(self) -> List[Tuple[str, str]]:
         """What a user checks of the block graph: each node and driver"""
@@ -482,15 +488,10 @@ class BackupTestCase(CommandRuns, unittest.TestCase):
             with os.fdopen(fd, 'wb') as f:
                 f.write(encryption_key)
             objects += ['--object', f'secret,id=e,file={key_file}']
-        fd, raw = tempfile.mkstemp(prefix='s3chain-restored-', suffix='.raw',
-                                   dir=SCRATCH)
-        os.close(fd)
-        try:
+        with scratch_raw('s3chain-restored-') as raw:
             subprocess.run([QEMU_IMG, 'convert', *objects, '-O', 'raw', url,
                             raw], check=True)
             yield raw
-        finally:
-            os.remove(raw)
 
     def assertRestores(self, backup_id: str, disk: str,
                        expected: Union[bytes, str],

@@ -84,9 +84,9 @@ class Chain:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-# The chain that the classes which only read it share (and add nothing
-# to the bucket): each chain is six
-# backups of a VM, and the suite must fit in CI's time
+# The chain that the classes which only read it (and add nothing to its
+# bucket) share: each chain is six backups of a VM, and the suite must
+# fit in CI's time
 shared: Dict[str, Chain] = {}
 
 
@@ -97,8 +97,8 @@ def tearDownModule() -> None:  # pylint: disable=invalid-name
 
 class RestoreTestCase(unittest.TestCase):
     chain: Chain
-    # a class whose tests damage the chain, or that wants it encrypted,
-    # builds one of its own with these options to Chain
+    # a class whose tests damage the chain or add to its bucket, or that
+    # wants it encrypted, builds one of its own with these options to Chain
     own_chain: Optional[Dict[str, bool]] = None
 
     @classmethod
